@@ -1,0 +1,90 @@
+//! The command line: flags documented where they are defined, one module per command.
+
+mod check;
+mod generate;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+/// Streams campaign events from Kafka into Apache Iceberg tables through SQL, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "campaign-pipeline", version, about)]
+pub struct Cli {
+    /// The pipelines configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "CAMPAIGN_PIPELINE_CONFIG",
+        default_value = "pipelines.yaml"
+    )]
+    pub config: PathBuf,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `campaign_pipeline=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The runner's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate pipelines.yaml and plan both SQL files, touching neither Kafka nor the tables.
+    Check(check::CheckArgs),
+    /// Create the Kafka topics and the Iceberg namespace and tables (idempotent).
+    Setup(setup::SetupArgs),
+    /// Produce synthetic campaign events (valid, malformed, out of order, late) to the source topic.
+    Generate(generate::GenerateArgs),
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Check(args) => check::run(&cli.config, args).await,
+            Command::Setup(args) => setup::run(&cli.config, args).await,
+            Command::Generate(args) => generate::run(&cli.config, args).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads the configuration, as every command does first.
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}

@@ -1,0 +1,49 @@
+//! Plain types shared by the stages: the Arrow schema of raw Kafka records and the campaign event.
+
+pub mod event;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// Name under which each micro-batch of raw records is visible to the parsing SQL.
+pub const KAFKA_RECORDS_TABLE: &str = "kafka_records";
+
+/// Output column of the parsing SQL: NULL for a valid row, else the reason it was rejected.
+pub const ERROR_COLUMN: &str = "_error";
+
+/// Columns the parsing SQL must pass through so that a rejected row can be traced to its source.
+pub const SOURCE_COLUMNS: [&str; 3] = ["_topic", "_partition", "_offset"];
+
+/// Whether a column is bookkeeping (starts with `_`) and so never written to a table.
+pub fn is_internal_column(name: &str) -> bool {
+    name.starts_with('_')
+}
+
+/// Schema of `kafka_records`: one row per Kafka message whose payload is valid UTF-8.
+pub fn kafka_records_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("_topic", DataType::Utf8, false),
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("_key", DataType::Binary, true),
+        Field::new("value", DataType::Utf8, false),
+    ]))
+}
+
+/// The table-facing part of a SQL output schema: every column not starting with `_`.
+pub fn table_schema(sql_output: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        sql_output
+            .fields()
+            .iter()
+            .filter(|f| !is_internal_column(f.name()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    ))
+}

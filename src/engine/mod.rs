@@ -1,0 +1,25 @@
+//! The SQL engine: one DataFusion session per pipeline, with the JSON functions registered.
+
+pub mod plan;
+pub mod problem;
+
+use datafusion::execution::context::SessionContext;
+use datafusion::prelude::SessionConfig;
+
+pub use plan::{plan_pipeline, PlannedSql};
+pub use problem::SqlProblem;
+
+/// A session configured the way every pipeline SQL runs: JSON functions and source spans for errors.
+pub fn new_session() -> SessionContext {
+    let mut config = SessionConfig::new();
+    // Spans let planning errors point at the line of the SQL file, not just name the column.
+    config.options_mut().sql_parser.collect_spans = true;
+    // Event times are instants: `now()` and `TIMESTAMPTZ` casts are in UTC, stored as Iceberg timestamptz.
+    config.options_mut().execution.time_zone = Some("UTC".to_string());
+    let mut ctx = SessionContext::new_with_config(config);
+    // Registration only fails on a name clash inside the registry, which a fresh session cannot have.
+    if let Err(err) = datafusion_functions_json::register_all(&mut ctx) {
+        tracing::warn!("registering JSON functions failed: {err}");
+    }
+    ctx
+}

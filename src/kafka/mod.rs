@@ -1,0 +1,48 @@
+//! Kafka plumbing shared by the source, the dead letter queue and the tools: client settings,
+//! topic administration and the event producer.
+
+pub mod admin;
+pub mod producer;
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+
+/// Errors talking to Kafka, each naming the topic or broker involved.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// A client could not be created from the configuration.
+    #[error("cannot create a Kafka {role} for {brokers}: {source}")]
+    Client {
+        role: &'static str,
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    /// An admin operation failed.
+    #[error("topic {topic}: {message}")]
+    Admin { topic: String, message: String },
+    /// A message could not be delivered.
+    #[error("delivery to {topic} failed: {source}")]
+    Delivery {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+    /// The broker did not answer in time.
+    #[error("{what}: no answer from {brokers} within {seconds}s")]
+    Timeout {
+        what: String,
+        brokers: String,
+        seconds: u64,
+    },
+}
+
+/// Client settings for `brokers` plus the pipeline's pass-through librdkafka properties.
+pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    config.set("log_level", "3");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}

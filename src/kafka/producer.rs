@@ -1,0 +1,102 @@
+//! `EventProducer`: sends campaign events keyed by campaign_id, idempotently, reporting every
+//! delivery failure to the caller.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+
+use super::KafkaError;
+use crate::common::event::CampaignEvent;
+
+/// How long one message may wait for delivery before it counts as failed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Producer of campaign events and raw records to one topic.
+pub struct EventProducer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl EventProducer {
+    /// An idempotent producer to `topic` with the given client settings.
+    pub fn new(config: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
+        let mut config = config.clone();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            );
+        let producer = config.create().map_err(|source| KafkaError::Client {
+            role: "producer",
+            brokers: config
+                .get("bootstrap.servers")
+                .unwrap_or_default()
+                .to_string(),
+            source,
+        })?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Sends one event keyed by its campaign_id and waits for its delivery.
+    pub async fn send_event(&self, event: &CampaignEvent) -> Result<(), KafkaError> {
+        self.send_record(event.campaign_id.as_bytes(), &event.to_payload())
+            .await
+    }
+
+    /// Sends events keyed by campaign_id, all in flight at once; fails if any delivery fails.
+    pub async fn send_batch(&self, events: &[CampaignEvent]) -> Result<(), KafkaError> {
+        let payloads: Vec<Vec<u8>> = events.iter().map(CampaignEvent::to_payload).collect();
+        self.send_records(
+            events
+                .iter()
+                .zip(&payloads)
+                .map(|(e, p)| (e.campaign_id.as_bytes(), p.as_slice())),
+        )
+        .await
+    }
+
+    /// Sends one raw record (any key and payload bytes) and waits for its delivery.
+    pub async fn send_record(&self, key: &[u8], payload: &[u8]) -> Result<(), KafkaError> {
+        self.send_records(std::iter::once((key, payload))).await
+    }
+
+    /// Sends raw records, all in flight at once; fails if any delivery fails.
+    pub async fn send_records<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<(), KafkaError> {
+        let deliveries = records.into_iter().map(|(key, payload)| {
+            let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+            // Queue::Timeout waits for room in librdkafka's queue instead of failing when it is full.
+            let delivery = self.producer.send(record, Timeout::After(DELIVERY_TIMEOUT));
+            async move { delivery.await.map_err(|(source, _)| source) }
+        });
+        try_join_all(deliveries)
+            .await
+            .map_err(|source| KafkaError::Delivery {
+                topic: self.topic.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Waits until every queued message is delivered.
+    pub fn flush(&self) -> Result<(), KafkaError> {
+        self.producer
+            .flush(Timeout::After(DELIVERY_TIMEOUT))
+            .map_err(|source| KafkaError::Delivery {
+                topic: self.topic.clone(),
+                source,
+            })
+    }
+}

@@ -1,0 +1,9 @@
+//! campaign-pipeline: Kafka campaign events to Apache Iceberg tables through SQL, exactly once.
+
+pub mod cli;
+pub mod common;
+pub mod config;
+pub mod engine;
+pub mod generator;
+pub mod kafka;
+pub mod sink;

@@ -1,0 +1,39 @@
+//! The Iceberg sink: the catalog factory and the tables the pipeline writes.
+
+pub mod catalog;
+pub mod table;
+
+/// Errors of the Iceberg sink, each naming the table or catalog involved.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The catalog could not be opened.
+    #[error("cannot open the {kind} catalog at {location}: {message}")]
+    Catalog {
+        kind: &'static str,
+        location: String,
+        message: String,
+    },
+    /// An Iceberg operation on a table or namespace failed.
+    #[error("{what}: {source}")]
+    Iceberg {
+        what: String,
+        source: Box<iceberg::Error>,
+    },
+    /// A SQL output column has no Iceberg counterpart.
+    #[error("table {table}: column `{column}` has type {data_type}, which Iceberg cannot store; cast it in the SQL")]
+    UnsupportedType {
+        table: String,
+        column: String,
+        data_type: String,
+    },
+}
+
+impl SinkError {
+    /// Wraps an Iceberg error with what was being done.
+    pub fn iceberg(what: impl Into<String>, source: iceberg::Error) -> Self {
+        SinkError::Iceberg {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}

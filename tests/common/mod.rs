@@ -1,0 +1,284 @@
+//! Shared test support: one real tansu broker per test binary on a free loopback port, isolated
+//! configurations per test, the built runner binary, and read-back helpers.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// The repository root (where pipelines.yaml and sql/ live).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running tansu broker.
+pub struct Broker {
+    /// `127.0.0.1:port`.
+    pub address: String,
+}
+
+/// The broker shared by the tests of this binary, started on first use. Tests stay independent by
+/// using their own topic names (see [`unique`]).
+pub fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(start_broker)
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(path);
+    }
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let candidate = cargo_home.join("bin/tansu");
+    assert!(
+        candidate.exists(),
+        "tansu is not installed at {}: run `scripts/broker.sh install` (or set TANSU_BIN)",
+        candidate.display()
+    );
+    candidate
+}
+
+fn start_broker() -> Broker {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let url = format!("tcp://{address}");
+    let binary = tansu_binary();
+    let (ready_tx, ready_rx) = mpsc::channel::<Child>();
+    // The broker is spawned from a thread that lives as long as the test process and asks the
+    // kernel to kill the broker when that thread dies, so no broker outlives its tests.
+    std::thread::spawn(move || {
+        let mut command = Command::new(binary);
+        command
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("STORAGE_ENGINE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start tansu");
+        ready_tx.send(child).expect("report broker");
+        loop {
+            std::thread::park();
+        }
+    });
+    let mut child = ready_rx.recv().expect("broker thread");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&address).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tansu exited at start: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {address}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::mem::forget(child);
+    Broker { address }
+}
+
+/// A name unique to this test process and call, for topics, groups and namespaces.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A test's own pipeline: topics and warehouse of its own, the repository's SQL files.
+pub struct TestPipeline {
+    /// Folder holding pipelines.yaml, the catalog and the warehouse.
+    pub dir: tempfile::TempDir,
+    /// Path of the generated pipelines.yaml.
+    pub config: PathBuf,
+    /// Source topic.
+    pub topic: String,
+    /// Dead letter topic.
+    pub dlq_topic: String,
+    /// Broker address.
+    pub brokers: String,
+}
+
+impl TestPipeline {
+    /// A pipeline on the shared broker with fresh topic names and an empty warehouse.
+    pub fn new() -> Self {
+        Self::with_sql(
+            &repo_root().join("sql/campaign_events.sql"),
+            &repo_root().join("sql/campaign_metrics.sql"),
+        )
+    }
+
+    /// Same, with the given SQL files.
+    pub fn with_sql(parse: &Path, metrics: &Path) -> Self {
+        Self::build(broker().address.clone(), parse, metrics)
+    }
+
+    /// A pipeline whose broker address leads nowhere, for commands that must not touch Kafka.
+    pub fn offline(parse: &Path, metrics: &Path) -> Self {
+        Self::build("127.0.0.1:9".to_string(), parse, metrics)
+    }
+
+    fn build(brokers: String, parse: &Path, metrics: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let topic = unique("events");
+        let dlq_topic = unique("dlq");
+        let yaml = format!(
+            r#"pipelines:
+  - name: test
+    source:
+      brokers: {brokers}
+      topic: {topic}
+      partitions: 3
+      group_id: {group}
+    sql:
+      parse: {parse}
+      metrics: {metrics}
+    sink:
+      catalog:
+        type: sqlite
+        path: data/catalog.db
+        warehouse: data/warehouse
+      namespace: campaigns
+      events_table:
+        name: campaign_events
+        partition_by: [campaign_id, event_type]
+      metrics_table:
+        name: campaign_metrics
+        partition_by: [campaign_id]
+    dead_letter:
+      topic: {dlq_topic}
+      partitions: 1
+      retention: 7d
+"#,
+            group = unique("group"),
+            parse = parse.display(),
+            metrics = metrics.display(),
+        );
+        let config = dir.path().join("pipelines.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        Self {
+            dir,
+            config,
+            topic,
+            dlq_topic,
+            brokers,
+        }
+    }
+
+    /// Runs the runner binary with this pipeline's configuration.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.config, args)
+    }
+}
+
+/// Runs the built runner binary with `--config config` and the given arguments.
+pub fn cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_campaign-pipeline"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run campaign-pipeline")
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// One message read back from a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Reads every message of every partition of `topic`, from the beginning to the end.
+///
+/// The end is where each partition reports end-of-partition from a fetch: tansu 0.6 answers
+/// ListOffsets(latest) with a wrong offset, while the high watermark of its fetches is right.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    assert!(!partitions.is_empty(), "topic {topic} has no partitions");
+    let mut assignment = TopicPartitionList::new();
+    for &p in &partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut open: std::collections::HashSet<i32> = partitions.into_iter().collect();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !open.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading {topic}; partitions {open:?} open"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            }),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}

@@ -1,0 +1,132 @@
+//! pipelines.yaml: the shipped file loads, and each kind of bad file gets its own message.
+
+use std::path::{Path, PathBuf};
+
+use campaign_pipeline::config::{CatalogConfig, Config, StartFrom};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shipped() -> String {
+    std::fs::read_to_string(repo().join("pipelines.yaml")).expect("shipped pipelines.yaml")
+}
+
+/// Parses text as if it were the repository's pipelines.yaml (so the SQL paths resolve).
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, &repo().join("pipelines.yaml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn shipped_configuration_loads_with_every_documented_key() {
+    let config = Config::load(&repo().join("pipelines.yaml")).expect("loads");
+    let p = config.pipeline(None).expect("one pipeline");
+    assert_eq!(p.name, "campaign");
+    assert_eq!(p.source.topic, "campaign_events");
+    assert_eq!(p.source.partitions, 3);
+    assert_eq!(p.source.start_from, StartFrom::Earliest);
+    assert_eq!(p.dead_letter.topic, "dead_letter_queue");
+    assert_eq!(p.dead_letter.partitions, 1);
+    assert_eq!(p.dead_letter.retention.as_secs(), 7 * 24 * 3600);
+    assert_eq!(p.window.allowed_lateness.as_secs(), 10);
+    assert_eq!(p.batch.max_rows, 10_000);
+    assert_eq!(p.commit.interval.as_secs(), 5);
+    assert_eq!(
+        p.sink.events_table.partition_by,
+        ["campaign_id", "event_type"]
+    );
+    assert_eq!(p.sink.metrics_table.partition_by, ["campaign_id"]);
+    assert!(
+        matches!(&p.sink.catalog, CatalogConfig::Sqlite { path, warehouse, .. }
+        if path == "data/catalog.db" && warehouse == "data/warehouse")
+    );
+    assert!(config.resolve(&p.sql.parse).is_file());
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_path_and_line() {
+    let text = shipped().replace("      group_id:", "      group_idd: x\n      group_id:");
+    let line = text.lines().position(|l| l.contains("group_idd")).unwrap() + 1;
+    let err = parse(&text).unwrap_err();
+    assert!(err.contains("pipelines[0].source"), "{err}");
+    assert!(err.contains("unknown field `group_idd`"), "{err}");
+    assert!(err.contains(&format!("line {line}")), "{err}");
+}
+
+#[test]
+fn wrong_type_is_rejected_with_its_path_and_line() {
+    let text = shipped().replace("max_rows: 10000", "max_rows: lots");
+    let line = text
+        .lines()
+        .position(|l| l.contains("max_rows: lots"))
+        .unwrap()
+        + 1;
+    let err = parse(&text).unwrap_err();
+    assert!(err.contains("pipelines[0].batch.max_rows"), "{err}");
+    assert!(err.contains("invalid type"), "{err}");
+    assert!(err.contains(&format!("line {line}")), "{err}");
+}
+
+#[test]
+fn unset_environment_variable_is_named() {
+    let text = shipped().replace(
+        "brokers: ${KAFKA_BROKERS:-127.0.0.1:9092}",
+        "brokers: ${CAMPAIGN_TEST_SURELY_UNSET_VAR}",
+    );
+    let line = text
+        .lines()
+        .position(|l| l.contains("SURELY_UNSET"))
+        .unwrap()
+        + 1;
+    let err = parse(&text).unwrap_err();
+    assert!(
+        err.contains("`CAMPAIGN_TEST_SURELY_UNSET_VAR` is not set"),
+        "{err}"
+    );
+    assert!(err.contains("pipelines[0].source"), "{err}");
+    assert!(err.contains(&format!("line {line}")), "{err}");
+}
+
+#[test]
+fn set_environment_variable_is_expanded() {
+    std::env::set_var("CAMPAIGN_TEST_BROKERS", "kafka-1:9093,kafka-2:9093");
+    let text = shipped().replace(
+        "${KAFKA_BROKERS:-127.0.0.1:9092}",
+        "${CAMPAIGN_TEST_BROKERS}",
+    );
+    let config = parse(&text).expect("loads");
+    assert_eq!(
+        config.pipelines[0].source.brokers,
+        "kafka-1:9093,kafka-2:9093"
+    );
+}
+
+#[test]
+fn missing_sql_file_is_named_with_its_path() {
+    let text = shipped().replace("sql/campaign_metrics.sql", "sql/no_such_metrics.sql");
+    let err = parse(&text).unwrap_err();
+    assert!(err.contains("pipelines[0].sql.metrics"), "{err}");
+    assert!(err.contains("no_such_metrics.sql does not exist"), "{err}");
+}
+
+#[test]
+fn duplicate_pipeline_names_and_bad_bounds_are_rejected() {
+    let one = shipped();
+    let body = one.split_once("pipelines:\n").unwrap().1;
+    let twice = format!("pipelines:\n{body}{body}");
+    assert!(parse(&twice)
+        .unwrap_err()
+        .contains("`campaign` is used twice"));
+    let zero = shipped().replace("partitions: 3 ", "partitions: 0 ");
+    assert!(parse(&zero)
+        .unwrap_err()
+        .contains("source.partitions: must be at least 1"));
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let err = Config::load(Path::new("/no/such/pipelines.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/no/such/pipelines.yaml"), "{err}");
+}
