@@ -3,7 +3,10 @@
 pub mod cli;
 pub mod common;
 pub mod config;
+pub mod dlq;
 pub mod engine;
 pub mod generator;
 pub mod kafka;
+pub mod pipeline;
 pub mod sink;
+pub mod source;

@@ -2,6 +2,7 @@
 
 mod check;
 mod generate;
+mod run;
 mod setup;
 
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Create the Kafka topics and the Iceberg namespace and tables (idempotent).
     Setup(setup::SetupArgs),
+    /// Run the pipelines: Kafka to the Iceberg tables and the dead letter queue, exactly once.
+    Run(run::RunArgs),
     /// Produce synthetic campaign events (valid, malformed, out of order, late) to the source topic.
     Generate(generate::GenerateArgs),
 }
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Check(args) => check::run(&cli.config, args).await,
             Command::Setup(args) => setup::run(&cli.config, args).await,
             Command::Generate(args) => generate::run(&cli.config, args).await,
+            Command::Run(args) => run::run(&cli.config, args).await,
         }
     });
     match result {

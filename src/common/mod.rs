@@ -1,6 +1,9 @@
 //! Plain types shared by the stages: the Arrow schema of raw Kafka records and the campaign event.
 
 pub mod event;
+pub mod offsets;
+
+pub use offsets::Offsets;
 
 use std::sync::Arc;
 

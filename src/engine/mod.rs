@@ -1,13 +1,16 @@
 //! The SQL engine: one DataFusion session per pipeline, with the JSON functions registered.
 
+pub mod now;
 pub mod plan;
 pub mod problem;
+pub mod stage;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;
 
 pub use plan::{plan_pipeline, PlannedSql};
 pub use problem::SqlProblem;
+pub use stage::{split_rejected, BatchSlot, SqlStage};
 
 /// A session configured the way every pipeline SQL runs: JSON functions and source spans for errors.
 pub fn new_session() -> SessionContext {
@@ -16,10 +19,16 @@ pub fn new_session() -> SessionContext {
     config.options_mut().sql_parser.collect_spans = true;
     // Event times are instants: `now()` and `TIMESTAMPTZ` casts are in UTC, stored as Iceberg timestamptz.
     config.options_mut().execution.time_zone = Some("UTC".to_string());
+    // One core per pipeline stage: micro-batches are small, and repartitioning them costs more
+    // than it gains.
+    config.options_mut().execution.target_partitions = 1;
     let mut ctx = SessionContext::new_with_config(config);
     // Registration only fails on a name clash inside the registry, which a fresh session cannot have.
     if let Err(err) = datafusion_functions_json::register_all(&mut ctx) {
         tracing::warn!("registering JSON functions failed: {err}");
     }
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        now::ProcessingTimeNow::default(),
+    ));
     ctx
 }

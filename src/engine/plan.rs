@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::config::Dialect;
-use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 
 use super::problem::SqlProblem;
+use super::stage::BatchSlot;
 use crate::common::{
     is_internal_column, kafka_records_schema, table_schema, ERROR_COLUMN, KAFKA_RECORDS_TABLE,
     SOURCE_COLUMNS,
@@ -56,6 +56,10 @@ pub struct PlannedSql {
     pub metrics: LogicalPlan,
     /// Schema of the metrics table: metrics output without `_` columns.
     pub metrics_schema: SchemaRef,
+    /// What `kafka_records` reads when the parsing plan executes.
+    pub records_slot: Arc<BatchSlot>,
+    /// What the metrics SQL's input table reads when the metrics plan executes.
+    pub events_slot: Arc<BatchSlot>,
 }
 
 /// Plans both SQL files of `pipeline`; on failure returns every problem found, each located.
@@ -68,7 +72,9 @@ pub async fn plan_pipeline(
     let parse_file = SqlFile::read(&config.resolve(&pipeline.sql.parse));
     let metrics_file = SqlFile::read(&config.resolve(&pipeline.sql.metrics));
 
-    register_empty(ctx, KAFKA_RECORDS_TABLE, kafka_records_schema());
+    let records_slot = BatchSlot::new(kafka_records_schema());
+    register(ctx, &records_slot, KAFKA_RECORDS_TABLE);
+    let mut events_slot = None;
     let parse = match &parse_file {
         Ok(file) => match plan_file(ctx, file).await {
             Ok(plan) => {
@@ -96,8 +102,9 @@ pub async fn plan_pipeline(
 
     let metrics = match (&metrics_file, &parse) {
         (Ok(file), Some((_, parse_output))) => {
-            let events = table_schema(parse_output);
-            register_empty(ctx, &pipeline.sink.events_table.name, events);
+            let slot = BatchSlot::new(table_schema(parse_output));
+            register(ctx, &slot, &pipeline.sink.events_table.name);
+            events_slot = Some(slot);
             match plan_file(ctx, file).await {
                 Ok(plan) => {
                     let output = Arc::new(plan.schema().as_arrow().clone());
@@ -128,14 +135,18 @@ pub async fn plan_pipeline(
         }
     };
 
-    match (parse, metrics) {
-        (Some((parse, parse_output)), Some((metrics, metrics_output))) if problems.is_empty() => {
+    match (parse, metrics, events_slot) {
+        (Some((parse, parse_output)), Some((metrics, metrics_output)), Some(events_slot))
+            if problems.is_empty() =>
+        {
             Ok(PlannedSql {
                 parse,
                 events_schema: table_schema(&parse_output),
                 parse_output,
                 metrics,
                 metrics_schema: table_schema(&metrics_output),
+                records_slot,
+                events_slot,
             })
         }
         _ => Err(problems),
@@ -163,16 +174,10 @@ async fn plan_file(ctx: &SessionContext, file: &SqlFile) -> Result<LogicalPlan, 
         .map_err(|err| SqlProblem::from_datafusion(&file.path, &file.text, &err))
 }
 
-fn register_empty(ctx: &SessionContext, name: &str, schema: SchemaRef) {
-    // Replacing a table of the same name is intended: each plan sees the latest schema.
-    let _ = ctx.deregister_table(name);
-    match MemTable::try_new(schema, vec![vec![]]) {
-        Ok(table) => {
-            if let Err(err) = ctx.register_table(name, Arc::new(table)) {
-                tracing::warn!("registering {name} failed: {err}");
-            }
-        }
-        Err(err) => tracing::warn!("creating table {name} failed: {err}"),
+fn register(ctx: &SessionContext, slot: &Arc<BatchSlot>, name: &str) {
+    // Only fails on an invalid name, which the configuration's validation excludes.
+    if let Err(err) = slot.register(ctx, name) {
+        tracing::warn!("registering table {name} failed: {err}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Iceberg sink: the catalog factory and the tables the pipeline writes.
 
 pub mod catalog;
+pub mod iceberg;
 pub mod table;
 
 /// Errors of the Iceberg sink, each naming the table or catalog involved.
@@ -17,8 +18,11 @@ pub enum SinkError {
     #[error("{what}: {source}")]
     Iceberg {
         what: String,
-        source: Box<iceberg::Error>,
+        source: Box<::iceberg::Error>,
     },
+    /// The SQL output and the table disagree, or the table is missing.
+    #[error("table {table}: {message}")]
+    Schema { table: String, message: String },
     /// A SQL output column has no Iceberg counterpart.
     #[error("table {table}: column `{column}` has type {data_type}, which Iceberg cannot store; cast it in the SQL")]
     UnsupportedType {
@@ -30,7 +34,7 @@ pub enum SinkError {
 
 impl SinkError {
     /// Wraps an Iceberg error with what was being done.
-    pub fn iceberg(what: impl Into<String>, source: iceberg::Error) -> Self {
+    pub fn iceberg(what: impl Into<String>, source: ::iceberg::Error) -> Self {
         SinkError::Iceberg {
             what: what.into(),
             source: Box::new(source),

@@ -1,0 +1,76 @@
+//! `run`: the streaming job, until SIGINT/SIGTERM (or until caught up).
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::pipeline::{self, RunOptions};
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run only this pipeline (default: every pipeline of the file, side by side).
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Stop once every partition has been read to its end and committed (backfills, tests).
+    #[arg(long)]
+    pub until_caught_up: bool,
+}
+
+/// Runs the selected pipelines and prints what each did.
+pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
+    let config = super::load_config(config_path)?;
+    let (stop, shutdown) = pipeline::shutdown_channel();
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("stopping: finishing the batch in hand and committing");
+        let _ = stop.send(true);
+    });
+
+    let pipelines = config.selected(args.pipeline.as_deref())?;
+    let runs = pipelines.iter().map(|p| {
+        let options = RunOptions {
+            until_caught_up: args.until_caught_up,
+            shutdown: shutdown.clone(),
+        };
+        pipeline::run(&config, p, options)
+    });
+    let results = futures::future::join_all(runs).await;
+    let mut ok = true;
+    for (p, result) in pipelines.iter().zip(results) {
+        match result {
+            Ok(summary) => {
+                let letters: Vec<String> = summary
+                    .dead_letters
+                    .iter()
+                    .map(|(category, n)| format!("{category} {n}"))
+                    .collect();
+                println!(
+                    "pipeline {}: {} messages, {} rows written to {}.{} in {} commits, {} dead letters ({}); offsets {}",
+                    p.name,
+                    summary.messages,
+                    summary.rows,
+                    p.sink.namespace,
+                    p.sink.events_table.name,
+                    summary.commits,
+                    summary.dead_letters.values().sum::<u64>(),
+                    letters.join(", "),
+                    summary.offsets.to_json(),
+                );
+            }
+            Err(err) => {
+                ok = false;
+                eprintln!("error: {err}");
+            }
+        }
+    }
+    Ok(ok)
+}

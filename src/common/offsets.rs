@@ -1,0 +1,105 @@
+//! `Offsets`: the next Kafka offset to read per topic partition, as stored in snapshot summaries.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Next offset to read per (topic, partition): everything below it has been absorbed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Offsets(BTreeMap<String, BTreeMap<i32, i64>>);
+
+impl Offsets {
+    /// No partition known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next offset of a partition, if known.
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(topic)?.get(&partition).copied()
+    }
+
+    /// Sets the next offset of a partition.
+    pub fn set(&mut self, topic: &str, partition: i32, next: i64) {
+        match self.0.get_mut(topic) {
+            Some(partitions) => {
+                partitions.insert(partition, next);
+            }
+            None => {
+                self.0
+                    .insert(topic.to_string(), BTreeMap::from([(partition, next)]));
+            }
+        }
+    }
+
+    /// Raises a partition's next offset to `next` (never lowers it).
+    pub fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        if self
+            .get(topic, partition)
+            .is_none_or(|current| current < next)
+        {
+            self.set(topic, partition, next);
+        }
+    }
+
+    /// Sets every partition of `other` not known here (older snapshots fill gaps, never override).
+    pub fn fill_from(&mut self, other: &Offsets) {
+        for (topic, partition, next) in other.iter() {
+            if self.get(topic, partition).is_none() {
+                self.set(topic, partition, next);
+            }
+        }
+    }
+
+    /// Raises each partition to the offset in `other` where that is higher.
+    pub fn advance_all(&mut self, other: &Offsets) {
+        for (topic, partition, next) in other.iter() {
+            self.advance(topic, partition, next);
+        }
+    }
+
+    /// Every (topic, partition, next offset).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.0.iter().flat_map(|(topic, partitions)| {
+            partitions
+                .iter()
+                .map(move |(partition, next)| (topic.as_str(), *partition, *next))
+        })
+    }
+
+    /// Whether no partition is known.
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(BTreeMap::is_empty)
+    }
+
+    /// Compact JSON, as stored in a snapshot summary: `{"topic":{"0":12,"1":7}}`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_default()
+    }
+
+    /// Parses the snapshot summary form.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text).map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json_and_only_advances() {
+        let mut offsets = Offsets::new();
+        offsets.set("events", 0, 10);
+        offsets.advance("events", 0, 5);
+        offsets.advance("events", 2, 7);
+        assert_eq!(offsets.to_json(), r#"{"events":{"0":10,"2":7}}"#);
+        assert_eq!(Offsets::from_json(&offsets.to_json()).unwrap(), offsets);
+        let mut newer = Offsets::new();
+        newer.set("events", 2, 9);
+        newer.fill_from(&offsets);
+        assert_eq!(newer.get("events", 2), Some(9));
+        assert_eq!(newer.get("events", 0), Some(10));
+    }
+}

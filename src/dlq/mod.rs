@@ -1,0 +1,7 @@
+//! The dead letter queue: rejected rows as self-describing records on a Kafka topic.
+
+pub mod record;
+pub mod writer;
+
+pub use record::{category_of, DeadLetter, PayloadEncoding, SourceCoordinates};
+pub use writer::DeadLetterWriter;

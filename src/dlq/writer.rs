@@ -1,0 +1,99 @@
+//! Produces dead letter records without waiting per record, and waits for all of them before
+//! the Iceberg commit that moves past their offsets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use super::record::DeadLetter;
+use crate::kafka::KafkaError;
+
+/// Writer to one dead letter topic.
+pub struct DeadLetterWriter {
+    producer: FutureProducer,
+    topic: String,
+    pending: Vec<DeliveryFuture>,
+    /// Records sent since start, by category.
+    counts: BTreeMap<String, u64>,
+}
+
+impl DeadLetterWriter {
+    /// An idempotent producer to `topic`.
+    pub fn new(client: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
+        let mut config = client.clone();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        let producer = config.create().map_err(|source| KafkaError::Client {
+            role: "dead letter producer",
+            brokers: config
+                .get("bootstrap.servers")
+                .unwrap_or_default()
+                .to_string(),
+            source,
+        })?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            pending: Vec::new(),
+            counts: BTreeMap::new(),
+        })
+    }
+
+    /// Queues one record keyed by the original key; delivery is confirmed by [`Self::flush`].
+    pub async fn send(
+        &mut self,
+        record: &DeadLetter,
+        key: Option<&[u8]>,
+    ) -> Result<(), KafkaError> {
+        let value = record.to_json();
+        loop {
+            let mut message = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&value);
+            if let Some(key) = key {
+                message = message.key(key);
+            }
+            match self.producer.send_result(message) {
+                Ok(delivery) => {
+                    self.pending.push(delivery);
+                    *self.counts.entry(record.category.clone()).or_default() += 1;
+                    return Ok(());
+                }
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // librdkafka's queue is full: wait for what is in flight, then retry.
+                    self.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((source, _)) => {
+                    return Err(KafkaError::Delivery {
+                        topic: self.topic.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued record is acknowledged; the first failure is returned.
+    pub async fn flush(&mut self) -> Result<(), KafkaError> {
+        for delivery in self.pending.drain(..) {
+            let outcome = delivery.await.map_err(|_| KafkaError::Delivery {
+                topic: self.topic.clone(),
+                source: RdKafkaError::Canceled,
+            })?;
+            outcome.map_err(|(source, _)| KafkaError::Delivery {
+                topic: self.topic.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Records sent since start, by category.
+    pub fn counts(&self) -> &BTreeMap<String, u64> {
+        &self.counts
+    }
+}

@@ -1,0 +1,111 @@
+//! Rejected rows to dead letter records: the SQL's reason plus the raw message it came from.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMillisecondType};
+
+use crate::common::ERROR_COLUMN;
+use crate::dlq::{DeadLetter, SourceCoordinates};
+use crate::source::RawRecord;
+
+/// Reason given to payloads that are not UTF-8 (they never reach the SQL).
+pub const INVALID_UTF8: &str = "invalid utf-8";
+
+/// A dead letter record with the key of its source message.
+pub type KeyedDeadLetter = (DeadLetter, Option<Vec<u8>>);
+
+/// Dead letters for the rows the parsing SQL rejected, with payload, key and timestamp looked up
+/// in the micro-batch they came from by (partition, offset).
+pub fn from_rejected_rows(
+    rejected: &RecordBatch,
+    input: &RecordBatch,
+    pipeline: &str,
+    failed_at: &str,
+) -> Result<Vec<KeyedDeadLetter>, arrow::error::ArrowError> {
+    if rejected.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let column = |name: &str, data_type: &DataType| -> Result<_, arrow::error::ArrowError> {
+        let array = rejected.column_by_name(name).ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError(format!("parsing output lacks `{name}`"))
+        })?;
+        cast(array, data_type)
+    };
+    let errors = column(ERROR_COLUMN, &DataType::Utf8)?;
+    let errors = errors.as_string::<i32>();
+    let partitions = column("_partition", &DataType::Int32)?;
+    let partitions = partitions.as_primitive::<Int32Type>();
+    let offsets = column("_offset", &DataType::Int64)?;
+    let offsets = offsets.as_primitive::<Int64Type>();
+
+    let in_partitions = input.column(1).as_primitive::<Int32Type>();
+    let in_offsets = input.column(2).as_primitive::<Int64Type>();
+    let in_timestamps = input.column(3).as_primitive::<TimestampMillisecondType>();
+    let in_keys: &BinaryArray = input.column(4).as_binary::<i32>();
+    let in_values: &StringArray = input.column(5).as_string::<i32>();
+    let in_topics: &StringArray = input.column(0).as_string::<i32>();
+    let rows: HashMap<(i32, i64), usize> = (0..input.num_rows())
+        .map(|i| ((in_partitions.value(i), in_offsets.value(i)), i))
+        .collect();
+
+    let mut letters = Vec::with_capacity(rejected.num_rows());
+    for i in 0..rejected.num_rows() {
+        let Some(&row) = rows.get(&(partitions.value(i), offsets.value(i))) else {
+            // The SQL invented a row that matches no message: report it rather than lose it.
+            tracing::warn!(
+                partition = partitions.value(i),
+                offset = offsets.value(i),
+                "a rejected row matches no message of the batch"
+            );
+            continue;
+        };
+        let raw = RawRecord {
+            topic: in_topics.value(row).to_string(),
+            partition: in_partitions.value(row),
+            offset: in_offsets.value(row),
+            timestamp_ms: in_timestamps
+                .is_valid(row)
+                .then(|| in_timestamps.value(row)),
+            key: in_keys.is_valid(row).then(|| in_keys.value(row).to_vec()),
+            payload: Vec::new(),
+        };
+        let reason = if errors.is_valid(i) {
+            errors.value(i)
+        } else {
+            "rejected"
+        };
+        letters.push(dead_letter(
+            &raw,
+            in_values.value(row).as_bytes(),
+            reason,
+            pipeline,
+            failed_at,
+        ));
+    }
+    Ok(letters)
+}
+
+/// A dead letter for a raw record (payload taken from `payload`, not from the record).
+pub fn dead_letter(
+    raw: &RawRecord,
+    payload: &[u8],
+    reason: &str,
+    pipeline: &str,
+    failed_at: &str,
+) -> KeyedDeadLetter {
+    let source = SourceCoordinates {
+        topic: raw.topic.clone(),
+        partition: raw.partition,
+        offset: raw.offset,
+        timestamp: raw
+            .timestamp_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    };
+    (
+        DeadLetter::new(reason, payload, source, pipeline, failed_at),
+        raw.key.clone(),
+    )
+}

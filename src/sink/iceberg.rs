@@ -1,0 +1,291 @@
+//! Writing a SQL stage's output to an Iceberg table: Parquet files fanned out by the partition
+//! spec, committed with `fast_append` and the absorbed Kafka offsets in the snapshot summary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{new_null_array, ArrayRef};
+use arrow::compute::cast;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
+use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::Catalog;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::table::load_table;
+use super::SinkError;
+use crate::common::{is_internal_column, Offsets};
+
+/// Snapshot summary key: the next Kafka offset per topic partition the table has absorbed.
+pub const OFFSETS_PROPERTY: &str = "campaign-pipeline.offsets";
+/// Snapshot summary key: the pipeline that made the snapshot.
+pub const PIPELINE_PROPERTY: &str = "campaign-pipeline.pipeline";
+
+/// Target size of one data file before it rolls over.
+const TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
+
+type Writer = FanoutWriter<
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+>;
+
+/// What one commit wrote.
+#[derive(Debug, Clone, Default)]
+pub struct CommitStats {
+    /// Rows in the new data files.
+    pub rows: u64,
+    /// New data files.
+    pub files: usize,
+    /// The new snapshot.
+    pub snapshot_id: Option<i64>,
+    /// Time spent closing files and committing, in milliseconds.
+    pub millis: u128,
+}
+
+/// An open Iceberg table being appended to by one pipeline.
+pub struct TableWriter {
+    catalog: Arc<dyn Catalog>,
+    table: Table,
+    label: String,
+    pipeline: String,
+    arrow_schema: SchemaRef,
+    splitter: RecordBatchPartitionSplitter,
+    writer: Option<Writer>,
+    buffered_rows: u64,
+}
+
+impl TableWriter {
+    /// Opens `namespace.name` for appending SQL output of schema `sql_schema`; refuses SQL output
+    /// the table cannot hold, naming the column, before anything is consumed.
+    pub async fn open(
+        catalog: Arc<dyn Catalog>,
+        namespace: &str,
+        name: &str,
+        pipeline: &str,
+        sql_schema: &arrow::datatypes::Schema,
+    ) -> Result<Self, SinkError> {
+        let label = format!("{namespace}.{name}");
+        let table = load_table(catalog.as_ref(), namespace, name)
+            .await
+            .map_err(|err| match err {
+                SinkError::Iceberg { source, .. }
+                    if source.kind() == iceberg::ErrorKind::TableNotFound =>
+                {
+                    SinkError::Schema {
+                        table: label.clone(),
+                        message: "the table does not exist; run `campaign-pipeline setup` first"
+                            .into(),
+                    }
+                }
+                other => other,
+            })?;
+        let metadata = table.metadata();
+        let schema = metadata.current_schema().clone();
+        let arrow_schema =
+            Arc::new(schema_to_arrow_schema(&schema).map_err(|e| SinkError::iceberg(&label, e))?);
+        for field in sql_schema.fields() {
+            if is_internal_column(field.name()) {
+                continue;
+            }
+            let Ok(column) = arrow_schema.field_with_name(field.name()) else {
+                return Err(SinkError::Schema {
+                    table: label,
+                    message: format!(
+                        "the SQL returns column `{}`, which the table does not have",
+                        field.name()
+                    ),
+                });
+            };
+            if !arrow::compute::can_cast_types(field.data_type(), column.data_type()) {
+                return Err(SinkError::Schema {
+                    table: label,
+                    message: format!(
+                        "column `{}` is {} in the table but {} in the SQL",
+                        field.name(),
+                        column.data_type(),
+                        field.data_type()
+                    ),
+                });
+            }
+        }
+        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+            schema,
+            metadata.default_partition_spec().clone(),
+        )
+        .map_err(|e| SinkError::iceberg(&label, e))?;
+        Ok(Self {
+            catalog,
+            table,
+            label,
+            pipeline: pipeline.to_string(),
+            arrow_schema,
+            splitter,
+            writer: None,
+            buffered_rows: 0,
+        })
+    }
+
+    /// `namespace.name`, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The offsets the table has absorbed: per partition, the value in the newest snapshot of
+    /// this pipeline that mentions it (walking the snapshot ancestry from the current one).
+    pub fn committed_offsets(&self) -> Result<Offsets, SinkError> {
+        let metadata = self.table.metadata();
+        let mut offsets = Offsets::new();
+        let mut next = metadata.current_snapshot().cloned();
+        while let Some(snapshot) = next {
+            let properties = &snapshot.summary().additional_properties;
+            if properties.get(PIPELINE_PROPERTY) == Some(&self.pipeline) {
+                if let Some(text) = properties.get(OFFSETS_PROPERTY) {
+                    let found = Offsets::from_json(text).map_err(|e| SinkError::Schema {
+                        table: self.label.clone(),
+                        message: format!(
+                            "snapshot {} has unreadable offsets {text:?}: {e}",
+                            snapshot.snapshot_id()
+                        ),
+                    })?;
+                    offsets.fill_from(&found);
+                }
+            }
+            next = snapshot
+                .parent_snapshot_id()
+                .and_then(|id| metadata.snapshot_by_id(id).cloned());
+        }
+        Ok(offsets)
+    }
+
+    /// Rows written since the last commit.
+    pub fn buffered_rows(&self) -> u64 {
+        self.buffered_rows
+    }
+
+    /// Writes SQL output rows (columns matched by name, `_` columns ignored) into open data files.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = self.conform(batch)?;
+        let parts = self
+            .splitter
+            .split(&batch)
+            .map_err(|e| SinkError::iceberg(&self.label, e))?;
+        if self.writer.is_none() {
+            self.writer = Some(self.new_writer()?);
+        }
+        let writer = self.writer.as_mut().ok_or_else(|| SinkError::Schema {
+            table: self.label.clone(),
+            message: "writer vanished".into(),
+        })?;
+        for (key, part) in parts {
+            writer
+                .write(key, part)
+                .await
+                .map_err(|e| SinkError::iceberg(&self.label, e))?;
+        }
+        self.buffered_rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Closes the open data files and commits them in one snapshot carrying `offsets` (the next
+    /// offset per partition that this table has now fully absorbed).
+    pub async fn commit(&mut self, offsets: &Offsets) -> Result<CommitStats, SinkError> {
+        let started = Instant::now();
+        let files: Vec<DataFile> = match self.writer.take() {
+            Some(writer) => writer
+                .close()
+                .await
+                .map_err(|e| SinkError::iceberg(&self.label, e))?,
+            None => Vec::new(),
+        };
+        let rows = self.buffered_rows;
+        let properties = HashMap::from([
+            (OFFSETS_PROPERTY.to_string(), offsets.to_json()),
+            (PIPELINE_PROPERTY.to_string(), self.pipeline.clone()),
+        ]);
+        let file_count = files.len();
+        let tx = Transaction::new(&self.table);
+        let action = tx
+            .fast_append()
+            // File names carry a fresh UUID, so the duplicate check (which reads every
+            // manifest of the table on each commit) can only cost time.
+            .with_check_duplicate(false)
+            .add_data_files(files)
+            .set_snapshot_properties(properties);
+        let tx = action
+            .apply(tx)
+            .map_err(|e| SinkError::iceberg(&self.label, e))?;
+        self.table = tx
+            .commit(self.catalog.as_ref())
+            .await
+            .map_err(|e| SinkError::iceberg(format!("committing to {}", self.label), e))?;
+        self.buffered_rows = 0;
+        Ok(CommitStats {
+            rows,
+            files: file_count,
+            snapshot_id: self.table.metadata().current_snapshot_id(),
+            millis: started.elapsed().as_millis(),
+        })
+    }
+
+    fn new_writer(&self) -> Result<Writer, SinkError> {
+        let metadata = self.table.metadata();
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
+        let location = DefaultLocationGenerator::new(metadata)
+            .map_err(|e| SinkError::iceberg(&self.label, e))?;
+        // A fresh prefix per commit: a crash may leave uncommitted files behind, and a restart
+        // must never overwrite them while they could still be referenced.
+        let names = DefaultFileNameGenerator::new(
+            uuid::Uuid::now_v7().to_string(),
+            None,
+            DataFileFormat::Parquet,
+        );
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            TARGET_FILE_SIZE,
+            self.table.file_io().clone(),
+            location,
+            names,
+        );
+        Ok(FanoutWriter::new(DataFileWriterBuilder::new(rolling)))
+    }
+
+    /// The batch in the table's Arrow schema: columns by name, cast to the table's types, and
+    /// null where the SQL does not return a table column.
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch, SinkError> {
+        let columns = self
+            .arrow_schema
+            .fields()
+            .iter()
+            .map(|field| match batch.column_by_name(field.name()) {
+                Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
+                Some(column) => cast(column, field.data_type()).map_err(|e| SinkError::Schema {
+                    table: self.label.clone(),
+                    message: format!("column `{}`: {e}", field.name()),
+                }),
+                None => Ok(new_null_array(field.data_type(), batch.num_rows())),
+            })
+            .collect::<Result<Vec<ArrayRef>, SinkError>>()?;
+        RecordBatch::try_new(self.arrow_schema.clone(), columns).map_err(|e| SinkError::Schema {
+            table: self.label.clone(),
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,140 @@
+//! A micro-batch of raw Kafka records, built straight into Arrow columns.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+
+use crate::common::{kafka_records_schema, Offsets};
+
+/// A record that cannot reach the SQL (its payload is not UTF-8), kept for the dead letter queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Broker or producer timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value, as received.
+    pub payload: Vec<u8>,
+}
+
+/// One micro-batch handed from the source to the pipeline.
+#[derive(Debug)]
+pub struct MicroBatch {
+    /// Rows of `kafka_records` (UTF-8 payloads).
+    pub records: RecordBatch,
+    /// Records whose payload is not UTF-8 (reason `invalid utf-8`).
+    pub not_utf8: Vec<RawRecord>,
+    /// Per partition: the offset after the last message in this batch.
+    pub next_offsets: Offsets,
+    /// Every assigned partition has been read to its end since the source started.
+    pub caught_up: bool,
+}
+
+impl MicroBatch {
+    /// Messages in the batch, rejected ones included.
+    pub fn message_count(&self) -> usize {
+        self.records.num_rows() + self.not_utf8.len()
+    }
+}
+
+/// Appends messages column by column; one allocation per column per batch, not per row.
+pub struct BatchBuilder {
+    topic: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    timestamp: TimestampMillisecondBuilder,
+    key: BinaryBuilder,
+    value: StringBuilder,
+    not_utf8: Vec<RawRecord>,
+    next_offsets: Offsets,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    /// A builder sized for `capacity` messages of about 256 bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            topic: StringBuilder::with_capacity(capacity, capacity * 16),
+            partition: Int32Builder::with_capacity(capacity),
+            offset: Int64Builder::with_capacity(capacity),
+            timestamp: TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            key: BinaryBuilder::with_capacity(capacity, capacity * 16),
+            value: StringBuilder::with_capacity(capacity, capacity * 256),
+            not_utf8: Vec::new(),
+            next_offsets: Offsets::new(),
+            rows: 0,
+        }
+    }
+
+    /// Messages appended so far (rejected ones included).
+    pub fn len(&self) -> usize {
+        self.rows + self.not_utf8.len()
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends one message; a payload that is not UTF-8 is set aside for the dead letter queue.
+    pub fn push(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
+        self.next_offsets.advance(topic, partition, offset + 1);
+        let payload = payload.unwrap_or_default();
+        match std::str::from_utf8(payload) {
+            Ok(text) => {
+                self.topic.append_value(topic);
+                self.partition.append_value(partition);
+                self.offset.append_value(offset);
+                self.timestamp.append_option(timestamp_ms);
+                self.key.append_option(key);
+                self.value.append_value(text);
+                self.rows += 1;
+            }
+            Err(_) => self.not_utf8.push(RawRecord {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                timestamp_ms,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+            }),
+        }
+    }
+
+    /// Finishes the batch and resets the builder for the next one.
+    pub fn finish(&mut self, caught_up: bool) -> Result<MicroBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.topic.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.timestamp.finish()),
+            Arc::new(self.key.finish()),
+            Arc::new(self.value.finish()),
+        ];
+        self.rows = 0;
+        Ok(MicroBatch {
+            records: RecordBatch::try_new(kafka_records_schema(), columns)?,
+            not_utf8: std::mem::take(&mut self.not_utf8),
+            next_offsets: std::mem::take(&mut self.next_offsets),
+            caught_up,
+        })
+    }
+}

@@ -1,0 +1,336 @@
+//! The rdkafka consumer in the pipeline's group, run on its own thread so that reading the next
+//! micro-batch overlaps with processing the current one.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::batch::{BatchBuilder, MicroBatch};
+use super::SourceError;
+use crate::common::Offsets;
+use crate::config::StartFrom;
+
+/// How the source reads.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Topic to read.
+    pub topic: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Where partitions without stored progress begin.
+    pub start_from: StartFrom,
+    /// Most messages per micro-batch.
+    pub max_rows: usize,
+    /// Longest time a micro-batch stays open.
+    pub max_wait: Duration,
+}
+
+/// Shared between the consumer's callbacks and the pipeline.
+#[derive(Default)]
+struct Shared {
+    /// Where each partition resumes: the offsets the tables have absorbed.
+    resume: Mutex<Offsets>,
+    /// Partitions currently assigned to this consumer.
+    assigned: Mutex<BTreeSet<i32>>,
+    /// Set by a rebalance so that the reading thread resets its end-of-partition bookkeeping.
+    rebalanced: AtomicBool,
+    /// Consumer lag per partition, from librdkafka's statistics (the fetch high watermark).
+    lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+/// Seeks newly assigned partitions to the offsets the tables hold, so that progress lives in
+/// Iceberg and not in the consumer group.
+struct SourceContext {
+    shared: Arc<Shared>,
+    topic: String,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // End of partition is bookkeeping (the reading loop tracks it), not an error.
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(topic = %self.topic, "librdkafka: {error}: {reason}");
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut lag = self
+            .shared
+            .lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (partition, stats) in &topic.partitions {
+            // librdkafka reports -1 while it does not know, and lists an internal partition -1.
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                lag.insert(*partition, stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS as ASSIGN;
+        let mut assigned = self
+            .shared
+            .assigned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if err == ASSIGN {
+            let resume = self
+                .shared
+                .resume
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            for partition in partitions {
+                if let Some(next) = resume.get(&self.topic, partition) {
+                    let _ = tpl.set_partition_offset(&self.topic, partition, Offset::Offset(next));
+                }
+                assigned.insert(partition);
+            }
+            tracing::info!(topic = %self.topic, partitions = ?assigned, "partitions assigned");
+            if let Err(err) = consumer.assign(tpl) {
+                tracing::error!("assigning partitions failed: {err}");
+            }
+        } else {
+            assigned.clear();
+            tracing::info!(topic = %self.topic, "partitions revoked");
+            if let Err(err) = consumer.unassign() {
+                tracing::error!("unassigning partitions failed: {err}");
+            }
+        }
+        self.shared.rebalanced.store(true, Ordering::SeqCst);
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {}
+}
+
+/// The running source: micro-batches arrive on [`KafkaSource::next`].
+pub struct KafkaSource {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    shared: Arc<Shared>,
+    batches: mpsc::Receiver<Result<MicroBatch, SourceError>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    topic: String,
+}
+
+impl KafkaSource {
+    /// Joins the group and starts reading; partitions resume at `resume` where it knows them.
+    pub fn start(
+        client: &ClientConfig,
+        options: SourceOptions,
+        resume: Offsets,
+    ) -> Result<Self, SourceError> {
+        let topic = options.topic.clone();
+        let fail = |message: String| SourceError::Consumer {
+            topic: topic.clone(),
+            message,
+        };
+        let shared = Arc::new(Shared {
+            resume: Mutex::new(resume),
+            ..Shared::default()
+        });
+        let mut config = client.clone();
+        config
+            .set("group.id", &options.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("statistics.interval.ms", "1000")
+            .set(
+                "auto.offset.reset",
+                match options.start_from {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            );
+        let context = SourceContext {
+            shared: shared.clone(),
+            topic: topic.clone(),
+        };
+        let consumer: BaseConsumer<SourceContext> = config
+            .create_with_context(context)
+            .map_err(|e| fail(e.to_string()))?;
+        consumer
+            .subscribe(&[&topic])
+            .map_err(|e| fail(e.to_string()))?;
+        let consumer = Arc::new(consumer);
+        let (sender, batches) = mpsc::channel(2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            consumer: consumer.clone(),
+            shared: shared.clone(),
+            options,
+            stop: stop.clone(),
+            sender,
+        };
+        let thread = std::thread::Builder::new()
+            .name("kafka-source".into())
+            .spawn(move || reader.run())
+            .map_err(|e| fail(format!("cannot start the reading thread: {e}")))?;
+        Ok(Self {
+            consumer,
+            shared,
+            batches,
+            stop,
+            thread: Some(thread),
+            topic,
+        })
+    }
+
+    /// The next micro-batch; `None` once the source has stopped.
+    pub async fn next(&mut self) -> Option<Result<MicroBatch, SourceError>> {
+        self.batches.recv().await
+    }
+
+    /// Records progress the tables now hold: later rebalances resume there, and the consumer
+    /// group's committed offsets follow (for lag monitoring only).
+    pub fn absorbed(&self, offsets: &Offsets) {
+        self.shared
+            .resume
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .advance_all(offsets);
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in offsets.iter() {
+            let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+        }
+        if tpl.count() > 0 {
+            if let Err(err) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(topic = %self.topic, "committing group offsets (for lag monitoring) failed: {err}");
+            }
+        }
+    }
+
+    /// Partitions currently assigned.
+    pub fn assigned(&self) -> BTreeSet<i32> {
+        self.shared
+            .assigned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Consumer lag per assigned partition, as of librdkafka's last statistics.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        let assigned = self.assigned();
+        self.shared
+            .lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(p, _)| assigned.contains(p))
+            .map(|(p, l)| (*p, *l))
+            .collect()
+    }
+
+    /// Asks the reading thread to stop after the batch in hand.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop();
+        self.batches.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The reading loop on its own thread.
+struct Reader {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    shared: Arc<Shared>,
+    options: SourceOptions,
+    stop: Arc<AtomicBool>,
+    sender: mpsc::Sender<Result<MicroBatch, SourceError>>,
+}
+
+impl Reader {
+    fn run(self) {
+        let mut builder = BatchBuilder::new(self.options.max_rows);
+        let mut at_end: HashSet<i32> = HashSet::new();
+        let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
+        let mut opened = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.shared.rebalanced.swap(false, Ordering::SeqCst) {
+                at_end.clear();
+            }
+            match self.consumer.poll(poll_timeout) {
+                Some(Ok(message)) => {
+                    let partition = message.partition();
+                    let offset = message.offset();
+                    at_end.remove(&partition);
+                    let resume = self
+                        .shared
+                        .resume
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&self.options.topic, partition);
+                    // Below the tables' progress: already absorbed (a rebalance or group offsets
+                    // behind the tables), so it is dropped, not written twice.
+                    if resume.is_none_or(|next| offset >= next) {
+                        if builder.is_empty() {
+                            opened = Instant::now();
+                        }
+                        builder.push(
+                            message.topic(),
+                            partition,
+                            offset,
+                            message.timestamp().to_millis(),
+                            message.key(),
+                            message.payload(),
+                        );
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    at_end.insert(partition);
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(topic = %self.options.topic, "consumer: {err}");
+                }
+                None => {}
+            }
+            let assigned = self
+                .shared
+                .assigned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let caught_up = !assigned.is_empty() && assigned.iter().all(|p| at_end.contains(p));
+            let full = builder.len() >= self.options.max_rows;
+            let waited = opened.elapsed() >= self.options.max_wait;
+            if full || waited || caught_up {
+                let batch = builder
+                    .finish(caught_up)
+                    .map_err(|source| SourceError::Arrow {
+                        topic: self.options.topic.clone(),
+                        source,
+                    });
+                opened = Instant::now();
+                if self.sender.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
