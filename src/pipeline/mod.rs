@@ -165,6 +165,12 @@ pub async fn run(
             source,
         })?;
         let caught_up = batch.caught_up;
+        tracing::debug!(
+            rows = batch.records.num_rows(),
+            not_utf8 = batch.not_utf8.len(),
+            next = %batch.next_offsets.to_json(),
+            "micro-batch"
+        );
         window.messages += batch.message_count() as u64;
         summary.messages += batch.message_count() as u64;
         for (topic, partition, next) in batch.next_offsets.iter() {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -54,7 +55,11 @@ struct SourceContext {
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // End of partition is bookkeeping (the reading loop tracks it), not an error.
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
             tracing::error!(topic = %self.topic, "librdkafka: {error}: {reason}");
         }
     }
@@ -146,7 +151,15 @@ impl KafkaSource {
             resume: Mutex::new(resume),
             ..Shared::default()
         });
-        let mut config = client.clone();
+        let mut config = ClientConfig::new();
+        // A runner killed without leaving the group holds its partitions until its session
+        // times out, so a restart waits that long: keep it short unless the user says otherwise.
+        config
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000");
+        for (key, value) in client.config_map().iter() {
+            config.set(*key, *value);
+        }
         config
             .set("group.id", &options.group_id)
             .set("enable.auto.commit", "false")
@@ -269,11 +282,13 @@ impl Reader {
     fn run(self) {
         let mut builder = BatchBuilder::new(self.options.max_rows);
         let mut at_end: HashSet<i32> = HashSet::new();
+        let mut resumes = ResumeCheck::default();
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
         let mut opened = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
             if self.shared.rebalanced.swap(false, Ordering::SeqCst) {
                 at_end.clear();
+                resumes = ResumeCheck::default();
             }
             match self.consumer.poll(poll_timeout) {
                 Some(Ok(message)) => {
@@ -286,8 +301,19 @@ impl Reader {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .get(&self.options.topic, partition);
-                    // Below the tables' progress: already absorbed (a rebalance or group offsets
-                    // behind the tables), so it is dropped, not written twice.
+                    if let Some(back_to) = resumes.check(partition, offset, resume) {
+                        if let Err(err) = self.consumer.seek(
+                            &self.options.topic,
+                            partition,
+                            Offset::Offset(back_to),
+                            Duration::from_secs(10),
+                        ) {
+                            tracing::warn!(topic = %self.options.topic, partition, "seeking back to {back_to} failed: {err}");
+                        }
+                        continue;
+                    }
+                    // Below the tables' progress: already absorbed (a rebalance, a seek back or
+                    // group offsets behind the tables), so it is dropped, not written twice.
                     if resume.is_none_or(|next| offset >= next) {
                         if builder.is_empty() {
                             opened = Instant::now();
@@ -332,5 +358,77 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+/// Makes sure a partition really resumes at the offset the tables hold.
+///
+/// Kafka answers a fetch inside a record batch with the whole batch, and the client skips the
+/// records before the requested offset. tansu 0.6 instead answers with the next batch that
+/// starts at or after the offset, silently skipping the rest of the batch the offset falls in.
+/// So when the first message after (re)assignment lies beyond the resume offset, the reader
+/// seeks back further (doubling the distance) until the resume offset itself is delivered;
+/// the messages before it are then dropped as already absorbed. Only when even offset 0 starts
+/// later is the gap real (retention or compaction), and it is logged.
+#[derive(Default)]
+struct ResumeCheck {
+    /// Partitions whose resume offset was confirmed since the last assignment.
+    confirmed: HashSet<i32>,
+    /// Current seek-back distance per partition.
+    distance: BTreeMap<i32, i64>,
+}
+
+impl ResumeCheck {
+    /// `Some(offset)` to seek back to before reading on, `None` to accept the message.
+    fn check(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Option<i64> {
+        if self.confirmed.contains(&partition) {
+            return None;
+        }
+        let Some(resume) = resume else {
+            self.confirmed.insert(partition);
+            return None;
+        };
+        if offset <= resume {
+            self.confirmed.insert(partition);
+            self.distance.remove(&partition);
+            return None;
+        }
+        let distance = self.distance.entry(partition).or_insert(1_000);
+        let previous_target = resume - *distance / 2;
+        if previous_target <= 0 && *distance > 1_000 {
+            tracing::warn!(
+                partition,
+                "offsets {resume}..{offset} are no longer on the broker; resuming at {offset}"
+            );
+            self.confirmed.insert(partition);
+            return None;
+        }
+        let target = (resume - *distance).max(0);
+        *distance *= 2;
+        Some(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResumeCheck;
+
+    #[test]
+    fn seeks_back_until_the_resume_offset_is_delivered() {
+        let mut check = ResumeCheck::default();
+        // Resume at 12000 but the broker answers from 13795: seek back, further each time.
+        assert_eq!(check.check(1, 13795, Some(12000)), Some(11000));
+        assert_eq!(check.check(1, 13795, Some(12000)), Some(10000));
+        // Now an earlier batch arrives: confirmed, and later messages pass untouched.
+        assert_eq!(check.check(1, 9500, Some(12000)), None);
+        assert_eq!(check.check(1, 13795, Some(12000)), None);
+    }
+
+    #[test]
+    fn accepts_a_real_gap_once_offset_zero_was_tried() {
+        let mut check = ResumeCheck::default();
+        assert_eq!(check.check(0, 900, Some(500)), Some(0));
+        assert_eq!(check.check(0, 900, Some(500)), None);
+        assert_eq!(check.check(2, 5, None), None);
     }
 }

@@ -160,6 +160,12 @@ impl TestPipeline {
     sql:
       parse: {parse}
       metrics: {metrics}
+    batch:
+      max_rows: 10000
+      max_wait: 200ms
+    commit:
+      interval: 5s
+      max_rows: 500000
     sink:
       catalog:
         type: sqlite
@@ -190,6 +196,23 @@ impl TestPipeline {
             dlq_topic,
             brokers,
         }
+    }
+
+    /// Rewrites the configuration file (for example to change the commit interval).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let yaml = std::fs::read_to_string(&self.config).expect("read config");
+        std::fs::write(&self.config, edit(yaml)).expect("write config");
+    }
+
+    /// The runner binary with this pipeline's configuration, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_campaign-pipeline"));
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn");
+        command
     }
 
     /// Runs the runner binary with this pipeline's configuration.
@@ -281,4 +304,52 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     records
+}
+
+/// Every row of an Iceberg table, read through iceberg's scan API.
+pub async fn scan_table(config: &Path, table: &str) -> Vec<arrow::record_batch::RecordBatch> {
+    use futures::TryStreamExt;
+    let config = campaign_pipeline::config::Config::load(config).expect("config");
+    let sink = &config.pipelines[0].sink;
+    let catalog = campaign_pipeline::sink::catalog::open_catalog(&config, &sink.catalog)
+        .await
+        .expect("catalog");
+    let table =
+        campaign_pipeline::sink::table::load_table(catalog.as_ref(), &sink.namespace, table)
+            .await
+            .expect("table");
+    if table.metadata().current_snapshot().is_none() {
+        return Vec::new();
+    }
+    table
+        .scan()
+        .build()
+        .expect("scan")
+        .to_arrow()
+        .await
+        .expect("arrow stream")
+        .try_collect()
+        .await
+        .expect("rows")
+}
+
+/// The table's current snapshot summary properties (empty without a snapshot).
+pub async fn snapshot_properties(
+    config: &Path,
+    table: &str,
+) -> std::collections::HashMap<String, String> {
+    let config = campaign_pipeline::config::Config::load(config).expect("config");
+    let sink = &config.pipelines[0].sink;
+    let catalog = campaign_pipeline::sink::catalog::open_catalog(&config, &sink.catalog)
+        .await
+        .expect("catalog");
+    let table =
+        campaign_pipeline::sink::table::load_table(catalog.as_ref(), &sink.namespace, table)
+            .await
+            .expect("table");
+    table
+        .metadata()
+        .current_snapshot()
+        .map(|s| s.summary().additional_properties.clone())
+        .unwrap_or_default()
 }

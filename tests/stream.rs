@@ -1,0 +1,562 @@
+//! The stream core against a real broker and real Iceberg tables: every valid event lands in
+//! campaign_events exactly once, value for value and in its partition; every invalid one lands
+//! in the dead letter queue with its reason and source offset; restarts and SIGKILLs lose and
+//! duplicate nothing.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+use campaign_pipeline::common::event::{CampaignEvent, EVENT_TYPES};
+use campaign_pipeline::dlq::{DeadLetter, PayloadEncoding};
+use common::{read_topic, repo_root, scan_table, snapshot_properties, text, Record, TestPipeline};
+
+/// One row of the events table as the test compares it.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    event_id: String,
+    user_id: String,
+    campaign_id: String,
+    event_type: String,
+    platform: String,
+    timestamp_micros: i64,
+    revenue: f64,
+    country: String,
+    device_type: String,
+}
+
+fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let s = |name: &str| {
+            arrow::compute::cast(
+                batch.column_by_name(name).unwrap(),
+                &arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap()
+        };
+        let (ids, users, campaigns, types, platforms, countries, devices) = (
+            s("event_id"),
+            s("user_id"),
+            s("campaign_id"),
+            s("event_type"),
+            s("platform"),
+            s("country"),
+            s("device_type"),
+        );
+        let ts = batch
+            .column_by_name("timestamp")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>()
+            .clone();
+        let revenue = batch
+            .column_by_name("revenue")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone();
+        for i in 0..batch.num_rows() {
+            out.push(Row {
+                event_id: ids.as_string::<i32>().value(i).to_string(),
+                user_id: users.as_string::<i32>().value(i).to_string(),
+                campaign_id: campaigns.as_string::<i32>().value(i).to_string(),
+                event_type: types.as_string::<i32>().value(i).to_string(),
+                platform: platforms.as_string::<i32>().value(i).to_string(),
+                timestamp_micros: ts.value(i),
+                revenue: revenue.value(i),
+                country: countries.as_string::<i32>().value(i).to_string(),
+                device_type: devices.as_string::<i32>().value(i).to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// What the shipped parsing SQL must decide for a message, computed independently of it:
+/// `Ok(row)` for a valid event, `Err(reason prefix)` for a rejected one.
+fn expected(payload: &[u8]) -> Result<Row, String> {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return Err("invalid utf-8".into());
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Err("broken json".into());
+    };
+    let field = |name: &str| {
+        map.get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+    };
+    for name in ["event_id", "user_id", "campaign_id"] {
+        if field(name).is_none() {
+            return Err(format!("missing {name}"));
+        }
+    }
+    let event_type = field("event_type").unwrap_or_default();
+    if !EVENT_TYPES.contains(&event_type) {
+        return Err("unknown event_type".into());
+    }
+    let Some(time) = field("timestamp").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    else {
+        return Err("bad timestamp".into());
+    };
+    let revenue = match map.get("revenue") {
+        None | Some(serde_json::Value::Null) => 0.0,
+        Some(serde_json::Value::Number(n)) => n.as_f64().unwrap(),
+        Some(_) => return Err("non-numeric revenue".into()),
+    };
+    if revenue < 0.0 {
+        return Err("negative revenue".into());
+    }
+    let event: CampaignEvent = serde_json::from_str(text).unwrap();
+    Ok(Row {
+        event_id: event.event_id,
+        user_id: event.user_id,
+        campaign_id: event.campaign_id,
+        event_type: event.event_type,
+        platform: event.platform,
+        timestamp_micros: time.timestamp_micros(),
+        revenue,
+        country: event.country,
+        device_type: event.device_type,
+    })
+}
+
+fn run_until_caught_up(pipeline: &TestPipeline) -> String {
+    let output = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(output.status.success(), "{}", text(&output));
+    text(&output)
+}
+
+fn setup_and_generate(pipeline: &TestPipeline, args: &[&str]) -> Vec<Record> {
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    generate(pipeline, args)
+}
+
+fn generate(pipeline: &TestPipeline, args: &[&str]) -> Vec<Record> {
+    let mut all = vec!["generate"];
+    all.extend_from_slice(args);
+    let output = pipeline.cli(&all);
+    assert!(output.status.success(), "{}", text(&output));
+    read_topic(&pipeline.brokers, &pipeline.topic)
+}
+
+async fn table_rows(pipeline: &TestPipeline) -> Vec<Row> {
+    rows(&scan_table(&pipeline.config, "campaign_events").await)
+}
+
+fn dead_letters(pipeline: &TestPipeline) -> Vec<(Record, DeadLetter)> {
+    read_topic(&pipeline.brokers, &pipeline.dlq_topic)
+        .into_iter()
+        .map(|r| {
+            let letter: DeadLetter = serde_json::from_slice(&r.payload).expect("dead letter JSON");
+            (r, letter)
+        })
+        .collect()
+}
+
+/// Valid rows by event_id, asserting that none appears twice.
+fn by_event_id(rows: Vec<Row>) -> BTreeMap<String, Row> {
+    let mut map = BTreeMap::new();
+    for row in rows {
+        let id = row.event_id.clone();
+        assert!(
+            map.insert(id.clone(), row).is_none(),
+            "event {id} is in the table twice"
+        );
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_events_land_value_for_value_and_invalid_ones_in_the_dead_letter_queue() {
+    let pipeline = TestPipeline::new();
+    let sent = setup_and_generate(
+        &pipeline,
+        &["--count", "3000", "--seed", "5", "--invalid-ratio", "0.2"],
+    );
+    let out = run_until_caught_up(&pipeline);
+
+    let mut want_rows = BTreeMap::new();
+    let mut want_rejects: HashMap<(i32, i64), (&Record, String)> = HashMap::new();
+    for record in &sent {
+        match expected(&record.payload) {
+            Ok(row) => {
+                assert_eq!(record.key.as_deref(), Some(row.campaign_id.as_bytes()));
+                want_rows.insert(row.event_id.clone(), row);
+            }
+            Err(reason) => {
+                want_rejects.insert((record.partition, record.offset), (record, reason));
+            }
+        }
+    }
+    assert!(want_rejects.len() > 400, "{}", want_rejects.len());
+
+    let got = by_event_id(table_rows(&pipeline).await);
+    assert_eq!(got.len(), want_rows.len(), "{out}");
+    assert_eq!(got, want_rows);
+
+    let letters = dead_letters(&pipeline);
+    assert_eq!(letters.len(), want_rejects.len(), "{out}");
+    let mut categories: BTreeMap<String, u64> = BTreeMap::new();
+    for (record, letter) in &letters {
+        let (source, reason) = want_rejects
+            .get(&(letter.source.partition, letter.source.offset))
+            .unwrap_or_else(|| panic!("unexpected dead letter {letter:?}"));
+        assert_eq!(letter.source.topic, pipeline.topic);
+        assert!(
+            letter.error.starts_with(reason.as_str()),
+            "{} vs {reason}",
+            letter.error
+        );
+        assert_eq!(
+            letter.payload_bytes().unwrap(),
+            source.payload,
+            "payload intact"
+        );
+        assert_eq!(
+            record.key, source.key,
+            "dead letter keyed by the original key"
+        );
+        assert_eq!(letter.pipeline, "test");
+        assert!(letter.source.timestamp.is_some());
+        assert_eq!(
+            letter.payload_encoding == PayloadEncoding::Base64,
+            reason == "invalid utf-8"
+        );
+        *categories.entry(letter.category.clone()).or_default() += 1;
+    }
+    for category in [
+        "broken_json",
+        "invalid_utf_8",
+        "unknown_event_type",
+        "bad_timestamp",
+        "negative_revenue",
+        "non_numeric_revenue",
+    ] {
+        assert!(
+            categories.get(category).copied().unwrap_or(0) > 20,
+            "{category}: {categories:?}"
+        );
+    }
+
+    // Every row sits in the data file of its partition (campaign_id, event_type).
+    let warehouse = pipeline.dir.path().join("data/warehouse");
+    let mut files = 0;
+    for entry in walk(&warehouse) {
+        if entry.extension().is_some_and(|e| e == "parquet") {
+            files += 1;
+            let path = entry.to_string_lossy().to_string();
+            let file = std::fs::File::open(&entry).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 8192)
+                    .unwrap();
+            for batch in reader {
+                for row in rows(&[batch.unwrap()]) {
+                    assert!(
+                        path.contains(&format!(
+                            "campaign_id={}/event_type={}/",
+                            row.campaign_id, row.event_type
+                        )),
+                        "{path}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(files >= 10, "{files} data files");
+
+    let properties = snapshot_properties(&pipeline.config, "campaign_events").await;
+    let offsets: serde_json::Value =
+        serde_json::from_str(&properties["campaign-pipeline.offsets"]).unwrap();
+    let ends: BTreeMap<i32, i64> = sent.iter().fold(BTreeMap::new(), |mut m, r| {
+        m.insert(r.partition, r.offset + 1);
+        m
+    });
+    for (partition, end) in ends {
+        assert_eq!(
+            offsets[&pipeline.topic][partition.to_string()],
+            end,
+            "{properties:?}"
+        );
+    }
+    assert_eq!(properties["campaign-pipeline.pipeline"], "test");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_runs_add_only_new_events() {
+    let pipeline = TestPipeline::new();
+    let first = setup_and_generate(
+        &pipeline,
+        &["--count", "2000", "--seed", "1", "--invalid-ratio", "0.05"],
+    );
+    run_until_caught_up(&pipeline);
+    let after_first = by_event_id(table_rows(&pipeline).await);
+    let valid_first = first
+        .iter()
+        .filter(|r| expected(&r.payload).is_ok())
+        .count();
+    assert_eq!(after_first.len(), valid_first);
+
+    let again = run_until_caught_up(&pipeline);
+    assert!(again.contains("0 messages"), "{again}");
+    assert_eq!(
+        by_event_id(table_rows(&pipeline).await),
+        after_first,
+        "a second run adds nothing"
+    );
+    let letters_before = dead_letters(&pipeline).len();
+
+    let all = generate(
+        &pipeline,
+        &["--count", "1500", "--seed", "2", "--invalid-ratio", "0.05"],
+    );
+    run_until_caught_up(&pipeline);
+    let after_second = by_event_id(table_rows(&pipeline).await);
+    let valid_all = all.iter().filter(|r| expected(&r.payload).is_ok()).count();
+    assert_eq!(after_second.len(), valid_all);
+    for (id, row) in &after_first {
+        assert_eq!(after_second.get(id), Some(row));
+    }
+    let invalid_new = all.len() - first.len() - (valid_all - valid_first);
+    assert_eq!(dead_letters(&pipeline).len(), letters_before + invalid_new);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_runner_restarts_without_losing_or_duplicating_events() {
+    let pipeline = TestPipeline::new();
+    pipeline.edit_config(|yaml| {
+        yaml.replace("interval: 5s", "interval: 50ms")
+            .replace("max_rows: 10000", "max_rows: 2000")
+    });
+    let sent = setup_and_generate(
+        &pipeline,
+        &[
+            "--count",
+            "150000",
+            "--seed",
+            "9",
+            "--invalid-ratio",
+            "0.02",
+        ],
+    );
+    let want: usize = sent.iter().filter(|r| expected(&r.payload).is_ok()).count();
+
+    // Kill at several moments: after a commit, shortly after one, and between them; with
+    // commits every 50ms some kills land while a commit is being written.
+    let mut kills = 0;
+    for (commits, extra_ms) in [(2usize, 0u64), (3, 7), (1, 23)] {
+        let mut child = pipeline
+            .command(&["run", "--until-caught-up"])
+            .env("RUST_LOG", "campaign_pipeline=info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start runner");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("committed") && tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = 0;
+        while seen < commits {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(()) => seen += 1,
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let rows = table_rows(&pipeline).await;
+        let unique = by_event_id(rows.clone());
+        assert_eq!(unique.len(), rows.len(), "duplicates after kill {kills}");
+    }
+    assert!(
+        kills >= 2,
+        "the runner finished before it could be killed; make the stream longer"
+    );
+    let last = run_until_caught_up(&pipeline);
+    let rows = by_event_id(table_rows(&pipeline).await);
+    let missing: Vec<(i32, i64)> = sent
+        .iter()
+        .filter(|r| expected(&r.payload).is_ok_and(|row| !rows.contains_key(&row.event_id)))
+        .map(|r| (r.partition, r.offset))
+        .collect();
+    let mut kinds: BTreeMap<(String, String), (usize, i64, i64)> = BTreeMap::new();
+    for r in &sent {
+        if let Ok(row) = expected(&r.payload) {
+            if !rows.contains_key(&row.event_id) {
+                let e = kinds
+                    .entry((row.campaign_id, row.event_type))
+                    .or_insert((0, i64::MAX, 0));
+                e.0 += 1;
+                e.1 = e.1.min(r.offset);
+                e.2 = e.2.max(r.offset);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{kinds:?}\n{} lost, first {:?}, last {:?}\n{last}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        missing.last()
+    );
+    assert_eq!(
+        rows.len(),
+        want,
+        "each valid event exactly once after {kills} kills"
+    );
+    let wanted: BTreeMap<String, Row> = sent
+        .iter()
+        .filter_map(|r| expected(&r.payload).ok())
+        .map(|r| (r.event_id.clone(), r))
+        .collect();
+    assert_eq!(rows, wanted);
+    // Dead letters may repeat after a crash, but none is lost.
+    let letters = dead_letters(&pipeline);
+    let coordinates: std::collections::HashSet<(i32, i64)> = letters
+        .iter()
+        .map(|(_, l)| (l.source.partition, l.source.offset))
+        .collect();
+    assert_eq!(coordinates.len(), sent.len() - want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edited_parsing_sql_takes_effect_on_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = dir.path().join("campaign_events.sql");
+    std::fs::copy(repo_root().join("sql/campaign_events.sql"), &parse).unwrap();
+    let pipeline = TestPipeline::with_sql(&parse, &repo_root().join("sql/campaign_metrics.sql"));
+    setup_and_generate(&pipeline, &["--count", "1000", "--seed", "3"]);
+    run_until_caught_up(&pipeline);
+    let before = table_rows(&pipeline).await;
+    assert_eq!(before.len(), 1000);
+    assert!(before.iter().any(|r| r.country == "US"));
+
+    let sql = std::fs::read_to_string(&parse).unwrap().replace(
+        "    WHEN _revenue < 0 ",
+        "    WHEN country = 'US'                              THEN 'blocked country: ' || country\n    WHEN _revenue < 0 ",
+    );
+    std::fs::write(&parse, sql).unwrap();
+    let sent = generate(&pipeline, &["--count", "1000", "--seed", "4"]);
+    run_until_caught_up(&pipeline);
+    let after = table_rows(&pipeline).await;
+    assert_eq!(sent.len(), 2000);
+    let new_rows: Vec<&Row> = after.iter().filter(|r| !before.contains(r)).collect();
+    assert!(!new_rows.is_empty());
+    assert!(
+        new_rows.iter().all(|r| r.country != "US"),
+        "the new rule rejects US events"
+    );
+    let blocked: Vec<DeadLetter> = dead_letters(&pipeline)
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.category == "blocked_country")
+        .collect();
+    assert!(!blocked.is_empty());
+    assert_eq!(new_rows.len() + blocked.len(), 1000);
+    assert!(blocked.iter().all(|l| l.error == "blocked country: US"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_error_stops_run_before_anything_is_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = dir.path().join("campaign_events.sql");
+    std::fs::copy(repo_root().join("sql/campaign_events.sql"), &parse).unwrap();
+    let pipeline = TestPipeline::with_sql(&parse, &repo_root().join("sql/campaign_metrics.sql"));
+    setup_and_generate(&pipeline, &["--count", "100", "--seed", "3"]);
+    let sql = std::fs::read_to_string(&parse).unwrap().replace(
+        "json_get_str(value, 'platform')",
+        "json_get_str(valeu, 'platform')",
+    );
+    let line = sql.lines().position(|l| l.contains("valeu")).unwrap() + 1;
+    std::fs::write(&parse, sql).unwrap();
+
+    let output = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!("{}:{line}:", parse.display())),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        snapshot_properties(&pipeline.config, "campaign_events")
+            .await
+            .is_empty(),
+        "nothing committed"
+    );
+    assert!(scan_table(&pipeline.config, "campaign_events")
+        .await
+        .is_empty());
+    assert!(dead_letters(&pipeline).is_empty(), "nothing dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_stream_in_small_batches_keeps_every_event() {
+    let pipeline = TestPipeline::new();
+    pipeline.edit_config(|yaml| {
+        yaml.replace("interval: 5s", "interval: 50ms")
+            .replace("max_rows: 10000", "max_rows: 2000")
+    });
+    let sent = setup_and_generate(
+        &pipeline,
+        &[
+            "--count",
+            "150000",
+            "--seed",
+            "9",
+            "--invalid-ratio",
+            "0.02",
+        ],
+    );
+    let out = run_until_caught_up(&pipeline);
+    let wanted: BTreeMap<String, Row> = sent
+        .iter()
+        .filter_map(|r| expected(&r.payload).ok())
+        .map(|r| (r.event_id.clone(), r))
+        .collect();
+    let rows = by_event_id(table_rows(&pipeline).await);
+    let missing: Vec<(i32, i64)> = sent
+        .iter()
+        .filter(|r| expected(&r.payload).is_ok_and(|row| !rows.contains_key(&row.event_id)))
+        .map(|r| (r.partition, r.offset))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost, first {:?}, last {:?}\n{out}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        missing.last()
+    );
+    assert_eq!(rows, wanted);
+}
