@@ -1,5 +1,6 @@
 //! campaign-pipeline: Kafka campaign events to Apache Iceberg tables through SQL, exactly once.
 
+pub mod bench;
 pub mod cli;
 pub mod common;
 pub mod config;
@@ -8,5 +9,6 @@ pub mod engine;
 pub mod generator;
 pub mod kafka;
 pub mod pipeline;
+pub mod query;
 pub mod sink;
 pub mod source;

@@ -1,7 +1,9 @@
 //! The command line: flags documented where they are defined, one module per command.
 
+mod bench;
 mod check;
 mod generate;
+mod query;
 mod run;
 mod setup;
 
@@ -45,6 +47,10 @@ pub enum Command {
     Setup(setup::SetupArgs),
     /// Run the pipelines: Kafka to the Iceberg tables and the dead letter queue, exactly once.
     Run(run::RunArgs),
+    /// Run read-only SQL over the Iceberg tables (`FROM campaign_events`, `FROM campaign_metrics`).
+    Query(query::QueryArgs),
+    /// Measure throughput and CPU cost (build with --release for meaningful figures).
+    Bench(bench::BenchArgs),
     /// Produce synthetic campaign events (valid, malformed, out of order, late) to the source topic.
     Generate(generate::GenerateArgs),
 }
@@ -68,6 +74,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Setup(args) => setup::run(&cli.config, args).await,
             Command::Generate(args) => generate::run(&cli.config, args).await,
             Command::Run(args) => run::run(&cli.config, args).await,
+            Command::Query(args) => query::run(&cli.config, args).await,
+            Command::Bench(args) => bench::run(&cli.config, args).await,
         }
     });
     match result {

@@ -1,0 +1,413 @@
+//! Throughput and CPU-cost benchmarks, printed as a table (`campaign-pipeline bench`).
+//!
+//! Figures that matter on noisy machines are ratios against a baseline measured in the same
+//! run: decoding the same payloads with serde_json, and a plain rdkafka consumer reading the
+//! same topic.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::common::event::CampaignEvent;
+use crate::common::{Offsets, ERROR_COLUMN};
+use crate::config::{Config, PipelineConfig};
+use crate::engine::{new_session, plan_pipeline, split_rejected, SqlStage};
+use crate::generator::{EventGenerator, GeneratedRecord, GeneratorOptions};
+use crate::kafka::admin::{TopicAdmin, TopicSpec};
+use crate::kafka::client_config;
+use crate::kafka::producer::EventProducer;
+use crate::pipeline::{self, RunOptions};
+use crate::sink::catalog::open_catalog;
+use crate::sink::iceberg::TableWriter;
+use crate::sink::table::{ensure_namespace, ensure_table};
+use crate::source::batch::BatchBuilder;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events for the in-memory benchmark.
+    pub memory_events: usize,
+    /// Events for the end-to-end benchmark (0 skips it).
+    pub kafka_events: usize,
+    /// Rows per micro-batch.
+    pub batch_rows: usize,
+}
+
+/// One line of the result table.
+#[derive(Debug, Clone)]
+pub struct Measure {
+    /// What was measured.
+    pub name: String,
+    /// The figure.
+    pub value: String,
+}
+
+/// CPU time of this process so far (user + system).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+struct Timed {
+    wall: Duration,
+    cpu: Duration,
+}
+
+async fn timed<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    f: F,
+) -> anyhow::Result<(T, Timed)> {
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    let value = f.await?;
+    Ok((
+        value,
+        Timed {
+            wall: wall.elapsed(),
+            cpu: cpu_time() - cpu,
+        },
+    ))
+}
+
+fn per_second(events: usize, d: Duration) -> String {
+    format!("{:.0} events/s", events as f64 / d.as_secs_f64().max(1e-9))
+}
+
+fn cpu_per_million(events: usize, d: Duration) -> String {
+    format!(
+        "{:.2} CPU-s per 1M events",
+        d.as_secs_f64() * 1e6 / events.max(1) as f64
+    )
+}
+
+fn records(count: usize) -> Vec<GeneratedRecord> {
+    let mut generator = EventGenerator::new(GeneratorOptions {
+        campaigns: 10,
+        invalid_ratio: 0.02,
+        late_ratio: 0.0,
+        seed: 42,
+        start_time: chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_454),
+        spacing: chrono::TimeDelta::milliseconds(10),
+        window: chrono::TimeDelta::minutes(1),
+        allowed_lateness: chrono::TimeDelta::seconds(10),
+    });
+    (0..count).map(|_| generator.next_record()).collect()
+}
+
+/// A copy of `pipeline` writing to a fresh catalog and warehouse under `dir`, reading `topic`.
+fn scratch_config(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    dir: &std::path::Path,
+    topic: &str,
+) -> anyhow::Result<Config> {
+    let yaml = format!(
+        r#"pipelines:
+  - name: bench
+    source: {{ brokers: "{brokers}", topic: {topic}, group_id: {topic}-group }}
+    sql: {{ parse: "{parse}", metrics: "{metrics}" }}
+    batch: {{ max_rows: {rows}, max_wait: 200ms }}
+    commit: {{ interval: 5s, max_rows: 1000000 }}
+    sink:
+      catalog: {{ type: sqlite, path: catalog.db, warehouse: warehouse }}
+      namespace: bench
+      events_table: {{ name: campaign_events, partition_by: [{events_parts}] }}
+      metrics_table: {{ name: campaign_metrics, partition_by: [{metrics_parts}] }}
+    dead_letter: {{ topic: {topic}-dlq }}
+"#,
+        brokers = pipeline.source.brokers,
+        parse = config
+            .resolve(&pipeline.sql.parse)
+            .canonicalize()?
+            .display(),
+        metrics = config
+            .resolve(&pipeline.sql.metrics)
+            .canonicalize()?
+            .display(),
+        rows = pipeline.batch.max_rows,
+        events_parts = pipeline.sink.events_table.partition_by.join(", "),
+        metrics_parts = pipeline.sink.metrics_table.partition_by.join(", "),
+    );
+    let path = dir.join("pipelines.yaml");
+    std::fs::write(&path, yaml)?;
+    Ok(Config::load(&path)?)
+}
+
+/// Runs the benchmarks and returns the table rows.
+pub async fn run(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    options: &BenchOptions,
+) -> anyhow::Result<Vec<Measure>> {
+    let mut table = Vec::new();
+    let mut row = |name: &str, value: String| {
+        table.push(Measure {
+            name: name.into(),
+            value,
+        })
+    };
+
+    // In memory, one core: pre-built kafka_records batches -> parse SQL -> Parquet/Iceberg.
+    let dir = tempfile::tempdir()?;
+    let scratch = scratch_config(config, pipeline, dir.path(), "bench_memory")?;
+    let p = &scratch.pipelines[0];
+    let generated = records(options.memory_events);
+    let mut batches = Vec::new();
+    for chunk in generated.chunks(options.batch_rows) {
+        let mut builder = BatchBuilder::new(chunk.len());
+        for (i, r) in chunk.iter().enumerate() {
+            builder.push(
+                "campaign_events",
+                (i % 3) as i32,
+                i as i64,
+                Some(0),
+                Some(&r.key),
+                Some(&r.payload),
+            );
+        }
+        batches.push(builder.finish(false)?);
+    }
+
+    let (_, baseline) = timed(async {
+        let mut valid = 0usize;
+        for r in &generated {
+            if serde_json::from_slice::<CampaignEvent>(&r.payload).is_ok() {
+                valid += 1;
+            }
+        }
+        Ok(valid)
+    })
+    .await?;
+    row(
+        "baseline: serde_json decode into structs",
+        per_second(generated.len(), baseline.wall),
+    );
+
+    let ctx = new_session();
+    let planned = plan_pipeline(&scratch, p, &ctx)
+        .await
+        .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
+    let stage = SqlStage::new(&ctx, &planned.parse, planned.records_slot.clone()).await?;
+    let (_, parse_only) = timed(async {
+        for batch in &batches {
+            for out in stage.run(vec![batch.records.clone()]).await? {
+                split_rejected(&out, ERROR_COLUMN)?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    row(
+        "parse SQL only (in memory)",
+        per_second(generated.len(), parse_only.wall),
+    );
+    row(
+        "parse SQL only, CPU",
+        cpu_per_million(generated.len(), parse_only.cpu),
+    );
+    row(
+        "parse SQL vs serde_json baseline (time ratio)",
+        format!(
+            "{:.1}x",
+            parse_only.wall.as_secs_f64() / baseline.wall.as_secs_f64().max(1e-9)
+        ),
+    );
+
+    let catalog = open_catalog(&scratch, &p.sink.catalog).await?;
+    ensure_namespace(catalog.as_ref(), &p.sink.namespace).await?;
+    ensure_table(
+        catalog.as_ref(),
+        &p.sink.namespace,
+        &p.sink.events_table.name,
+        &planned.events_schema,
+        &p.sink.events_table.partition_by,
+    )
+    .await?;
+    let mut writer = TableWriter::open(
+        catalog,
+        &p.sink.namespace,
+        &p.sink.events_table.name,
+        &p.name,
+        &planned.parse_output,
+    )
+    .await?;
+    let (rows, full) = timed(async {
+        for batch in &batches {
+            for out in stage.run(vec![batch.records.clone()]).await? {
+                let (valid, _) = split_rejected(&out, ERROR_COLUMN)?;
+                writer.write(&valid).await?;
+            }
+        }
+        let mut offsets = Offsets::new();
+        offsets.set("campaign_events", 0, generated.len() as i64);
+        Ok(writer.commit(&offsets).await?.rows)
+    })
+    .await?;
+    row(
+        "parse SQL + Parquet/Iceberg commit (in memory)",
+        per_second(generated.len(), full.wall),
+    );
+    row(
+        "parse SQL + Parquet/Iceberg commit, CPU",
+        cpu_per_million(generated.len(), full.cpu),
+    );
+    row("  rows committed", rows.to_string());
+
+    if options.kafka_events > 0 {
+        end_to_end(config, pipeline, options, &mut row).await?;
+    }
+    Ok(table)
+}
+
+async fn end_to_end(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    options: &BenchOptions,
+    row: &mut impl FnMut(&str, String),
+) -> anyhow::Result<()> {
+    let topic = format!(
+        "bench_events_{}_{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp()
+    );
+    let dir = tempfile::tempdir()?;
+    let scratch = scratch_config(config, pipeline, dir.path(), &topic)?;
+    let p = &scratch.pipelines[0];
+    let client = client_config(&p.source.brokers, &p.source.properties);
+    let admin = TopicAdmin::new(&client)?;
+    for (name, partitions) in [(topic.clone(), 3), (p.dead_letter.topic.clone(), 1)] {
+        admin
+            .ensure_topic(&TopicSpec {
+                name,
+                partitions,
+                replication: 1,
+                configs: Default::default(),
+            })
+            .await?;
+    }
+    let producer = EventProducer::new(&client, &topic)?;
+    let generated = records(options.kafka_events);
+    let started = Instant::now();
+    for chunk in generated.chunks(20_000) {
+        producer
+            .send_records(
+                chunk
+                    .iter()
+                    .map(|r| (r.key.as_slice(), r.payload.as_slice())),
+            )
+            .await
+            .context("producing benchmark events")?;
+    }
+    row(
+        "events produced to the local broker",
+        format!(
+            "{} in {:.1}s",
+            generated.len(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+
+    let (count, plain) = timed(async { plain_consume(&client, &topic, generated.len()) }).await?;
+    row(
+        "baseline: plain rdkafka consumer",
+        per_second(count, plain.wall),
+    );
+    row(
+        "baseline: plain rdkafka consumer, CPU",
+        cpu_per_million(count, plain.cpu),
+    );
+
+    let catalog = open_catalog(&scratch, &p.sink.catalog).await?;
+    let planned = plan_pipeline(&scratch, p, &new_session())
+        .await
+        .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
+    ensure_namespace(catalog.as_ref(), &p.sink.namespace).await?;
+    for (t, schema) in [
+        (&p.sink.events_table, &planned.events_schema),
+        (&p.sink.metrics_table, &planned.metrics_schema),
+    ] {
+        ensure_table(
+            catalog.as_ref(),
+            &p.sink.namespace,
+            &t.name,
+            schema,
+            &t.partition_by,
+        )
+        .await?;
+    }
+    let (_stop, shutdown) = pipeline::shutdown_channel();
+    let (summary, run) = timed(async {
+        Ok(pipeline::run(
+            &scratch,
+            p,
+            RunOptions {
+                until_caught_up: true,
+                shutdown,
+            },
+        )
+        .await?)
+    })
+    .await?;
+    row(
+        "run --until-caught-up (end to end)",
+        per_second(summary.messages as usize, run.wall),
+    );
+    row(
+        "run --until-caught-up, CPU",
+        cpu_per_million(summary.messages as usize, run.cpu),
+    );
+    row(
+        "run vs plain consumer (wall-clock ratio)",
+        format!(
+            "{:.2}x",
+            run.wall.as_secs_f64() / plain.wall.as_secs_f64().max(1e-9)
+        ),
+    );
+    row(
+        "  rows committed / dead letters",
+        format!(
+            "{} / {}",
+            summary.rows,
+            summary.dead_letters.values().sum::<u64>()
+        ),
+    );
+    Ok(())
+}
+
+/// Reads every message of `topic` with a plain consumer and returns how many it read.
+fn plain_consume(
+    client: &rdkafka::ClientConfig,
+    topic: &str,
+    expected: usize,
+) -> anyhow::Result<usize> {
+    let mut config = client.clone();
+    config
+        .set("group.id", format!("{topic}-plain"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..3 {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut count = 0usize;
+    let mut bytes = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count < expected && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message?;
+            count += 1;
+            bytes += message.payload().map_or(0, <[u8]>::len);
+        }
+    }
+    anyhow::ensure!(
+        count == expected,
+        "plain consumer read {count} of {expected} messages"
+    );
+    let _ = bytes;
+    Ok(count)
+}

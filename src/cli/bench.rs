@@ -1,0 +1,40 @@
+//! `bench`: throughput and CPU cost per million events, as a table.
+
+use std::path::Path;
+
+use clap::Args;
+
+use crate::bench::{self, BenchOptions};
+
+/// Flags of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Pipeline whose SQL and broker to use (default: the only one).
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Events for the in-memory benchmark (parse SQL and Parquet/Iceberg on pre-built batches).
+    #[arg(long, default_value_t = 500_000)]
+    pub memory_events: usize,
+    /// Events for the end-to-end benchmark through the pipeline's broker; 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub kafka_events: usize,
+}
+
+/// Runs the benchmarks and prints the table.
+pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
+    let config = super::load_config(config_path)?;
+    let pipeline = config.pipeline(args.pipeline.as_deref())?;
+    let options = BenchOptions {
+        memory_events: args.memory_events,
+        kafka_events: args.kafka_events,
+        batch_rows: pipeline.batch.max_rows,
+    };
+    let rows = bench::run(&config, pipeline, &options).await?;
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);
+    println!("| {:width$} | value |", "measure");
+    println!("|{}|-------|", "-".repeat(width + 2));
+    for r in rows {
+        println!("| {:width$} | {} |", r.name, r.value);
+    }
+    Ok(true)
+}
