@@ -13,23 +13,29 @@ WITH fields AS (
     _topic,
     _partition,
     _offset,
-    json_length(value)                   AS _object_keys,  -- NULL unless value is a JSON object
-    json_get_str(value, 'event_id')      AS event_id,
-    json_get_str(value, 'user_id')       AS user_id,
-    json_get_str(value, 'campaign_id')   AS campaign_id,
-    json_get_str(value, 'event_type')    AS event_type,
-    json_get_str(value, 'platform')      AS platform,
-    json_get_str(value, 'timestamp')     AS _timestamp_text,
-    json_get_json(value, 'revenue')      AS _revenue_json,
-    json_get_str(value, 'country')       AS country,
-    json_get_str(value, 'device_type')   AS device_type
+    -- One parse for all fields: strings come decoded, other values as their JSON text, and
+    -- the whole struct is NULL when value is not a well-formed JSON object.
+    json_fields(value, 'event_id', 'user_id', 'campaign_id', 'event_type', 'platform',
+                'timestamp', 'revenue', 'country', 'device_type') AS f
   FROM kafka_records
 ),
 typed AS (
   SELECT
-    *,
-    try_cast(_timestamp_text AS TIMESTAMPTZ) AS _event_time,
-    try_cast(_revenue_json AS DOUBLE)      AS _revenue
+    _topic,
+    _partition,
+    _offset,
+    f,
+    f['event_id']                                AS event_id,
+    f['user_id']                                 AS user_id,
+    f['campaign_id']                             AS campaign_id,
+    f['event_type']                              AS event_type,
+    f['platform']                                AS platform,
+    f['country']                                 AS country,
+    f['device_type']                             AS device_type,
+    f['timestamp']                               AS _timestamp_text,
+    f['revenue']                                 AS _revenue_json,
+    try_cast(f['timestamp'] AS TIMESTAMPTZ)      AS _event_time,
+    try_cast(f['revenue'] AS DOUBLE)             AS _revenue
   FROM fields
 )
 SELECT
@@ -47,7 +53,7 @@ SELECT
   _partition,
   _offset,
   CASE
-    WHEN _object_keys IS NULL                        THEN 'broken json'
+    WHEN f IS NULL                                   THEN 'broken json'
     WHEN event_id IS NULL OR event_id = ''           THEN 'missing event_id'
     WHEN user_id IS NULL OR user_id = ''             THEN 'missing user_id'
     WHEN campaign_id IS NULL OR campaign_id = ''     THEN 'missing campaign_id'

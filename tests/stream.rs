@@ -495,10 +495,9 @@ async fn sql_error_stops_run_before_anything_is_consumed() {
     std::fs::copy(repo_root().join("sql/campaign_events.sql"), &parse).unwrap();
     let pipeline = TestPipeline::with_sql(&parse, &repo_root().join("sql/campaign_metrics.sql"));
     setup_and_generate(&pipeline, &["--count", "100", "--seed", "3"]);
-    let sql = std::fs::read_to_string(&parse).unwrap().replace(
-        "json_get_str(value, 'platform')",
-        "json_get_str(valeu, 'platform')",
-    );
+    let sql = std::fs::read_to_string(&parse)
+        .unwrap()
+        .replace("json_fields(value,", "json_fields(valeu,");
     let line = sql.lines().position(|l| l.contains("valeu")).unwrap() + 1;
     std::fs::write(&parse, sql).unwrap();
 
@@ -559,4 +558,51 @@ async fn long_stream_in_small_batches_keeps_every_event() {
         missing.last()
     );
     assert_eq!(rows, wanted);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly() {
+    let pipeline = TestPipeline::new();
+    let sent = setup_and_generate(&pipeline, &["--count", "5000", "--seed", "21"]);
+    let mut child = pipeline
+        .command(&["run"])
+        .env("RUST_LOG", "campaign_pipeline=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start runner");
+    // Wait until the runner has read everything (its first commit comes 5s after the first
+    // batch), then ask it to stop before that commit.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if line.contains("partitions assigned") {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        table_rows(&pipeline).await.is_empty(),
+        "nothing committed before the signal"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let rows = by_event_id(table_rows(&pipeline).await);
+    assert_eq!(
+        rows.len(),
+        sent.len(),
+        "everything read before the signal was committed"
+    );
 }

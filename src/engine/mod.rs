@@ -1,5 +1,6 @@
 //! The SQL engine: one DataFusion session per pipeline, with the JSON functions registered.
 
+pub mod json_fields;
 pub mod now;
 pub mod plan;
 pub mod problem;
@@ -29,6 +30,9 @@ pub fn new_session() -> SessionContext {
     }
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         now::ProcessingTimeNow::default(),
+    ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        json_fields::JsonFields::default(),
     ));
     ctx
 }
