@@ -606,3 +606,29 @@ async fn sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly() {
         "everything read before the signal was committed"
     );
 }
+
+#[test]
+fn missing_tables_or_topic_stop_run_with_a_clear_message() {
+    let pipeline = TestPipeline::new();
+    let output = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("table campaigns.campaign_events: the table does not exist; run `campaign-pipeline setup` first"),
+        "{}",
+        text(&output)
+    );
+
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    let renamed = common::unique("renamed");
+    pipeline.edit_config(|yaml| yaml.replace(&pipeline.topic, &renamed));
+    let output = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains(&format!(
+            "topic {renamed}: does not exist; run `campaign-pipeline setup` first"
+        )),
+        "{}",
+        text(&output)
+    );
+}

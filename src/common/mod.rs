@@ -25,6 +25,11 @@ pub fn is_internal_column(name: &str) -> bool {
 
 /// Schema of `kafka_records`: one row per Kafka message whose payload is valid UTF-8.
 pub fn kafka_records_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(build_kafka_records_schema).clone()
+}
+
+fn build_kafka_records_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("_topic", DataType::Utf8, false),
         Field::new("_partition", DataType::Int32, false),

@@ -11,6 +11,7 @@ use crate::common::{Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dlq::DeadLetterWriter;
 use crate::engine::{new_session, plan_pipeline, split_rejected, SqlProblem, SqlStage};
+use crate::kafka::admin::TopicAdmin;
 use crate::kafka::{client_config, KafkaError};
 use crate::sink::catalog::open_catalog;
 use crate::sink::iceberg::TableWriter;
@@ -132,6 +133,15 @@ pub async fn run(
     tracing::info!(pipeline = %name, table = events.label(), offsets = %absorbed.to_json(), "resuming");
 
     let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
+    let admin = TopicAdmin::new(&client).map_err(kafka_err)?;
+    for topic in [&pipeline.source.topic, &pipeline.dead_letter.topic] {
+        if admin.partition_count(topic).map_err(kafka_err)?.is_none() {
+            return Err(kafka_err(KafkaError::Admin {
+                topic: topic.clone(),
+                message: "does not exist; run `campaign-pipeline setup` first".into(),
+            }));
+        }
+    }
     let mut dlq = DeadLetterWriter::new(&client, &pipeline.dead_letter.topic).map_err(kafka_err)?;
     let mut source = KafkaSource::start(
         &client,
