@@ -364,29 +364,12 @@ async fn killed_runner_restarts_without_losing_or_duplicating_events() {
     // commits every 50ms some kills land while a commit is being written.
     let mut kills = 0;
     for (commits, extra_ms) in [(2usize, 0u64), (3, 7), (1, 23)] {
-        let mut child = pipeline
-            .command(&["run", "--until-caught-up"])
-            .env("RUST_LOG", "campaign_pipeline=info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start runner");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("committed") && tx.send(()).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, lines) = pipeline.spawn_logged(&["run", "--until-caught-up"]);
         let mut seen = 0;
         while seen < commits {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(()) => seen += 1,
+            match lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains("committed") => seen += 1,
+                Ok(_) => {}
                 Err(_) => break,
             }
         }
@@ -564,25 +547,9 @@ async fn long_stream_in_small_batches_keeps_every_event() {
 async fn sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly() {
     let pipeline = TestPipeline::new();
     let sent = setup_and_generate(&pipeline, &["--count", "5000", "--seed", "21"]);
-    let mut child = pipeline
-        .command(&["run"])
-        .env("RUST_LOG", "campaign_pipeline=info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start runner");
+    let (mut child, rx) = pipeline.spawn_logged(&["run"]);
     // Wait until the runner has read everything (its first commit comes 5s after the first
     // batch), then ask it to stop before that commit.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {

@@ -23,19 +23,7 @@ pub struct DeadLetterWriter {
 impl DeadLetterWriter {
     /// An idempotent producer to `topic`.
     pub fn new(client: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
-        let mut config = client.clone();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5");
-        let producer = config.create().map_err(|source| KafkaError::Client {
-            role: "dead letter producer",
-            brokers: config
-                .get("bootstrap.servers")
-                .unwrap_or_default()
-                .to_string(),
-            source,
-        })?;
+        let producer = crate::kafka::idempotent_producer(client, "dead letter producer")?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

@@ -6,6 +6,7 @@ pub mod producer;
 
 use std::collections::BTreeMap;
 
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 /// Errors talking to Kafka, each naming the topic or broker involved.
@@ -45,4 +46,24 @@ pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> Cl
         config.set(key, value);
     }
     config
+}
+
+/// An idempotent producer (`acks=all`, retries without duplicates) with the given settings.
+pub fn idempotent_producer(
+    client: &ClientConfig,
+    role: &'static str,
+) -> Result<FutureProducer, KafkaError> {
+    let mut config = client.clone();
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    config.create().map_err(|source| KafkaError::Client {
+        role,
+        brokers: config
+            .get("bootstrap.servers")
+            .unwrap_or_default()
+            .to_string(),
+        source,
+    })
 }

@@ -24,23 +24,11 @@ impl EventProducer {
     /// An idempotent producer to `topic` with the given client settings.
     pub fn new(config: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
         let mut config = config.clone();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            );
-        let producer = config.create().map_err(|source| KafkaError::Client {
-            role: "producer",
-            brokers: config
-                .get("bootstrap.servers")
-                .unwrap_or_default()
-                .to_string(),
-            source,
-        })?;
+        config.set("compression.type", "lz4").set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        );
+        let producer = super::idempotent_producer(&config, "producer")?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

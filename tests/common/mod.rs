@@ -215,6 +215,30 @@ impl TestPipeline {
         command
     }
 
+    /// Starts the runner with logs at info level; its stderr lines arrive on the receiver.
+    pub fn spawn_logged(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self
+            .command(args)
+            .env("RUST_LOG", "campaign_pipeline=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start runner");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+
     /// Runs the runner binary with this pipeline's configuration.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.config, args)
@@ -306,18 +330,22 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     records
 }
 
-/// Every row of an Iceberg table, read through iceberg's scan API.
-pub async fn scan_table(config: &Path, table: &str) -> Vec<arrow::record_batch::RecordBatch> {
-    use futures::TryStreamExt;
+/// A table of the test pipeline, loaded through its configured catalog.
+pub async fn load_table(config: &Path, table: &str) -> iceberg::table::Table {
     let config = campaign_pipeline::config::Config::load(config).expect("config");
     let sink = &config.pipelines[0].sink;
     let catalog = campaign_pipeline::sink::catalog::open_catalog(&config, &sink.catalog)
         .await
         .expect("catalog");
-    let table =
-        campaign_pipeline::sink::table::load_table(catalog.as_ref(), &sink.namespace, table)
-            .await
-            .expect("table");
+    campaign_pipeline::sink::table::load_table(catalog.as_ref(), &sink.namespace, table)
+        .await
+        .expect("table")
+}
+
+/// Every row of an Iceberg table, read through iceberg's scan API.
+pub async fn scan_table(config: &Path, table: &str) -> Vec<arrow::record_batch::RecordBatch> {
+    use futures::TryStreamExt;
+    let table = load_table(config, table).await;
     if table.metadata().current_snapshot().is_none() {
         return Vec::new();
     }
@@ -338,15 +366,7 @@ pub async fn snapshot_properties(
     config: &Path,
     table: &str,
 ) -> std::collections::HashMap<String, String> {
-    let config = campaign_pipeline::config::Config::load(config).expect("config");
-    let sink = &config.pipelines[0].sink;
-    let catalog = campaign_pipeline::sink::catalog::open_catalog(&config, &sink.catalog)
-        .await
-        .expect("catalog");
-    let table =
-        campaign_pipeline::sink::table::load_table(catalog.as_ref(), &sink.namespace, table)
-            .await
-            .expect("table");
+    let table = load_table(config, table).await;
     table
         .metadata()
         .current_snapshot()
