@@ -12,3 +12,4 @@ pub mod pipeline;
 pub mod query;
 pub mod sink;
 pub mod source;
+pub mod window;

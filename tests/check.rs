@@ -114,3 +114,23 @@ fn bad_configuration_fails_check() {
         text(&output)
     );
 }
+
+#[test]
+fn metrics_sql_without_a_tumbling_window_is_refused_with_the_expected_form() {
+    let (_dir, metrics) = sql_file(
+        "SELECT campaign_id, count(*) AS events FROM campaign_events GROUP BY campaign_id",
+    );
+    let (ok, out) = check(&shipped("campaign_events.sql"), &metrics);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: the metrics SQL has no tumbling window",
+            metrics.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("date_bin(INTERVAL '1 minute', \"timestamp\")"),
+        "{out}"
+    );
+}

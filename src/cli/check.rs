@@ -28,7 +28,7 @@ pub async fn run(config_path: &Path, args: &CheckArgs) -> anyhow::Result<bool> {
     for pipeline in config.selected(args.pipeline.as_deref())? {
         match plan_pipeline(&config, pipeline, &new_session()).await {
             Ok(planned) => println!(
-                "pipeline {}: ok ({} -> {}.{}: {} columns; {} -> {}.{}: {} columns)",
+                "pipeline {}: ok ({} -> {}.{}: {} columns; {} -> {}.{}: {} columns, {} windows on {})",
                 pipeline.name,
                 pipeline.sql.parse.display(),
                 pipeline.sink.namespace,
@@ -38,6 +38,8 @@ pub async fn run(config_path: &Path, args: &CheckArgs) -> anyhow::Result<bool> {
                 pipeline.sink.namespace,
                 pipeline.sink.metrics_table.name,
                 planned.metrics_schema.fields().len(),
+                humantime::format_duration(planned.window.size),
+                planned.window.time_column,
             ),
             Err(problems) => {
                 ok = false;

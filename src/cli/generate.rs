@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::generator::{EventGenerator, GeneratedRecord, GeneratorOptions, Truth};
 use crate::kafka::client_config;
 use crate::kafka::producer::EventProducer;
+use crate::window::WindowSpec;
 
 /// Event time of the first event when `--seed` is given without `--start-time`, so that the same
 /// seed always gives the same events.
@@ -49,9 +50,9 @@ pub struct GenerateArgs {
     /// Event-time distance between consecutive events, e.g. `10ms`.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub spacing: Duration,
-    /// Tumbling window size used for the truth file (must match the metrics SQL).
-    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
-    pub window: Duration,
+    /// Tumbling window size used for the truth file (default: the window of the metrics SQL).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub window: Option<Duration>,
     /// Write the expected table contents (per campaign and window) and invalid counts here, as JSON.
     #[arg(long)]
     pub truth: Option<PathBuf>,
@@ -75,6 +76,15 @@ const CHUNK: usize = 5_000;
 pub async fn run(config_path: &Path, args: &GenerateArgs) -> anyhow::Result<bool> {
     let config = super::load_config(config_path)?;
     let pipeline = config.pipeline(args.pipeline.as_deref())?;
+    let window = match args.window {
+        Some(window) => window,
+        None => {
+            let sql = std::fs::read_to_string(config.resolve(&pipeline.sql.metrics))?;
+            WindowSpec::from_sql(&sql)
+                .with_context(|| format!("{}", pipeline.sql.metrics.display()))?
+                .size
+        }
+    };
     let seed = args.seed.unwrap_or_else(rand::random);
     let start_time = match (args.start_time, args.seed) {
         (Some(time), _) => time,
@@ -88,11 +98,11 @@ pub async fn run(config_path: &Path, args: &GenerateArgs) -> anyhow::Result<bool
         seed,
         start_time,
         spacing: TimeDelta::from_std(args.spacing)?,
-        window: TimeDelta::from_std(args.window)?,
+        window: TimeDelta::from_std(window)?,
         allowed_lateness: TimeDelta::from_std(pipeline.window.allowed_lateness)?,
     };
     let mut generator = EventGenerator::new(options);
-    let mut truth = Truth::new(seed, args.window.as_secs() as i64);
+    let mut truth = Truth::new(seed, window.as_secs() as i64);
     let producer = EventProducer::new(
         &client_config(&pipeline.source.brokers, &pipeline.source.properties),
         &pipeline.source.topic,

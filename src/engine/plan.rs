@@ -15,6 +15,7 @@ use crate::common::{
     SOURCE_COLUMNS,
 };
 use crate::config::{Config, PipelineConfig};
+use crate::window::WindowSpec;
 
 /// A SQL file's path and text.
 #[derive(Debug, Clone)]
@@ -60,6 +61,8 @@ pub struct PlannedSql {
     pub records_slot: Arc<BatchSlot>,
     /// What the metrics SQL's input table reads when the metrics plan executes.
     pub events_slot: Arc<BatchSlot>,
+    /// The tumbling window written in the metrics SQL.
+    pub window: WindowSpec,
 }
 
 /// Plans both SQL files of `pipeline`; on failure returns every problem found, each located.
@@ -135,20 +138,33 @@ pub async fn plan_pipeline(
         }
     };
 
-    match (parse, metrics, events_slot) {
-        (Some((parse, parse_output)), Some((metrics, metrics_output)), Some(events_slot))
-            if problems.is_empty() =>
-        {
-            Ok(PlannedSql {
-                parse,
-                events_schema: table_schema(&parse_output),
-                parse_output,
-                metrics,
-                metrics_schema: table_schema(&metrics_output),
-                records_slot,
-                events_slot,
-            })
-        }
+    let window = match &metrics_file {
+        Ok(file) => match WindowSpec::from_sql(&file.text) {
+            Ok(window) => Some(window),
+            Err(err) => {
+                problems.push(SqlProblem::whole_file(&file.path, err.to_string()));
+                None
+            }
+        },
+        Err(_) => None,
+    };
+
+    match (parse, metrics, events_slot, window) {
+        (
+            Some((parse, parse_output)),
+            Some((metrics, metrics_output)),
+            Some(events_slot),
+            Some(window),
+        ) if problems.is_empty() => Ok(PlannedSql {
+            parse,
+            events_schema: table_schema(&parse_output),
+            parse_output,
+            metrics,
+            metrics_schema: table_schema(&metrics_output),
+            records_slot,
+            events_slot,
+            window,
+        }),
         _ => Err(problems),
     }
 }

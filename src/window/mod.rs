@@ -1,0 +1,5 @@
+//! Event-time tumbling windows: the window written in the metrics SQL.
+
+pub mod spec;
+
+pub use spec::{WindowSpec, WindowSpecError};
