@@ -1,5 +1,6 @@
 //! Event-time tumbling windows: the window written in the metrics SQL.
 
+pub mod aggregate;
 pub mod spec;
 
 pub use spec::{WindowSpec, WindowSpecError};

@@ -1,0 +1,308 @@
+//! The metrics SQL's aggregate split into DataFusion's phases, planned once:
+//! - partial: raw events of one micro-batch → partial states per group,
+//! - reduce: partial states → one merged state per group (keeps window state compact),
+//! - final: merged states → final values, then the SQL's projection (rates, window_end...).
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::prelude::SessionContext;
+
+use crate::engine::BatchSlot;
+
+/// A physical plan reading from a slot, executed on demand.
+struct Phase {
+    plan: Arc<dyn ExecutionPlan>,
+    slot: Arc<BatchSlot>,
+}
+
+impl Phase {
+    async fn run(
+        &self,
+        input: Vec<RecordBatch>,
+        task: &Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        self.slot.put(input);
+        collect(self.plan.clone(), task.clone()).await
+    }
+}
+
+/// The three phases of the metrics SQL's aggregate.
+pub struct SplitAggregate {
+    partial: Phase,
+    reduce: Phase,
+    finish: Phase,
+    state_schema: SchemaRef,
+    window_column: usize,
+    task: Arc<TaskContext>,
+}
+
+impl SplitAggregate {
+    /// Splits the plan of the metrics SQL (whose input table reads `events_slot`); the group
+    /// key whose expression contains `date_bin` is the window.
+    pub async fn new(
+        ctx: &SessionContext,
+        metrics: &datafusion::logical_expr::LogicalPlan,
+        events_slot: Arc<BatchSlot>,
+    ) -> Result<Self> {
+        let plan = ctx.state().create_physical_plan(metrics).await?;
+        let aggregate = find_aggregate(&plan)?;
+        let (group_by, aggr, filters, input, input_schema) = match aggregate.mode() {
+            AggregateMode::Final | AggregateMode::FinalPartitioned => {
+                let partial = aggregate
+                    .input()
+                    .as_any()
+                    .downcast_ref::<AggregateExec>()
+                    .filter(|a| *a.mode() == AggregateMode::Partial)
+                    .ok_or_else(|| unsupported("a final aggregate without a partial one below"))?;
+                (
+                    partial.group_expr().clone(),
+                    partial.aggr_expr().to_vec(),
+                    partial.filter_expr().to_vec(),
+                    partial.input().clone(),
+                    partial.input_schema(),
+                )
+            }
+            AggregateMode::Single | AggregateMode::SinglePartitioned => (
+                aggregate.group_expr().clone(),
+                aggregate.aggr_expr().to_vec(),
+                aggregate.filter_expr().to_vec(),
+                aggregate.input().clone(),
+                aggregate.input_schema(),
+            ),
+            other => return Err(unsupported(&format!("an aggregate in mode {other:?}"))),
+        };
+        if group_by.has_grouping_set() {
+            return Err(unsupported("GROUPING SETS, CUBE or ROLLUP"));
+        }
+        let window_column = group_by
+            .expr()
+            .iter()
+            .position(|(expr, _)| expr.to_string().contains("date_bin"))
+            .ok_or_else(|| unsupported("a GROUP BY without the date_bin window"))?;
+
+        let partial = Arc::new(AggregateExec::try_new(
+            AggregateMode::Partial,
+            group_by.clone(),
+            aggr.clone(),
+            filters,
+            input,
+            input_schema.clone(),
+        )?);
+        let state_schema = partial.schema();
+        let no_filters = vec![None; aggr.len()];
+        let (reduce_slot, reduce_input) = slot_exec(&state_schema)?;
+        let reduce = Arc::new(AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            group_by.as_final(),
+            aggr.clone(),
+            no_filters.clone(),
+            reduce_input,
+            input_schema.clone(),
+        )?);
+        let (final_slot, final_input) = slot_exec(&state_schema)?;
+        let final_aggregate: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
+            AggregateMode::Final,
+            group_by.as_final(),
+            aggr,
+            no_filters,
+            final_input,
+            input_schema,
+        )?);
+        // The SQL's own plan with its aggregate (and everything below) replaced by the final phase.
+        let finish = plan
+            .transform_down(|node| {
+                if node.as_any().downcast_ref::<AggregateExec>().is_some() {
+                    Ok(Transformed::new(
+                        final_aggregate.clone(),
+                        true,
+                        datafusion::common::tree_node::TreeNodeRecursion::Jump,
+                    ))
+                } else {
+                    Ok(Transformed::no(node))
+                }
+            })?
+            .data;
+        Ok(Self {
+            partial: Phase {
+                plan: partial,
+                slot: events_slot,
+            },
+            reduce: Phase {
+                plan: reduce,
+                slot: reduce_slot,
+            },
+            finish: Phase {
+                plan: finish,
+                slot: final_slot,
+            },
+            state_schema,
+            window_column,
+            task: ctx.task_ctx(),
+        })
+    }
+
+    /// Schema of partial states: group columns, then the accumulators' state columns.
+    pub fn state_schema(&self) -> &SchemaRef {
+        &self.state_schema
+    }
+
+    /// Index of the window-start column among the state columns.
+    pub fn window_column(&self) -> usize {
+        self.window_column
+    }
+
+    /// Partial states of one micro-batch of parsed events.
+    pub async fn partial(&self, events: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.partial.run(events, &self.task).await
+    }
+
+    /// Merges partial states so that each group keeps one state row.
+    pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.reduce.run(states, &self.task).await
+    }
+
+    /// Final rows of the SQL for the given states.
+    pub async fn finish(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        self.finish.run(states, &self.task).await
+    }
+}
+
+fn unsupported(what: &str) -> DataFusionError {
+    DataFusionError::Plan(format!(
+        "the metrics SQL must be one GROUP BY aggregate over the events with a date_bin window; found {what}"
+    ))
+}
+
+fn find_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Result<&AggregateExec> {
+    if let Some(aggregate) = plan.as_any().downcast_ref::<AggregateExec>() {
+        return Ok(aggregate);
+    }
+    match plan.children().as_slice() {
+        [child] => find_aggregate(child),
+        [] => Err(unsupported("no aggregate")),
+        _ => Err(unsupported("a join or union above the aggregate")),
+    }
+}
+
+fn slot_exec(schema: &SchemaRef) -> Result<(Arc<BatchSlot>, Arc<dyn ExecutionPlan>)> {
+    let slot = BatchSlot::new(schema.clone());
+    let exec = StreamingTableExec::try_new(
+        schema.clone(),
+        vec![slot.clone()],
+        None,
+        vec![],
+        false,
+        None,
+    )?;
+    Ok((slot, Arc::new(exec)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, StringArray, TimestampNanosecondArray};
+    use arrow::compute::concat_batches;
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::record_batch::RecordBatch;
+    use arrow::util::pretty::pretty_format_batches;
+
+    use super::SplitAggregate;
+    use crate::engine::{new_session, BatchSlot};
+
+    fn events(rows: &[(&str, &str, i64, f64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("campaign_id", DataType::Utf8, true),
+            Field::new("event_type", DataType::Utf8, true),
+            Field::new(
+                "timestamp",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("revenue", DataType::Float64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(
+                    TimestampNanosecondArray::from_iter_values(
+                        rows.iter().map(|r| r.2 * 1_000_000_000),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Sorted text of the rows without the processing-time column, for comparison.
+    fn text(batches: &[RecordBatch]) -> String {
+        let batch = concat_batches(&batches[0].schema(), batches).unwrap();
+        let keep: Vec<usize> = (0..batch.num_columns())
+            .filter(|i| batch.schema().field(*i).name() != "processed_at")
+            .collect();
+        let batch = batch.project(&keep).unwrap();
+        let mut lines: Vec<String> = pretty_format_batches(&[batch])
+            .unwrap()
+            .to_string()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
+    #[tokio::test]
+    async fn partial_reduce_final_equals_the_sql_run_directly() {
+        let sql = "SELECT campaign_id, date_bin(INTERVAL '1 minute', \"timestamp\") AS window_start,
+                          count(*) FILTER (WHERE event_type = 'click') AS clicks,
+                          count(*) AS events, sum(revenue) AS revenue, avg(revenue) AS avg_revenue,
+                          count(DISTINCT event_type) AS kinds, max(revenue) AS top,
+                          CAST(count(*) FILTER (WHERE event_type = 'click') AS DOUBLE) * 100.0 / nullif(count(*), 0) AS ctr,
+                          now() AS processed_at
+                   FROM ev GROUP BY campaign_id, date_bin(INTERVAL '1 minute', \"timestamp\")";
+        let rows = [
+            ("a", "impression", 0, 0.0),
+            ("a", "click", 10, 0.0),
+            ("b", "conversion", 30, 5.5),
+            ("a", "conversion", 59, 2.0),
+            ("a", "impression", 60, 0.0),
+            ("b", "click", 61, 0.0),
+            ("a", "click", 119, 0.0),
+            ("b", "conversion", 70, 1.25),
+            ("a", "impression", 5, 0.0),
+        ];
+        let all = events(&rows);
+        let ctx = new_session();
+        let slot = BatchSlot::new(all.schema());
+        slot.register(&ctx, "ev").unwrap();
+        slot.put(vec![all.clone()]);
+        let direct = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+
+        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+        let split = SplitAggregate::new(&ctx, &plan, slot.clone())
+            .await
+            .unwrap();
+        let mut states = Vec::new();
+        for chunk in [&rows[..3], &rows[3..4], &rows[4..]] {
+            states.extend(split.partial(vec![events(chunk)]).await.unwrap());
+        }
+        let merged = split.reduce(states).await.unwrap();
+        let merged_rows: usize = merged.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(merged_rows, 4, "one state row per campaign and window");
+        let finished = split.finish(merged).await.unwrap();
+        assert_eq!(text(&finished), text(&direct));
+        assert_eq!(split.window_column(), 1);
+    }
+}
