@@ -2,5 +2,6 @@
 
 pub mod aggregate;
 pub mod spec;
+pub mod watermark;
 
 pub use spec::{WindowSpec, WindowSpecError};
