@@ -305,4 +305,55 @@ mod tests {
         assert_eq!(text(&finished), text(&direct));
         assert_eq!(split.window_column(), 1);
     }
+
+    #[tokio::test]
+    async fn windows_close_by_watermark_and_survive_a_checkpoint() {
+        use crate::window::state::WindowState;
+        let sql =
+            "SELECT campaign_id, date_bin(INTERVAL '1 minute', \"timestamp\") AS window_start,
+                          count(*) AS events, sum(revenue) AS revenue
+                   FROM ev GROUP BY campaign_id, date_bin(INTERVAL '1 minute', \"timestamp\")";
+        let rows = [
+            ("a", "click", 1, 1.0),
+            ("b", "click", 61, 2.0),
+            ("a", "click", 62, 3.0),
+            ("a", "click", 125, 4.0),
+        ];
+        let ctx = new_session();
+        let slot = BatchSlot::new(events(&rows).schema());
+        slot.register(&ctx, "ev").unwrap();
+        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+        let split = SplitAggregate::new(&ctx, &plan, slot).await.unwrap();
+        let mut state = WindowState::new(split.state_schema().clone(), split.window_column());
+        for chunk in rows.chunks(1) {
+            state
+                .add(&split.partial(vec![events(chunk)]).await.unwrap())
+                .unwrap();
+        }
+        let minute = 60_000_000;
+        assert_eq!(state.open_windows(), vec![0, minute, 2 * minute]);
+        assert_eq!(state.closable(minute + 5_000_000, minute), vec![0]);
+        assert_eq!(state.closable(2 * minute, minute), vec![0, minute]);
+
+        // A checkpoint round trip keeps every partial state.
+        let mut restored = WindowState::new(split.state_schema().clone(), split.window_column());
+        restored.restore_ipc(&state.to_ipc().unwrap()).unwrap();
+        assert_eq!(restored.rows(), state.rows());
+
+        let second = restored.take(minute);
+        let closed = split
+            .finish(split.reduce(second).await.unwrap())
+            .await
+            .unwrap();
+        let text = text(&closed);
+        assert!(
+            text.contains("| a           | 1970-01-01T00:01:00Z | 1      | 3.0     |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| b           | 1970-01-01T00:01:00Z | 1      | 2.0     |"),
+            "{text}"
+        );
+        assert_eq!(restored.open_windows(), vec![0, 2 * minute]);
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod spec;
+pub mod state;
 pub mod watermark;
 
 pub use spec::{WindowSpec, WindowSpecError};
