@@ -60,20 +60,26 @@ impl WatermarkTracker {
             .collect()
     }
 
-    /// The watermark as of `now`, over `assigned` partitions: the minimum over those that have
-    /// delivered an event within the idle timeout; `None` until some partition has data.
-    /// An assigned partition that never delivered anything counts as idle.
+    /// The watermark as of `now` over the assigned partitions, each given with whether it is
+    /// read to its end: the minimum over partitions that are not idle. A partition is idle
+    /// only when it is at its end and has delivered nothing for the idle timeout; one with a
+    /// backlog never is, however long since its last event (consumers read partitions
+    /// unevenly, and skipping a lagging partition would make its whole backlog late). A
+    /// partition that has delivered nothing yet holds the watermark unless it is at its end.
     pub fn advance(
         &mut self,
-        assigned: impl IntoIterator<Item = i32>,
+        assigned: impl IntoIterator<Item = (i32, bool)>,
         now: Instant,
     ) -> Option<Micros> {
         let mut candidate: Option<Micros> = None;
-        for partition in assigned {
+        for (partition, at_end) in assigned {
             let Some(time) = self.partitions.get(&partition) else {
-                continue;
+                if at_end {
+                    continue;
+                }
+                return self.current;
             };
-            if now.duration_since(time.last_seen) > self.idle_timeout {
+            if at_end && now.duration_since(time.last_seen) > self.idle_timeout {
                 continue;
             }
             let mark = time.max_event - self.lateness;
@@ -101,12 +107,22 @@ mod tests {
     fn minimum_over_active_partitions_minus_lateness() {
         let now = Instant::now();
         let mut w = WatermarkTracker::new(Duration::from_secs(10), Duration::from_secs(30));
-        assert_eq!(w.advance([0, 1], now), None);
+        assert_eq!(w.advance([(0, false), (1, false)], now), None);
         w.observe(0, 100 * S, now);
+        assert_eq!(
+            w.advance([(0, false), (1, false)], now),
+            None,
+            "partition 1 has a backlog"
+        );
         w.observe(1, 50 * S, now);
-        assert_eq!(w.advance([0, 1], now), Some(40 * S));
+        assert_eq!(w.advance([(0, false), (1, false)], now), Some(40 * S));
         w.observe(1, 200 * S, now);
-        assert_eq!(w.advance([0, 1], now), Some(90 * S));
+        assert_eq!(w.advance([(0, false), (1, false)], now), Some(90 * S));
+        assert_eq!(
+            w.advance([(0, false), (1, false), (2, true)], now),
+            Some(90 * S),
+            "empty partition 2 is at its end"
+        );
     }
 
     #[test]
@@ -115,16 +131,21 @@ mod tests {
         let mut w = WatermarkTracker::new(Duration::from_secs(10), Duration::from_secs(30));
         w.observe(0, 100 * S, start);
         w.observe(1, 20 * S, start);
-        assert_eq!(w.advance([0, 1], start), Some(10 * S));
+        assert_eq!(w.advance([(0, false), (1, true)], start), Some(10 * S));
         let later = start + Duration::from_secs(31);
         w.observe(0, 500 * S, later);
         assert_eq!(
-            w.advance([0, 1], later),
+            w.advance([(0, false), (1, false)], later),
+            Some(10 * S),
+            "a lagging partition is not idle"
+        );
+        assert_eq!(
+            w.advance([(0, false), (1, true)], later),
             Some(490 * S),
-            "partition 1 is idle"
+            "partition 1 is idle at its end"
         );
         // It wakes up behind: the watermark does not move back.
         w.observe(1, 30 * S, later);
-        assert_eq!(w.advance([0, 1], later), Some(490 * S));
+        assert_eq!(w.advance([(0, false), (1, false)], later), Some(490 * S));
     }
 }
