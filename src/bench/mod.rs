@@ -168,7 +168,7 @@ pub async fn run(
                 Some(&r.payload),
             );
         }
-        batches.push(builder.finish(false)?);
+        batches.push(builder.finish(false, Default::default())?);
     }
 
     let (_, baseline) = timed(async {

@@ -38,6 +38,8 @@ pub struct MicroBatch {
     pub next_offsets: Offsets,
     /// Every assigned partition has been read to its end since the source started.
     pub caught_up: bool,
+    /// Partitions read to their end as of this batch (none of their messages is waiting).
+    pub at_end: std::collections::BTreeSet<i32>,
 }
 
 impl MicroBatch {
@@ -120,7 +122,11 @@ impl BatchBuilder {
     }
 
     /// Finishes the batch and resets the builder for the next one.
-    pub fn finish(&mut self, caught_up: bool) -> Result<MicroBatch, ArrowError> {
+    pub fn finish(
+        &mut self,
+        caught_up: bool,
+        at_end: std::collections::BTreeSet<i32>,
+    ) -> Result<MicroBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.topic.finish()),
             Arc::new(self.partition.finish()),
@@ -135,6 +141,7 @@ impl BatchBuilder {
             not_utf8: std::mem::take(&mut self.not_utf8),
             next_offsets: std::mem::take(&mut self.next_offsets),
             caught_up,
+            at_end,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The rdkafka consumer in the pipeline's group, run on its own thread so that reading the next
 //! micro-batch overlaps with processing the current one.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -283,6 +283,10 @@ impl Reader {
         let mut builder = BatchBuilder::new(self.options.max_rows);
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut resumes = ResumeCheck::default();
+        // Next offset this reader has handed on, per partition: a rebalance rewinds the consumer
+        // to the tables' progress while newer messages are still buffered downstream, and those
+        // must not be handed on twice.
+        let mut handed_on: HashMap<i32, i64> = HashMap::new();
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
         let mut opened = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
@@ -314,7 +318,9 @@ impl Reader {
                     }
                     // Below the tables' progress: already absorbed (a rebalance, a seek back or
                     // group offsets behind the tables), so it is dropped, not written twice.
-                    if resume.is_none_or(|next| offset >= next) {
+                    let seen = handed_on.get(&partition).is_some_and(|next| offset < *next);
+                    if !seen && resume.is_none_or(|next| offset >= next) {
+                        handed_on.insert(partition, offset + 1);
                         if builder.is_empty() {
                             opened = Instant::now();
                         }
@@ -346,8 +352,9 @@ impl Reader {
             let full = builder.len() >= self.options.max_rows;
             let waited = opened.elapsed() >= self.options.max_wait;
             if full || waited || caught_up {
+                let ends = at_end.iter().copied().collect();
                 let batch = builder
-                    .finish(caught_up)
+                    .finish(caught_up, ends)
                     .map_err(|source| SourceError::Arrow {
                         topic: self.options.topic.clone(),
                         source,
