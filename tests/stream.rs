@@ -340,8 +340,8 @@ async fn repeated_runs_add_only_new_events() {
     assert_eq!(dead_letters(&pipeline).len(), letters_before + invalid_new);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_runner_restarts_without_losing_or_duplicating_events() {
+/// A pipeline committing every 50ms in 2000-row batches, with 150,000 events (2% invalid) sent.
+fn fast_committing_stream() -> (TestPipeline, Vec<Record>) {
     let pipeline = TestPipeline::new();
     pipeline.edit_config(|yaml| {
         yaml.replace("interval: 5s", "interval: 50ms")
@@ -358,6 +358,36 @@ async fn killed_runner_restarts_without_losing_or_duplicating_events() {
             "0.02",
         ],
     );
+    (pipeline, sent)
+}
+
+/// Asserts that the events table holds every valid sent event exactly once, value for value,
+/// naming the source coordinates of any that is missing.
+async fn assert_each_valid_event_once(pipeline: &TestPipeline, sent: &[Record], context: &str) {
+    let rows = by_event_id(table_rows(pipeline).await);
+    let missing: Vec<(i32, i64)> = sent
+        .iter()
+        .filter(|r| expected(&r.payload).is_ok_and(|row| !rows.contains_key(&row.event_id)))
+        .map(|r| (r.partition, r.offset))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost (partition, offset), first {:?}, last {:?}\n{context}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        missing.last()
+    );
+    let wanted: BTreeMap<String, Row> = sent
+        .iter()
+        .filter_map(|r| expected(&r.payload).ok())
+        .map(|r| (r.event_id.clone(), r))
+        .collect();
+    assert_eq!(rows, wanted, "{context}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_runner_restarts_without_losing_or_duplicating_events() {
+    let (pipeline, sent) = fast_committing_stream();
     let want: usize = sent.iter().filter(|r| expected(&r.payload).is_ok()).count();
 
     // Kill at several moments: after a commit, shortly after one, and between them; with
@@ -388,43 +418,7 @@ async fn killed_runner_restarts_without_losing_or_duplicating_events() {
         "the runner finished before it could be killed; make the stream longer"
     );
     let last = run_until_caught_up(&pipeline);
-    let rows = by_event_id(table_rows(&pipeline).await);
-    let missing: Vec<(i32, i64)> = sent
-        .iter()
-        .filter(|r| expected(&r.payload).is_ok_and(|row| !rows.contains_key(&row.event_id)))
-        .map(|r| (r.partition, r.offset))
-        .collect();
-    let mut kinds: BTreeMap<(String, String), (usize, i64, i64)> = BTreeMap::new();
-    for r in &sent {
-        if let Ok(row) = expected(&r.payload) {
-            if !rows.contains_key(&row.event_id) {
-                let e = kinds
-                    .entry((row.campaign_id, row.event_type))
-                    .or_insert((0, i64::MAX, 0));
-                e.0 += 1;
-                e.1 = e.1.min(r.offset);
-                e.2 = e.2.max(r.offset);
-            }
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "{kinds:?}\n{} lost, first {:?}, last {:?}\n{last}",
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        missing.last()
-    );
-    assert_eq!(
-        rows.len(),
-        want,
-        "each valid event exactly once after {kills} kills"
-    );
-    let wanted: BTreeMap<String, Row> = sent
-        .iter()
-        .filter_map(|r| expected(&r.payload).ok())
-        .map(|r| (r.event_id.clone(), r))
-        .collect();
-    assert_eq!(rows, wanted);
+    assert_each_valid_event_once(&pipeline, &sent, &format!("after {kills} kills\n{last}")).await;
     // Dead letters may repeat after a crash, but none is lost.
     let letters = dead_letters(&pipeline);
     let coordinates: std::collections::HashSet<(i32, i64)> = letters
@@ -505,42 +499,9 @@ async fn sql_error_stops_run_before_anything_is_consumed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn long_stream_in_small_batches_keeps_every_event() {
-    let pipeline = TestPipeline::new();
-    pipeline.edit_config(|yaml| {
-        yaml.replace("interval: 5s", "interval: 50ms")
-            .replace("max_rows: 10000", "max_rows: 2000")
-    });
-    let sent = setup_and_generate(
-        &pipeline,
-        &[
-            "--count",
-            "150000",
-            "--seed",
-            "9",
-            "--invalid-ratio",
-            "0.02",
-        ],
-    );
+    let (pipeline, sent) = fast_committing_stream();
     let out = run_until_caught_up(&pipeline);
-    let wanted: BTreeMap<String, Row> = sent
-        .iter()
-        .filter_map(|r| expected(&r.payload).ok())
-        .map(|r| (r.event_id.clone(), r))
-        .collect();
-    let rows = by_event_id(table_rows(&pipeline).await);
-    let missing: Vec<(i32, i64)> = sent
-        .iter()
-        .filter(|r| expected(&r.payload).is_ok_and(|row| !rows.contains_key(&row.event_id)))
-        .map(|r| (r.partition, r.offset))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} lost, first {:?}, last {:?}\n{out}",
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        missing.last()
-    );
-    assert_eq!(rows, wanted);
+    assert_each_valid_event_once(&pipeline, &sent, &out).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
