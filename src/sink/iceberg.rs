@@ -9,7 +9,7 @@ use arrow::array::{new_null_array, ArrayRef};
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
+use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -25,6 +25,7 @@ use iceberg::Catalog;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use super::partition::PartitionSplitter;
 use super::table::load_table;
 use super::SinkError;
 use crate::common::{is_internal_column, Offsets};
@@ -61,7 +62,7 @@ pub struct TableWriter {
     label: String,
     pipeline: String,
     arrow_schema: SchemaRef,
-    splitter: RecordBatchPartitionSplitter,
+    splitter: PartitionSplitter,
     writer: Option<Writer>,
     buffered_rows: u64,
 }
@@ -120,11 +121,8 @@ impl TableWriter {
                 });
             }
         }
-        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-            schema,
-            metadata.default_partition_spec().clone(),
-        )
-        .map_err(|e| SinkError::iceberg(&label, e))?;
+        let splitter = PartitionSplitter::new(schema, metadata.default_partition_spec().clone())
+            .map_err(|e| SinkError::iceberg(&label, e))?;
         Ok(Self {
             catalog,
             table,

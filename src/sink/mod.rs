@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod iceberg;
+pub mod partition;
 pub mod table;
 
 /// Errors of the Iceberg sink, each naming the table or catalog involved.

@@ -1,0 +1,87 @@
+//! Splitting a batch by the table's partition spec, with work per partition, not per row.
+//!
+//! iceberg's `RecordBatchPartitionSplitter` builds a `Struct` of `Literal`s for every row (two
+//! string allocations per event here); grouping rows by Arrow's row format and converting one
+//! row per group gives the same split at a fraction of the cost on the per-event hot path.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::row::{RowConverter, SortField};
+use iceberg::arrow::{arrow_struct_to_literal, PartitionValueCalculator};
+use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef, StructType};
+use iceberg::{Error, ErrorKind, Result};
+
+/// Splits batches of a table's rows into one batch per partition value.
+pub struct PartitionSplitter {
+    spec: PartitionSpecRef,
+    schema: SchemaRef,
+    /// `None` for an unpartitioned table.
+    calculator: Option<(PartitionValueCalculator, StructType)>,
+}
+
+impl PartitionSplitter {
+    /// A splitter for `spec` over `schema`.
+    pub fn new(schema: SchemaRef, spec: PartitionSpecRef) -> Result<Self> {
+        let calculator = if spec.is_unpartitioned() {
+            None
+        } else {
+            Some((
+                PartitionValueCalculator::try_new(&spec, &schema)?,
+                spec.partition_type(&schema)?,
+            ))
+        };
+        Ok(Self {
+            spec,
+            schema,
+            calculator,
+        })
+    }
+
+    /// The batch's rows grouped by partition, each group with its partition key.
+    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>> {
+        let key = |data| PartitionKey::new((*self.spec).clone(), self.schema.clone(), data);
+        let Some((calculator, partition_type)) = &self.calculator else {
+            return Ok(vec![(key(iceberg::spec::Struct::empty()), batch.clone())]);
+        };
+        let values = calculator.calculate(batch)?;
+        let columns = values.as_struct().columns().to_vec();
+        let arrow_err = |e: arrow::error::ArrowError| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("splitting by partition: {e}"),
+            )
+        };
+        let converter = RowConverter::new(
+            columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )
+        .map_err(arrow_err)?;
+        let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
+        let mut groups: HashMap<arrow::row::Row<'_>, Vec<u32>> = HashMap::new();
+        for i in 0..rows.num_rows() {
+            groups.entry(rows.row(i)).or_default().push(i as u32);
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        for indices in groups.into_values() {
+            let first = indices[0] as usize;
+            let literal = arrow_struct_to_literal(&values.slice(first, 1), partition_type)?;
+            let Some(Some(Literal::Struct(data))) = literal.into_iter().next() else {
+                return Err(Error::new(
+                    ErrorKind::DataInvalid,
+                    "partition value is not a struct",
+                ));
+            };
+            let part = if indices.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                take_record_batch(batch, &UInt32Array::from(indices)).map_err(arrow_err)?
+            };
+            parts.push((key(data), part));
+        }
+        Ok(parts)
+    }
+}
