@@ -6,8 +6,7 @@
 --         through, and _error: NULL for a valid row, else a short reason. Rows with a
 --         reason go to the dead letter queue; columns starting with _ are never written.
 --
--- Edit the CASE below to change the validation rules; a new output column is added to
--- the table on the next run.
+-- Edit the CASE below to change the validation rules.
 WITH fields AS (
   SELECT
     _topic,

@@ -560,3 +560,31 @@ fn missing_tables_or_topic_stop_run_with_a_clear_message() {
         text(&output)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_returning_a_column_the_table_lacks_is_refused_before_consuming() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = dir.path().join("campaign_events.sql");
+    std::fs::copy(repo_root().join("sql/campaign_events.sql"), &parse).unwrap();
+    let pipeline = TestPipeline::with_sql(&parse, &repo_root().join("sql/campaign_metrics.sql"));
+    setup_and_generate(&pipeline, &["--count", "100", "--seed", "3"]);
+    let sql = std::fs::read_to_string(&parse).unwrap().replacen(
+        "  device_type,\n",
+        "  device_type,\n  upper(country) AS country_code,\n",
+        1,
+    );
+    assert!(sql.contains("country_code"));
+    std::fs::write(&parse, sql).unwrap();
+    let output = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output)
+            .contains("the SQL returns column `country_code`, which the table does not have"),
+        "{}",
+        text(&output)
+    );
+    assert!(scan_table(&pipeline.config, "campaign_events")
+        .await
+        .is_empty());
+    assert!(dead_letters(&pipeline).is_empty());
+}
