@@ -74,13 +74,21 @@ impl SqlStage {
         logical: &datafusion::logical_expr::LogicalPlan,
         slot: Arc<BatchSlot>,
     ) -> Result<Self> {
-        let state = ctx.state();
-        let plan = state.create_physical_plan(logical).await?;
-        Ok(Self {
+        let plan = ctx.state().create_physical_plan(logical).await?;
+        Ok(Self::from_physical(ctx, plan, slot))
+    }
+
+    /// Binds an already built physical plan (whose leaf reads `slot`).
+    pub fn from_physical(
+        ctx: &SessionContext,
+        plan: Arc<dyn ExecutionPlan>,
+        slot: Arc<BatchSlot>,
+    ) -> Self {
+        Self {
             plan,
             slot,
             task: ctx.task_ctx(),
-        })
+        }
     }
 
     /// Output schema of the statement.

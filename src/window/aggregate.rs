@@ -9,39 +9,20 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::streaming::StreamingTableExec;
-use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
-use crate::engine::BatchSlot;
-
-/// A physical plan reading from a slot, executed on demand.
-struct Phase {
-    plan: Arc<dyn ExecutionPlan>,
-    slot: Arc<BatchSlot>,
-}
-
-impl Phase {
-    async fn run(
-        &self,
-        input: Vec<RecordBatch>,
-        task: &Arc<TaskContext>,
-    ) -> Result<Vec<RecordBatch>> {
-        self.slot.put(input);
-        collect(self.plan.clone(), task.clone()).await
-    }
-}
+use crate::engine::{BatchSlot, SqlStage};
 
 /// The three phases of the metrics SQL's aggregate.
 pub struct SplitAggregate {
-    partial: Phase,
-    reduce: Phase,
-    finish: Phase,
+    partial: SqlStage,
+    reduce: SqlStage,
+    finish: SqlStage,
     state_schema: SchemaRef,
     window_column: usize,
-    task: Arc<TaskContext>,
 }
 
 impl SplitAggregate {
@@ -131,21 +112,11 @@ impl SplitAggregate {
             })?
             .data;
         Ok(Self {
-            partial: Phase {
-                plan: partial,
-                slot: events_slot,
-            },
-            reduce: Phase {
-                plan: reduce,
-                slot: reduce_slot,
-            },
-            finish: Phase {
-                plan: finish,
-                slot: final_slot,
-            },
+            partial: SqlStage::from_physical(ctx, partial, events_slot),
+            reduce: SqlStage::from_physical(ctx, reduce, reduce_slot),
+            finish: SqlStage::from_physical(ctx, finish, final_slot),
             state_schema,
             window_column,
-            task: ctx.task_ctx(),
         })
     }
 
@@ -161,17 +132,17 @@ impl SplitAggregate {
 
     /// Partial states of one micro-batch of parsed events.
     pub async fn partial(&self, events: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.partial.run(events, &self.task).await
+        self.partial.run(events).await
     }
 
     /// Merges partial states so that each group keeps one state row.
     pub async fn reduce(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.reduce.run(states, &self.task).await
+        self.reduce.run(states).await
     }
 
     /// Final rows of the SQL for the given states.
     pub async fn finish(&self, states: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.finish.run(states, &self.task).await
+        self.finish.run(states).await
     }
 }
 
