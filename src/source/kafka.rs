@@ -279,6 +279,26 @@ struct Reader {
 }
 
 impl Reader {
+    /// The assigned partitions and their resume offsets, as the last rebalance left them.
+    fn assignment(&self) -> (BTreeSet<i32>, HashMap<i32, i64>) {
+        let assigned = self
+            .shared
+            .assigned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let resume = self
+            .shared
+            .resume
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let offsets = assigned
+            .iter()
+            .filter_map(|p| Some((*p, resume.get(&self.options.topic, *p)?)))
+            .collect();
+        (assigned, offsets)
+    }
+
     fn run(self) {
         let mut builder = BatchBuilder::new(self.options.max_rows);
         let mut at_end: HashSet<i32> = HashSet::new();
@@ -289,22 +309,24 @@ impl Reader {
         let mut handed_on: HashMap<i32, i64> = HashMap::new();
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
         let mut opened = Instant::now();
+        // Copies of the shared assignment and resume offsets, refreshed only when a rebalance
+        // changes them, so the per-message path takes no lock. Offsets our own commits add later
+        // never exceed what `handed_on` already guards.
+        let (mut assigned, mut resume_at) = self.assignment();
         while !self.stop.load(Ordering::SeqCst) {
+            let polled = self.consumer.poll(poll_timeout);
+            // The rebalance callback runs inside `poll`: refresh before handling what it returned.
             if self.shared.rebalanced.swap(false, Ordering::SeqCst) {
                 at_end.clear();
                 resumes = ResumeCheck::default();
+                (assigned, resume_at) = self.assignment();
             }
-            match self.consumer.poll(poll_timeout) {
+            match polled {
                 Some(Ok(message)) => {
                     let partition = message.partition();
                     let offset = message.offset();
                     at_end.remove(&partition);
-                    let resume = self
-                        .shared
-                        .resume
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(&self.options.topic, partition);
+                    let resume = resume_at.get(&partition).copied();
                     if let Some(back_to) = resumes.check(partition, offset, resume) {
                         if let Err(err) = self.consumer.seek(
                             &self.options.topic,
@@ -342,12 +364,6 @@ impl Reader {
                 }
                 None => {}
             }
-            let assigned = self
-                .shared
-                .assigned
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
             let caught_up = !assigned.is_empty() && assigned.iter().all(|p| at_end.contains(p));
             let full = builder.len() >= self.options.max_rows;
             let waited = opened.elapsed() >= self.options.max_wait;
