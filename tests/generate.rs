@@ -41,6 +41,8 @@ fn same_seed_gives_identical_payloads_keyed_by_campaign() {
         "7",
         "--invalid-ratio",
         "0.05",
+        "--out-of-order-ratio",
+        "0.05",
         "--late-ratio",
         "0.05",
     ];
@@ -91,6 +93,8 @@ fn truth_file_matches_what_was_sent() {
             "--campaigns",
             "5",
             "--invalid-ratio",
+            "0.1",
+            "--out-of-order-ratio",
             "0.1",
             "--late-ratio",
             "0.1",

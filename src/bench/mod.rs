@@ -87,6 +87,7 @@ fn records(count: usize) -> Vec<GeneratedRecord> {
     let mut generator = EventGenerator::new(GeneratorOptions {
         campaigns: 10,
         invalid_ratio: 0.02,
+        out_of_order_ratio: 0.0,
         late_ratio: 0.0,
         seed: 42,
         start_time: chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_454),
@@ -345,6 +346,7 @@ async fn end_to_end(
             p,
             RunOptions {
                 until_caught_up: true,
+                flush_open_windows: false,
                 shutdown,
             },
         )

@@ -37,8 +37,12 @@ pub struct GenerateArgs {
     /// event_type, negative revenue, bad timestamp, non-UTF-8 bytes).
     #[arg(long, default_value_t = 0.0, value_parser = ratio)]
     pub invalid_ratio: f64,
-    /// Fraction of valid events with shifted timestamps: half out of order within the allowed
-    /// lateness, half late past it.
+    /// Fraction of valid events shifted back in time but within the allowed lateness (they
+    /// still count in their window).
+    #[arg(long, default_value_t = 0.0, value_parser = ratio)]
+    pub out_of_order_ratio: f64,
+    /// Fraction of valid events shifted back past the allowed lateness and 5 to 10 windows (the
+    /// metrics stage dead-letters them as `late`; never among the first 1,000 records).
     #[arg(long, default_value_t = 0.0, value_parser = ratio)]
     pub late_ratio: f64,
     /// RNG seed; the same seed and flags give the same events (random when absent).
@@ -94,6 +98,7 @@ pub async fn run(config_path: &Path, args: &GenerateArgs) -> anyhow::Result<bool
     let options = GeneratorOptions {
         campaigns: args.campaigns,
         invalid_ratio: args.invalid_ratio,
+        out_of_order_ratio: args.out_of_order_ratio,
         late_ratio: args.late_ratio,
         seed,
         start_time,

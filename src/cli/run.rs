@@ -17,6 +17,10 @@ pub struct RunArgs {
     /// Stop once every partition has been read to its end and committed (backfills, tests).
     #[arg(long)]
     pub until_caught_up: bool,
+    /// With --until-caught-up: also emit the windows still open at the end (a backfill that
+    /// must leave nothing behind); later events for those windows then count as late.
+    #[arg(long, requires = "until_caught_up")]
+    pub flush_open_windows: bool,
 }
 
 /// Runs the selected pipelines and prints what each did.
@@ -39,6 +43,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
     let runs = pipelines.iter().map(|p| {
         let options = RunOptions {
             until_caught_up: args.until_caught_up,
+            flush_open_windows: args.flush_open_windows,
             shutdown: shutdown.clone(),
         };
         pipeline::run(&config, p, options)
@@ -54,12 +59,15 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
                     .map(|(category, n)| format!("{category} {n}"))
                     .collect();
                 println!(
-                    "pipeline {}: {} messages, {} rows written to {}.{} in {} commits, {} dead letters ({}); offsets {}",
+                    "pipeline {}: {} messages, {} rows written to {}.{} and {} windows to {}.{} in {} commits, {} dead letters ({}); offsets {}",
                     p.name,
                     summary.messages,
                     summary.rows,
                     p.sink.namespace,
                     p.sink.events_table.name,
+                    summary.windows,
+                    p.sink.namespace,
+                    p.sink.metrics_table.name,
                     summary.commits,
                     summary.dead_letters.values().sum::<u64>(),
                     letters.join(", "),

@@ -26,7 +26,9 @@ pub struct GeneratorOptions {
     pub campaigns: u32,
     /// Fraction of records that are malformed, 0..=1.
     pub invalid_ratio: f64,
-    /// Fraction of valid events with shifted timestamps (half out-of-order, half late), 0..=1.
+    /// Fraction of valid events shifted back within the allowed lateness, 0..=1.
+    pub out_of_order_ratio: f64,
+    /// Fraction of valid events shifted back past the lateness and their window, 0..=1.
     pub late_ratio: f64,
     /// RNG seed: the same seed and options give the same records.
     pub seed: u64,
@@ -121,17 +123,19 @@ impl EventGenerator {
             };
         }
 
-        let make: fn(CampaignEvent) -> RecordKind = if self
-            .rng
-            .random_bool(self.options.late_ratio.clamp(0.0, 1.0))
-        {
-            if index >= LATE_WARM_UP && self.rng.random_bool(0.5) {
-                event.timestamp = format_time(event_time - self.late_shift());
-                RecordKind::Late
-            } else {
-                event.timestamp = format_time(event_time - self.out_of_order_shift());
-                RecordKind::OutOfOrder
-            }
+        let late = self.options.late_ratio.clamp(0.0, 1.0);
+        let shifted = (late + self.options.out_of_order_ratio.clamp(0.0, 1.0)).min(1.0);
+        let roll: f64 = if shifted > 0.0 {
+            self.rng.random()
+        } else {
+            1.0
+        };
+        let make: fn(CampaignEvent) -> RecordKind = if roll < late && index >= LATE_WARM_UP {
+            event.timestamp = format_time(event_time - self.late_shift());
+            RecordKind::Late
+        } else if roll < shifted {
+            event.timestamp = format_time(event_time - self.out_of_order_shift());
+            RecordKind::OutOfOrder
         } else {
             RecordKind::OnTime
         };

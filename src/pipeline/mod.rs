@@ -1,9 +1,15 @@
-//! Wires source → parsing SQL → Iceberg sink and the dead letter queue, and owns the commit loop.
+//! Wires source → parsing SQL → events table, → window → metrics table, and the dead letter
+//! queue, and owns the commit loop.
 
+pub mod metrics;
 pub mod rejects;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Int32Type, Int64Type};
 
 use tokio::sync::watch;
 
@@ -14,10 +20,14 @@ use crate::engine::{new_session, plan_pipeline, split_rejected, SqlProblem, SqlS
 use crate::kafka::admin::TopicAdmin;
 use crate::kafka::{client_config, KafkaError};
 use crate::sink::catalog::open_catalog;
-use crate::sink::iceberg::TableWriter;
+use crate::sink::iceberg::{CommitStats, TableWriter};
 use crate::sink::SinkError;
 use crate::source::{KafkaSource, MicroBatch, SourceError, SourceOptions};
-use rejects::{dead_letter, from_rejected_rows, KeyedDeadLetter, INVALID_UTF8};
+use crate::window::WindowError;
+use metrics::MetricsBranch;
+use rejects::{
+    dead_letter, from_rejected_rows, KeyedDeadLetter, Reason, INVALID_UTF8, LATE, UNTIMED,
+};
 
 /// Why a pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +53,12 @@ pub enum PipelineError {
         pipeline: String,
         source: SourceError,
     },
+    /// The window stage failed.
+    #[error("pipeline {pipeline}: {source}")]
+    Window {
+        pipeline: String,
+        source: WindowError,
+    },
     /// Running the SQL on a micro-batch failed.
     #[error("pipeline {pipeline}: running {file} on the batch at {at}: {source}")]
     Execution {
@@ -66,6 +82,8 @@ fn list(problems: &[SqlProblem]) -> String {
 pub struct RunOptions {
     /// Stop once every assigned partition has been read to its end and committed.
     pub until_caught_up: bool,
+    /// At the end, also emit the windows still open (backfills).
+    pub flush_open_windows: bool,
     /// Becomes `true` when the run must finish the batch in hand, commit and stop.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -77,6 +95,8 @@ pub struct RunSummary {
     pub messages: u64,
     /// Rows committed to the events table.
     pub rows: u64,
+    /// Window rows committed to the metrics table.
+    pub windows: u64,
     /// Dead letter records sent, by category.
     pub dead_letters: BTreeMap<String, u64>,
     /// Iceberg commits made.
@@ -129,8 +149,13 @@ pub async fn run(
     )
     .await
     .map_err(sink_err)?;
-    let mut absorbed = events.committed_offsets().map_err(sink_err)?;
-    tracing::info!(pipeline = %name, table = events.label(), offsets = %absorbed.to_json(), "resuming");
+    let events_absorbed = events.committed_offsets().map_err(sink_err)?;
+    let mut metrics =
+        MetricsBranch::open(config, pipeline, &ctx, &planned, catalog.clone()).await?;
+    // The two tables commit one after the other, so a crash can leave the metrics table behind:
+    // resume where the one furthest behind stands, and let each drop what it already holds.
+    let mut absorbed = resume_point(&events_absorbed, metrics.absorbed());
+    tracing::info!(pipeline = %name, table = events.label(), offsets = %events_absorbed.to_json(), "resuming");
 
     let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
     let admin = TopicAdmin::new(&client).map_err(kafka_err)?;
@@ -160,10 +185,16 @@ pub async fn run(
     })?;
 
     let mut summary = RunSummary::default();
+    let mut events_absorbed = events_absorbed;
     let mut pending = absorbed.clone();
     let mut touched: BTreeSet<(String, i32)> = BTreeSet::new();
     let mut window = CommitWindow::new();
     let mut shutdown = options.shutdown.clone();
+    let stages = Stages {
+        parse: &parse,
+        parse_file: &parse_file,
+        pipeline: &name,
+    };
     loop {
         let batch = tokio::select! {
             batch = source.next() => batch,
@@ -187,21 +218,28 @@ pub async fn run(
             pending.advance(topic, partition, next);
             touched.insert((topic.to_string(), partition));
         }
-        for letter in process(&batch, &parse, &mut events, &parse_file, &name).await? {
+        let letters = stages
+            .process(&batch, &mut events, &events_absorbed, &mut metrics)
+            .await?;
+        for letter in letters {
+            if letter.0.error == LATE {
+                window.late += 1;
+            }
             dlq.send(&letter.0, letter.1.as_deref())
                 .await
                 .map_err(kafka_err)?;
             window.dead_letters += 1;
         }
+        let assigned = source.assigned();
+        metrics
+            .advance(&assigned, &batch.at_end, Instant::now())
+            .await?;
 
         let progressed = pending != absorbed;
         let due = window.opened.elapsed() >= pipeline.commit.interval
             || events.buffered_rows() >= pipeline.commit.max_rows as u64
             || (caught_up && options.until_caught_up);
         if progressed && due {
-            // Dead letters first: the commit moves past their offsets, so they must be safe.
-            dlq.flush().await.map_err(kafka_err)?;
-            let assigned = source.assigned();
             let mut offsets = Offsets::new();
             for (topic, partition, next) in pending.iter() {
                 if assigned.contains(&partition)
@@ -210,22 +248,28 @@ pub async fn run(
                     offsets.set(topic, partition, next);
                 }
             }
-            let stats = events.commit(&offsets).await.map_err(sink_err)?;
+            let committed = commit(&mut dlq, &mut events, &mut metrics, &offsets, &name).await?;
             absorbed.advance_all(&offsets);
+            events_absorbed.advance_all(&offsets);
             source.absorbed(&offsets);
             touched.clear();
-            summary.commits += 1;
-            summary.rows += stats.rows;
+            summary.add(&committed);
             let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
+            let (open_windows, state_bytes, watermark) = metrics.describe();
             tracing::info!(
                 pipeline = %name,
                 table = events.label(),
-                rows = stats.rows,
-                files = stats.files,
+                rows = committed.events.rows,
+                files = committed.events.files,
+                windows = committed.metrics.rows,
                 dead_letters = window.dead_letters,
+                late = window.late,
+                open_windows,
+                state_bytes,
+                watermark = watermark.as_deref().unwrap_or("none"),
                 lag = ?source.lag(),
                 events_per_s = (window.messages as f64 / seconds).round(),
-                commit_ms = stats.millis,
+                commit_ms = committed.events.millis + committed.metrics.millis,
                 "committed"
             );
             window = CommitWindow::new();
@@ -236,18 +280,76 @@ pub async fn run(
         }
     }
     source.stop();
-    if pending != absorbed {
-        dlq.flush().await.map_err(kafka_err)?;
-        let stats = events.commit(&pending).await.map_err(sink_err)?;
+    if options.flush_open_windows {
+        let rows = metrics.flush().await?;
+        tracing::info!(pipeline = %name, windows = rows, "flushed the open windows");
+    }
+    if pending != absorbed || metrics.emitted() > 0 {
+        let committed = commit(&mut dlq, &mut events, &mut metrics, &pending, &name).await?;
         absorbed.advance_all(&pending);
         source.absorbed(&pending);
-        summary.commits += 1;
-        summary.rows += stats.rows;
-        tracing::info!(pipeline = %name, rows = stats.rows, files = stats.files, "final commit");
+        summary.add(&committed);
+        tracing::info!(
+            pipeline = %name,
+            rows = committed.events.rows,
+            files = committed.events.files,
+            windows = committed.metrics.rows,
+            "final commit"
+        );
     }
     summary.dead_letters = dlq.counts().clone();
     summary.offsets = absorbed;
     Ok(summary)
+}
+
+/// Per partition, the lower of the two tables' offsets (a partition only one table knows is
+/// left out, so it starts from `start_from` and the other table drops what it holds).
+fn resume_point(events: &Offsets, metrics: &Offsets) -> Offsets {
+    let mut resume = Offsets::new();
+    for (topic, partition, next) in events.iter() {
+        if let Some(other) = metrics.get(topic, partition) {
+            resume.set(topic, partition, next.min(other));
+        }
+    }
+    resume
+}
+
+/// What one commit of both tables wrote.
+struct Committed {
+    events: CommitStats,
+    metrics: CommitStats,
+}
+
+impl RunSummary {
+    fn add(&mut self, committed: &Committed) {
+        self.commits += 1;
+        self.rows += committed.events.rows;
+        self.windows += committed.metrics.rows;
+    }
+}
+
+/// Commits both tables at `offsets`: dead letters first (the commits move past their offsets, so
+/// they must be safe), then the events, then the windows with their state checkpoint.
+async fn commit(
+    dlq: &mut DeadLetterWriter,
+    events: &mut TableWriter,
+    metrics: &mut MetricsBranch,
+    offsets: &Offsets,
+    pipeline: &str,
+) -> Result<Committed, PipelineError> {
+    dlq.flush().await.map_err(|source| PipelineError::Kafka {
+        pipeline: pipeline.to_string(),
+        source,
+    })?;
+    let events = events
+        .commit(offsets)
+        .await
+        .map_err(|source| PipelineError::Sink {
+            pipeline: pipeline.to_string(),
+            source,
+        })?;
+    let metrics = metrics.commit(offsets).await?;
+    Ok(Committed { events, metrics })
 }
 
 /// Counters since the last commit.
@@ -255,6 +357,7 @@ struct CommitWindow {
     opened: Instant,
     messages: u64,
     dead_letters: u64,
+    late: u64,
 }
 
 impl CommitWindow {
@@ -263,52 +366,130 @@ impl CommitWindow {
             opened: Instant::now(),
             messages: 0,
             dead_letters: 0,
+            late: 0,
         }
     }
 }
 
-/// Parses one micro-batch: valid rows go to the events table, the rest become dead letters.
-async fn process(
-    batch: &MicroBatch,
-    parse: &SqlStage,
-    events: &mut TableWriter,
-    parse_file: &str,
-    pipeline: &str,
-) -> Result<Vec<KeyedDeadLetter>, PipelineError> {
-    let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut letters: Vec<KeyedDeadLetter> = batch
-        .not_utf8
-        .iter()
-        .map(|raw| dead_letter(raw, &raw.payload, INVALID_UTF8, pipeline, &failed_at))
-        .collect();
-    if batch.records.num_rows() == 0 {
-        return Ok(letters);
-    }
-    let exec_err = |source| PipelineError::Execution {
-        pipeline: pipeline.to_string(),
-        file: parse_file.to_string(),
-        at: describe_batch(batch),
-        source,
-    };
-    let outputs = parse
-        .run(vec![batch.records.clone()])
-        .await
-        .map_err(exec_err)?;
-    for output in &outputs {
-        let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(exec_err)?;
-        events
-            .write(&valid)
+/// The per-batch work before the windows: parsing and routing rows.
+struct Stages<'a> {
+    parse: &'a SqlStage,
+    parse_file: &'a str,
+    pipeline: &'a str,
+}
+
+impl Stages<'_> {
+    /// Parses one micro-batch: valid rows go to the events table (those it does not hold yet)
+    /// and to the window; rejected, late and untimed rows become dead letters.
+    async fn process(
+        &self,
+        batch: &MicroBatch,
+        events: &mut TableWriter,
+        events_absorbed: &Offsets,
+        metrics: &mut MetricsBranch,
+    ) -> Result<Vec<KeyedDeadLetter>, PipelineError> {
+        let pipeline = self.pipeline;
+        let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut letters: Vec<KeyedDeadLetter> = batch
+            .not_utf8
+            .iter()
+            .filter(|raw| {
+                events_absorbed
+                    .get(&raw.topic, raw.partition)
+                    .is_none_or(|next| raw.offset >= next)
+            })
+            .map(|raw| dead_letter(raw, &raw.payload, INVALID_UTF8, pipeline, &failed_at))
+            .collect();
+        if batch.records.num_rows() == 0 {
+            return Ok(letters);
+        }
+        let exec_err = |source| PipelineError::Execution {
+            pipeline: pipeline.to_string(),
+            file: self.parse_file.to_string(),
+            at: describe_batch(batch),
+            source,
+        };
+        let outputs = self
+            .parse
+            .run(vec![batch.records.clone()])
             .await
-            .map_err(|source| PipelineError::Sink {
-                pipeline: pipeline.to_string(),
-                source,
-            })?;
-        letters.extend(
-            from_rejected_rows(&rejected, &batch.records, pipeline, &failed_at)
+            .map_err(exec_err)?;
+        let now = Instant::now();
+        for output in &outputs {
+            let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(exec_err)?;
+            let new_valid = unabsorbed(&valid, events_absorbed).map_err(|e| exec_err(e.into()))?;
+            events
+                .write(&new_valid)
+                .await
+                .map_err(|source| PipelineError::Sink {
+                    pipeline: pipeline.to_string(),
+                    source,
+                })?;
+            let rejected =
+                unabsorbed(&rejected, events_absorbed).map_err(|e| exec_err(e.into()))?;
+            letters.extend(
+                from_rejected_rows(
+                    &rejected,
+                    Reason::FromSql,
+                    &batch.records,
+                    pipeline,
+                    &failed_at,
+                )
                 .map_err(|e| exec_err(e.into()))?,
-        );
+            );
+            let sorted = metrics.take(&valid, now).await?;
+            for (rows, reason) in [(&sorted.late, LATE), (&sorted.untimed, UNTIMED)] {
+                letters.extend(
+                    from_rejected_rows(
+                        rows,
+                        Reason::Fixed(reason),
+                        &batch.records,
+                        pipeline,
+                        &failed_at,
+                    )
+                    .map_err(|e| exec_err(e.into()))?,
+                );
+            }
+        }
+        Ok(letters)
     }
-    Ok(letters)
+}
+
+/// The rows of parsed output at or past `absorbed` in their partition (the rest is already in
+/// the table that `absorbed` belongs to).
+pub fn unabsorbed(
+    rows: &RecordBatch,
+    absorbed: &Offsets,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if rows.num_rows() == 0 || absorbed.is_empty() {
+        return Ok(rows.clone());
+    }
+    let column = |name: &str, data_type: &DataType| {
+        rows.column_by_name(name)
+            .ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError(format!("parsed rows lack `{name}`"))
+            })
+            .and_then(|c| cast(c, data_type))
+    };
+    let topics = column("_topic", &DataType::Utf8)?;
+    let topics = topics.as_string::<i32>();
+    let partitions = column("_partition", &DataType::Int32)?;
+    let partitions = partitions.as_primitive::<Int32Type>();
+    let offsets = column("_offset", &DataType::Int64)?;
+    let offsets = offsets.as_primitive::<Int64Type>();
+    let keep: BooleanArray = (0..rows.num_rows())
+        .map(|i| {
+            Some(
+                absorbed
+                    .get(topics.value(i), partitions.value(i))
+                    .is_none_or(|next| offsets.value(i) >= next),
+            )
+        })
+        .collect();
+    if keep.true_count() == rows.num_rows() {
+        return Ok(rows.clone());
+    }
+    filter_record_batch(rows, &keep)
 }
 
 /// `topic partition p offsets a..b, ...` for error messages.

@@ -16,10 +16,26 @@ pub const INVALID_UTF8: &str = "invalid utf-8";
 /// A dead letter record with the key of its source message.
 pub type KeyedDeadLetter = (DeadLetter, Option<Vec<u8>>);
 
-/// Dead letters for the rows the parsing SQL rejected, with payload, key and timestamp looked up
-/// in the micro-batch they came from by (partition, offset).
+/// Reason given to valid events whose window the watermark has already passed.
+pub const LATE: &str = "late";
+
+/// Reason given to valid events whose window time column is NULL (they fit no window).
+pub const UNTIMED: &str = "no event time: the window's time column is NULL";
+
+/// Where a rejected row's reason comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Reason<'a> {
+    /// The parsing SQL's `_error` column.
+    FromSql,
+    /// The same reason for every row (decided after the SQL, e.g. `late`).
+    Fixed(&'a str),
+}
+
+/// Dead letters for rejected parsed rows, with payload, key and timestamp looked up in the
+/// micro-batch they came from by (partition, offset).
 pub fn from_rejected_rows(
     rejected: &RecordBatch,
+    reason: Reason<'_>,
     input: &RecordBatch,
     pipeline: &str,
     failed_at: &str,
@@ -33,8 +49,11 @@ pub fn from_rejected_rows(
         })?;
         cast(array, data_type)
     };
-    let errors = column(ERROR_COLUMN, &DataType::Utf8)?;
-    let errors = errors.as_string::<i32>();
+    let errors = match reason {
+        Reason::FromSql => Some(column(ERROR_COLUMN, &DataType::Utf8)?),
+        Reason::Fixed(_) => None,
+    };
+    let errors = errors.as_ref().map(|e| e.as_string::<i32>());
     let partitions = column("_partition", &DataType::Int32)?;
     let partitions = partitions.as_primitive::<Int32Type>();
     let offsets = column("_offset", &DataType::Int64)?;
@@ -71,10 +90,10 @@ pub fn from_rejected_rows(
             key: in_keys.is_valid(row).then(|| in_keys.value(row).to_vec()),
             payload: Vec::new(),
         };
-        let reason = if errors.is_valid(i) {
-            errors.value(i)
-        } else {
-            "rejected"
+        let reason = match (reason, errors) {
+            (Reason::Fixed(fixed), _) => fixed,
+            (Reason::FromSql, Some(errors)) if errors.is_valid(i) => errors.value(i),
+            (Reason::FromSql, _) => "rejected",
         };
         letters.push(dead_letter(
             &raw,

@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator,
@@ -25,10 +25,11 @@ use iceberg::Catalog;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use super::evolve::columns_to_add;
 use super::partition::PartitionSplitter;
 use super::table::load_table;
 use super::SinkError;
-use crate::common::{is_internal_column, Offsets};
+use crate::common::Offsets;
 
 /// Snapshot summary key: the next Kafka offset per topic partition the table has absorbed.
 pub const OFFSETS_PROPERTY: &str = "campaign-pipeline.offsets";
@@ -92,35 +93,32 @@ impl TableWriter {
                 }
                 other => other,
             })?;
+        let additions = columns_to_add(&label, table.metadata().current_schema(), sql_schema)?;
+        let table = if additions.is_empty() {
+            table
+        } else {
+            let names: Vec<String> = additions.iter().map(|(name, _)| name.clone()).collect();
+            let tx = Transaction::new(&table);
+            let action =
+                additions
+                    .into_iter()
+                    .fold(tx.update_schema(), |action, (name, field_type)| {
+                        action.add_column(AddColumn::optional(name, field_type))
+                    });
+            let tx = action
+                .apply(tx)
+                .map_err(|e| SinkError::iceberg(&label, e))?;
+            let table = tx
+                .commit(catalog.as_ref())
+                .await
+                .map_err(|e| SinkError::iceberg(format!("adding columns to {label}"), e))?;
+            tracing::info!(table = %label, columns = ?names, "the SQL returns new columns: added them to the table");
+            table
+        };
         let metadata = table.metadata();
         let schema = metadata.current_schema().clone();
         let arrow_schema =
             Arc::new(schema_to_arrow_schema(&schema).map_err(|e| SinkError::iceberg(&label, e))?);
-        for field in sql_schema.fields() {
-            if is_internal_column(field.name()) {
-                continue;
-            }
-            let Ok(column) = arrow_schema.field_with_name(field.name()) else {
-                return Err(SinkError::Schema {
-                    table: label,
-                    message: format!(
-                        "the SQL returns column `{}`, which the table does not have",
-                        field.name()
-                    ),
-                });
-            };
-            if !arrow::compute::can_cast_types(field.data_type(), column.data_type()) {
-                return Err(SinkError::Schema {
-                    table: label,
-                    message: format!(
-                        "column `{}` is {} in the table but {} in the SQL",
-                        field.name(),
-                        column.data_type(),
-                        field.data_type()
-                    ),
-                });
-            }
-        }
         let splitter = PartitionSplitter::new(schema, metadata.default_partition_spec().clone())
             .map_err(|e| SinkError::iceberg(&label, e))?;
         Ok(Self {
@@ -167,6 +165,45 @@ impl TableWriter {
         Ok(offsets)
     }
 
+    /// Values of a snapshot summary property in this pipeline's snapshots, newest first.
+    pub fn snapshot_property(&self, key: &str) -> Vec<String> {
+        let metadata = self.table.metadata();
+        let mut found = Vec::new();
+        let mut next = metadata.current_snapshot().cloned();
+        while let Some(snapshot) = next {
+            let properties = &snapshot.summary().additional_properties;
+            if properties.get(PIPELINE_PROPERTY) == Some(&self.pipeline) {
+                if let Some(value) = properties.get(key) {
+                    found.push(value.clone());
+                }
+            }
+            next = snapshot
+                .parent_snapshot_id()
+                .and_then(|id| metadata.snapshot_by_id(id).cloned());
+        }
+        found
+    }
+
+    /// The table's current snapshot id.
+    pub fn current_snapshot_id(&self) -> Option<i64> {
+        self.table.metadata().current_snapshot_id()
+    }
+
+    /// The table's root location.
+    pub fn location(&self) -> &str {
+        self.table.metadata().location()
+    }
+
+    /// The table's file IO (for files kept beside the data, such as checkpoints).
+    pub fn file_io(&self) -> &iceberg::io::FileIO {
+        self.table.file_io()
+    }
+
+    /// The pipeline that owns this writer's snapshots.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
     /// Rows written since the last commit.
     pub fn buffered_rows(&self) -> u64 {
         self.buffered_rows
@@ -202,6 +239,15 @@ impl TableWriter {
     /// Closes the open data files and commits them in one snapshot carrying `offsets` (the next
     /// offset per partition that this table has now fully absorbed).
     pub async fn commit(&mut self, offsets: &Offsets) -> Result<CommitStats, SinkError> {
+        self.commit_with(offsets, Vec::new()).await
+    }
+
+    /// Like [`Self::commit`], with more snapshot summary properties.
+    pub async fn commit_with(
+        &mut self,
+        offsets: &Offsets,
+        extra: Vec<(String, String)>,
+    ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
         let files: Vec<DataFile> = match self.writer.take() {
             Some(writer) => writer
@@ -211,10 +257,11 @@ impl TableWriter {
             None => Vec::new(),
         };
         let rows = self.buffered_rows;
-        let properties = HashMap::from([
+        let mut properties = HashMap::from([
             (OFFSETS_PROPERTY.to_string(), offsets.to_json()),
             (PIPELINE_PROPERTY.to_string(), self.pipeline.clone()),
         ]);
+        properties.extend(extra);
         let file_count = files.len();
         let tx = Transaction::new(&self.table);
         let action = tx

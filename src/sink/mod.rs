@@ -1,6 +1,8 @@
 //! The Iceberg sink: the catalog factory and the tables the pipeline writes.
 
 pub mod catalog;
+pub mod checkpoint;
+pub mod evolve;
 pub mod iceberg;
 pub mod partition;
 pub mod table;

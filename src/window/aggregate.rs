@@ -23,6 +23,7 @@ pub struct SplitAggregate {
     finish: SqlStage,
     state_schema: SchemaRef,
     window_column: usize,
+    group_columns: usize,
 }
 
 impl SplitAggregate {
@@ -69,6 +70,7 @@ impl SplitAggregate {
             .position(|(expr, _)| expr.to_string().contains("date_bin"))
             .ok_or_else(|| unsupported("a GROUP BY without the date_bin window"))?;
 
+        let group_columns = group_by.expr().len();
         let partial = Arc::new(AggregateExec::try_new(
             AggregateMode::Partial,
             group_by.clone(),
@@ -117,6 +119,7 @@ impl SplitAggregate {
             finish: SqlStage::from_physical(ctx, finish, final_slot),
             state_schema,
             window_column,
+            group_columns,
         })
     }
 
@@ -128,6 +131,11 @@ impl SplitAggregate {
     /// Index of the window-start column among the state columns.
     pub fn window_column(&self) -> usize {
         self.window_column
+    }
+
+    /// Number of GROUP BY keys (the first state columns).
+    pub fn group_columns(&self) -> usize {
+        self.group_columns
     }
 
     /// Partial states of one micro-batch of parsed events.
@@ -308,7 +316,9 @@ mod tests {
 
         // A checkpoint round trip keeps every partial state.
         let mut restored = WindowState::new(split.state_schema().clone(), split.window_column());
-        restored.restore_ipc(&state.to_ipc().unwrap()).unwrap();
+        restored
+            .restore_ipc(&state.to_ipc().unwrap(), split.group_columns())
+            .unwrap();
         assert_eq!(restored.rows(), state.rows());
 
         let second = restored.take(minute);

@@ -1,8 +1,10 @@
 //! Event-time tumbling windows: the window written in the metrics SQL.
 
 pub mod aggregate;
+pub mod operator;
 pub mod spec;
 pub mod state;
 pub mod watermark;
 
+pub use operator::{Progress, Sorted, WindowError, WindowOperator};
 pub use spec::{WindowSpec, WindowSpecError};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::array::{new_null_array, Array, AsArray, BooleanArray};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::error::ArrowError;
@@ -118,16 +118,50 @@ impl WindowState {
         Ok(buffer)
     }
 
-    /// Replaces the state with the one in an Arrow IPC file written by [`Self::to_ipc`].
-    pub fn restore_ipc(&mut self, bytes: &[u8]) -> Result<(), ArrowError> {
+    /// Replaces the state with the one in an Arrow IPC file written by [`Self::to_ipc`], possibly
+    /// under an earlier version of the SQL: state columns are matched by name, and an aggregate
+    /// the SQL has gained since starts empty (null state) in the windows already open. The
+    /// first `group_columns` columns (the GROUP BY keys) must be unchanged.
+    pub fn restore_ipc(&mut self, bytes: &[u8], group_columns: usize) -> Result<(), ArrowError> {
         let reader = FileReader::try_new(Cursor::new(bytes), None)?;
-        if reader.schema() != self.schema {
-            return Err(ArrowError::SchemaError(
-                "the checkpoint's state schema differs from the metrics SQL's; was the SQL changed?".into(),
-            ));
+        let saved = reader.schema();
+        let mut sources = Vec::with_capacity(self.schema.fields().len());
+        for (index, field) in self.schema.fields().iter().enumerate() {
+            match saved.field_with_name(field.name()) {
+                Ok(old) if old.data_type() == field.data_type() => {
+                    sources.push(saved.index_of(field.name()).ok())
+                }
+                Ok(old) => {
+                    return Err(changed_sql(format!(
+                        "state column `{}` was {} and is now {}",
+                        field.name(),
+                        old.data_type(),
+                        field.data_type()
+                    )))
+                }
+                Err(_) if index < group_columns => {
+                    return Err(changed_sql(format!(
+                        "the GROUP BY key `{}` is new",
+                        field.name()
+                    )))
+                }
+                Err(_) => sources.push(None),
+            }
         }
         self.windows.clear();
-        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = batch?;
+            let columns = sources
+                .iter()
+                .zip(self.schema.fields())
+                .map(|(source, field)| match source {
+                    Some(i) => batch.column(*i).clone(),
+                    None => new_null_array(field.data_type(), batch.num_rows()),
+                })
+                .collect();
+            batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
+        }
         self.add(&batches)
     }
 
@@ -135,6 +169,13 @@ impl WindowState {
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
+}
+
+fn changed_sql(what: String) -> ArrowError {
+    ArrowError::SchemaError(format!(
+        "the open windows were saved under a different metrics SQL ({what}); finish them with the \
+         previous SQL (`run --until-caught-up --flush-open-windows`), then switch to the new one"
+    ))
 }
 
 /// Window starts of a state column as microseconds (any timestamp unit, any time zone).

@@ -52,6 +52,11 @@ impl WatermarkTracker {
         self.observe(partition, max_event, now);
     }
 
+    /// Restores the pipeline's watermark (from a checkpoint); it never moves back from there.
+    pub fn restore_watermark(&mut self, watermark: Micros) {
+        self.current = Some(self.current.map_or(watermark, |c| c.max(watermark)));
+    }
+
     /// Highest event time per partition, for checkpoints.
     pub fn max_events(&self) -> BTreeMap<i32, Micros> {
         self.partitions

@@ -1,0 +1,600 @@
+//! Windowed metrics against a real broker and real Iceberg tables: campaign_metrics equals the
+//! generator's truth window by window, late events are dead-lettered, a SIGKILL mid-window
+//! changes nothing, an idle partition stops holding the watermark, and SQL edits evolve the
+//! table or are refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use campaign_pipeline::dlq::DeadLetter;
+use campaign_pipeline::generator::Truth;
+use common::{read_topic, repo_root, scan_table, snapshot_properties, text, TestPipeline};
+
+const MINUTE: i64 = 60_000_000;
+
+/// One row of campaign_metrics (processed_at left out: it is the time of processing).
+#[derive(Debug, Clone, PartialEq)]
+struct Window {
+    campaign_id: String,
+    start: i64,
+    end: i64,
+    impressions: i64,
+    clicks: i64,
+    conversions: i64,
+    revenue: f64,
+    ctr: Option<f64>,
+    cvr: Option<f64>,
+    extra: Option<f64>,
+}
+
+fn windows(batches: &[RecordBatch], extra: Option<&str>) -> BTreeMap<(String, i64), Window> {
+    let mut out = BTreeMap::new();
+    for batch in batches {
+        let column = |name: &str, data_type: &DataType| {
+            cast(
+                batch
+                    .column_by_name(name)
+                    .unwrap_or_else(|| panic!("{name}")),
+                data_type,
+            )
+            .unwrap()
+        };
+        let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let campaigns = column("campaign_id", &DataType::Utf8);
+        let campaigns = campaigns.as_string::<i32>();
+        let starts = column("window_start", &micros);
+        let starts = starts.as_primitive::<TimestampMicrosecondType>();
+        let ends = column("window_end", &micros);
+        let ends = ends.as_primitive::<TimestampMicrosecondType>();
+        let ints: Vec<_> = ["impressions", "clicks", "conversions"]
+            .iter()
+            .map(|name| column(name, &DataType::Int64))
+            .collect();
+        let floats: Vec<_> = ["revenue", "ctr_percent", "cvr_percent"]
+            .iter()
+            .chain(extra.iter())
+            .map(|name| column(name, &DataType::Float64))
+            .collect();
+        let int = |c: usize, i: usize| ints[c].as_primitive::<Int64Type>().value(i);
+        let float = |c: usize, i: usize| {
+            let a = floats[c].as_primitive::<Float64Type>();
+            a.is_valid(i).then(|| a.value(i))
+        };
+        for i in 0..batch.num_rows() {
+            let window = Window {
+                campaign_id: campaigns.value(i).to_string(),
+                start: starts.value(i),
+                end: ends.value(i),
+                impressions: int(0, i),
+                clicks: int(1, i),
+                conversions: int(2, i),
+                revenue: float(0, i).unwrap_or(f64::NAN),
+                ctr: float(1, i),
+                cvr: float(2, i),
+                extra: extra.and_then(|_| float(3, i)),
+            };
+            let key = (window.campaign_id.clone(), window.start);
+            assert!(
+                out.insert(key.clone(), window).is_none(),
+                "window {key:?} written twice"
+            );
+        }
+    }
+    out
+}
+
+/// The truth files' windows merged (a window may straddle two generator runs).
+fn expected(truths: &[Truth]) -> BTreeMap<(String, i64), Window> {
+    let mut counts: BTreeMap<(String, i64), (i64, i64, i64, i64)> = BTreeMap::new();
+    for truth in truths {
+        for w in &truth.windows {
+            let entry = counts
+                .entry((w.campaign_id.clone(), w.window_start.timestamp_micros()))
+                .or_default();
+            entry.0 += w.counts.impressions as i64;
+            entry.1 += w.counts.clicks as i64;
+            entry.2 += w.counts.conversions as i64;
+            entry.3 += w.counts.revenue_cents;
+        }
+    }
+    let rate = |a: i64, b: i64| (b > 0).then(|| a as f64 * 100.0 / b as f64);
+    counts
+        .into_iter()
+        .map(
+            |((campaign_id, start), (impressions, clicks, conversions, cents))| {
+                let window = Window {
+                    campaign_id: campaign_id.clone(),
+                    start,
+                    end: start + MINUTE,
+                    impressions,
+                    clicks,
+                    conversions,
+                    revenue: cents as f64 / 100.0,
+                    ctr: rate(clicks, impressions),
+                    cvr: rate(conversions, clicks),
+                    extra: None,
+                };
+                ((campaign_id, start), window)
+            },
+        )
+        .collect()
+}
+
+fn close(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn assert_windows_equal(
+    got: &BTreeMap<(String, i64), Window>,
+    want: &BTreeMap<(String, i64), Window>,
+) {
+    let got_keys: Vec<_> = got.keys().collect();
+    let want_keys: Vec<_> = want.keys().collect();
+    assert_eq!(got_keys, want_keys, "the same windows");
+    for (key, w) in want {
+        let g = &got[key];
+        assert_eq!(
+            (g.end, g.impressions, g.clicks, g.conversions),
+            (w.end, w.impressions, w.clicks, w.conversions),
+            "{key:?}"
+        );
+        assert!(
+            close(Some(g.revenue), Some(w.revenue)),
+            "{key:?}: {g:?} vs {w:?}"
+        );
+        assert!(close(g.ctr, w.ctr), "{key:?} ctr: {g:?} vs {w:?}");
+        assert!(close(g.cvr, w.cvr), "{key:?} cvr: {g:?} vs {w:?}");
+    }
+}
+
+fn cli_ok(pipeline: &TestPipeline, args: &[&str]) -> String {
+    let output = pipeline.cli(args);
+    assert!(output.status.success(), "{args:?}: {}", text(&output));
+    text(&output)
+}
+
+fn generate(pipeline: &TestPipeline, truth: &Path, args: &[&str]) -> Truth {
+    let mut all = vec!["generate", "--truth", truth.to_str().unwrap()];
+    all.extend_from_slice(args);
+    cli_ok(pipeline, &all);
+    serde_json::from_slice(&std::fs::read(truth).unwrap()).unwrap()
+}
+
+fn dead_letters(pipeline: &TestPipeline) -> Vec<DeadLetter> {
+    read_topic(&pipeline.brokers, &pipeline.dlq_topic)
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("dead letter JSON"))
+        .collect()
+}
+
+async fn metrics_table(
+    pipeline: &TestPipeline,
+    extra: Option<&str>,
+) -> BTreeMap<(String, i64), Window> {
+    windows(
+        &scan_table(&pipeline.config, "campaign_metrics").await,
+        extra,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_equal_the_truth_and_late_events_are_dead_lettered() {
+    let pipeline = TestPipeline::new();
+    cli_ok(&pipeline, &["setup"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Phase 1: 200 s of traffic, some of it out of order within the lateness (10 s).
+    let first = generate(
+        &pipeline,
+        &dir.path().join("t1.json"),
+        &[
+            "--count",
+            "20000",
+            "--seed",
+            "21",
+            "--campaigns",
+            "5",
+            "--out-of-order-ratio",
+            "0.1",
+            "--invalid-ratio",
+            "0.02",
+        ],
+    );
+    cli_ok(&pipeline, &["run", "--until-caught-up"]);
+    // The watermark stands at about 190 s: the minute before the start (out-of-order events
+    // of the first seconds) and the first three minutes are closed and final; 00:03 is open.
+    let closed = metrics_table(&pipeline, None).await;
+    let want_first = expected(std::slice::from_ref(&first));
+    let starts: std::collections::BTreeSet<i64> = closed.keys().map(|k| k.1).collect();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_micros();
+    let minutes: Vec<i64> = starts.iter().map(|s| (s - t0) / MINUTE).collect();
+    assert_eq!(minutes, vec![-1, 0, 1, 2]);
+    let want_closed: BTreeMap<_, _> = want_first
+        .into_iter()
+        .filter(|(k, _)| starts.contains(&k.1))
+        .collect();
+    assert_windows_equal(&closed, &want_closed);
+    let properties = snapshot_properties(&pipeline.config, "campaign_metrics").await;
+    assert!(
+        properties.contains_key("campaign-pipeline.offsets"),
+        "{properties:?}"
+    );
+    assert!(properties["campaign-pipeline.checkpoint"].ends_with(".arrow"));
+    assert!(properties["campaign-pipeline.watermark"].contains("\"watermark\""));
+
+    // Phase 2: 100 s more, with late events 5-10 windows behind: all behind the watermark
+    // whatever order the partitions are read in.
+    let second = generate(
+        &pipeline,
+        &dir.path().join("t2.json"),
+        &[
+            "--count",
+            "10000",
+            "--seed",
+            "22",
+            "--campaigns",
+            "5",
+            "--start-time",
+            "2026-01-01T00:03:20Z",
+            "--out-of-order-ratio",
+            "0.1",
+            "--late-ratio",
+            "0.05",
+            "--invalid-ratio",
+            "0.02",
+        ],
+    );
+    assert!(second.late_events > 100, "{}", second.late_events);
+    cli_ok(
+        &pipeline,
+        &["run", "--until-caught-up", "--flush-open-windows"],
+    );
+    let got = metrics_table(&pipeline, None).await;
+    assert_windows_equal(&got, &expected(&[first.clone(), second.clone()]));
+
+    let letters = dead_letters(&pipeline);
+    let late = letters.iter().filter(|l| l.error == "late").count() as u64;
+    assert_eq!(late, second.late_events);
+    assert_eq!(
+        letters.len() as u64,
+        first.invalid_events + second.invalid_events + second.late_events
+    );
+    // Late events are valid events: the events table has them, the windows do not.
+    let events: usize = scan_table(&pipeline.config, "campaign_events")
+        .await
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(events as u64, first.valid_events + second.valid_events);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_writes() {
+    let args = [
+        "--count",
+        "60000",
+        "--seed",
+        "31",
+        "--campaigns",
+        "4",
+        "--out-of-order-ratio",
+        "0.2",
+        "--invalid-ratio",
+        "0.01",
+    ];
+    let quick = |p: &TestPipeline| {
+        p.edit_config(|yaml| {
+            yaml.replace("interval: 5s", "interval: 100ms")
+                .replace("max_rows: 10000", "max_rows: 1500")
+        })
+    };
+    let baseline = TestPipeline::new();
+    quick(&baseline);
+    cli_ok(&baseline, &["setup"]);
+    cli_ok(
+        &baseline,
+        &["generate"]
+            .iter()
+            .chain(&args)
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    cli_ok(
+        &baseline,
+        &["run", "--until-caught-up", "--flush-open-windows"],
+    );
+
+    let killed = TestPipeline::new();
+    quick(&killed);
+    cli_ok(&killed, &["setup"]);
+    cli_ok(
+        &killed,
+        &["generate"]
+            .iter()
+            .chain(&args)
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    let mut kills = 0;
+    for (commits, extra_ms) in [(3usize, 0u64), (2, 37), (4, 11)] {
+        let (mut child, lines) =
+            killed.spawn_logged(&["run", "--until-caught-up", "--flush-open-windows"]);
+        let mut seen = 0;
+        while seen < commits {
+            match lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains("committed") => seen += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 2, "the runner finished before it could be killed");
+    // The kills left windows open in checkpointed state.
+    let properties = snapshot_properties(&killed.config, "campaign_metrics").await;
+    assert!(properties.contains_key("campaign-pipeline.checkpoint"));
+    cli_ok(
+        &killed,
+        &["run", "--until-caught-up", "--flush-open-windows"],
+    );
+
+    let want = metrics_table(&baseline, None).await;
+    let got = metrics_table(&killed, None).await;
+    // 4 campaigns × 10 minutes, and the minute before the start (out-of-order first events).
+    assert_eq!(want.len(), 4 * 11);
+    assert_windows_equal(&got, &want);
+    let total: i64 = got
+        .values()
+        .map(|w| w.impressions + w.clicks + w.conversions)
+        .sum();
+    let events: usize = scan_table(&killed.config, "campaign_events")
+        .await
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(total as usize, events, "every event counted once");
+    // Superseded checkpoints are deleted: only the newest remains.
+    let folder = killed.dir.path().join("data/warehouse");
+    let checkpoints: Vec<_> = walk(&folder)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Sends one event to a given partition.
+fn send_to(
+    producer: &rdkafka::producer::BaseProducer,
+    topic: &str,
+    partition: i32,
+    campaign: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    n: u64,
+) {
+    let payload = serde_json::json!({
+        "event_id": format!("{campaign}-{partition}-{n}"),
+        "user_id": "u1",
+        "campaign_id": campaign,
+        "event_type": "impression",
+        "platform": "web",
+        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "revenue": 0.0,
+        "country": "US",
+        "device_type": "desktop",
+    })
+    .to_string();
+    producer
+        .send(
+            rdkafka::producer::BaseRecord::to(topic)
+                .partition(partition)
+                .key(campaign)
+                .payload(&payload),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_partition_stops_holding_the_watermark_back() {
+    use rdkafka::producer::Producer;
+    let pipeline = TestPipeline::new();
+    pipeline.edit_config(|yaml| {
+        yaml.replace("interval: 5s", "interval: 500ms").replace(
+            "    sql:\n",
+            "    window:\n      allowed_lateness: 10s\n      idle_timeout: 2s\n    sql:\n",
+        )
+    });
+    cli_ok(&pipeline, &["setup"]);
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.brokers)
+        .create()
+        .unwrap();
+    let t0: chrono::DateTime<chrono::Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
+    // Partition 2 gets one event and then nothing; partitions 0 and 1 keep going.
+    send_to(
+        &producer,
+        &pipeline.topic,
+        2,
+        "quiet",
+        t0 + chrono::TimeDelta::seconds(5),
+        0,
+    );
+    let mut n = 0;
+    for second in 0..180 {
+        for p in [0, 1] {
+            send_to(
+                &producer,
+                &pipeline.topic,
+                p,
+                "busy",
+                t0 + chrono::TimeDelta::seconds(second),
+                n,
+            );
+            n += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let (mut child, _lines) = pipeline.spawn_logged(&["run"]);
+    // Live traffic on partitions 0 and 1 only, one event-second per 100 ms.
+    let started = Instant::now();
+    let mut second = 180;
+    let mut found = BTreeMap::new();
+    while started.elapsed() < Duration::from_secs(40) {
+        for p in [0, 1] {
+            send_to(
+                &producer,
+                &pipeline.topic,
+                p,
+                "busy",
+                t0 + chrono::TimeDelta::seconds(second),
+                n,
+            );
+            n += 1;
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        second += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        if second % 10 == 0 {
+            found = metrics_table(&pipeline, None).await;
+            if found.contains_key(&("quiet".to_string(), t0.timestamp_micros())) {
+                break;
+            }
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    // Without the idle timeout the watermark would stay at partition 2's 00:00:05 - 10 s and
+    // no window would ever close.
+    let quiet = found
+        .get(&("quiet".to_string(), t0.timestamp_micros()))
+        .expect("the idle partition's window was emitted while the runner ran");
+    assert_eq!(quiet.impressions, 1);
+    let busy = &found[&("busy".to_string(), t0.timestamp_micros())];
+    assert_eq!(busy.impressions, 120, "60 seconds × 2 partitions");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metric_added_to_the_sql_becomes_a_column_and_a_type_change_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("campaign_metrics.sql");
+    let original = std::fs::read_to_string(repo_root().join("sql/campaign_metrics.sql")).unwrap();
+    std::fs::write(&metrics, &original).unwrap();
+    let pipeline = TestPipeline::with_sql(&repo_root().join("sql/campaign_events.sql"), &metrics);
+    cli_ok(&pipeline, &["setup"]);
+    let truths = dir.path();
+    // 0-120 s, then a run: the first minute closes, the second stays open in the checkpoint.
+    let first = generate(
+        &pipeline,
+        &truths.join("a.json"),
+        &["--count", "12000", "--seed", "41", "--campaigns", "3"],
+    );
+    cli_ok(&pipeline, &["run", "--until-caught-up"]);
+    assert_eq!(metrics_table(&pipeline, None).await.len(), 3);
+
+    let with_avg = original
+        .replace(
+            "  FROM campaign_events\n",
+            "  , avg(revenue) FILTER (WHERE event_type = 'conversion') AS avg_revenue\n  FROM campaign_events\n",
+        )
+        .replace(
+            "  now()                                                       AS processed_at",
+            "  avg_revenue,\n  now()                                                       AS processed_at",
+        );
+    assert!(with_avg.contains("AS avg_revenue") && with_avg.contains("  avg_revenue,"));
+    std::fs::write(&metrics, &with_avg).unwrap();
+    let second = generate(
+        &pipeline,
+        &truths.join("b.json"),
+        &[
+            "--count",
+            "12000",
+            "--seed",
+            "42",
+            "--campaigns",
+            "3",
+            "--start-time",
+            "2026-01-01T00:02:00Z",
+        ],
+    );
+    cli_ok(
+        &pipeline,
+        &["run", "--until-caught-up", "--flush-open-windows"],
+    );
+    let table = scan_table(&pipeline.config, "campaign_metrics").await;
+    assert!(table[0].schema().field_with_name("avg_revenue").is_ok());
+    let got = windows(&table, Some("avg_revenue"));
+    assert_windows_equal(&got, &expected(&[first, second]));
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_micros();
+    for ((campaign, start), w) in &got {
+        let start = start - t0;
+        if start < MINUTE {
+            assert_eq!(
+                w.extra, None,
+                "{campaign} {start}: written before the column existed"
+            );
+        } else if start >= 2 * MINUTE && w.conversions > 0 {
+            let avg = w
+                .extra
+                .unwrap_or_else(|| panic!("rows after the change fill the column: {w:?}"));
+            assert!(
+                (avg - w.revenue / w.conversions as f64).abs() < 1e-9,
+                "{w:?}"
+            );
+        }
+    }
+
+    // A type change is refused before anything is consumed.
+    let retyped = with_avg.replace(
+        "  impressions,\n",
+        "  CAST(impressions AS DOUBLE) AS impressions,\n",
+    );
+    assert_ne!(retyped, with_avg);
+    std::fs::write(&metrics, &retyped).unwrap();
+    cli_ok(&pipeline, &["generate", "--count", "100", "--seed", "43"]);
+    let before = snapshot_properties(&pipeline.config, "campaign_metrics").await;
+    let output = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(
+        message
+            .contains("column `impressions` is long in the table but the SQL now returns double"),
+        "{message}"
+    );
+    assert!(message.contains("CAST(... AS BIGINT)"), "{message}");
+    assert_eq!(
+        snapshot_properties(&pipeline.config, "campaign_metrics").await,
+        before
+    );
+}
