@@ -19,12 +19,19 @@ echo; echo "== check: configuration and both SQL files"
 "$bin" check
 echo; echo "== setup: topics and Iceberg tables"
 "$bin" setup
-echo; echo "== generate: campaign traffic, 2% malformed, 2% out of order or late"
+echo; echo "== generate: campaign traffic, 2% malformed, 5% out of order, 1% late"
 "$bin" generate --count "${DEMO_EVENTS:-100000}" --campaigns 10 \
-  --invalid-ratio 0.02 --late-ratio 0.02 --truth data/truth.json
-echo; echo "== run --until-caught-up: Kafka -> parsing SQL -> Iceberg + dead letter queue"
+  --invalid-ratio 0.02 --out-of-order-ratio 0.05 --late-ratio 0.01 --truth data/truth.json
+echo; echo "== run --until-caught-up: Kafka -> parsing SQL -> Iceberg + windows + dead letter queue"
 "$bin" run --until-caught-up
-echo; echo "== read back from the Iceberg table campaign_events"
+echo; echo "== the last two closed windows per campaign, from the Iceberg table campaign_metrics"
+"$bin" query "SELECT campaign_id, window_start, impressions, clicks, conversions,
+    round(revenue, 2) AS revenue, round(ctr_percent, 2) AS ctr_percent,
+    round(cvr_percent, 2) AS cvr_percent
+  FROM (SELECT *, row_number() OVER (PARTITION BY campaign_id ORDER BY window_start DESC) AS n
+        FROM campaign_metrics)
+  WHERE n <= 2 ORDER BY campaign_id, window_start"
+echo; echo "== per-campaign totals, from the Iceberg table campaign_events"
 "$bin" query "SELECT campaign_id,
     count(*) FILTER (WHERE event_type = 'impression') AS impressions,
     count(*) FILTER (WHERE event_type = 'click') AS clicks,
@@ -34,9 +41,11 @@ echo; echo "== read back from the Iceberg table campaign_events"
 
 cat <<'TXT'
 
-Above: per-campaign counts read back from the Iceberg table, and (in the run summary) the
-dead letter records by reason. Run the pipeline again and nothing is added; generate more
-and only the new events are. data/truth.json holds what the generator sent.
-Windowed metrics (campaign_metrics) land with the windowed-metrics issue.
+Above: the last closed one-minute windows per campaign (CTR %, CVR %, revenue) and the
+per-campaign totals, both read back from the Iceberg tables, and (in the run summary) the dead
+letter records by reason, late events included. The newest window stays open in the state
+checkpoint until the watermark passes it (or `run --until-caught-up --flush-open-windows`).
+Run the pipeline again and nothing is added; generate more and only the new events are.
+data/truth.json holds what the generator sent.
 The broker keeps running (in memory): stop it with scripts/broker.sh stop.
 TXT

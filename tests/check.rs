@@ -134,3 +134,21 @@ fn metrics_sql_without_a_tumbling_window_is_refused_with_the_expected_form() {
         "{out}"
     );
 }
+
+#[test]
+fn metrics_sql_that_cannot_run_window_by_window_is_refused() {
+    // A window, but no aggregate: nothing to keep per window.
+    let (_dir, metrics) = sql_file(
+        "SELECT campaign_id, date_bin(INTERVAL '1 minute', \"timestamp\") AS window_start \
+         FROM campaign_events",
+    );
+    let (ok, out) = check(&shipped("campaign_events.sql"), &metrics);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: the metrics SQL must be one GROUP BY aggregate over the events with a date_bin window; found no aggregate",
+            metrics.display()
+        )),
+        "{out}"
+    );
+}

@@ -283,7 +283,7 @@ async fn metrics_equal_the_truth_and_late_events_are_dead_lettered() {
 async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_writes() {
     let args = [
         "--count",
-        "60000",
+        "100000",
         "--seed",
         "31",
         "--campaigns",
@@ -295,8 +295,10 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
     ];
     let quick = |p: &TestPipeline| {
         p.edit_config(|yaml| {
+            // A commit every 2000 rows whatever the machine's speed: many commits to kill between.
             yaml.replace("interval: 5s", "interval: 100ms")
-                .replace("max_rows: 10000", "max_rows: 1500")
+                .replace("max_rows: 10000", "max_rows: 1000")
+                .replace("max_rows: 500000", "max_rows: 2000")
         })
     };
     let baseline = TestPipeline::new();
@@ -310,10 +312,11 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
             .copied()
             .collect::<Vec<_>>(),
     );
-    cli_ok(
+    let run = cli_ok(
         &baseline,
         &["run", "--until-caught-up", "--flush-open-windows"],
     );
+    assert!(run.contains(" 100000 messages"), "{run}");
 
     let killed = TestPipeline::new();
     quick(&killed);
@@ -356,8 +359,9 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
 
     let want = metrics_table(&baseline, None).await;
     let got = metrics_table(&killed, None).await;
-    // 4 campaigns × 10 minutes, and the minute before the start (out-of-order first events).
-    assert_eq!(want.len(), 4 * 11);
+    // 4 campaigns × 17 minutes (1,000 s), and the minute before the start (out-of-order first
+    // events).
+    assert_eq!(want.len(), 4 * 18);
     assert_windows_equal(&got, &want);
     let total: i64 = got
         .values()

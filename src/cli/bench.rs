@@ -15,6 +15,10 @@ pub struct BenchArgs {
     /// Events for the in-memory benchmark (parse SQL and Parquet/Iceberg on pre-built batches).
     #[arg(long, default_value_t = 500_000)]
     pub memory_events: usize,
+    /// Events over a fixed set of windows for the window-state memory measure (state is read
+    /// after these and after ten times as many).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub window_events: usize,
     /// Events for the end-to-end benchmark through the pipeline's broker; 0 skips it.
     #[arg(long, default_value_t = 1_000_000)]
     pub kafka_events: usize,
@@ -28,6 +32,7 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
         memory_events: args.memory_events,
         kafka_events: args.kafka_events,
         batch_rows: pipeline.batch.max_rows,
+        window_events: args.window_events,
     };
     let rows = bench::run(&config, pipeline, &options).await?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);

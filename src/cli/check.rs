@@ -5,7 +5,8 @@ use std::path::Path;
 use clap::Args;
 
 use crate::config::Config;
-use crate::engine::{new_session, plan_pipeline};
+use crate::engine::{new_session, plan_pipeline, SqlProblem};
+use crate::window::WindowOperator;
 
 /// Flags of `check`.
 #[derive(Debug, Args)]
@@ -26,7 +27,27 @@ pub async fn run(config_path: &Path, args: &CheckArgs) -> anyhow::Result<bool> {
     };
     let mut ok = true;
     for pipeline in config.selected(args.pipeline.as_deref())? {
-        match plan_pipeline(&config, pipeline, &new_session()).await {
+        let ctx = new_session();
+        let planned = match plan_pipeline(&config, pipeline, &ctx).await {
+            Ok(planned) => {
+                let window = WindowOperator::for_planned(
+                    &ctx,
+                    &planned,
+                    pipeline.window.allowed_lateness,
+                    pipeline.window.idle_timeout,
+                )
+                .await;
+                match window {
+                    Ok(_) => Ok(planned),
+                    Err(err) => Err(vec![SqlProblem::whole_file(
+                        config.resolve(&pipeline.sql.metrics),
+                        err.to_string(),
+                    )]),
+                }
+            }
+            Err(problems) => Err(problems),
+        };
+        match planned {
             Ok(planned) => println!(
                 "pipeline {}: ok ({} -> {}.{}: {} columns; {} -> {}.{}: {} columns, {} windows on {})",
                 pipeline.name,

@@ -16,7 +16,6 @@ use crate::engine::{PlannedSql, SqlProblem};
 use crate::sink::checkpoint::{self, CHECKPOINT_PROPERTY, PROGRESS_PROPERTY};
 use crate::sink::iceberg::{CommitStats, TableWriter};
 use crate::sink::SinkError;
-use crate::window::aggregate::SplitAggregate;
 use crate::window::{Progress, Sorted, WindowError, WindowOperator};
 
 /// The window operator and the table its closed windows go to.
@@ -48,16 +47,13 @@ impl MetricsBranch {
             pipeline: name.clone(),
             problems: vec![SqlProblem::whole_file(&metrics_file, message)],
         };
-        let split = SplitAggregate::new(ctx, &planned.metrics, planned.events_slot.clone())
-            .await
-            .map_err(|e| sql_problem(e.to_string()))?;
-        let mut operator = WindowOperator::new(
-            split,
-            &planned.window,
-            planned.events_schema.clone(),
+        let mut operator = WindowOperator::for_planned(
+            ctx,
+            planned,
             pipeline.window.allowed_lateness,
             pipeline.window.idle_timeout,
         )
+        .await
         .map_err(|e| sql_problem(e.to_string()))?;
         let sink_err = |source| PipelineError::Sink {
             pipeline: name.clone(),
@@ -172,7 +168,8 @@ impl MetricsBranch {
     /// Checkpoints the open windows, then commits the closed ones with `offsets` and a pointer
     /// to that checkpoint, then deletes the checkpoint the previous snapshot pointed to.
     pub async fn commit(&mut self, offsets: &Offsets) -> Result<CommitStats, PipelineError> {
-        let state = self.operator.checkpoint().map_err(|e| self.window_err(e))?;
+        let state = self.operator.checkpoint().await;
+        let state = state.map_err(|e| self.window_err(e))?;
         let sink_err = |source| PipelineError::Sink {
             pipeline: self.pipeline.clone(),
             source,

@@ -299,6 +299,17 @@ impl Reader {
         (assigned, offsets)
     }
 
+    fn seek_back(&self, partition: i32, to: i64) {
+        if let Err(err) = self.consumer.seek(
+            &self.options.topic,
+            partition,
+            Offset::Offset(to),
+            Duration::from_secs(10),
+        ) {
+            tracing::warn!(topic = %self.options.topic, partition, "seeking back to {to} failed: {err}");
+        }
+    }
+
     fn run(self) {
         let mut builder = BatchBuilder::new(self.options.max_rows);
         let mut at_end: HashSet<i32> = HashSet::new();
@@ -318,8 +329,18 @@ impl Reader {
             // The rebalance callback runs inside `poll`: refresh before handling what it returned.
             if self.shared.rebalanced.swap(false, Ordering::SeqCst) {
                 at_end.clear();
-                resumes = ResumeCheck::default();
                 (assigned, resume_at) = self.assignment();
+                resumes = ResumeCheck::default();
+                resumes.expect(resume_at.keys().copied(), Instant::now());
+            }
+            for (partition, back_to) in resumes.stalled(&resume_at, Instant::now()) {
+                tracing::info!(
+                    topic = %self.options.topic,
+                    partition,
+                    "resuming at {:?}, the broker answered nothing: seeking back to {back_to}",
+                    resume_at.get(&partition)
+                );
+                self.seek_back(partition, back_to);
             }
             match polled {
                 Some(Ok(message)) => {
@@ -328,14 +349,13 @@ impl Reader {
                     at_end.remove(&partition);
                     let resume = resume_at.get(&partition).copied();
                     if let Some(back_to) = resumes.check(partition, offset, resume) {
-                        if let Err(err) = self.consumer.seek(
-                            &self.options.topic,
+                        tracing::info!(
+                            topic = %self.options.topic,
                             partition,
-                            Offset::Offset(back_to),
-                            Duration::from_secs(10),
-                        ) {
-                            tracing::warn!(topic = %self.options.topic, partition, "seeking back to {back_to} failed: {err}");
-                        }
+                            "resuming at {resume:?}, the broker answered from {offset}: seeking back to {back_to}"
+                        );
+                        self.seek_back(partition, back_to);
+                        resumes.expect([partition], Instant::now());
                         continue;
                     }
                     // Below the tables' progress: already absorbed (a rebalance, a seek back or
@@ -358,6 +378,7 @@ impl Reader {
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     at_end.insert(partition);
+                    resumes.reached_end(partition);
                 }
                 Some(Err(err)) => {
                     tracing::warn!(topic = %self.options.topic, "consumer: {err}");
@@ -392,21 +413,62 @@ impl Reader {
 /// So when the first message after (re)assignment lies beyond the resume offset, the reader
 /// seeks back further (doubling the distance) until the resume offset itself is delivered;
 /// the messages before it are then dropped as already absorbed. Only when even offset 0 starts
-/// later is the gap real (retention or compaction), and it is logged.
+/// later is the gap real (retention or compaction), and it is logged. When the offset falls in
+/// the partition's last batch, tansu answers nothing at all (no records, no end of partition),
+/// so a resumed partition that stays silent for [`RESUME_PATIENCE`] is sought back the same way.
 #[derive(Default)]
 struct ResumeCheck {
     /// Partitions whose resume offset was confirmed since the last assignment.
     confirmed: HashSet<i32>,
     /// Current seek-back distance per partition.
     distance: BTreeMap<i32, i64>,
+    /// Partitions not yet confirmed, with when they were last (re)positioned.
+    waiting: BTreeMap<i32, Instant>,
 }
 
+/// How long a resumed partition may stay silent before the reader seeks it further back.
+const RESUME_PATIENCE: Duration = Duration::from_secs(1);
+
 impl ResumeCheck {
+    /// Starts waiting for the first message of freshly positioned partitions.
+    fn expect(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
+        for partition in partitions {
+            self.waiting.insert(partition, now);
+        }
+    }
+
+    /// The partition was read to its end: nothing lies beyond the resume offset to skip.
+    fn reached_end(&mut self, partition: i32) {
+        self.waiting.remove(&partition);
+        self.confirmed.insert(partition);
+    }
+
+    /// Partitions silent for too long since they were positioned, with where to seek them.
+    fn stalled(&mut self, resume_at: &HashMap<i32, i64>, now: Instant) -> Vec<(i32, i64)> {
+        let silent: Vec<i32> = self
+            .waiting
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= RESUME_PATIENCE)
+            .map(|(partition, _)| *partition)
+            .collect();
+        silent
+            .into_iter()
+            .filter_map(|partition| {
+                let resume = *resume_at.get(&partition)?;
+                // As if the broker had answered from beyond the resume offset.
+                let target = self.check(partition, resume + 1, Some(resume))?;
+                self.waiting.insert(partition, now);
+                Some((partition, target))
+            })
+            .collect()
+    }
+
     /// `Some(offset)` to seek back to before reading on, `None` to accept the message.
     fn check(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Option<i64> {
         if self.confirmed.contains(&partition) {
             return None;
         }
+        self.waiting.remove(&partition);
         let Some(resume) = resume else {
             self.confirmed.insert(partition);
             return None;
@@ -445,6 +507,33 @@ mod tests {
         // Now an earlier batch arrives: confirmed, and later messages pass untouched.
         assert_eq!(check.check(1, 9500, Some(12000)), None);
         assert_eq!(check.check(1, 13795, Some(12000)), None);
+    }
+
+    #[test]
+    fn a_silent_resumed_partition_is_sought_back_too() {
+        use std::collections::HashMap;
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let mut check = ResumeCheck::default();
+        let resume_at = HashMap::from([(2, 14_000), (0, 50)]);
+        check.expect([0, 2], start);
+        check.reached_end(0);
+        assert!(
+            check.stalled(&resume_at, start).is_empty(),
+            "patience first"
+        );
+        let later = start + Duration::from_secs(2);
+        assert_eq!(check.stalled(&resume_at, later), vec![(2, 13_000)]);
+        assert!(
+            check.stalled(&resume_at, later).is_empty(),
+            "waits again after a seek"
+        );
+        let even_later = later + Duration::from_secs(2);
+        assert_eq!(check.stalled(&resume_at, even_later), vec![(2, 12_000)]);
+        assert_eq!(check.check(2, 12_500, Some(14_000)), None);
+        assert!(check
+            .stalled(&resume_at, even_later + Duration::from_secs(9))
+            .is_empty());
     }
 
     #[test]

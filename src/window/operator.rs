@@ -30,6 +30,9 @@ pub enum WindowError {
     /// A phase of the metrics SQL failed.
     #[error("window: running the metrics SQL: {0}")]
     Sql(#[from] DataFusionError),
+    /// The metrics SQL's shape cannot be run window by window.
+    #[error("{0}")]
+    Unsupported(String),
     /// A checkpoint does not fit the current metrics SQL.
     #[error("window state checkpoint: {0}")]
     Checkpoint(String),
@@ -66,6 +69,29 @@ pub struct WindowOperator {
 }
 
 impl WindowOperator {
+    /// Splits a planned metrics SQL into its aggregate phases and builds an operator with
+    /// empty state (also how `check` proves the SQL can run incrementally).
+    pub async fn for_planned(
+        ctx: &datafusion::prelude::SessionContext,
+        planned: &crate::engine::PlannedSql,
+        allowed_lateness: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Self, WindowError> {
+        let split = SplitAggregate::new(ctx, &planned.metrics, planned.events_slot.clone())
+            .await
+            .map_err(|e| match e {
+                DataFusionError::Plan(message) => WindowError::Unsupported(message),
+                other => WindowError::Sql(other),
+            })?;
+        Self::new(
+            split,
+            &planned.window,
+            planned.events_schema.clone(),
+            allowed_lateness,
+            idle_timeout,
+        )
+    }
+
     /// An operator with empty state for `split`'s SQL, windows of `spec`, and the pipeline's
     /// lateness and idle timeout; `events_schema` is the metrics SQL's input table.
     pub fn new(
@@ -76,7 +102,7 @@ impl WindowOperator {
         idle_timeout: Duration,
     ) -> Result<Self, WindowError> {
         if events_schema.field_with_name(&spec.time_column).is_err() {
-            return Err(WindowError::Checkpoint(format!(
+            return Err(WindowError::Unsupported(format!(
                 "the window's time column `{}` is not a column of the parsed events",
                 spec.time_column
             )));
@@ -151,14 +177,8 @@ impl WindowOperator {
         let events = RecordBatch::try_new(self.events_schema.clone(), events.columns().to_vec())?;
         let partials = self.split.partial(vec![events]).await?;
         self.state.add(&partials)?;
-        let fragmented = self.state.fragmented(MAX_FRAGMENTS);
-        if !fragmented.is_empty() {
-            let batches = fragmented
-                .iter()
-                .flat_map(|start| self.state.take(*start))
-                .collect();
-            let reduced = self.split.reduce(batches).await?;
-            self.state.add(&reduced)?;
+        if !self.state.fragmented(MAX_FRAGMENTS).is_empty() {
+            self.compact().await?;
         }
         Ok(())
     }
@@ -207,8 +227,24 @@ impl WindowOperator {
         }
     }
 
-    /// Open-window state as an Arrow IPC file.
-    pub fn checkpoint(&self) -> Result<Vec<u8>, WindowError> {
+    /// Merges every open window's partial states into one row per group.
+    pub async fn compact(&mut self) -> Result<(), WindowError> {
+        let fragmented = self.state.fragmented(1);
+        if fragmented.is_empty() {
+            return Ok(());
+        }
+        let batches = fragmented
+            .iter()
+            .flat_map(|start| self.state.take(*start))
+            .collect();
+        let reduced = self.split.reduce(batches).await?;
+        self.state.add(&reduced)?;
+        Ok(())
+    }
+
+    /// Open-window state, compacted, as an Arrow IPC file.
+    pub async fn checkpoint(&mut self) -> Result<Vec<u8>, WindowError> {
+        self.compact().await?;
         Ok(self.state.to_ipc()?)
     }
 

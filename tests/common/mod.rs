@@ -207,11 +207,10 @@ impl TestPipeline {
     /// The runner binary with this pipeline's configuration, not yet started.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_campaign-pipeline"));
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUST_LOG", "warn");
+        command.arg("--config").arg(&self.config).args(args).env(
+            "RUST_LOG",
+            std::env::var("TEST_RUNNER_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         command
     }
 
@@ -251,7 +250,10 @@ pub fn cli(config: &Path, args: &[&str]) -> Output {
         .arg("--config")
         .arg(config)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUNNER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .output()
         .expect("run campaign-pipeline")
 }
