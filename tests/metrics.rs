@@ -331,22 +331,10 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
     );
     let mut kills = 0;
     for (commits, extra_ms) in [(3usize, 0u64), (2, 37), (4, 11)] {
-        let (mut child, lines) =
-            killed.spawn_logged(&["run", "--until-caught-up", "--flush-open-windows"]);
-        let mut seen = 0;
-        while seen < commits {
-            match lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains("committed") => seen += 1,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        std::thread::sleep(Duration::from_millis(extra_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().expect("SIGKILL");
+        let args = ["run", "--until-caught-up", "--flush-open-windows"];
+        if killed.kill_after_commits(&args, commits, Duration::from_millis(extra_ms)) {
             kills += 1;
         }
-        child.wait().unwrap();
     }
     assert!(kills >= 2, "the runner finished before it could be killed");
     // The kills left windows open in checkpointed state.
@@ -375,24 +363,11 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
     assert_eq!(total as usize, events, "every event counted once");
     // Superseded checkpoints are deleted: only the newest remains.
     let folder = killed.dir.path().join("data/warehouse");
-    let checkpoints: Vec<_> = walk(&folder)
+    let checkpoints: Vec<_> = common::files_under(&folder)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
         .collect();
     assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Sends one event to a given partition.
@@ -453,18 +428,15 @@ async fn an_idle_partition_stops_holding_the_watermark_back() {
         0,
     );
     let mut n = 0;
-    for second in 0..180 {
+    let busy = |second: i64, n: &mut u64| {
         for p in [0, 1] {
-            send_to(
-                &producer,
-                &pipeline.topic,
-                p,
-                "busy",
-                t0 + chrono::TimeDelta::seconds(second),
-                n,
-            );
-            n += 1;
+            let at = t0 + chrono::TimeDelta::seconds(second);
+            send_to(&producer, &pipeline.topic, p, "busy", at, *n);
+            *n += 1;
         }
+    };
+    for second in 0..180 {
+        busy(second, &mut n);
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 
@@ -474,17 +446,7 @@ async fn an_idle_partition_stops_holding_the_watermark_back() {
     let mut second = 180;
     let mut found = BTreeMap::new();
     while started.elapsed() < Duration::from_secs(40) {
-        for p in [0, 1] {
-            send_to(
-                &producer,
-                &pipeline.topic,
-                p,
-                "busy",
-                t0 + chrono::TimeDelta::seconds(second),
-                n,
-            );
-            n += 1;
-        }
+        busy(second, &mut n);
         producer.flush(Duration::from_secs(10)).unwrap();
         second += 1;
         std::thread::sleep(Duration::from_millis(100));

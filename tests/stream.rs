@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -246,7 +245,7 @@ async fn valid_events_land_value_for_value_and_invalid_ones_in_the_dead_letter_q
     // Every row sits in the data file of its partition (campaign_id, event_type).
     let warehouse = pipeline.dir.path().join("data/warehouse");
     let mut files = 0;
-    for entry in walk(&warehouse) {
+    for entry in common::files_under(&warehouse) {
         if entry.extension().is_some_and(|e| e == "parquet") {
             files += 1;
             let path = entry.to_string_lossy().to_string();
@@ -284,21 +283,6 @@ async fn valid_events_land_value_for_value_and_invalid_ones_in_the_dead_letter_q
         );
     }
     assert_eq!(properties["campaign-pipeline.pipeline"], "test");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -394,21 +378,10 @@ async fn killed_runner_restarts_without_losing_or_duplicating_events() {
     // commits every 50ms some kills land while a commit is being written.
     let mut kills = 0;
     for (commits, extra_ms) in [(2usize, 0u64), (3, 7), (1, 23)] {
-        let (mut child, lines) = pipeline.spawn_logged(&["run", "--until-caught-up"]);
-        let mut seen = 0;
-        while seen < commits {
-            match lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains("committed") => seen += 1,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        std::thread::sleep(Duration::from_millis(extra_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().expect("SIGKILL");
+        let args = ["run", "--until-caught-up"];
+        if pipeline.kill_after_commits(&args, commits, Duration::from_millis(extra_ms)) {
             kills += 1;
         }
-        child.wait().unwrap();
         let rows = table_rows(&pipeline).await;
         let unique = by_event_id(rows.clone());
         assert_eq!(unique.len(), rows.len(), "duplicates after kill {kills}");

@@ -141,32 +141,28 @@ impl TableWriter {
     /// The offsets the table has absorbed: per partition, the value in the newest snapshot of
     /// this pipeline that mentions it (walking the snapshot ancestry from the current one).
     pub fn committed_offsets(&self) -> Result<Offsets, SinkError> {
-        let metadata = self.table.metadata();
         let mut offsets = Offsets::new();
-        let mut next = metadata.current_snapshot().cloned();
-        while let Some(snapshot) = next {
-            let properties = &snapshot.summary().additional_properties;
-            if properties.get(PIPELINE_PROPERTY) == Some(&self.pipeline) {
-                if let Some(text) = properties.get(OFFSETS_PROPERTY) {
-                    let found = Offsets::from_json(text).map_err(|e| SinkError::Schema {
-                        table: self.label.clone(),
-                        message: format!(
-                            "snapshot {} has unreadable offsets {text:?}: {e}",
-                            snapshot.snapshot_id()
-                        ),
-                    })?;
-                    offsets.fill_from(&found);
-                }
-            }
-            next = snapshot
-                .parent_snapshot_id()
-                .and_then(|id| metadata.snapshot_by_id(id).cloned());
+        for (snapshot_id, text) in self.pipeline_snapshots(OFFSETS_PROPERTY) {
+            let found = Offsets::from_json(&text).map_err(|e| SinkError::Schema {
+                table: self.label.clone(),
+                message: format!("snapshot {snapshot_id} has unreadable offsets {text:?}: {e}"),
+            })?;
+            offsets.fill_from(&found);
         }
         Ok(offsets)
     }
 
     /// Values of a snapshot summary property in this pipeline's snapshots, newest first.
     pub fn snapshot_property(&self, key: &str) -> Vec<String> {
+        self.pipeline_snapshots(key)
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect()
+    }
+
+    /// (snapshot id, value of `key`) for this pipeline's snapshots that carry `key`, walking the
+    /// ancestry from the current snapshot (newest first).
+    fn pipeline_snapshots(&self, key: &str) -> Vec<(i64, String)> {
         let metadata = self.table.metadata();
         let mut found = Vec::new();
         let mut next = metadata.current_snapshot().cloned();
@@ -174,7 +170,7 @@ impl TableWriter {
             let properties = &snapshot.summary().additional_properties;
             if properties.get(PIPELINE_PROPERTY) == Some(&self.pipeline) {
                 if let Some(value) = properties.get(key) {
-                    found.push(value.clone());
+                    found.push((snapshot.snapshot_id(), value.clone()));
                 }
             }
             next = snapshot

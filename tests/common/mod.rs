@@ -238,6 +238,27 @@ impl TestPipeline {
         (child, rx)
     }
 
+    /// Starts the runner with `args`, waits for `commits` commit log lines and `extra` more,
+    /// then SIGKILLs it; `true` when it was still running to be killed.
+    pub fn kill_after_commits(&self, args: &[&str], commits: usize, extra: Duration) -> bool {
+        let (mut child, lines) = self.spawn_logged(args);
+        let mut seen = 0;
+        while seen < commits {
+            match lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains("committed") => seen += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(extra);
+        let killed = child.try_wait().expect("runner status").is_none();
+        if killed {
+            child.kill().expect("SIGKILL");
+        }
+        child.wait().expect("runner exit");
+        killed
+    }
+
     /// Runs the runner binary with this pipeline's configuration.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.config, args)
@@ -374,4 +395,18 @@ pub async fn snapshot_properties(
         .current_snapshot()
         .map(|s| s.summary().additional_properties.clone())
         .unwrap_or_default()
+}
+
+/// Every file below `dir`, recursively (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
