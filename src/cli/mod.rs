@@ -49,6 +49,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run read-only SQL over the Iceberg tables (`FROM campaign_events`, `FROM campaign_metrics`).
     Query(query::QueryArgs),
+    /// List the Iceberg tables of the pipeline's namespace.
+    Tables(query::TablesArgs),
+    /// List a table's snapshots with their summaries (Kafka offsets included).
+    Snapshots(query::SnapshotsArgs),
     /// Measure throughput and CPU cost (build with --release for meaningful figures).
     Bench(bench::BenchArgs),
     /// Produce synthetic campaign events (valid, malformed, out of order, late) to the source topic.
@@ -75,6 +79,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Generate(args) => generate::run(&cli.config, args).await,
             Command::Run(args) => run::run(&cli.config, args).await,
             Command::Query(args) => query::run(&cli.config, args).await,
+            Command::Tables(args) => query::tables(&cli.config, args).await,
+            Command::Snapshots(args) => query::snapshots(&cli.config, args).await,
             Command::Bench(args) => bench::run(&cli.config, args).await,
         }
     });

@@ -1,4 +1,11 @@
-//! Ad-hoc, read-only SQL over the Iceberg tables of a pipeline's catalog.
+//! Ad-hoc, read-only SQL over the Iceberg tables of a pipeline's catalog, at their current
+//! snapshots or back in time, plus listings of the tables and their snapshots.
+
+pub mod catalog_info;
+pub mod format;
+
+pub use catalog_info::{snapshots, tables};
+pub use format::{render, OutputFormat};
 
 use std::sync::Arc;
 
@@ -6,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::config::Dialect;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use iceberg_datafusion::IcebergCatalogProvider;
+use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
 
 use crate::config::{Config, PipelineConfig};
 use crate::sink::catalog::{open_catalog, CATALOG_NAME};
@@ -21,9 +28,93 @@ pub enum QueryError {
     /// The SQL failed to parse, plan or run.
     #[error("{0}")]
     Sql(#[from] DataFusionError),
+    /// Time travel asked for something the tables do not have.
+    #[error("{0}")]
+    TimeTravel(String),
+    /// Formatting the rows failed.
+    #[error("formatting the result: {0}")]
+    Format(#[from] arrow::error::ArrowError),
     /// The statement would change something.
     #[error("only queries are allowed here (SELECT, WITH ..., SHOW, DESCRIBE, EXPLAIN); tables are written by the pipeline")]
     NotReadOnly,
+}
+
+/// Which version of the tables a session reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AsOf {
+    /// The current snapshots, refreshed per query.
+    #[default]
+    Current,
+    /// This snapshot of the table that has it; the other tables at their current snapshots.
+    Snapshot(i64),
+    /// For each table, the snapshot that was current at this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// A session over the namespace's tables as of `as_of`, each under its bare name.
+pub async fn session_at(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    as_of: AsOf,
+) -> Result<SessionContext, QueryError> {
+    if as_of == AsOf::Current {
+        return session(config, pipeline).await;
+    }
+    let catalog = open_catalog(config, &pipeline.sink.catalog).await?;
+    let namespace = crate::sink::table::namespace_ident(&pipeline.sink.namespace)?;
+    let idents = catalog.list_tables(&namespace).await.map_err(|e| {
+        SinkError::iceberg(format!("listing namespace {}", pipeline.sink.namespace), e)
+    })?;
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    let mut found_snapshot = false;
+    for ident in idents {
+        let table = catalog
+            .load_table(&ident)
+            .await
+            .map_err(|e| SinkError::iceberg(format!("table {}", ident.name()), e))?;
+        let metadata = table.metadata();
+        let snapshot_id = match as_of {
+            AsOf::Snapshot(id) if metadata.snapshot_by_id(id).is_some() => {
+                found_snapshot = true;
+                Some(id)
+            }
+            AsOf::Time(at) => {
+                let millis = at.timestamp_millis();
+                let id = metadata
+                    .history()
+                    .iter()
+                    .filter(|entry| entry.timestamp_ms <= millis)
+                    .last()
+                    .map(|entry| entry.snapshot_id);
+                if id.is_none() {
+                    // The table had no snapshot yet: it was empty then.
+                    let schema = iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
+                        .map_err(|e| SinkError::iceberg(format!("table {}", ident.name()), e))?;
+                    let empty =
+                        datafusion::datasource::MemTable::try_new(Arc::new(schema), vec![vec![]])?;
+                    ctx.register_table(ident.name(), Arc::new(empty))?;
+                    continue;
+                }
+                id
+            }
+            _ => None,
+        };
+        let provider = match snapshot_id {
+            Some(id) => IcebergStaticTableProvider::try_new_from_table_snapshot(table, id).await,
+            None => IcebergStaticTableProvider::try_new_from_table(table).await,
+        }
+        .map_err(|e| SinkError::iceberg(format!("table {}", ident.name()), e))?;
+        ctx.register_table(ident.name(), Arc::new(provider))?;
+    }
+    if let AsOf::Snapshot(id) = as_of {
+        if !found_snapshot {
+            return Err(QueryError::TimeTravel(format!(
+                "no table of namespace {} has snapshot {id}; `campaign-pipeline snapshots TABLE` lists them",
+                pipeline.sink.namespace
+            )));
+        }
+    }
+    Ok(ctx)
 }
 
 /// A session whose default schema is the pipeline's namespace, so `FROM campaign_events` works.
