@@ -51,9 +51,11 @@ fn query_reads_what_the_truth_predicts_in_every_format_and_back_in_time() {
     // Per campaign, the windows add up to the truth's on-time counts.
     let rows = json(
         &pipeline,
-        &["SELECT campaign_id, sum(impressions) AS impressions, sum(clicks) AS clicks, \
+        &[
+            "SELECT campaign_id, sum(impressions) AS impressions, sum(clicks) AS clicks, \
            sum(conversions) AS conversions, round(sum(revenue) * 100) AS cents \
-           FROM campaign_metrics GROUP BY campaign_id ORDER BY campaign_id"],
+           FROM campaign_metrics GROUP BY campaign_id ORDER BY campaign_id",
+        ],
     );
     let mut want: BTreeMap<String, (u64, u64, u64, i64)> = BTreeMap::new();
     for w in &truth.windows {

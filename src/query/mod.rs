@@ -83,8 +83,7 @@ pub async fn session_at(
                 let id = metadata
                     .history()
                     .iter()
-                    .filter(|entry| entry.timestamp_ms <= millis)
-                    .last()
+                    .rfind(|entry| entry.timestamp_ms <= millis)
                     .map(|entry| entry.snapshot_id);
                 if id.is_none() {
                     // The table had no snapshot yet: it was empty then.
