@@ -381,6 +381,7 @@ async fn end_to_end(
                 until_caught_up: true,
                 flush_open_windows: false,
                 shutdown,
+                telemetry: None,
             },
         )
         .await?)

@@ -2,6 +2,7 @@
 
 mod bench;
 mod check;
+mod dashboard;
 mod generate;
 mod query;
 mod run;
@@ -53,6 +54,8 @@ pub enum Command {
     Tables(query::TablesArgs),
     /// List a table's snapshots with their summaries (Kafka offsets included).
     Snapshots(query::SnapshotsArgs),
+    /// Serve the campaign dashboard (CTR, CVR, revenue per campaign) over the tables.
+    Dashboard(dashboard::DashboardArgs),
     /// Measure throughput and CPU cost (build with --release for meaningful figures).
     Bench(bench::BenchArgs),
     /// Produce synthetic campaign events (valid, malformed, out of order, late) to the source topic.
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Tables(args) => query::tables(&cli.config, args).await,
             Command::Snapshots(args) => query::snapshots(&cli.config, args).await,
             Command::Bench(args) => bench::run(&cli.config, args).await,
+            Command::Dashboard(args) => dashboard::run(&cli.config, args).await,
         }
     });
     match result {

@@ -6,7 +6,10 @@ use anyhow::Context;
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
+use std::sync::Arc;
+
 use crate::pipeline::{self, RunOptions};
+use crate::telemetry::Telemetry;
 
 /// Flags of `run`.
 #[derive(Debug, Args)]
@@ -21,6 +24,12 @@ pub struct RunArgs {
     /// must leave nothing behind); later events for those windows then count as late.
     #[arg(long, requires = "until_caught_up")]
     pub flush_open_windows: bool,
+    /// Also serve the dashboard and Prometheus `/metrics` of the (first) pipeline while running.
+    #[arg(long)]
+    pub dashboard: bool,
+    /// Where the dashboard listens.
+    #[arg(long, default_value = crate::dashboard::DEFAULT_LISTEN, requires = "dashboard")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// Runs the selected pipelines and prints what each did.
@@ -40,15 +49,39 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
     });
 
     let pipelines = config.selected(args.pipeline.as_deref())?;
-    let runs = pipelines.iter().map(|p| {
+    let telemetry: Vec<Arc<Telemetry>> = pipelines
+        .iter()
+        .map(|p| Arc::new(Telemetry::new(&p.name)))
+        .collect();
+    let (dashboard_stop, dashboard_shutdown) = pipeline::shutdown_channel();
+    let dashboard = match (args.dashboard, pipelines.first(), telemetry.first()) {
+        (true, Some(first), Some(t)) => {
+            let (config, first, t, listen) =
+                (config.clone(), (*first).clone(), t.clone(), args.listen);
+            Some(tokio::spawn(async move {
+                crate::dashboard::serve(&config, &first, listen, Some(t), dashboard_shutdown).await
+            }))
+        }
+        _ => None,
+    };
+    let runs = pipelines.iter().zip(&telemetry).map(|(p, t)| {
         let options = RunOptions {
             until_caught_up: args.until_caught_up,
             flush_open_windows: args.flush_open_windows,
             shutdown: shutdown.clone(),
+            telemetry: Some(t.clone()),
         };
         pipeline::run(&config, p, options)
     });
     let results = futures::future::join_all(runs).await;
+    if let Some(server) = dashboard {
+        let _ = dashboard_stop.send(true);
+        match server.await {
+            Ok(Err(err)) => eprintln!("error: {err}"),
+            Err(err) => eprintln!("error: dashboard task: {err}"),
+            Ok(Ok(())) => {}
+        }
+    }
     let mut ok = true;
     for (p, result) in pipelines.iter().zip(results) {
         match result {

@@ -199,6 +199,11 @@ impl MetricsBranch {
         Ok(stats)
     }
 
+    /// The watermark in microseconds since the epoch.
+    pub fn watermark_micros(&self) -> Option<i64> {
+        self.operator.watermark()
+    }
+
     /// Open windows, state bytes and the watermark, for the commit log line.
     pub fn describe(&self) -> (usize, usize, Option<String>) {
         let (windows, bytes) = self.operator.state_size();

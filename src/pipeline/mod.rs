@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod rejects;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
@@ -23,6 +24,7 @@ use crate::sink::catalog::open_catalog;
 use crate::sink::iceberg::{CommitStats, TableWriter};
 use crate::sink::SinkError;
 use crate::source::{KafkaSource, MicroBatch, SourceError, SourceOptions};
+use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
 use crate::window::WindowError;
 use metrics::MetricsBranch;
 use rejects::{
@@ -86,6 +88,8 @@ pub struct RunOptions {
     pub flush_open_windows: bool,
     /// Becomes `true` when the run must finish the batch in hand, commit and stop.
     pub shutdown: watch::Receiver<bool>,
+    /// Where to report metrics and health (the dashboard and `/metrics` read it).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// What a run did.
@@ -214,6 +218,9 @@ pub async fn run(
         );
         window.messages += batch.message_count() as u64;
         summary.messages += batch.message_count() as u64;
+        if let Some(t) = &options.telemetry {
+            t.events_consumed.inc_by(batch.message_count() as u64);
+        }
         for (topic, partition, next) in batch.next_offsets.iter() {
             pending.advance(topic, partition, next);
             touched.insert((topic.to_string(), partition));
@@ -224,6 +231,16 @@ pub async fn run(
         for letter in letters {
             if letter.0.error == LATE {
                 window.late += 1;
+            }
+            if let Some(t) = &options.telemetry {
+                t.dead_letters
+                    .get_or_create(&CategoryLabel {
+                        category: letter.0.category.clone(),
+                    })
+                    .inc();
+                if letter.0.error == LATE {
+                    t.late_events.inc();
+                }
             }
             dlq.send(&letter.0, letter.1.as_deref())
                 .await
@@ -256,6 +273,25 @@ pub async fn run(
             summary.add(&committed);
             let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
             let (open_windows, state_bytes, watermark) = metrics.describe();
+            if let Some(t) = &options.telemetry {
+                report_commit(
+                    t,
+                    pipeline,
+                    &committed,
+                    &source.lag(),
+                    metrics.watermark_micros(),
+                );
+                let per_second = window.messages as f64 / seconds;
+                let messages = summary.messages;
+                let dead_letters = dlq.counts().clone();
+                let watermark = watermark.clone();
+                t.update_health(|h| {
+                    h.events_per_second = per_second;
+                    h.messages = messages;
+                    h.dead_letters = dead_letters;
+                    h.watermark = watermark;
+                });
+            }
             tracing::info!(
                 pipeline = %name,
                 table = events.label(),
@@ -289,6 +325,21 @@ pub async fn run(
         absorbed.advance_all(&pending);
         source.absorbed(&pending);
         summary.add(&committed);
+        if let Some(t) = &options.telemetry {
+            report_commit(
+                t,
+                pipeline,
+                &committed,
+                &source.lag(),
+                metrics.watermark_micros(),
+            );
+            let messages = summary.messages;
+            let dead_letters = dlq.counts().clone();
+            t.update_health(|h| {
+                h.messages = messages;
+                h.dead_letters = dead_letters;
+            });
+        }
         tracing::info!(
             pipeline = %name,
             rows = committed.events.rows,
@@ -312,6 +363,51 @@ fn resume_point(events: &Offsets, metrics: &Offsets) -> Offsets {
         }
     }
     resume
+}
+
+/// Counters and gauges after a commit of both tables.
+fn report_commit(
+    telemetry: &Telemetry,
+    pipeline: &PipelineConfig,
+    committed: &Committed,
+    lag: &BTreeMap<i32, i64>,
+    watermark: Option<i64>,
+) {
+    for (table, rows) in [
+        (&pipeline.sink.events_table.name, committed.events.rows),
+        (&pipeline.sink.metrics_table.name, committed.metrics.rows),
+    ] {
+        telemetry
+            .rows_written
+            .get_or_create(&TableLabel {
+                table: table.clone(),
+            })
+            .inc_by(rows);
+    }
+    let millis = committed.events.millis + committed.metrics.millis;
+    telemetry.commit_seconds.observe(millis as f64 / 1000.0);
+    for (partition, behind) in lag {
+        telemetry
+            .consumer_lag
+            .get_or_create(&PartitionLabel {
+                partition: partition.to_string(),
+            })
+            .set(*behind);
+    }
+    let now = chrono::Utc::now();
+    if let Some(micros) = watermark {
+        telemetry
+            .watermark_delay
+            .set((now.timestamp_micros() - micros) as f64 / 1e6);
+    }
+    telemetry
+        .last_commit
+        .set(now.timestamp_millis() as f64 / 1000.0);
+    let lag = lag.clone();
+    telemetry.update_health(|h| {
+        h.last_commit = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        h.lag = lag;
+    });
 }
 
 /// What one commit of both tables wrote.
