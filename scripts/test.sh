@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test of campaign-pipeline on a fresh machine: installs what the tests need
-# (OpenSSL headers for librdkafka, the tansu broker), then `cargo test` with one target dir.
+# (OpenSSL headers for librdkafka, the tansu broker, Debian's Chromium and ChromeDriver for the
+# dashboard's browser test), then `cargo test` with one target dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 scripts/broker.sh install
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "installing chromium and chromium-driver (the dashboard's browser test)"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq chromium chromium-driver
+fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo test --locked --all-targets "$@"

@@ -251,6 +251,9 @@ pub async fn run(
         metrics
             .advance(&assigned, &batch.at_end, Instant::now())
             .await?;
+        if let Some(t) = &options.telemetry {
+            report_progress(t, &source.lag(), metrics.watermark_micros());
+        }
 
         let progressed = pending != absorbed;
         let due = window.opened.elapsed() >= pipeline.commit.interval
@@ -386,6 +389,18 @@ fn report_commit(
     }
     let millis = committed.events.millis + committed.metrics.millis;
     telemetry.commit_seconds.observe(millis as f64 / 1000.0);
+    report_progress(telemetry, lag, watermark);
+    let now = chrono::Utc::now();
+    telemetry
+        .last_commit
+        .set(now.timestamp_millis() as f64 / 1000.0);
+    telemetry.update_health(|h| {
+        h.last_commit = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    });
+}
+
+/// Lag and watermark delay, refreshed with every micro-batch (also when idle).
+fn report_progress(telemetry: &Telemetry, lag: &BTreeMap<i32, i64>, watermark: Option<i64>) {
     for (partition, behind) in lag {
         telemetry
             .consumer_lag
@@ -394,20 +409,12 @@ fn report_commit(
             })
             .set(*behind);
     }
-    let now = chrono::Utc::now();
     if let Some(micros) = watermark {
-        telemetry
-            .watermark_delay
-            .set((now.timestamp_micros() - micros) as f64 / 1e6);
+        let now = chrono::Utc::now().timestamp_micros();
+        telemetry.watermark_delay.set((now - micros) as f64 / 1e6);
     }
-    telemetry
-        .last_commit
-        .set(now.timestamp_millis() as f64 / 1000.0);
     let lag = lag.clone();
-    telemetry.update_health(|h| {
-        h.last_commit = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        h.lag = lag;
-    });
+    telemetry.update_health(|h| h.lag = lag);
 }
 
 /// What one commit of both tables wrote.
