@@ -49,3 +49,11 @@ Run the pipeline again and nothing is added; generate more and only the new even
 data/truth.json holds what the generator sent.
 The broker keeps running (in memory): stop it with scripts/broker.sh stop.
 TXT
+
+if [ -n "${DEMO_NO_DASHBOARD:-}" ]; then
+  exit 0
+fi
+listen=${DASHBOARD_LISTEN:-127.0.0.1:8088}
+echo; echo "== dashboard: open http://$listen/ in a browser (Ctrl-C stops it)"
+echo "   (for live lag and dead-letter counts, run the pipeline with: $bin run --dashboard)"
+exec "$bin" dashboard --listen "$listen"

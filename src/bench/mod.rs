@@ -4,6 +4,7 @@
 //! run: decoding the same payloads with serde_json, and a plain rdkafka consumer reading the
 //! same topic.
 
+mod dashboard;
 mod window;
 
 use std::time::{Duration, Instant};
@@ -410,6 +411,7 @@ async fn end_to_end(
             summary.dead_letters.values().sum::<u64>()
         ),
     );
+    dashboard::measure(&scratch, p, summary.messages, row).await?;
     Ok(())
 }
 
