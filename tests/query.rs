@@ -104,6 +104,7 @@ fn query_reads_what_the_truth_predicts_in_every_format_and_back_in_time() {
         "INSERT INTO campaign_events (campaign_id) VALUES ('x')",
         "DROP TABLE campaign_metrics",
         "CREATE TABLE t AS SELECT 1",
+        "EXPLAIN ANALYZE INSERT INTO campaign_events (campaign_id) VALUES ('x')",
     ] {
         let output = pipeline.cli(&["query", statement]);
         assert!(!output.status.success(), "{statement}");
@@ -175,6 +176,43 @@ fn query_reads_what_the_truth_predicts_in_every_format_and_back_in_time() {
         ],
     );
     assert_eq!(before[0]["n"].as_u64().unwrap(), 0);
+
+    // Filters on partition columns reach the Iceberg scan.
+    let plan = ok(
+        &pipeline,
+        &[
+            "query",
+            "EXPLAIN SELECT count(*) FROM campaign_events WHERE campaign_id = 'campaign_001'",
+        ],
+    );
+    assert!(
+        plan.contains(
+            r#"IcebergTableScan projection:[campaign_id] predicate:[campaign_id = "campaign_001"]"#
+        ),
+        "{plan}"
+    );
+
+    // The interactive prompt reads statements ending with `;`, across lines.
+    let mut prompt = pipeline
+        .command(&["query", "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = prompt.stdin.take().unwrap();
+        stdin
+            .write_all(b"SELECT count(*) AS n\n  FROM campaign_events;\n\\q\n")
+            .unwrap();
+    }
+    let output = prompt.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&format!("n\n{now}\n")),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 
     let tables = ok(&pipeline, &["tables", "--format", "json"]);
     let tables: Vec<serde_json::Value> = serde_json::from_str(&tables).unwrap();

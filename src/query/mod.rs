@@ -133,24 +133,32 @@ pub async fn session(
     Ok(ctx)
 }
 
-/// Runs one read-only statement and returns its rows.
-pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+/// Whether a statement only reads: a query, SHOW, DESCRIBE, or EXPLAIN of such (EXPLAIN
+/// ANALYZE runs its statement, so what it explains must be read-only too).
+fn is_read_only(statement: &datafusion::sql::parser::Statement) -> bool {
     use datafusion::sql::parser::Statement as Df;
     use datafusion::sql::sqlparser::ast::Statement as Sql;
-    let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
-    let read_only = match &statement {
-        Df::Statement(s) => matches!(
-            s.as_ref(),
+    fn sql_read_only(statement: &Sql) -> bool {
+        match statement {
             Sql::Query(_)
-                | Sql::ShowTables { .. }
-                | Sql::ShowColumns { .. }
-                | Sql::ExplainTable { .. }
-                | Sql::Explain { .. }
-        ),
-        Df::Explain(_) => true,
+            | Sql::ShowTables { .. }
+            | Sql::ShowColumns { .. }
+            | Sql::ExplainTable { .. } => true,
+            Sql::Explain { statement, .. } => sql_read_only(statement),
+            _ => false,
+        }
+    }
+    match statement {
+        Df::Statement(s) => sql_read_only(s),
+        Df::Explain(explain) => is_read_only(&explain.statement),
         _ => false,
-    };
-    if !read_only {
+    }
+}
+
+/// Runs one read-only statement and returns its rows.
+pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
+    if !is_read_only(&statement) {
         return Err(QueryError::NotReadOnly);
     }
     let plan = ctx.state().statement_to_plan(statement).await?;
