@@ -3,12 +3,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::Context;
 use clap::Args;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::dashboard::{self, DEFAULT_LISTEN};
-use crate::pipeline;
 
 /// Flags of `dashboard`.
 #[derive(Debug, Args)]
@@ -25,17 +22,7 @@ pub struct DashboardArgs {
 pub async fn run(config_path: &Path, args: &DashboardArgs) -> anyhow::Result<bool> {
     let config = super::load_config(config_path)?;
     let pipeline = config.pipeline(args.pipeline.as_deref())?;
-    let (stop, shutdown) = pipeline::shutdown_channel();
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        let _ = stop.send(true);
-    });
+    let shutdown = super::stop_on_signals("stopping the dashboard")?;
     println!(
         "dashboard of pipeline {} on http://{}/",
         pipeline.name, args.listen

@@ -106,6 +106,25 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
+/// A shutdown signal that becomes `true` on SIGINT or SIGTERM (logging `why` when it does).
+fn stop_on_signals(why: &'static str) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (stop, shutdown) = crate::pipeline::shutdown_channel();
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("{why}");
+        let _ = stop.send(true);
+    });
+    Ok(shutdown)
+}
+
 /// Loads the configuration, as every command does first.
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)

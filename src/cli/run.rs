@@ -2,9 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use clap::Args;
-use tokio::signal::unix::{signal, SignalKind};
 
 use std::sync::Arc;
 
@@ -35,18 +33,7 @@ pub struct RunArgs {
 /// Runs the selected pipelines and prints what each did.
 pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
     let config = super::load_config(config_path)?;
-    let (stop, shutdown) = pipeline::shutdown_channel();
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("stopping: finishing the batch in hand and committing");
-        let _ = stop.send(true);
-    });
+    let shutdown = super::stop_on_signals("stopping: finishing the batch in hand and committing")?;
 
     let pipelines = config.selected(args.pipeline.as_deref())?;
     let telemetry: Vec<Arc<Telemetry>> = pipelines

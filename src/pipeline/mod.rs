@@ -277,23 +277,10 @@ pub async fn run(
             let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
             let (open_windows, state_bytes, watermark) = metrics.describe();
             if let Some(t) = &options.telemetry {
-                report_commit(
-                    t,
-                    pipeline,
-                    &committed,
-                    &source.lag(),
-                    metrics.watermark_micros(),
-                );
+                let counts = (summary.messages, dlq.counts());
+                report_commit(t, pipeline, &committed, &source.lag(), &metrics, counts);
                 let per_second = window.messages as f64 / seconds;
-                let messages = summary.messages;
-                let dead_letters = dlq.counts().clone();
-                let watermark = watermark.clone();
-                t.update_health(|h| {
-                    h.events_per_second = per_second;
-                    h.messages = messages;
-                    h.dead_letters = dead_letters;
-                    h.watermark = watermark;
-                });
+                t.update_health(|h| h.events_per_second = per_second);
             }
             tracing::info!(
                 pipeline = %name,
@@ -329,19 +316,8 @@ pub async fn run(
         source.absorbed(&pending);
         summary.add(&committed);
         if let Some(t) = &options.telemetry {
-            report_commit(
-                t,
-                pipeline,
-                &committed,
-                &source.lag(),
-                metrics.watermark_micros(),
-            );
-            let messages = summary.messages;
-            let dead_letters = dlq.counts().clone();
-            t.update_health(|h| {
-                h.messages = messages;
-                h.dead_letters = dead_letters;
-            });
+            let counts = (summary.messages, dlq.counts());
+            report_commit(t, pipeline, &committed, &source.lag(), &metrics, counts);
         }
         tracing::info!(
             pipeline = %name,
@@ -368,13 +344,15 @@ fn resume_point(events: &Offsets, metrics: &Offsets) -> Offsets {
     resume
 }
 
-/// Counters and gauges after a commit of both tables.
+/// Counters, gauges and health after a commit of both tables; `counts` are the messages
+/// consumed and the dead letters sent so far.
 fn report_commit(
     telemetry: &Telemetry,
     pipeline: &PipelineConfig,
     committed: &Committed,
     lag: &BTreeMap<i32, i64>,
-    watermark: Option<i64>,
+    metrics: &MetricsBranch,
+    counts: (u64, &BTreeMap<String, u64>),
 ) {
     for (table, rows) in [
         (&pipeline.sink.events_table.name, committed.events.rows),
@@ -389,13 +367,18 @@ fn report_commit(
     }
     let millis = committed.events.millis + committed.metrics.millis;
     telemetry.commit_seconds.observe(millis as f64 / 1000.0);
-    report_progress(telemetry, lag, watermark);
+    report_progress(telemetry, lag, metrics.watermark_micros());
     let now = chrono::Utc::now();
     telemetry
         .last_commit
         .set(now.timestamp_millis() as f64 / 1000.0);
+    let (messages, dead_letters) = (counts.0, counts.1.clone());
+    let watermark = metrics.describe().2;
     telemetry.update_health(|h| {
         h.last_commit = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        h.messages = messages;
+        h.dead_letters = dead_letters;
+        h.watermark = watermark;
     });
 }
 
