@@ -1,7 +1,9 @@
 //! The dead letter queue: rejected rows as self-describing records on a Kafka topic.
 
+pub mod pattern;
 pub mod record;
 pub mod writer;
 
+pub use pattern::pattern_of;
 pub use record::{category_of, DeadLetter, PayloadEncoding, SourceCoordinates};
 pub use writer::DeadLetterWriter;
