@@ -31,8 +31,7 @@ pub async fn measure(
         for batch in batches {
             for valid in parsed(parse, batch).await? {
                 let now = Instant::now();
-                let sorted = operator.sort(&valid)?;
-                operator.observe(&valid, now)?;
+                let sorted = operator.sort_and_observe(&valid, now)?;
                 operator.absorb(&sorted.on_time).await?;
             }
             for closed in operator.advance(assigned, Instant::now()).await? {
@@ -51,8 +50,7 @@ pub async fn measure(
     let (_, window_only) = timed(async {
         for valid in &parsed_batches {
             let now = Instant::now();
-            let sorted = alone.sort(valid)?;
-            alone.observe(valid, now)?;
+            let sorted = alone.sort_and_observe(valid, now)?;
             alone.absorb(&sorted.on_time).await?;
             alone.advance(assigned, now).await?;
         }
@@ -87,8 +85,8 @@ pub async fn measure(
     let now = Instant::now();
     for pass in 1..=10 {
         for batch in &valid {
-            operator.observe(batch, now)?;
-            operator.absorb(batch).await?;
+            let sorted = operator.sort_and_observe(batch, now)?;
+            operator.absorb(&sorted.on_time).await?;
         }
         if pass == 1 || pass == 10 {
             // Between compactions a window holds up to 9 partial batches; checkpoints (and

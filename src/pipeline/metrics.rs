@@ -22,8 +22,9 @@ use crate::window::{Progress, Sorted, WindowError, WindowOperator};
 pub struct MetricsBranch {
     operator: WindowOperator,
     writer: TableWriter,
-    /// Offsets the metrics table and its checkpoint have absorbed (rows below are skipped).
-    absorbed: Offsets,
+    /// Offsets the metrics table and its checkpoint have absorbed, where they are ahead of the
+    /// resume point: rows below them are skipped until the source passes them.
+    skip: Offsets,
     /// The checkpoint the table's newest snapshot points to (deleted once superseded).
     checkpoint: Option<String>,
     /// Window rows written since the last commit.
@@ -95,16 +96,26 @@ impl MetricsBranch {
         Ok(Self {
             operator,
             writer,
-            absorbed,
+            skip: absorbed,
             checkpoint: saved.location,
             emitted: 0,
             pipeline: name,
         })
     }
 
-    /// Offsets this branch has absorbed (committed with its table).
+    /// Offsets this branch had absorbed when it opened (until [`Self::resume_at`]).
     pub fn absorbed(&self) -> &Offsets {
-        &self.absorbed
+        &self.skip
+    }
+
+    /// The source resumes at `resume`: only partitions where this branch is ahead need skipping.
+    pub fn resume_at(&mut self, resume: &Offsets) {
+        self.skip = self.skip.ahead_of(resume);
+    }
+
+    /// The source has handed on everything below `progress`.
+    pub fn progressed(&mut self, progress: &Offsets) {
+        self.skip.drop_reached(progress);
     }
 
     /// `namespace.table` of the metrics table.
@@ -120,11 +131,10 @@ impl MetricsBranch {
         valid: &RecordBatch,
         now: Instant,
     ) -> Result<Sorted, PipelineError> {
-        let rows =
-            super::unabsorbed(valid, &self.absorbed).map_err(|e| self.window_err(e.into()))?;
-        let sorted = self.operator.sort(&rows).map_err(|e| self.window_err(e))?;
-        self.operator
-            .observe(&rows, now)
+        let rows = super::unabsorbed(valid, &self.skip).map_err(|e| self.window_err(e.into()))?;
+        let sorted = self
+            .operator
+            .sort_and_observe(&rows, now)
             .map_err(|e| self.window_err(e))?;
         self.operator
             .absorb(&sorted.on_time)
@@ -194,7 +204,6 @@ impl MetricsBranch {
                 checkpoint::remove(&self.writer, &previous).await;
             }
         }
-        self.absorbed.advance_all(offsets);
         self.emitted = 0;
         Ok(stats)
     }

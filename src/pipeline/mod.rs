@@ -159,6 +159,9 @@ pub async fn run(
     // The two tables commit one after the other, so a crash can leave the metrics table behind:
     // resume where the one furthest behind stands, and let each drop what it already holds.
     let mut absorbed = resume_point(&events_absorbed, metrics.absorbed());
+    metrics.resume_at(&absorbed);
+    // Rows the events table already holds that the source will hand on again.
+    let mut events_skip = events_absorbed.ahead_of(&absorbed);
     tracing::info!(pipeline = %name, table = events.label(), offsets = %events_absorbed.to_json(), "resuming");
 
     let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
@@ -189,7 +192,6 @@ pub async fn run(
     })?;
 
     let mut summary = RunSummary::default();
-    let mut events_absorbed = events_absorbed;
     let mut pending = absorbed.clone();
     let mut touched: BTreeSet<(String, i32)> = BTreeSet::new();
     let mut window = CommitWindow::new();
@@ -226,8 +228,10 @@ pub async fn run(
             touched.insert((topic.to_string(), partition));
         }
         let letters = stages
-            .process(&batch, &mut events, &events_absorbed, &mut metrics)
+            .process(&batch, &mut events, &events_skip, &mut metrics)
             .await?;
+        events_skip.drop_reached(&pending);
+        metrics.progressed(&pending);
         for letter in letters {
             if letter.0.error == LATE {
                 window.late += 1;
@@ -270,7 +274,6 @@ pub async fn run(
             }
             let committed = commit(&mut dlq, &mut events, &mut metrics, &offsets, &name).await?;
             absorbed.advance_all(&offsets);
-            events_absorbed.advance_all(&offsets);
             source.absorbed(&offsets);
             touched.clear();
             summary.add(&committed);
@@ -471,7 +474,7 @@ impl Stages<'_> {
         &self,
         batch: &MicroBatch,
         events: &mut TableWriter,
-        events_absorbed: &Offsets,
+        events_skip: &Offsets,
         metrics: &mut MetricsBranch,
     ) -> Result<Vec<KeyedDeadLetter>, PipelineError> {
         let pipeline = self.pipeline;
@@ -480,7 +483,7 @@ impl Stages<'_> {
             .not_utf8
             .iter()
             .filter(|raw| {
-                events_absorbed
+                events_skip
                     .get(&raw.topic, raw.partition)
                     .is_none_or(|next| raw.offset >= next)
             })
@@ -503,7 +506,7 @@ impl Stages<'_> {
         let now = Instant::now();
         for output in &outputs {
             let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(exec_err)?;
-            let new_valid = unabsorbed(&valid, events_absorbed).map_err(|e| exec_err(e.into()))?;
+            let new_valid = unabsorbed(&valid, events_skip).map_err(|e| exec_err(e.into()))?;
             events
                 .write(&new_valid)
                 .await
@@ -511,8 +514,7 @@ impl Stages<'_> {
                     pipeline: pipeline.to_string(),
                     source,
                 })?;
-            let rejected =
-                unabsorbed(&rejected, events_absorbed).map_err(|e| exec_err(e.into()))?;
+            let rejected = unabsorbed(&rejected, events_skip).map_err(|e| exec_err(e.into()))?;
             letters.extend(
                 from_rejected_rows(
                     &rejected,
@@ -542,7 +544,8 @@ impl Stages<'_> {
 }
 
 /// The rows of parsed output at or past `absorbed` in their partition (the rest is already in
-/// the table that `absorbed` belongs to).
+/// the table that `absorbed` belongs to). `absorbed` only lists partitions where a table is
+/// ahead of the resume point, so in steady state it is empty and this costs nothing.
 pub fn unabsorbed(
     rows: &RecordBatch,
     absorbed: &Offsets,

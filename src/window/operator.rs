@@ -118,8 +118,13 @@ impl WindowOperator {
         })
     }
 
-    /// Sorts parsed rows (with `_partition`) by the current watermark.
-    pub fn sort(&self, rows: &RecordBatch) -> Result<Sorted, WindowError> {
+    /// Sorts parsed rows (with `_partition`) by the watermark as it stood before them, then
+    /// records their highest event time per source partition.
+    pub fn sort_and_observe(
+        &mut self,
+        rows: &RecordBatch,
+        now: Instant,
+    ) -> Result<Sorted, WindowError> {
         let times = self.event_times(rows)?;
         let watermark = self.tracker.current();
         let mut on_time = Vec::with_capacity(times.len());
@@ -133,16 +138,11 @@ impl WindowOperator {
             late.push(is_late);
         }
         let untimed = arrow::compute::is_null(&times)?;
-        Ok(Sorted {
+        let sorted = Sorted {
             on_time: filter_record_batch(rows, &BooleanArray::from(on_time))?,
             late: filter_record_batch(rows, &BooleanArray::from(late))?,
             untimed: filter_record_batch(rows, &untimed)?,
-        })
-    }
-
-    /// Records the highest event time per source partition of parsed rows (with `_partition`).
-    pub fn observe(&mut self, rows: &RecordBatch, now: Instant) -> Result<(), WindowError> {
-        let times = self.event_times(rows)?;
+        };
         let partitions = rows
             .column_by_name("_partition")
             .ok_or_else(|| ArrowError::SchemaError("parsed rows lack `_partition`".into()))?;
@@ -158,7 +158,7 @@ impl WindowOperator {
         for (partition, time) in highest {
             self.tracker.observe(partition, time, now);
         }
-        Ok(())
+        Ok(sorted)
     }
 
     /// Folds on-time rows into the partial states of their windows.
