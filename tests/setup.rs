@@ -59,6 +59,14 @@ async fn setup_creates_topics_and_tables_and_is_idempotent() {
     let admin = TopicAdmin::new(&client_config(&pipeline.brokers, &Default::default())).unwrap();
     assert_eq!(admin.partition_count(&pipeline.topic).unwrap(), Some(3));
     assert_eq!(admin.partition_count(&pipeline.dlq_topic).unwrap(), Some(1));
+    let ledger = format!("{}.replayed", pipeline.dlq_topic);
+    assert_eq!(admin.partition_count(&ledger).unwrap(), Some(1));
+    let ledger_configs = admin.topic_configs(&ledger).await.unwrap();
+    assert_eq!(
+        ledger_configs.get("retention.ms").map(String::as_str),
+        Some("-1"),
+        "the replay ledger is kept forever: {ledger_configs:?}"
+    );
     let dlq_configs = admin.topic_configs(&pipeline.dlq_topic).await.unwrap();
     assert_eq!(
         dlq_configs.get("retention.ms").map(String::as_str),

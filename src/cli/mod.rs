@@ -3,6 +3,7 @@
 mod bench;
 mod check;
 mod dashboard;
+mod dlq;
 mod generate;
 mod query;
 mod run;
@@ -56,6 +57,8 @@ pub enum Command {
     Snapshots(query::SnapshotsArgs),
     /// Serve the campaign dashboard (CTR, CVR, revenue per campaign) over the tables.
     Dashboard(dashboard::DashboardArgs),
+    /// Dead letter tools: statistics, live monitor, export and replay.
+    Dlq(dlq::DlqArgs),
     /// Measure throughput and CPU cost (build with --release for meaningful figures).
     Bench(bench::BenchArgs),
     /// Produce synthetic campaign events (valid, malformed, out of order, late) to the source topic.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Snapshots(args) => query::snapshots(&cli.config, args).await,
             Command::Bench(args) => bench::run(&cli.config, args).await,
             Command::Dashboard(args) => dashboard::run(&cli.config, args).await,
+            Command::Dlq(args) => dlq::run(&cli.config, args).await,
         }
     });
     match result {

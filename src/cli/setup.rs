@@ -73,8 +73,8 @@ pub async fn run(config_path: &Path, args: &SetupArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// The source and dead letter topics of a pipeline as `setup` creates them.
-pub fn topic_specs(pipeline: &PipelineConfig) -> [TopicSpec; 2] {
+/// The source and dead letter topics and the replay ledger of a pipeline as `setup` creates them.
+pub fn topic_specs(pipeline: &PipelineConfig) -> [TopicSpec; 3] {
     let retention_ms = pipeline.dead_letter.retention.as_millis().to_string();
     [
         TopicSpec {
@@ -89,7 +89,19 @@ pub fn topic_specs(pipeline: &PipelineConfig) -> [TopicSpec; 2] {
             replication: pipeline.source.replication_factor,
             configs: BTreeMap::from([("retention.ms".to_string(), retention_ms)]),
         },
+        ledger_spec(pipeline),
     ]
+}
+
+/// The replay ledger topic (`dlq replay`'s record of what it sent): one partition, kept forever
+/// so that a dead letter is never replayed twice.
+pub fn ledger_spec(pipeline: &PipelineConfig) -> TopicSpec {
+    TopicSpec {
+        name: crate::dlq::replay::ledger_topic(&pipeline.dead_letter.topic),
+        partitions: 1,
+        replication: pipeline.source.replication_factor,
+        configs: BTreeMap::from([("retention.ms".to_string(), "-1".to_string())]),
+    }
 }
 
 fn report_topic(spec: &TopicSpec, status: &TopicStatus) {

@@ -23,9 +23,7 @@ pub fn pattern_of(reason: &str) -> String {
                 out.push('…');
                 out.push(c);
             }
-            c if c.is_ascii_digit()
-                && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_') =>
-            {
+            c if c.is_ascii_digit() && !glued_to_word(&out) => {
                 while chars
                     .peek()
                     .is_some_and(|n| n.is_ascii_digit() || *n == '.')
@@ -41,6 +39,17 @@ pub fn pattern_of(reason: &str) -> String {
         out.push_str(": <value>");
     }
     out
+}
+
+/// Whether a digit following `text` belongs to a word such as `v2` or `utf-8` rather than
+/// being a number of its own.
+fn glued_to_word(text: &str) -> bool {
+    let mut back = text.chars().rev();
+    match back.next() {
+        Some(p) if p.is_alphanumeric() || p == '_' => true,
+        Some('-') => back.next().is_some_and(|p| p.is_alphanumeric()),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -64,5 +73,7 @@ mod tests {
         );
         assert_eq!(pattern_of("missing event_id"), "missing event_id");
         assert_eq!(pattern_of("field v2 is \"x\""), "field v2 is \"…\"");
+        assert_eq!(pattern_of("invalid utf-8"), "invalid utf-8");
+        assert_eq!(pattern_of("amount -12 below 0"), "amount -N below N");
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// The repository root (where pipelines.yaml and sql/ live).
@@ -296,6 +297,8 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Reads every message of every partition of `topic`, from the beginning to the end.
@@ -341,6 +344,14 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);

@@ -1,0 +1,345 @@
+//! Replay: sends chosen dead letters' raw payloads back to their source topic (same key, headers
+//! naming the original coordinates) exactly once per source coordinate.
+//!
+//! The replay keeps a ledger topic (`<dead letter topic>.replayed`, one partition, kept forever).
+//! Each chunk is announced there (`intent`) before it is sent and closed (`done`) after every
+//! message of it is acknowledged. A replay killed in between leaves an intent without its done:
+//! the next replay looks for that chunk's messages in the source topic by their replay-id header
+//! and counts as done exactly those it finds, so nothing is sent twice and nothing is skipped.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message};
+use serde::{Deserialize, Serialize};
+
+use super::entry::{Filter, Letter};
+use crate::kafka::reader::TopicReader;
+use crate::kafka::KafkaError;
+
+/// Header of a replayed message: the original `topic/partition/offset`.
+pub const REPLAY_OF_HEADER: &str = "campaign-pipeline.replay-of";
+/// Header of a replayed message: the id of the replay chunk that sent it.
+pub const REPLAY_ID_HEADER: &str = "campaign-pipeline.replay-id";
+/// Reason of events that were late for their window: they are in the events table already.
+const LATE_CATEGORY: &str = "late";
+/// Records per ledger chunk.
+const CHUNK: usize = 500;
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of a replay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The ledger topic holds a record the replay cannot read.
+    #[error("replay ledger {topic} offset {offset}: unreadable entry: {message}")]
+    Ledger {
+        topic: String,
+        offset: i64,
+        message: String,
+    },
+}
+
+/// The ledger topic of a dead letter topic.
+pub fn ledger_topic(dead_letter_topic: &str) -> String {
+    format!("{dead_letter_topic}.replayed")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Stage {
+    Intent,
+    Done,
+}
+
+/// One ledger record: a chunk announced, or a chunk finished with the coordinates it delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LedgerEntry {
+    replay_id: String,
+    stage: Stage,
+    coordinates: Vec<String>,
+    at: String,
+}
+
+/// What the ledger says: coordinates replayed, and chunks announced but never finished.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    done: HashSet<String>,
+    unfinished: HashMap<String, Vec<String>>,
+}
+
+impl Ledger {
+    /// Reads the whole ledger; a ledger topic that does not exist yet is an empty ledger.
+    pub fn load(client: &ClientConfig, group: &str, topic: &str) -> Result<Self, ReplayError> {
+        let mut ledger = Ledger::default();
+        let Some(mut reader) = TopicReader::open(client, group, topic)? else {
+            return Ok(ledger);
+        };
+        let mut bad = None;
+        reader.read_to_end(|message| {
+            let value = message.payload().unwrap_or_default();
+            match serde_json::from_slice::<LedgerEntry>(value) {
+                Ok(entry) => ledger.apply(entry),
+                Err(err) => {
+                    bad.get_or_insert((message.offset(), err.to_string()));
+                }
+            }
+            Ok(())
+        })?;
+        if let Some((offset, message)) = bad {
+            return Err(ReplayError::Ledger {
+                topic: topic.to_string(),
+                offset,
+                message,
+            });
+        }
+        Ok(ledger)
+    }
+
+    fn apply(&mut self, entry: LedgerEntry) {
+        match entry.stage {
+            Stage::Intent => {
+                self.unfinished.insert(entry.replay_id, entry.coordinates);
+            }
+            Stage::Done => {
+                self.unfinished.remove(&entry.replay_id);
+                self.done.extend(entry.coordinates);
+            }
+        }
+    }
+
+    /// Whether the source coordinate has been replayed.
+    pub fn is_done(&self, coordinate: &str) -> bool {
+        self.done.contains(coordinate)
+    }
+
+    /// Coordinates replayed so far.
+    pub fn done_count(&self) -> usize {
+        self.done.len()
+    }
+}
+
+/// One payload to send back.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// `topic/partition/offset` of the original message.
+    pub coordinate: String,
+    /// The topic to send it to (the source topic it came from).
+    pub topic: String,
+    /// The original key.
+    pub key: Option<Vec<u8>>,
+    /// The original payload.
+    pub payload: Vec<u8>,
+    /// Its category, for the report.
+    pub category: String,
+}
+
+/// What a replay will do, before it does it.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Payloads to send, in dead letter order.
+    pub to_send: Vec<Candidate>,
+    /// Dead letters the filter picked (repeats included).
+    pub picked: usize,
+    /// Repeats of a source coordinate already picked.
+    pub repeats: usize,
+    /// Picked, but replayed by an earlier replay.
+    pub already_replayed: usize,
+    /// Late events: they were written to the events table already (only their window was
+    /// closed), so replaying them would count them twice.
+    pub late_skipped: usize,
+    /// Coordinates whose payload or key could not be decoded, with why.
+    pub undecodable: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// Picks from `letters` what `filter` passes and the ledger has not replayed.
+    pub fn new<'a>(
+        letters: impl IntoIterator<Item = &'a Letter>,
+        filter: &Filter,
+        ledger: &Ledger,
+    ) -> Self {
+        let mut plan = Plan::default();
+        let mut seen = HashSet::new();
+        for letter in letters {
+            if !filter.matches(letter) {
+                continue;
+            }
+            plan.picked += 1;
+            let coordinate = letter.coordinate();
+            if !seen.insert(coordinate.clone()) {
+                plan.repeats += 1;
+            } else if ledger.is_done(&coordinate) {
+                plan.already_replayed += 1;
+            } else if letter.record.category == LATE_CATEGORY {
+                plan.late_skipped += 1;
+            } else {
+                match (letter.record.payload_bytes(), letter.key_bytes()) {
+                    (Ok(payload), Ok(key)) => plan.to_send.push(Candidate {
+                        coordinate,
+                        topic: letter.record.source.topic.clone(),
+                        key,
+                        payload,
+                        category: letter.record.category.clone(),
+                    }),
+                    (Err(e), _) | (_, Err(e)) => plan
+                        .undecodable
+                        .push((coordinate, format!("bad base64: {e}"))),
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// Sends replays and keeps the ledger.
+pub struct Replayer {
+    producer: FutureProducer,
+    client: ClientConfig,
+    group: String,
+    ledger_topic: String,
+}
+
+impl Replayer {
+    /// A replayer writing its ledger to `ledger_topic` (which must exist).
+    pub fn new(client: &ClientConfig, group: &str, ledger_topic: &str) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: crate::kafka::idempotent_producer(client, "replay producer")?,
+            client: client.clone(),
+            group: group.to_string(),
+            ledger_topic: ledger_topic.to_string(),
+        })
+    }
+
+    /// Settles chunks a killed replay left unfinished: the coordinates whose messages reached
+    /// the source topic are recorded as done. Returns how many were found sent.
+    pub async fn recover(&self, ledger: &mut Ledger) -> Result<usize, ReplayError> {
+        if ledger.unfinished.is_empty() {
+            return Ok(0);
+        }
+        let unfinished = std::mem::take(&mut ledger.unfinished);
+        let topics: BTreeSet<String> = unfinished
+            .values()
+            .flatten()
+            .filter_map(|c| c.rsplitn(3, '/').nth(2).map(str::to_string))
+            .collect();
+        let mut sent: HashMap<&str, Vec<String>> = HashMap::new();
+        for topic in &topics {
+            let Some(mut reader) = TopicReader::open(&self.client, &self.group, topic)? else {
+                continue;
+            };
+            tokio::task::block_in_place(|| {
+                reader.read_to_end(|message| {
+                    let headers = message.headers();
+                    let header = |name: &str| {
+                        headers.and_then(|h| {
+                            h.iter()
+                                .find(|header| header.key == name)
+                                .and_then(|header| header.value)
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                        })
+                    };
+                    if let (Some(id), Some(of)) =
+                        (header(REPLAY_ID_HEADER), header(REPLAY_OF_HEADER))
+                    {
+                        if let Some((id, _)) = unfinished.get_key_value(&id) {
+                            sent.entry(id.as_str()).or_default().push(of);
+                        }
+                    }
+                    Ok(())
+                })
+            })?;
+        }
+        let mut found = 0;
+        for (id, announced) in &unfinished {
+            let delivered: Vec<String> = sent
+                .remove(id.as_str())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| announced.contains(c))
+                .collect();
+            found += delivered.len();
+            self.write_ledger(id, Stage::Done, &delivered).await?;
+            ledger.done.extend(delivered);
+        }
+        Ok(found)
+    }
+
+    /// Sends every candidate, chunk by chunk, calling `progress` with the count sent so far.
+    pub async fn send(
+        &self,
+        candidates: &[Candidate],
+        ledger: &mut Ledger,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, ReplayError> {
+        let mut sent = 0;
+        for chunk in candidates.chunks(CHUNK) {
+            let replay_id = uuid::Uuid::new_v4().to_string();
+            let coordinates: Vec<String> = chunk.iter().map(|c| c.coordinate.clone()).collect();
+            self.write_ledger(&replay_id, Stage::Intent, &coordinates)
+                .await?;
+            let deliveries = chunk.iter().map(|candidate| {
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: REPLAY_OF_HEADER,
+                        value: Some(candidate.coordinate.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: REPLAY_ID_HEADER,
+                        value: Some(replay_id.as_bytes()),
+                    });
+                let mut record = FutureRecord::<[u8], [u8]>::to(&candidate.topic)
+                    .payload(&candidate.payload)
+                    .headers(headers);
+                if let Some(key) = &candidate.key {
+                    record = record.key(key);
+                }
+                let topic = candidate.topic.clone();
+                let delivery = self.producer.send(record, Timeout::After(DELIVERY_TIMEOUT));
+                async move {
+                    delivery
+                        .await
+                        .map_err(|(source, _)| KafkaError::Delivery { topic, source })
+                }
+            });
+            futures::future::try_join_all(deliveries).await?;
+            self.write_ledger(&replay_id, Stage::Done, &coordinates)
+                .await?;
+            ledger.done.extend(coordinates);
+            sent += chunk.len();
+            progress(sent);
+        }
+        Ok(sent)
+    }
+
+    async fn write_ledger(
+        &self,
+        replay_id: &str,
+        stage: Stage,
+        coordinates: &[String],
+    ) -> Result<(), KafkaError> {
+        let entry = LedgerEntry {
+            replay_id: replay_id.to_string(),
+            stage,
+            coordinates: coordinates.to_vec(),
+            at: chrono::Utc::now().to_rfc3339(),
+        };
+        let value = serde_json::to_vec(&entry).unwrap_or_default();
+        let record = FutureRecord::<str, [u8]>::to(&self.ledger_topic)
+            .key(replay_id)
+            .payload(&value);
+        self.producer
+            .send(record, Timeout::After(DELIVERY_TIMEOUT))
+            .await
+            .map_err(|(source, _)| KafkaError::Delivery {
+                topic: self.ledger_topic.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! `TopicReader`: reads every partition of a topic from the beginning, tells when each has been
+//! read to its end, and can keep following it (the DLQ tools and the replay ledger use it).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::KafkaError;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a read to the end may see neither a message nor an end of partition before it gives
+/// up: the broker is not answering.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// What one poll produced.
+#[derive(Debug)]
+pub enum ReadStep {
+    /// A message.
+    Message(OwnedMessage),
+    /// Every partition has been read to its end at least once (reported once per reader).
+    CaughtUp,
+    /// Nothing arrived within the poll timeout.
+    Idle,
+}
+
+/// Logs librdkafka's errors except end of partition, which the reader uses as its end marker.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            RdKafkaError::PartitionEOF(_) | RdKafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A consumer assigned to every partition of one topic from the beginning, committing nothing.
+pub struct TopicReader {
+    consumer: BaseConsumer<ReaderContext>,
+    topic: String,
+    brokers: String,
+    /// Partitions not yet read to their end.
+    open: BTreeSet<i32>,
+    caught_up_reported: bool,
+}
+
+impl TopicReader {
+    /// Opens `topic` in consumer group `group_id`; `Ok(None)` when the topic does not exist.
+    ///
+    /// The end of each partition comes from end-of-partition events, not ListOffsets: tansu 0.6
+    /// answers ListOffsets(latest) with a wrong offset while its fetch high watermark is right.
+    pub fn open(
+        client: &ClientConfig,
+        group_id: &str,
+        topic: &str,
+    ) -> Result<Option<Self>, KafkaError> {
+        let brokers = client
+            .get("bootstrap.servers")
+            .unwrap_or_default()
+            .to_string();
+        let mut config = client.clone();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("allow.auto.create.topics", "false");
+        let consumer: BaseConsumer<ReaderContext> = config
+            .create_with_context(ReaderContext)
+            .map_err(|source| KafkaError::Client {
+                role: "reader",
+                brokers: brokers.clone(),
+                source,
+            })?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| KafkaError::Admin {
+                topic: topic.to_string(),
+                message: format!("metadata request failed: {e} (brokers {brokers})"),
+            })?;
+        let partitions: BTreeSet<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Ok(None);
+        }
+        let mut assignment = TopicPartitionList::new();
+        for &partition in &partitions {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(|e| KafkaError::Admin {
+                    topic: topic.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| KafkaError::Admin {
+                topic: topic.to_string(),
+                message: format!("cannot assign its partitions: {e}"),
+            })?;
+        Ok(Some(Self {
+            consumer,
+            topic: topic.to_string(),
+            brokers,
+            open: partitions,
+            caught_up_reported: false,
+        }))
+    }
+
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Waits up to `timeout` for the next message (blocking the calling thread).
+    pub fn poll(&mut self, timeout: Duration) -> Result<ReadStep, KafkaError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.poll(left) {
+                Some(Ok(message)) => return Ok(ReadStep::Message(message.detach())),
+                Some(Err(RdKafkaError::PartitionEOF(partition))) => {
+                    self.open.remove(&partition);
+                    if self.open.is_empty() && !self.caught_up_reported {
+                        self.caught_up_reported = true;
+                        return Ok(ReadStep::CaughtUp);
+                    }
+                }
+                Some(Err(RdKafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
+                Some(Err(source)) => {
+                    return Err(KafkaError::Delivery {
+                        topic: self.topic.clone(),
+                        source,
+                    })
+                }
+                None => return Ok(ReadStep::Idle),
+            }
+            if Instant::now() >= deadline {
+                return Ok(ReadStep::Idle);
+            }
+        }
+    }
+
+    /// Calls `each` for every message up to the end of every partition, then returns.
+    pub fn read_to_end(
+        &mut self,
+        mut each: impl FnMut(OwnedMessage) -> Result<(), KafkaError>,
+    ) -> Result<(), KafkaError> {
+        let mut last_progress = Instant::now();
+        loop {
+            match self.poll(Duration::from_millis(500))? {
+                ReadStep::Message(message) => {
+                    last_progress = Instant::now();
+                    each(message)?;
+                }
+                ReadStep::CaughtUp => return Ok(()),
+                ReadStep::Idle if self.caught_up_reported => return Ok(()),
+                ReadStep::Idle if last_progress.elapsed() > STALL_LIMIT => {
+                    return Err(KafkaError::Timeout {
+                        what: format!(
+                            "reading {} to its end (partitions {:?} not finished)",
+                            self.topic, self.open
+                        ),
+                        brokers: self.brokers.clone(),
+                        seconds: STALL_LIMIT.as_secs(),
+                    })
+                }
+                ReadStep::Idle => {}
+            }
+        }
+    }
+}
