@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
 
 use crate::config::PipelineConfig;
-use crate::dlq::entry::{parse_since, Entry, Filter, Letter};
+use crate::dlq::entry::{parse_since, Entry, Filter};
 use crate::dlq::export::{read_jsonl, ExportFormat, ExportWriter};
 use crate::dlq::monitor::Monitor;
 use crate::dlq::replay::{ledger_topic, Ledger, Plan, Replayer};
@@ -288,18 +288,6 @@ async fn replay(
     args: &ReplayArgs,
 ) -> anyhow::Result<bool> {
     let filter = args.filter.filter();
-    let mut unreadable = 0usize;
-    let letters: Vec<Letter> = match &args.from_file {
-        Some(path) => read_jsonl(path)?,
-        None => {
-            let mut letters = Vec::new();
-            target.read_all(|entry| match entry {
-                Entry::Letter(letter) => letters.push(*letter),
-                Entry::Unreadable(_) => unreadable += 1,
-            })?;
-            letters
-        }
-    };
     let ledger_topic = ledger_topic(&target.topic);
     let mut ledger =
         tokio::task::block_in_place(|| Ledger::load(&target.client, &target.group, &ledger_topic))?;
@@ -319,7 +307,19 @@ async fn replay(
         }
         Some(replayer)
     };
-    let plan = Plan::new(&letters, &filter, &ledger);
+    let mut plan = Plan::default();
+    let mut unreadable = 0usize;
+    match &args.from_file {
+        Some(path) => {
+            for letter in read_jsonl(path)? {
+                plan.add(&letter, &filter, &ledger);
+            }
+        }
+        None => target.read_all(|entry| match entry {
+            Entry::Letter(letter) => plan.add(&letter, &filter, &ledger),
+            Entry::Unreadable(_) => unreadable += 1,
+        })?,
+    }
     println!("{} dead letters picked", plan.picked);
     let skipped = [
         (plan.repeats, "repeats of a source offset already picked"),

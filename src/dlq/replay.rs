@@ -155,45 +155,41 @@ pub struct Plan {
     pub late_skipped: usize,
     /// Coordinates whose payload or key could not be decoded, with why.
     pub undecodable: Vec<(String, String)>,
+    seen: HashSet<String>,
 }
 
 impl Plan {
-    /// Picks from `letters` what `filter` passes and the ledger has not replayed.
-    pub fn new<'a>(
-        letters: impl IntoIterator<Item = &'a Letter>,
-        filter: &Filter,
-        ledger: &Ledger,
-    ) -> Self {
-        let mut plan = Plan::default();
-        let mut seen = HashSet::new();
-        for letter in letters {
-            if !filter.matches(letter) {
-                continue;
-            }
-            plan.picked += 1;
-            let coordinate = letter.coordinate();
-            if !seen.insert(coordinate.clone()) {
-                plan.repeats += 1;
-            } else if ledger.is_done(&coordinate) {
-                plan.already_replayed += 1;
-            } else if letter.record.category == LATE_CATEGORY {
-                plan.late_skipped += 1;
-            } else {
-                match (letter.record.payload_bytes(), letter.key_bytes()) {
-                    (Ok(payload), Ok(key)) => plan.to_send.push(Candidate {
-                        coordinate,
-                        topic: letter.record.source.topic.clone(),
-                        key,
-                        payload,
-                        category: letter.record.category.clone(),
-                    }),
-                    (Err(e), _) | (_, Err(e)) => plan
-                        .undecodable
-                        .push((coordinate, format!("bad base64: {e}"))),
-                }
+    /// Adds `letter` if `filter` passes it and the ledger has not replayed it. Only what will
+    /// be sent is kept, so a large dead letter topic is streamed, not held in memory.
+    pub fn add(&mut self, letter: &Letter, filter: &Filter, ledger: &Ledger) {
+        if !filter.matches(letter) {
+            return;
+        }
+        self.picked += 1;
+        let coordinate = letter.coordinate();
+        if self.seen.contains(&coordinate) {
+            self.repeats += 1;
+            return;
+        }
+        self.seen.insert(coordinate.clone());
+        if ledger.is_done(&coordinate) {
+            self.already_replayed += 1;
+        } else if letter.record.category == LATE_CATEGORY {
+            self.late_skipped += 1;
+        } else {
+            match (letter.record.payload_bytes(), letter.key_bytes()) {
+                (Ok(payload), Ok(key)) => self.to_send.push(Candidate {
+                    coordinate,
+                    topic: letter.record.source.topic.clone(),
+                    key,
+                    payload,
+                    category: letter.record.category.clone(),
+                }),
+                (Err(e), _) | (_, Err(e)) => self
+                    .undecodable
+                    .push((coordinate, format!("bad base64: {e}"))),
             }
         }
-        plan
     }
 }
 
