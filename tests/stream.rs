@@ -324,6 +324,23 @@ async fn repeated_runs_add_only_new_events() {
     assert_eq!(dead_letters(&pipeline).len(), letters_before + invalid_new);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_tables_are_rebuilt_from_the_topic_although_the_group_is_at_its_end() {
+    let pipeline = TestPipeline::new();
+    setup_and_generate(&pipeline, &["--count", "3000", "--seed", "8"]);
+    run_until_caught_up(&pipeline);
+    let before = by_event_id(table_rows(&pipeline).await);
+    assert_eq!(before.len(), 3000);
+
+    // The tables go (catalog and warehouse), the consumer group keeps its committed offsets.
+    std::fs::remove_dir_all(pipeline.dir.path().join("data")).unwrap();
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    let rebuilt = run_until_caught_up(&pipeline);
+    assert!(rebuilt.contains("3000 messages"), "{rebuilt}");
+    assert_eq!(by_event_id(table_rows(&pipeline).await), before);
+}
+
 /// A pipeline committing every 50ms in 2000-row batches, with 150,000 events (2% invalid) sent.
 fn fast_committing_stream() -> (TestPipeline, Vec<Record>) {
     let pipeline = TestPipeline::new();

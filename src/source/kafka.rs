@@ -50,6 +50,7 @@ struct Shared {
 struct SourceContext {
     shared: Arc<Shared>,
     topic: String,
+    start_from: StartFrom,
 }
 
 impl ClientContext for SourceContext {
@@ -103,8 +104,18 @@ impl ConsumerContext for SourceContext {
                 .unwrap_or_else(PoisonError::into_inner);
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             for partition in partitions {
-                if let Some(next) = resume.get(&self.topic, partition) {
-                    let _ = tpl.set_partition_offset(&self.topic, partition, Offset::Offset(next));
+                // A partition the tables hold nothing from starts at `start_from: earliest` from
+                // its beginning, not at the group's committed offset: the group may be ahead of
+                // the tables (tables dropped and recreated to rebuild them from Kafka), and
+                // starting there would lose every event before it. With `latest` the group's
+                // offset is kept, so that a restart does not skip what arrived in between.
+                let offset = match (resume.get(&self.topic, partition), self.start_from) {
+                    (Some(next), _) => Some(Offset::Offset(next)),
+                    (None, StartFrom::Earliest) => Some(Offset::Beginning),
+                    (None, StartFrom::Latest) => None,
+                };
+                if let Some(offset) = offset {
+                    let _ = tpl.set_partition_offset(&self.topic, partition, offset);
                 }
                 assigned.insert(partition);
             }
@@ -176,6 +187,7 @@ impl KafkaSource {
         let context = SourceContext {
             shared: shared.clone(),
             topic: topic.clone(),
+            start_from: options.start_from,
         };
         let consumer: BaseConsumer<SourceContext> = config
             .create_with_context(context)
