@@ -443,6 +443,23 @@ async fn replay_after_fixing_the_rule_lands_each_event_once() {
         "a dry run sends nothing"
     );
 
+    // Replayed before the rule is fixed: every replay fails again, and says so.
+    let early = ok(
+        &pipeline,
+        &["dlq", "replay", "--category", "blocked_country"],
+    );
+    assert!(
+        early.contains(&format!("{blocked} payloads sent")),
+        "{early}"
+    );
+    ok(&pipeline, &["run", "--until-caught-up"]);
+    assert_eq!(event_ids(&pipeline).await.len(), 1000 - blocked);
+    let stats = json(&pipeline, &["dlq", "stats", "--format", "json"]);
+    assert_eq!(stats["total"], 2 * blocked);
+    assert_eq!(stats["replays_failed_again"], blocked);
+
+    // Fixed: the replays that failed again are new dead letters and go back once more; the
+    // originals, replayed already, do not.
     std::fs::write(&parse, &original).unwrap();
     let replay = ok(
         &pipeline,
@@ -452,8 +469,12 @@ async fn replay_after_fixing_the_rule_lands_each_event_once() {
         replay.contains(&format!("{blocked} payloads sent")),
         "{replay}"
     );
+    assert!(
+        replay.contains(&format!("{blocked} already replayed")),
+        "{replay}"
+    );
     let source = read_topic(&pipeline.brokers, &pipeline.topic);
-    assert_eq!(source.len(), 1000 + blocked);
+    assert_eq!(source.len(), 1000 + 2 * blocked);
     // Same key and payload as the original, with the original coordinates in a header.
     let by_coordinate: BTreeMap<String, &Record> = source
         .iter()
@@ -468,7 +489,7 @@ async fn replay_after_fixing_the_rule_lands_each_event_once() {
         .iter()
         .filter(|r| replay_headers(r).is_some())
         .collect();
-    assert_eq!(replays.len(), blocked);
+    assert_eq!(replays.len(), 2 * blocked);
     for replayed in &replays {
         let original = by_coordinate[&replay_headers(replayed).unwrap()];
         assert_eq!(
@@ -488,13 +509,13 @@ async fn replay_after_fixing_the_rule_lands_each_event_once() {
         &["dlq", "replay", "--category", "blocked_country"],
     );
     assert!(
-        again.contains(&format!("{blocked} already replayed")),
+        again.contains(&format!("{} already replayed", 2 * blocked)),
         "{again}"
     );
     assert!(again.contains("nothing to replay"), "{again}");
     assert_eq!(
         read_topic(&pipeline.brokers, &pipeline.topic).len(),
-        1000 + blocked
+        1000 + 2 * blocked
     );
     ok(&pipeline, &["run", "--until-caught-up"]);
     assert_eq!(event_ids(&pipeline).await.len(), 1000);

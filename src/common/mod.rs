@@ -18,6 +18,9 @@ pub const ERROR_COLUMN: &str = "_error";
 /// Columns the parsing SQL must pass through so that a rejected row can be traced to its source.
 pub const SOURCE_COLUMNS: [&str; 3] = ["_topic", "_partition", "_offset"];
 
+/// Header of a message that `dlq replay` sent back: the `topic/partition/offset` it replays.
+pub const REPLAY_OF_HEADER: &str = "campaign-pipeline.replay-of";
+
 /// Whether a column is bookkeeping (starts with `_`) and so never written to a table.
 pub fn is_internal_column(name: &str) -> bool {
     name.starts_with('_')

@@ -43,6 +43,10 @@ pub struct DeadLetter {
     pub pipeline: String,
     /// When it was rejected (RFC 3339, UTC).
     pub failed_at: String,
+    /// When the message was a replay (`dlq replay`) that failed again: the `topic/partition/offset`
+    /// it replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
 }
 
 impl DeadLetter {
@@ -69,6 +73,7 @@ impl DeadLetter {
             source,
             pipeline: pipeline.to_string(),
             failed_at: failed_at.to_string(),
+            replay_of: None,
         }
     }
 

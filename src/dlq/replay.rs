@@ -20,8 +20,7 @@ use super::entry::{Filter, Letter};
 use crate::kafka::reader::TopicReader;
 use crate::kafka::KafkaError;
 
-/// Header of a replayed message: the original `topic/partition/offset`.
-pub const REPLAY_OF_HEADER: &str = "campaign-pipeline.replay-of";
+pub use crate::common::REPLAY_OF_HEADER;
 /// Header of a replayed message: the id of the replay chunk that sent it.
 pub const REPLAY_ID_HEADER: &str = "campaign-pipeline.replay-id";
 /// Reason of events that were late for their window: they are in the events table already.

@@ -37,6 +37,8 @@ pub struct DlqStats {
     /// Messages whose source coordinate had been seen already (a runner restarted after
     /// writing them and before committing), counted once.
     pub repeats: u64,
+    /// Distinct dead letters that were replays (`dlq replay`) failing again.
+    pub replays_failed_again: u64,
     /// Distinct dead letters by category (`unreadable` for messages not in the DLQ format).
     pub by_category: BTreeMap<String, u64>,
     /// The most frequent reasons, exactly as given.
@@ -62,6 +64,7 @@ pub struct StatsBuilder {
     seen: HashSet<String>,
     messages: u64,
     repeats: u64,
+    replays_failed_again: u64,
     by_category: BTreeMap<String, u64>,
     by_reason: HashMap<String, u64>,
     patterns: HashMap<String, PatternCount>,
@@ -110,6 +113,7 @@ impl StatsBuilder {
             return None;
         }
         let record = &letter.record;
+        self.replays_failed_again += u64::from(record.replay_of.is_some());
         *self.by_category.entry(record.category.clone()).or_default() += 1;
         *self.by_reason.entry(record.error.clone()).or_default() += 1;
         let pattern = pattern_of(&record.error);
@@ -159,6 +163,7 @@ impl StatsBuilder {
             messages: self.messages,
             total: self.by_category.values().sum(),
             repeats: self.repeats,
+            replays_failed_again: self.replays_failed_again,
             by_category: self.by_category.clone(),
             top_reasons: reasons,
             top_patterns: patterns,
@@ -184,6 +189,13 @@ impl DlqStats {
             "{topic}: {} dead letters ({} messages, {} repeats of a source offset counted once)",
             self.total, self.messages, self.repeats
         );
+        if self.replays_failed_again > 0 {
+            let _ = writeln!(
+                out,
+                "{} of them are replays (dlq replay) that failed again",
+                self.replays_failed_again
+            );
+        }
         if let (Some(first), Some(last)) = (&self.first_failed_at, &self.last_failed_at) {
             let _ = writeln!(out, "failed between {first} and {last}");
         }

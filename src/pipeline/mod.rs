@@ -490,6 +490,7 @@ impl Stages<'_> {
             .map(|raw| dead_letter(raw, &raw.payload, INVALID_UTF8, pipeline, &failed_at))
             .collect();
         if batch.records.num_rows() == 0 {
+            tag_replays(&mut letters, batch);
             return Ok(letters);
         }
         let exec_err = |source| PipelineError::Execution {
@@ -539,6 +540,7 @@ impl Stages<'_> {
                 );
             }
         }
+        tag_replays(&mut letters, batch);
         Ok(letters)
     }
 }
@@ -594,4 +596,16 @@ fn describe_batch(batch: &MicroBatch) -> String {
 /// A graceful-shutdown pair: trigger with `send(true)`.
 pub fn shutdown_channel() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(false)
+}
+
+/// Marks dead letters of replayed messages with the coordinate they replay, so that the DLQ
+/// tools can tell a replay that failed again.
+fn tag_replays(letters: &mut [KeyedDeadLetter], batch: &MicroBatch) {
+    if batch.replayed.is_empty() {
+        return;
+    }
+    for (letter, _) in letters {
+        let at = (letter.source.partition, letter.source.offset);
+        letter.replay_of = batch.replayed.get(&at).cloned();
+    }
 }

@@ -1,5 +1,6 @@
 //! A micro-batch of raw Kafka records, built straight into Arrow columns.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -40,6 +41,8 @@ pub struct MicroBatch {
     pub caught_up: bool,
     /// Partitions read to their end as of this batch (none of their messages is waiting).
     pub at_end: std::collections::BTreeSet<i32>,
+    /// Messages `dlq replay` sent back, by (partition, offset): the coordinate each replays.
+    pub replayed: HashMap<(i32, i64), String>,
 }
 
 impl MicroBatch {
@@ -60,6 +63,7 @@ pub struct BatchBuilder {
     not_utf8: Vec<RawRecord>,
     next_offsets: Offsets,
     rows: usize,
+    replayed: HashMap<(i32, i64), String>,
 }
 
 impl BatchBuilder {
@@ -75,6 +79,7 @@ impl BatchBuilder {
             not_utf8: Vec::new(),
             next_offsets: Offsets::new(),
             rows: 0,
+            replayed: HashMap::new(),
         }
     }
 
@@ -121,6 +126,11 @@ impl BatchBuilder {
         }
     }
 
+    /// Notes that the message at (partition, offset) replays `original` (a dead letter's source).
+    pub fn mark_replay(&mut self, partition: i32, offset: i64, original: String) {
+        self.replayed.insert((partition, offset), original);
+    }
+
     /// Finishes the batch and resets the builder for the next one.
     pub fn finish(
         &mut self,
@@ -142,6 +152,7 @@ impl BatchBuilder {
             next_offsets: std::mem::take(&mut self.next_offsets),
             caught_up,
             at_end,
+            replayed: std::mem::take(&mut self.replayed),
         })
     }
 }

@@ -386,6 +386,9 @@ impl Reader {
                             message.key(),
                             message.payload(),
                         );
+                        if let Some(original) = replay_of(&message) {
+                            builder.mark_replay(partition, offset, original);
+                        }
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -415,6 +418,17 @@ impl Reader {
             }
         }
     }
+}
+
+/// The coordinate a replayed message replays, from its header (most messages have no headers).
+fn replay_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|header| header.key == crate::common::REPLAY_OF_HEADER)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// Makes sure a partition really resumes at the offset the tables hold.
