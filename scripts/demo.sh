@@ -38,12 +38,15 @@ echo; echo "== per-campaign totals, from the Iceberg table campaign_events"
     count(*) FILTER (WHERE event_type = 'conversion') AS conversions,
     round(sum(revenue), 2) AS revenue
   FROM campaign_events GROUP BY campaign_id ORDER BY campaign_id"
+echo; echo "== dlq stats: the dead letter queue by category, error pattern, partition and minute"
+"$bin" dlq stats
 
 cat <<'TXT'
 
 Above: the last closed one-minute windows per campaign (CTR %, CVR %, revenue) and the
-per-campaign totals, both read back from the Iceberg tables, and (in the run summary) the dead
-letter records by reason, late events included. The newest window stays open in the state
+per-campaign totals, both read back from the Iceberg tables, and the dead letter queue by
+category and error pattern, late events included (`dlq export` writes it to a file, `dlq replay`
+sends fixed events back). The newest window stays open in the state
 checkpoint until the watermark passes it (or `run --until-caught-up --flush-open-windows`).
 Run the pipeline again and nothing is added; generate more and only the new events are.
 data/truth.json holds what the generator sent.

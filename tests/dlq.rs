@@ -610,3 +610,30 @@ async fn replay_settles_a_replay_killed_between_sending_and_recording() {
         vec!["dlq-test-500".to_string(), "dlq-test-501".to_string()]
     );
 }
+
+#[test]
+fn monitor_without_a_duration_runs_until_interrupted_then_summarises() {
+    let pipeline = TestPipeline::new();
+    ok(&pipeline, &["setup"]);
+    let mut child = pipeline
+        .command(&["dlq", "monitor", "--duration", "0", "--refresh", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("dlq monitor"), "{first}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "still following");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let rest: String = stdout
+        .lines()
+        .map_while(Result::ok)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("monitor summary"), "{rest}");
+    assert!(rest.contains("0 new dead letters"), "{rest}");
+}
