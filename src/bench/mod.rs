@@ -5,6 +5,7 @@
 //! same topic.
 
 mod dashboard;
+mod dlq;
 mod window;
 
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub struct BenchOptions {
     pub batch_rows: usize,
     /// Events for the window-state memory measure (fed once, then nine more times).
     pub window_events: usize,
+    /// Dead letters for the DLQ tools measure (0 skips it).
+    pub dlq_events: usize,
 }
 
 /// One line of the result table.
@@ -294,6 +297,10 @@ pub async fn run(
     if options.kafka_events > 0 {
         end_to_end(config, pipeline, options, &mut row).await?;
     }
+    if options.dlq_events > 0 {
+        let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
+        dlq::measure(&client, options.dlq_events, &mut row).await?;
+    }
     Ok(table)
 }
 
@@ -345,7 +352,8 @@ async fn end_to_end(
         ),
     );
 
-    let (count, plain) = timed(async { plain_consume(&client, &topic, generated.len()) }).await?;
+    let (count, plain) =
+        timed(async { plain_consume(&client, &topic, 3, generated.len()) }).await?;
     row(
         "baseline: plain rdkafka consumer",
         per_second(count, plain.wall),
@@ -419,6 +427,7 @@ async fn end_to_end(
 fn plain_consume(
     client: &rdkafka::ClientConfig,
     topic: &str,
+    partitions: i32,
     expected: usize,
 ) -> anyhow::Result<usize> {
     let mut config = client.clone();
@@ -428,7 +437,7 @@ fn plain_consume(
         .set("enable.partition.eof", "false");
     let consumer: BaseConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..3 {
+    for partition in 0..partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;

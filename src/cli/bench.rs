@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Events for the end-to-end benchmark through the pipeline's broker; 0 skips it.
     #[arg(long, default_value_t = 1_000_000)]
     pub kafka_events: usize,
+    /// Dead letters for the DLQ tools benchmark (stats, export) through the broker; 0 skips it.
+    #[arg(long, default_value_t = 200_000)]
+    pub dlq_events: usize,
 }
 
 /// Runs the benchmarks and prints the table.
@@ -33,6 +36,7 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
         kafka_events: args.kafka_events,
         batch_rows: pipeline.batch.max_rows,
         window_events: args.window_events,
+        dlq_events: args.dlq_events,
     };
     let rows = bench::run(&config, pipeline, &options).await?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);

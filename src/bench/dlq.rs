@@ -1,0 +1,134 @@
+//! DLQ tools over a large dead letter topic: `dlq stats` and `dlq export` read speed against a
+//! plain consumer reading the same topic.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{cpu_time, per_second, plain_consume, records};
+use crate::dlq::entry::Entry;
+use crate::dlq::export::{ExportFormat, ExportWriter};
+use crate::dlq::stats::StatsBuilder;
+use crate::dlq::{DeadLetter, SourceCoordinates};
+use crate::kafka::admin::{TopicAdmin, TopicSpec};
+use crate::kafka::producer::EventProducer;
+use crate::kafka::reader::TopicReader;
+
+/// Adds the DLQ rows to the table: `count` dead letters with the generator's malformed payloads
+/// and reasons that vary per record (so that patterns have to fold).
+pub async fn measure(
+    client: &rdkafka::ClientConfig,
+    count: usize,
+    row: &mut impl FnMut(&str, String),
+) -> anyhow::Result<()> {
+    let topic = format!(
+        "bench_dlq_{}_{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp()
+    );
+    TopicAdmin::new(client)?
+        .ensure_topic(&TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            replication: 1,
+            configs: Default::default(),
+        })
+        .await?;
+    let reasons = [
+        "bad timestamp: ",
+        "unknown event_type: ",
+        "negative revenue: -",
+    ];
+    let now = chrono::Utc::now().to_rfc3339();
+    let letters: Vec<(Vec<u8>, Vec<u8>)> = records(count)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let source = SourceCoordinates {
+                topic: "campaign_events".into(),
+                partition: (i % 3) as i32,
+                offset: i as i64,
+                timestamp: None,
+            };
+            let reason = format!("{}{}", reasons[i % reasons.len()], i % 997);
+            let letter = DeadLetter::new(&reason, &r.payload, source, "bench", &now);
+            (r.key, letter.to_json())
+        })
+        .collect();
+    let producer = EventProducer::new(client, &topic)?;
+    for chunk in letters.chunks(20_000) {
+        producer
+            .send_records(chunk.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .await
+            .context("producing benchmark dead letters")?;
+    }
+
+    let started = Instant::now();
+    plain_consume(client, &topic, 1, count)?;
+    let plain = started.elapsed();
+    row(
+        &format!("baseline: plain consumer over {count} dead letters"),
+        per_second(count, plain),
+    );
+
+    let (stats, wall, cpu) = read(client, &topic, |entry, builder| {
+        builder.add(&entry);
+        Ok(())
+    })?;
+    anyhow::ensure!(
+        stats.report().total == count as u64,
+        "dlq stats counted {} of {count}",
+        stats.report().total
+    );
+    row("dlq stats", ratio_row(count, wall, plain, cpu));
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("dlq.jsonl");
+    let mut writer = ExportWriter::create(&path, ExportFormat::Jsonl)?;
+    let (_, wall, cpu) = read(client, &topic, |entry, _| {
+        if let Entry::Letter(letter) = entry {
+            writer.write(&letter)?;
+        }
+        Ok(())
+    })?;
+    writer.finish()?;
+    row(
+        "dlq export (JSON lines)",
+        ratio_row(count, wall, plain, cpu),
+    );
+    Ok(())
+}
+
+/// Reads the whole topic as the tools do, handing each entry to `each`.
+fn read(
+    client: &rdkafka::ClientConfig,
+    topic: &str,
+    mut each: impl FnMut(Entry, &mut StatsBuilder) -> anyhow::Result<()>,
+) -> anyhow::Result<(StatsBuilder, Duration, Duration)> {
+    let (started, cpu) = (Instant::now(), cpu_time());
+    let mut builder = StatsBuilder::default();
+    let mut reader = TopicReader::open(client, &format!("{topic}-tools"), topic)?
+        .context("the benchmark topic vanished")?;
+    let mut failure = None;
+    tokio::task::block_in_place(|| {
+        reader.read_to_end(|message| {
+            if failure.is_none() {
+                failure = each(Entry::from_message(&message), &mut builder).err();
+            }
+            Ok(())
+        })
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    Ok((builder, started.elapsed(), cpu_time() - cpu))
+}
+
+fn ratio_row(count: usize, wall: Duration, plain: Duration, cpu: Duration) -> String {
+    format!(
+        "{} ({:.2}x the plain consumer's wall clock, {:.2} CPU-s per 1M)",
+        per_second(count, wall),
+        wall.as_secs_f64() / plain.as_secs_f64().max(1e-9),
+        cpu.as_secs_f64() * 1e6 / count.max(1) as f64
+    )
+}
