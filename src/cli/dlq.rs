@@ -158,8 +158,12 @@ impl Target {
     }
 
     /// Every entry of the topic, from the beginning to its end.
-    fn read_all(&self, mut each: impl FnMut(Entry)) -> anyhow::Result<()> {
-        let mut reader = self.reader()?;
+    fn read_all(&self, each: impl FnMut(Entry)) -> anyhow::Result<()> {
+        Self::drain(self.reader()?, each)
+    }
+
+    /// Every entry `reader` has left, to the end of the topic.
+    fn drain(mut reader: TopicReader, mut each: impl FnMut(Entry)) -> anyhow::Result<()> {
         tokio::task::block_in_place(|| {
             reader.read_to_end(|message| {
                 each(Entry::from_message(&message));
@@ -241,6 +245,8 @@ fn monitor(target: &Target, args: &MonitorArgs) -> anyhow::Result<bool> {
 
 fn export(target: &Target, args: &ExportArgs) -> anyhow::Result<bool> {
     let filter = args.filter.filter();
+    // The topic first, so that a missing topic does not leave an empty file behind.
+    let reader = target.reader()?;
     let mut writer = ExportWriter::create(&args.out, args.format)?;
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} {pos} dead letters exported ({per_sec})")
@@ -248,7 +254,7 @@ fn export(target: &Target, args: &ExportArgs) -> anyhow::Result<bool> {
     );
     let (mut written, mut unreadable) = (0u64, Vec::new());
     let mut failure = None;
-    target.read_all(|entry| match entry {
+    Target::drain(reader, |entry| match entry {
         Entry::Letter(letter) if filter.matches(&letter) && failure.is_none() => {
             match writer.write(&letter) {
                 Ok(()) => {
@@ -292,6 +298,12 @@ async fn replay(
     let mut ledger =
         tokio::task::block_in_place(|| Ledger::load(&target.client, &target.group, &ledger_topic))?;
     let replayer = if args.dry_run {
+        if ledger.unsettled() > 0 {
+            println!(
+                "{} dead letters of an interrupted replay are unsettled: a replay without --dry-run first looks for them in the source topic",
+                ledger.unsettled()
+            );
+        }
         None
     } else {
         let admin = TopicAdmin::new(&target.client)?;

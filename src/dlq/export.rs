@@ -37,7 +37,7 @@ pub enum ExportFormat {
 }
 
 /// The CSV columns, in order.
-const CSV_HEADER: [&str; 13] = [
+const CSV_HEADER: [&str; 15] = [
     "dlq_partition",
     "dlq_offset",
     "failed_at",
@@ -48,7 +48,9 @@ const CSV_HEADER: [&str; 13] = [
     "source_offset",
     "source_timestamp",
     "pipeline",
+    "replay_of",
     "key",
+    "key_encoding",
     "payload_encoding",
     "payload",
 ];
@@ -121,7 +123,9 @@ impl ExportWriter {
                     record.source.offset.to_string(),
                     record.source.timestamp.clone().unwrap_or_default(),
                     record.pipeline.clone(),
+                    record.replay_of.clone().unwrap_or_default(),
                     letter.key.clone().unwrap_or_default(),
+                    encoding(letter.key_encoding).to_string(),
                     encoding(record.payload_encoding).to_string(),
                     record.payload.clone(),
                 ])

@@ -117,6 +117,11 @@ impl Ledger {
         self.done.contains(coordinate)
     }
 
+    /// Coordinates announced by an interrupted replay, not known to be sent or not.
+    pub fn unsettled(&self) -> usize {
+        self.unfinished.values().map(Vec::len).sum()
+    }
+
     /// Coordinates replayed so far.
     pub fn done_count(&self) -> usize {
         self.done.len()
@@ -336,5 +341,74 @@ impl Replayer {
                 source,
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::{DeadLetter, PayloadEncoding, SourceCoordinates};
+
+    fn letter(error: &str, offset: i64) -> Letter {
+        let source = SourceCoordinates {
+            topic: "events".into(),
+            partition: 1,
+            offset,
+            timestamp: None,
+        };
+        Letter {
+            record: DeadLetter::new(error, b"{\"a\":1}", source, "p", "2026-11-26T10:00:00Z"),
+            key: Some("k".into()),
+            key_encoding: PayloadEncoding::Text,
+            dlq: None,
+        }
+    }
+
+    #[test]
+    fn plan_skips_repeats_replayed_late_and_undecodable_records() {
+        let ledger = Ledger {
+            done: HashSet::from(["events/1/2".to_string()]),
+            unfinished: HashMap::new(),
+        };
+        let mut broken = letter("bad timestamp: x", 4);
+        broken.record.payload_encoding = PayloadEncoding::Base64;
+        broken.record.payload = "not base64!".into();
+        let mut plan = Plan::default();
+        for l in [
+            letter("bad timestamp: x", 1),
+            letter("bad timestamp: x", 1),
+            letter("bad timestamp: y", 2),
+            letter("late", 3),
+            broken,
+            letter("unknown event_type: view", 5),
+        ] {
+            plan.add(&l, &Filter::default(), &ledger);
+        }
+        assert_eq!(plan.picked, 6);
+        assert_eq!(plan.repeats, 1);
+        assert_eq!(plan.already_replayed, 1);
+        assert_eq!(plan.late_skipped, 1);
+        assert_eq!(plan.undecodable.len(), 1);
+        let sent: Vec<&str> = plan.to_send.iter().map(|c| c.coordinate.as_str()).collect();
+        assert_eq!(sent, ["events/1/1", "events/1/5"]);
+        assert_eq!(plan.to_send[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(plan.to_send[0].payload, b"{\"a\":1}");
+    }
+
+    #[test]
+    fn a_done_entry_closes_its_intent() {
+        let mut ledger = Ledger::default();
+        let entry = |id: &str, stage, coordinates: &[&str]| LedgerEntry {
+            replay_id: id.into(),
+            stage,
+            coordinates: coordinates.iter().map(|c| c.to_string()).collect(),
+            at: String::new(),
+        };
+        ledger.apply(entry("a", Stage::Intent, &["t/0/1", "t/0/2"]));
+        ledger.apply(entry("b", Stage::Intent, &["t/0/3"]));
+        ledger.apply(entry("a", Stage::Done, &["t/0/1", "t/0/2"]));
+        assert!(ledger.is_done("t/0/2"));
+        assert!(!ledger.is_done("t/0/3"));
+        assert_eq!(ledger.unfinished.keys().collect::<Vec<_>>(), ["b"]);
     }
 }

@@ -38,6 +38,16 @@ pub enum KafkaError {
     },
 }
 
+/// Whether librdkafka's error is an end of partition: bookkeeping for readers that track where
+/// partitions end, not an error to log.
+pub fn is_end_of_partition(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::KafkaError as E;
+    matches!(
+        error,
+        E::PartitionEOF(_) | E::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
 /// Client settings for `brokers` plus the pipeline's pass-through librdkafka properties.
 pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();

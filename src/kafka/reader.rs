@@ -35,11 +35,7 @@ struct ReaderContext;
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: RdKafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            RdKafkaError::PartitionEOF(_) | RdKafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
+        if !super::is_end_of_partition(&error) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
     }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -56,11 +55,7 @@ struct SourceContext {
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // End of partition is bookkeeping (the reading loop tracks it), not an error.
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
+        if !crate::kafka::is_end_of_partition(&error) {
             tracing::error!(topic = %self.topic, "librdkafka: {error}: {reason}");
         }
     }
