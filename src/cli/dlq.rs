@@ -337,8 +337,8 @@ async fn replay(
         (plan.repeats, "repeats of a source offset already picked"),
         (plan.already_replayed, "already replayed earlier"),
         (
-            plan.late_skipped,
-            "late events, skipped: they are in the events table already",
+            plan.in_events_table,
+            "late or untimed events, skipped: they are in the events table already",
         ),
         (unreadable, "unreadable messages in the topic, skipped"),
     ];

@@ -3,6 +3,18 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+/// Reason given to valid events whose window the watermark has already passed.
+pub const LATE_REASON: &str = "late";
+
+/// Reason given to valid events whose window time column is NULL (they fit no window).
+pub const UNTIMED_REASON: &str = "no event time: the window's time column is NULL";
+
+/// Whether dead letters of `category` are events the metrics stage rejected (late, untimed):
+/// those were written to the events table as well, so replaying them would count them twice.
+pub fn in_events_table(category: &str) -> bool {
+    category == category_of(LATE_REASON) || category == category_of(UNTIMED_REASON)
+}
+
 /// How `payload` holds the original bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +145,8 @@ mod tests {
         assert_eq!(category_of("invalid utf-8"), "invalid_utf_8");
         assert_eq!(category_of("bad timestamp: 2026-13-45"), "bad_timestamp");
         assert_eq!(category_of(""), "unknown");
+        assert!(in_events_table("late") && in_events_table("no_event_time"));
+        assert!(!in_events_table("bad_timestamp"));
     }
 
     #[test]

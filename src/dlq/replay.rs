@@ -17,14 +17,13 @@ use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
 
 use super::entry::{Filter, Letter};
+use super::record::in_events_table;
 use crate::kafka::reader::TopicReader;
 use crate::kafka::KafkaError;
 
 pub use crate::common::REPLAY_OF_HEADER;
 /// Header of a replayed message: the id of the replay chunk that sent it.
 pub const REPLAY_ID_HEADER: &str = "campaign-pipeline.replay-id";
-/// Reason of events that were late for their window: they are in the events table already.
-const LATE_CATEGORY: &str = "late";
 /// Records per ledger chunk.
 const CHUNK: usize = 500;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -154,9 +153,9 @@ pub struct Plan {
     pub repeats: usize,
     /// Picked, but replayed by an earlier replay.
     pub already_replayed: usize,
-    /// Late events: they were written to the events table already (only their window was
-    /// closed), so replaying them would count them twice.
-    pub late_skipped: usize,
+    /// Late and untimed events: the metrics stage rejected them after they were written to the
+    /// events table, so replaying them would count them twice.
+    pub in_events_table: usize,
     /// Coordinates whose payload or key could not be decoded, with why.
     pub undecodable: Vec<(String, String)>,
     seen: HashSet<String>,
@@ -178,8 +177,8 @@ impl Plan {
         self.seen.insert(coordinate.clone());
         if ledger.is_done(&coordinate) {
             self.already_replayed += 1;
-        } else if letter.record.category == LATE_CATEGORY {
-            self.late_skipped += 1;
+        } else if in_events_table(&letter.record.category) {
+            self.in_events_table += 1;
         } else {
             match (letter.record.payload_bytes(), letter.key_bytes()) {
                 (Ok(payload), Ok(key)) => self.to_send.push(Candidate {
@@ -387,7 +386,7 @@ mod tests {
         assert_eq!(plan.picked, 6);
         assert_eq!(plan.repeats, 1);
         assert_eq!(plan.already_replayed, 1);
-        assert_eq!(plan.late_skipped, 1);
+        assert_eq!(plan.in_events_table, 1);
         assert_eq!(plan.undecodable.len(), 1);
         let sent: Vec<&str> = plan.to_send.iter().map(|c| c.coordinate.as_str()).collect();
         assert_eq!(sent, ["events/1/1", "events/1/5"]);

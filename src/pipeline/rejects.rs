@@ -16,11 +16,7 @@ pub const INVALID_UTF8: &str = "invalid utf-8";
 /// A dead letter record with the key of its source message.
 pub type KeyedDeadLetter = (DeadLetter, Option<Vec<u8>>);
 
-/// Reason given to valid events whose window the watermark has already passed.
-pub const LATE: &str = "late";
-
-/// Reason given to valid events whose window time column is NULL (they fit no window).
-pub const UNTIMED: &str = "no event time: the window's time column is NULL";
+pub use crate::dlq::record::{LATE_REASON as LATE, UNTIMED_REASON as UNTIMED};
 
 /// Where a rejected row's reason comes from.
 #[derive(Debug, Clone, Copy)]
