@@ -178,6 +178,10 @@ impl MetricsBranch {
     /// Checkpoints the open windows, then commits the closed ones with `offsets` and a pointer
     /// to that checkpoint, then deletes the checkpoint the previous snapshot pointed to.
     pub async fn commit(&mut self, offsets: &Offsets) -> Result<CommitStats, PipelineError> {
+        // Where this table is ahead of the source it keeps its own offsets, never moving back.
+        let mut offsets = offsets.clone();
+        offsets.advance_all(&self.skip);
+        let offsets = &offsets;
         let state = self.operator.checkpoint().await;
         let state = state.map_err(|e| self.window_err(e))?;
         let sink_err = |source| PipelineError::Sink {

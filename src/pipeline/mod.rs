@@ -272,7 +272,14 @@ pub async fn run(
                     offsets.set(topic, partition, next);
                 }
             }
-            let committed = commit(&mut dlq, &mut events, &mut metrics, &offsets, &name).await?;
+            let committed = commit(
+                &mut dlq,
+                (&mut events, &events_skip),
+                &mut metrics,
+                &offsets,
+                &name,
+            )
+            .await?;
             absorbed.advance_all(&offsets);
             source.absorbed(&offsets);
             touched.clear();
@@ -314,7 +321,14 @@ pub async fn run(
         tracing::info!(pipeline = %name, windows = rows, "flushed the open windows");
     }
     if pending != absorbed || metrics.emitted() > 0 {
-        let committed = commit(&mut dlq, &mut events, &mut metrics, &pending, &name).await?;
+        let committed = commit(
+            &mut dlq,
+            (&mut events, &events_skip),
+            &mut metrics,
+            &pending,
+            &name,
+        )
+        .await?;
         absorbed.advance_all(&pending);
         source.absorbed(&pending);
         summary.add(&committed);
@@ -421,7 +435,7 @@ impl RunSummary {
 /// they must be safe), then the events, then the windows with their state checkpoint.
 async fn commit(
     dlq: &mut DeadLetterWriter,
-    events: &mut TableWriter,
+    (events, events_skip): (&mut TableWriter, &Offsets),
     metrics: &mut MetricsBranch,
     offsets: &Offsets,
     pipeline: &str,
@@ -430,8 +444,13 @@ async fn commit(
         pipeline: pipeline.to_string(),
         source,
     })?;
+    // Where the events table is ahead of the source (a crash between the two tables' commits),
+    // it keeps its own offsets: recording the source's position would move the table back, and
+    // the next start would write those rows again.
+    let mut events_offsets = offsets.clone();
+    events_offsets.advance_all(events_skip);
     let events = events
-        .commit(offsets)
+        .commit(&events_offsets)
         .await
         .map_err(|source| PipelineError::Sink {
             pipeline: pipeline.to_string(),
