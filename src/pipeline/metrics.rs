@@ -69,7 +69,7 @@ impl MetricsBranch {
         )
         .await
         .map_err(sink_err)?;
-        let absorbed = writer.committed_offsets().map_err(sink_err)?;
+        let absorbed = writer.committed_offsets().clone();
         let saved = checkpoint::load(&writer).await.map_err(sink_err)?;
         let progress: Progress = match &saved.progress {
             Some(text) => serde_json::from_str(text).map_err(|e| {
@@ -178,10 +178,6 @@ impl MetricsBranch {
     /// Checkpoints the open windows, then commits the closed ones with `offsets` and a pointer
     /// to that checkpoint, then deletes the checkpoint the previous snapshot pointed to.
     pub async fn commit(&mut self, offsets: &Offsets) -> Result<CommitStats, PipelineError> {
-        // Where this table is ahead of the source it keeps its own offsets, never moving back.
-        let mut offsets = offsets.clone();
-        offsets.advance_all(&self.skip);
-        let offsets = &offsets;
         let state = self.operator.checkpoint().await;
         let state = state.map_err(|e| self.window_err(e))?;
         let sink_err = |source| PipelineError::Sink {

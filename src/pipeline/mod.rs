@@ -153,7 +153,7 @@ pub async fn run(
     )
     .await
     .map_err(sink_err)?;
-    let events_absorbed = events.committed_offsets().map_err(sink_err)?;
+    let events_absorbed = events.committed_offsets().clone();
     let mut metrics =
         MetricsBranch::open(config, pipeline, &ctx, &planned, catalog.clone()).await?;
     // The two tables commit one after the other, so a crash can leave the metrics table behind:
@@ -272,14 +272,7 @@ pub async fn run(
                     offsets.set(topic, partition, next);
                 }
             }
-            let committed = commit(
-                &mut dlq,
-                (&mut events, &events_skip),
-                &mut metrics,
-                &offsets,
-                &name,
-            )
-            .await?;
+            let committed = commit(&mut dlq, &mut events, &mut metrics, &offsets, &name).await?;
             absorbed.advance_all(&offsets);
             source.absorbed(&offsets);
             touched.clear();
@@ -321,14 +314,7 @@ pub async fn run(
         tracing::info!(pipeline = %name, windows = rows, "flushed the open windows");
     }
     if pending != absorbed || metrics.emitted() > 0 {
-        let committed = commit(
-            &mut dlq,
-            (&mut events, &events_skip),
-            &mut metrics,
-            &pending,
-            &name,
-        )
-        .await?;
+        let committed = commit(&mut dlq, &mut events, &mut metrics, &pending, &name).await?;
         absorbed.advance_all(&pending);
         source.absorbed(&pending);
         summary.add(&committed);
@@ -435,7 +421,7 @@ impl RunSummary {
 /// they must be safe), then the events, then the windows with their state checkpoint.
 async fn commit(
     dlq: &mut DeadLetterWriter,
-    (events, events_skip): (&mut TableWriter, &Offsets),
+    events: &mut TableWriter,
     metrics: &mut MetricsBranch,
     offsets: &Offsets,
     pipeline: &str,
@@ -444,13 +430,8 @@ async fn commit(
         pipeline: pipeline.to_string(),
         source,
     })?;
-    // Where the events table is ahead of the source (a crash between the two tables' commits),
-    // it keeps its own offsets: recording the source's position would move the table back, and
-    // the next start would write those rows again.
-    let mut events_offsets = offsets.clone();
-    events_offsets.advance_all(events_skip);
     let events = events
-        .commit(&events_offsets)
+        .commit(offsets)
         .await
         .map_err(|source| PipelineError::Sink {
             pipeline: pipeline.to_string(),

@@ -66,6 +66,8 @@ pub struct TableWriter {
     splitter: PartitionSplitter,
     writer: Option<Writer>,
     buffered_rows: u64,
+    /// The offsets the table holds: read at open, raised by each commit.
+    committed: Offsets,
 }
 
 impl TableWriter {
@@ -121,7 +123,7 @@ impl TableWriter {
             Arc::new(schema_to_arrow_schema(&schema).map_err(|e| SinkError::iceberg(&label, e))?);
         let splitter = PartitionSplitter::new(schema, metadata.default_partition_spec().clone())
             .map_err(|e| SinkError::iceberg(&label, e))?;
-        Ok(Self {
+        let mut writer = Self {
             catalog,
             table,
             label,
@@ -130,7 +132,10 @@ impl TableWriter {
             splitter,
             writer: None,
             buffered_rows: 0,
-        })
+            committed: Offsets::new(),
+        };
+        writer.committed = writer.read_committed_offsets()?;
+        Ok(writer)
     }
 
     /// `namespace.name`, for messages.
@@ -138,9 +143,14 @@ impl TableWriter {
         &self.label
     }
 
-    /// The offsets the table has absorbed: per partition, the value in the newest snapshot of
-    /// this pipeline that mentions it (walking the snapshot ancestry from the current one).
-    pub fn committed_offsets(&self) -> Result<Offsets, SinkError> {
+    /// The offsets the table has absorbed (as of open and this writer's commits since).
+    pub fn committed_offsets(&self) -> &Offsets {
+        &self.committed
+    }
+
+    /// Per partition, the value in the newest snapshot of this pipeline that mentions it
+    /// (walking the snapshot ancestry from the current one).
+    fn read_committed_offsets(&self) -> Result<Offsets, SinkError> {
         let mut offsets = Offsets::new();
         for (snapshot_id, text) in self.pipeline_snapshots(OFFSETS_PROPERTY) {
             let found = Offsets::from_json(&text).map_err(|e| SinkError::Schema {
@@ -253,6 +263,11 @@ impl TableWriter {
             None => Vec::new(),
         };
         let rows = self.buffered_rows;
+        // Where the table is ahead of the source (a crash between the two tables' commits left
+        // it there), it keeps its own offsets: recording the source's position would move the
+        // table back, and the next start would write those rows again.
+        let mut offsets = offsets.clone();
+        offsets.advance_all(&self.committed);
         let mut properties = HashMap::from([
             (OFFSETS_PROPERTY.to_string(), offsets.to_json()),
             (PIPELINE_PROPERTY.to_string(), self.pipeline.clone()),
@@ -275,6 +290,7 @@ impl TableWriter {
             .await
             .map_err(|e| SinkError::iceberg(format!("committing to {}", self.label), e))?;
         self.buffered_rows = 0;
+        self.committed = offsets;
         Ok(CommitStats {
             rows,
             files: file_count,
