@@ -1,11 +1,9 @@
 //! DLQ tools over a large dead letter topic: `dlq stats` and `dlq export` read speed against a
 //! plain consumer reading the same topic.
 
-use std::time::{Duration, Instant};
-
 use anyhow::Context;
 
-use super::{cpu_time, per_second, plain_consume, records};
+use super::{cpu_per_million, per_second, plain_consume, records, timed, Timed};
 use crate::dlq::entry::Entry;
 use crate::dlq::export::{ExportFormat, ExportWriter};
 use crate::dlq::stats::StatsBuilder;
@@ -63,38 +61,42 @@ pub async fn measure(
             .context("producing benchmark dead letters")?;
     }
 
-    let started = Instant::now();
-    plain_consume(client, &topic, 1, count)?;
-    let plain = started.elapsed();
+    let (_, plain) = timed(async { plain_consume(client, &topic, 1, count) }).await?;
     row(
         &format!("baseline: plain consumer over {count} dead letters"),
-        per_second(count, plain),
+        per_second(count, plain.wall),
     );
 
-    let (stats, wall, cpu) = read(client, &topic, |entry, builder| {
-        builder.add(&entry);
-        Ok(())
-    })?;
+    let (stats, stats_time) = timed(async {
+        read(client, &topic, |entry, builder| {
+            builder.add(&entry);
+            Ok(())
+        })
+    })
+    .await?;
     anyhow::ensure!(
         stats.report().total == count as u64,
         "dlq stats counted {} of {count}",
         stats.report().total
     );
-    row("dlq stats", ratio_row(count, wall, plain, cpu));
+    row("dlq stats", against(count, &stats_time, &plain));
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("dlq.jsonl");
     let mut writer = ExportWriter::create(&path, ExportFormat::Jsonl)?;
-    let (_, wall, cpu) = read(client, &topic, |entry, _| {
-        if let Entry::Letter(letter) = entry {
-            writer.write(&letter)?;
-        }
-        Ok(())
-    })?;
+    let (_, export_time) = timed(async {
+        read(client, &topic, |entry, _| {
+            if let Entry::Letter(letter) = entry {
+                writer.write(&letter)?;
+            }
+            Ok(())
+        })
+    })
+    .await?;
     writer.finish()?;
     row(
         "dlq export (JSON lines)",
-        ratio_row(count, wall, plain, cpu),
+        against(count, &export_time, &plain),
     );
     Ok(())
 }
@@ -104,8 +106,7 @@ fn read(
     client: &rdkafka::ClientConfig,
     topic: &str,
     mut each: impl FnMut(Entry, &mut StatsBuilder) -> anyhow::Result<()>,
-) -> anyhow::Result<(StatsBuilder, Duration, Duration)> {
-    let (started, cpu) = (Instant::now(), cpu_time());
+) -> anyhow::Result<StatsBuilder> {
     let mut builder = StatsBuilder::default();
     let mut reader = TopicReader::open(client, &format!("{topic}-tools"), topic)?
         .context("the benchmark topic vanished")?;
@@ -118,17 +119,18 @@ fn read(
             Ok(())
         })
     })?;
-    if let Some(err) = failure {
-        return Err(err);
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(builder),
     }
-    Ok((builder, started.elapsed(), cpu_time() - cpu))
 }
 
-fn ratio_row(count: usize, wall: Duration, plain: Duration, cpu: Duration) -> String {
+/// Throughput, the wall-clock ratio to the baseline and the CPU cost.
+fn against(count: usize, measured: &Timed, baseline: &Timed) -> String {
     format!(
-        "{} ({:.2}x the plain consumer's wall clock, {:.2} CPU-s per 1M)",
-        per_second(count, wall),
-        wall.as_secs_f64() / plain.as_secs_f64().max(1e-9),
-        cpu.as_secs_f64() * 1e6 / count.max(1) as f64
+        "{} ({:.2}x the plain consumer's wall clock, {})",
+        per_second(count, measured.wall),
+        measured.wall.as_secs_f64() / baseline.wall.as_secs_f64().max(1e-9),
+        cpu_per_million(count, measured.cpu)
     )
 }

@@ -94,9 +94,9 @@ pub struct MonitorArgs {
     /// How long to follow, in seconds; 0 follows until Ctrl-C.
     #[arg(long, default_value_t = 300)]
     duration: u64,
-    /// How often to refresh the screen, in seconds.
-    #[arg(long, default_value_t = 1.0)]
-    refresh: f64,
+    /// How often to refresh the screen, in seconds (0.1 to 3600).
+    #[arg(long, default_value = "1", value_parser = refresh_interval)]
+    refresh: Duration,
     #[command(flatten)]
     filter: FilterArgs,
     /// Format of the final summary.
@@ -128,6 +128,17 @@ pub struct ReplayArgs {
     /// Show what would be sent, send nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// Parses `--refresh`: seconds between 0.1 and 3600.
+fn refresh_interval(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&seconds) {
+        return Err(format!("{seconds} is outside 0.1 to 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// What every command needs: the client, the tools' group and the topic.
@@ -206,7 +217,7 @@ fn monitor(target: &Target, args: &MonitorArgs) -> anyhow::Result<bool> {
     let mut monitor = Monitor::new(args.filter.filter());
     let started = Instant::now();
     let deadline = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
-    let refresh = Duration::from_secs_f64(args.refresh.max(0.1));
+    let refresh = args.refresh;
     let terminal = std::io::stdout().is_terminal();
     let mut next_refresh = started + refresh;
     loop {

@@ -1,7 +1,6 @@
 //! One message of the dead letter topic as the tools see it: a dead letter with its key and
 //! position, or an unreadable message (not in the DLQ format), and the filters that pick them.
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -74,15 +73,9 @@ impl Entry {
         let value = message.payload().unwrap_or_default();
         match serde_json::from_slice::<DeadLetter>(value) {
             Ok(record) => {
-                let (key, key_encoding) = match message.key() {
+                let (key, key_encoding) = match message.key().map(PayloadEncoding::encode) {
+                    Some((key, encoding)) => (Some(key), encoding),
                     None => (None, PayloadEncoding::Text),
-                    Some(key) => match std::str::from_utf8(key) {
-                        Ok(text) => (Some(text.to_string()), PayloadEncoding::Text),
-                        Err(_) => (
-                            Some(base64::engine::general_purpose::STANDARD.encode(key)),
-                            PayloadEncoding::Base64,
-                        ),
-                    },
                 };
                 Entry::Letter(Box::new(Letter {
                     record,
@@ -111,13 +104,10 @@ impl Entry {
 impl Letter {
     /// The original key bytes.
     pub fn key_bytes(&self) -> Result<Option<Vec<u8>>, base64::DecodeError> {
-        match (&self.key, self.key_encoding) {
-            (None, _) => Ok(None),
-            (Some(key), PayloadEncoding::Text) => Ok(Some(key.clone().into_bytes())),
-            (Some(key), PayloadEncoding::Base64) => base64::engine::general_purpose::STANDARD
-                .decode(key)
-                .map(Some),
-        }
+        self.key
+            .as_deref()
+            .map(|key| self.key_encoding.decode(key))
+            .transpose()
     }
 
     /// The source coordinates as `topic/partition/offset`, the identity of a rejected event.

@@ -25,6 +25,27 @@ pub enum PayloadEncoding {
     Base64,
 }
 
+impl PayloadEncoding {
+    /// `bytes` as text when they are UTF-8, else as standard base64, with the encoding used.
+    pub fn encode(bytes: &[u8]) -> (String, Self) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => (text.to_string(), PayloadEncoding::Text),
+            Err(_) => (
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+                PayloadEncoding::Base64,
+            ),
+        }
+    }
+
+    /// The original bytes of `text` encoded this way.
+    pub fn decode(self, text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+        match self {
+            PayloadEncoding::Text => Ok(text.as_bytes().to_vec()),
+            PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(text),
+        }
+    }
+}
+
 /// Where the rejected message came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceCoordinates {
@@ -70,13 +91,7 @@ impl DeadLetter {
         pipeline: &str,
         failed_at: &str,
     ) -> Self {
-        let (payload, payload_encoding) = match std::str::from_utf8(payload) {
-            Ok(text) => (text.to_string(), PayloadEncoding::Text),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(payload),
-                PayloadEncoding::Base64,
-            ),
-        };
+        let (payload, payload_encoding) = PayloadEncoding::encode(payload);
         Self {
             category: category_of(error),
             error: error.to_string(),
@@ -91,12 +106,7 @@ impl DeadLetter {
 
     /// The original payload bytes.
     pub fn payload_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
-        match self.payload_encoding {
-            PayloadEncoding::Text => Ok(self.payload.clone().into_bytes()),
-            PayloadEncoding::Base64 => {
-                base64::engine::general_purpose::STANDARD.decode(&self.payload)
-            }
-        }
+        self.payload_encoding.decode(&self.payload)
     }
 
     /// The JSON value written to the topic.

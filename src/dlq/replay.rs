@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::{Filter, Letter};
 use super::record::in_events_table;
+use crate::kafka::header_text;
 use crate::kafka::reader::TopicReader;
 use crate::kafka::KafkaError;
 
@@ -234,15 +235,7 @@ impl Replayer {
             };
             tokio::task::block_in_place(|| {
                 reader.read_to_end(|message| {
-                    let headers = message.headers();
-                    let header = |name: &str| {
-                        headers.and_then(|h| {
-                            h.iter()
-                                .find(|header| header.key == name)
-                                .and_then(|header| header.value)
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                        })
-                    };
+                    let header = |name| header_text(&message, name);
                     if let (Some(id), Some(of)) =
                         (header(REPLAY_ID_HEADER), header(REPLAY_OF_HEADER))
                     {

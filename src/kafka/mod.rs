@@ -48,6 +48,18 @@ pub fn is_end_of_partition(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// The value of header `name` of `message` as text, if it has one (most messages have no
+/// headers, which costs one check).
+pub fn header_text<M: rdkafka::Message>(message: &M, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
 /// Client settings for `brokers` plus the pipeline's pass-through librdkafka properties.
 pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();

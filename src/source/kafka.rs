@@ -381,7 +381,9 @@ impl Reader {
                             message.key(),
                             message.payload(),
                         );
-                        if let Some(original) = replay_of(&message) {
+                        if let Some(original) =
+                            crate::kafka::header_text(&message, crate::common::REPLAY_OF_HEADER)
+                        {
                             builder.mark_replay(partition, offset, original);
                         }
                     }
@@ -413,17 +415,6 @@ impl Reader {
             }
         }
     }
-}
-
-/// The coordinate a replayed message replays, from its header (most messages have no headers).
-fn replay_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
-    use rdkafka::message::Headers;
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|header| header.key == crate::common::REPLAY_OF_HEADER)
-        .and_then(|header| header.value)
-        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// Makes sure a partition really resumes at the offset the tables hold.
