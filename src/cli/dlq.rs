@@ -216,7 +216,10 @@ fn monitor(target: &Target, args: &MonitorArgs) -> anyhow::Result<bool> {
     let mut reader = target.reader()?;
     let mut monitor = Monitor::new(args.filter.filter());
     let started = Instant::now();
-    let deadline = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
+    // A duration too long to add to the clock is as good as none.
+    let deadline = (args.duration > 0)
+        .then(|| started.checked_add(Duration::from_secs(args.duration)))
+        .flatten();
     let refresh = args.refresh;
     let terminal = std::io::stdout().is_terminal();
     let mut next_refresh = started + refresh;
