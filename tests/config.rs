@@ -130,3 +130,22 @@ fn unreadable_file_is_named() {
         .to_string();
     assert!(err.contains("/no/such/pipelines.yaml"), "{err}");
 }
+
+#[test]
+fn cooperative_rebalancing_is_refused_naming_the_property() {
+    let text = shipped().replace(
+        "properties: {}",
+        "properties: { partition.assignment.strategy: cooperative-sticky }",
+    );
+    let err = parse(&text).unwrap_err();
+    assert!(
+        err.contains("pipelines[0].source.properties.partition.assignment.strategy"),
+        "{err}"
+    );
+    assert!(err.contains("eager assignor"), "{err}");
+    let eager = shipped().replace(
+        "properties: {}",
+        "properties: { partition.assignment.strategy: roundrobin }",
+    );
+    parse(&eager).expect("an eager assignor is fine");
+}

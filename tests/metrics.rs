@@ -9,153 +9,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use arrow::array::RecordBatch;
+use campaign_pipeline::common::summary::Checkpoints;
 use campaign_pipeline::dlq::DeadLetter;
 use campaign_pipeline::generator::Truth;
+use common::windows::{assert_windows_equal, expected, windows, Window, MINUTE};
 use common::{read_topic, repo_root, scan_table, snapshot_properties, text, TestPipeline};
-
-const MINUTE: i64 = 60_000_000;
-
-/// One row of campaign_metrics (processed_at left out: it is the time of processing).
-#[derive(Debug, Clone, PartialEq)]
-struct Window {
-    campaign_id: String,
-    start: i64,
-    end: i64,
-    impressions: i64,
-    clicks: i64,
-    conversions: i64,
-    revenue: f64,
-    ctr: Option<f64>,
-    cvr: Option<f64>,
-    extra: Option<f64>,
-}
-
-fn windows(batches: &[RecordBatch], extra: Option<&str>) -> BTreeMap<(String, i64), Window> {
-    let mut out = BTreeMap::new();
-    for batch in batches {
-        let column = |name: &str, data_type: &DataType| {
-            cast(
-                batch
-                    .column_by_name(name)
-                    .unwrap_or_else(|| panic!("{name}")),
-                data_type,
-            )
-            .unwrap()
-        };
-        let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
-        let campaigns = column("campaign_id", &DataType::Utf8);
-        let campaigns = campaigns.as_string::<i32>();
-        let starts = column("window_start", &micros);
-        let starts = starts.as_primitive::<TimestampMicrosecondType>();
-        let ends = column("window_end", &micros);
-        let ends = ends.as_primitive::<TimestampMicrosecondType>();
-        let ints: Vec<_> = ["impressions", "clicks", "conversions"]
-            .iter()
-            .map(|name| column(name, &DataType::Int64))
-            .collect();
-        let floats: Vec<_> = ["revenue", "ctr_percent", "cvr_percent"]
-            .iter()
-            .chain(extra.iter())
-            .map(|name| column(name, &DataType::Float64))
-            .collect();
-        let int = |c: usize, i: usize| ints[c].as_primitive::<Int64Type>().value(i);
-        let float = |c: usize, i: usize| {
-            let a = floats[c].as_primitive::<Float64Type>();
-            a.is_valid(i).then(|| a.value(i))
-        };
-        for i in 0..batch.num_rows() {
-            let window = Window {
-                campaign_id: campaigns.value(i).to_string(),
-                start: starts.value(i),
-                end: ends.value(i),
-                impressions: int(0, i),
-                clicks: int(1, i),
-                conversions: int(2, i),
-                revenue: float(0, i).unwrap_or(f64::NAN),
-                ctr: float(1, i),
-                cvr: float(2, i),
-                extra: extra.and_then(|_| float(3, i)),
-            };
-            let key = (window.campaign_id.clone(), window.start);
-            assert!(
-                out.insert(key.clone(), window).is_none(),
-                "window {key:?} written twice"
-            );
-        }
-    }
-    out
-}
-
-/// The truth files' windows merged (a window may straddle two generator runs).
-fn expected(truths: &[Truth]) -> BTreeMap<(String, i64), Window> {
-    let mut counts: BTreeMap<(String, i64), (i64, i64, i64, i64)> = BTreeMap::new();
-    for truth in truths {
-        for w in &truth.windows {
-            let entry = counts
-                .entry((w.campaign_id.clone(), w.window_start.timestamp_micros()))
-                .or_default();
-            entry.0 += w.counts.impressions as i64;
-            entry.1 += w.counts.clicks as i64;
-            entry.2 += w.counts.conversions as i64;
-            entry.3 += w.counts.revenue_cents;
-        }
-    }
-    let rate = |a: i64, b: i64| (b > 0).then(|| a as f64 * 100.0 / b as f64);
-    counts
-        .into_iter()
-        .map(
-            |((campaign_id, start), (impressions, clicks, conversions, cents))| {
-                let window = Window {
-                    campaign_id: campaign_id.clone(),
-                    start,
-                    end: start + MINUTE,
-                    impressions,
-                    clicks,
-                    conversions,
-                    revenue: cents as f64 / 100.0,
-                    ctr: rate(clicks, impressions),
-                    cvr: rate(conversions, clicks),
-                    extra: None,
-                };
-                ((campaign_id, start), window)
-            },
-        )
-        .collect()
-}
-
-fn close(a: Option<f64>, b: Option<f64>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(1.0),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
-fn assert_windows_equal(
-    got: &BTreeMap<(String, i64), Window>,
-    want: &BTreeMap<(String, i64), Window>,
-) {
-    let got_keys: Vec<_> = got.keys().collect();
-    let want_keys: Vec<_> = want.keys().collect();
-    assert_eq!(got_keys, want_keys, "the same windows");
-    for (key, w) in want {
-        let g = &got[key];
-        assert_eq!(
-            (g.end, g.impressions, g.clicks, g.conversions),
-            (w.end, w.impressions, w.clicks, w.conversions),
-            "{key:?}"
-        );
-        assert!(
-            close(Some(g.revenue), Some(w.revenue)),
-            "{key:?}: {g:?} vs {w:?}"
-        );
-        assert!(close(g.ctr, w.ctr), "{key:?} ctr: {g:?} vs {w:?}");
-        assert!(close(g.cvr, w.cvr), "{key:?} cvr: {g:?} vs {w:?}");
-    }
-}
 
 fn cli_ok(pipeline: &TestPipeline, args: &[&str]) -> String {
     let output = pipeline.cli(args);
@@ -230,7 +89,13 @@ async fn metrics_equal_the_truth_and_late_events_are_dead_lettered() {
         properties.contains_key("campaign-pipeline.offsets"),
         "{properties:?}"
     );
-    assert!(properties["campaign-pipeline.checkpoint"].ends_with(".arrow"));
+    let checkpoints = Checkpoints::from_json(&properties["campaign-pipeline.checkpoint"]).unwrap();
+    assert_eq!(
+        checkpoints.0.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1, 2],
+        "one checkpoint per source partition"
+    );
+    assert!(checkpoints.0.values().all(|c| c.file.ends_with(".arrow")));
     assert!(properties["campaign-pipeline.watermark"].contains("\"watermark\""));
 
     // Phase 2: 100 s more, with late events 5-10 windows behind: all behind the watermark
@@ -361,13 +226,22 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
         .map(RecordBatch::num_rows)
         .sum();
     assert_eq!(total as usize, events, "every event counted once");
-    // Superseded checkpoints are deleted: only the newest remains.
+    // Superseded checkpoints are deleted: the newest of each partition remains, and at most one
+    // more per kill (written for a commit that the kill stopped).
     let folder = killed.dir.path().join("data/warehouse");
     let checkpoints: Vec<_> = common::files_under(&folder)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
         .collect();
-    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let properties = snapshot_properties(&killed.config, "campaign_metrics").await;
+    let current = Checkpoints::from_json(&properties["campaign-pipeline.checkpoint"]).unwrap();
+    assert_eq!(current.0.len(), 3, "one checkpoint per partition");
+    for saved in current.0.values() {
+        assert!(checkpoints
+            .iter()
+            .any(|p| p.to_str() == Some(saved.file.as_str())));
+    }
+    assert!(checkpoints.len() <= 3 + 3 * kills, "{checkpoints:?}");
 }
 
 /// Each snapshot's `campaign-pipeline.offsets` of `table`, oldest first.
@@ -494,7 +368,8 @@ async fn an_idle_partition_stops_holding_the_watermark_back() {
     let busy = |second: i64, n: &mut u64| {
         for p in [0, 1] {
             let at = t0 + chrono::TimeDelta::seconds(second);
-            send_to(&producer, &pipeline.topic, p, "busy", at, *n);
+            // One campaign per partition: the topic is keyed by campaign.
+            send_to(&producer, &pipeline.topic, p, &format!("busy-{p}"), at, *n);
             *n += 1;
         }
     };
@@ -528,8 +403,10 @@ async fn an_idle_partition_stops_holding_the_watermark_back() {
         .get(&("quiet".to_string(), t0.timestamp_micros()))
         .expect("the idle partition's window was emitted while the runner ran");
     assert_eq!(quiet.impressions, 1);
-    let busy = &found[&("busy".to_string(), t0.timestamp_micros())];
-    assert_eq!(busy.impressions, 120, "60 seconds × 2 partitions");
+    for p in [0, 1] {
+        let busy = &found[&(format!("busy-{p}"), t0.timestamp_micros())];
+        assert_eq!(busy.impressions, 60, "60 seconds in partition {p}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

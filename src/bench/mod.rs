@@ -17,14 +17,15 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::common::event::CampaignEvent;
 use crate::common::{Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
-use crate::engine::{new_session, plan_pipeline, split_rejected, SqlStage};
+use crate::engine::{new_session, split_rejected, SqlStage};
 use crate::generator::{EventGenerator, GeneratedRecord, GeneratorOptions};
 use crate::kafka::admin::{TopicAdmin, TopicSpec};
 use crate::kafka::client_config;
 use crate::kafka::producer::EventProducer;
-use crate::pipeline::{self, RunOptions};
+use crate::pipeline::plan::plan_pipeline;
+use crate::pipeline::{self, RunOptions, RunSummary};
 use crate::sink::catalog::open_catalog;
-use crate::sink::iceberg::TableWriter;
+use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::sink::table::{ensure_namespace, ensure_table};
 use crate::source::batch::BatchBuilder;
 
@@ -118,10 +119,21 @@ fn scratch_config(
     dir: &std::path::Path,
     topic: &str,
 ) -> anyhow::Result<Config> {
+    scratch_config_in_group(config, pipeline, dir, topic, &format!("{topic}-group"))
+}
+
+/// [`scratch_config`] with a consumer group of its own.
+fn scratch_config_in_group(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    dir: &std::path::Path,
+    topic: &str,
+    group: &str,
+) -> anyhow::Result<Config> {
     let yaml = format!(
         r#"pipelines:
   - name: bench
-    source: {{ brokers: "{brokers}", topic: {topic}, group_id: {topic}-group }}
+    source: {{ brokers: "{brokers}", topic: {topic}, group_id: {group} }}
     sql: {{ parse: "{parse}", metrics: "{metrics}" }}
     batch: {{ max_rows: {rows}, max_wait: 200ms }}
     commit: {{ interval: 5s, max_rows: 1000000 }}
@@ -168,7 +180,7 @@ fn kafka_batches(
                 Some(&r.payload),
             );
         }
-        batches.push(builder.finish(false, Default::default())?.records);
+        batches.push(builder.finish(false, Default::default(), 0)?.records);
     }
     Ok(batches)
 }
@@ -270,7 +282,11 @@ pub async fn run(
         }
         let mut offsets = Offsets::new();
         offsets.set("campaign_events", 0, generated.len() as i64);
-        Ok(writer.commit(&offsets).await?.rows)
+        let content = SnapshotContent {
+            offsets,
+            checkpoints: None,
+        };
+        Ok(writer.commit(|_| Ok(content.clone())).await?.rows)
     })
     .await?;
     row(
@@ -363,39 +379,8 @@ async fn end_to_end(
         cpu_per_million(count, plain.cpu),
     );
 
-    let catalog = open_catalog(&scratch, &p.sink.catalog).await?;
-    let planned = plan_pipeline(&scratch, p, &new_session())
-        .await
-        .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
-    ensure_namespace(catalog.as_ref(), &p.sink.namespace).await?;
-    for (t, schema) in [
-        (&p.sink.events_table, &planned.events_schema),
-        (&p.sink.metrics_table, &planned.metrics_schema),
-    ] {
-        ensure_table(
-            catalog.as_ref(),
-            &p.sink.namespace,
-            &t.name,
-            schema,
-            &t.partition_by,
-        )
-        .await?;
-    }
-    let (_stop, shutdown) = pipeline::shutdown_channel();
-    let (summary, run) = timed(async {
-        Ok(pipeline::run(
-            &scratch,
-            p,
-            RunOptions {
-                until_caught_up: true,
-                flush_open_windows: false,
-                shutdown,
-                telemetry: None,
-            },
-        )
-        .await?)
-    })
-    .await?;
+    let (summaries, run) = run_runners(&scratch, 1).await?;
+    let summary = summaries.into_iter().next().unwrap_or_default();
     row(
         "run --until-caught-up (end to end)",
         per_second(summary.messages as usize, run.wall),
@@ -419,8 +404,109 @@ async fn end_to_end(
             summary.dead_letters.values().sum::<u64>()
         ),
     );
+    row(
+        "  commit conflicts / commits",
+        conflict_rate(std::slice::from_ref(&summary)),
+    );
     dashboard::measure(&scratch, p, summary.messages, row).await?;
+
+    // Scale-out: the same topic read by 2 and 3 runners of one fresh consumer group each, into
+    // tables of their own. On a 2-core machine the broker bounds the wall clock: the ratios
+    // against one runner show what each added runner costs.
+    for runners in [2, 3] {
+        let dir = tempfile::tempdir()?;
+        let group = format!("{topic}-group-{runners}");
+        let scaled = scratch_config_in_group(config, pipeline, dir.path(), &topic, &group)?;
+        let (summaries, timed) = run_runners(&scaled, runners).await?;
+        let rows: u64 = summaries.iter().map(|s| s.rows).sum();
+        row(
+            &format!("{runners} runners in one group (end to end)"),
+            format!(
+                "{}, {:.2}x the wall clock of one",
+                per_second(generated.len(), timed.wall),
+                timed.wall.as_secs_f64() / run.wall.as_secs_f64().max(1e-9)
+            ),
+        );
+        row(
+            &format!("{runners} runners, CPU"),
+            format!(
+                "{}, {:.2}x one runner's",
+                cpu_per_million(generated.len(), timed.cpu),
+                timed.cpu.as_secs_f64() / run.cpu.as_secs_f64().max(1e-9)
+            ),
+        );
+        row(
+            &format!("  {runners} runners: commit conflicts / commits, fenced"),
+            format!(
+                "{}, {} fenced",
+                conflict_rate(&summaries),
+                summaries.iter().map(|s| s.fenced).sum::<u64>()
+            ),
+        );
+        anyhow::ensure!(
+            rows == summary.rows,
+            "{runners} runners wrote {rows} rows, one runner {}",
+            summary.rows
+        );
+    }
     Ok(())
+}
+
+/// Commit conflicts (retried after validation) per table commit, over runs.
+fn conflict_rate(summaries: &[RunSummary]) -> String {
+    let conflicts: u64 = summaries.iter().map(|s| s.commit_conflicts).sum();
+    // Each run commit writes both tables.
+    let commits: u64 = summaries.iter().map(|s| s.commits * 2).sum();
+    format!(
+        "{conflicts} / {commits} ({:.1}%)",
+        conflicts as f64 * 100.0 / commits.max(1) as f64
+    )
+}
+
+/// Creates the scratch tables and runs `runners` runners of its pipeline side by side, in one
+/// consumer group, until each has caught up.
+async fn run_runners(scratch: &Config, runners: usize) -> anyhow::Result<(Vec<RunSummary>, Timed)> {
+    let p = &scratch.pipelines[0];
+    let catalog = open_catalog(scratch, &p.sink.catalog).await?;
+    let planned = plan_pipeline(scratch, p, &new_session())
+        .await
+        .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
+    ensure_namespace(catalog.as_ref(), &p.sink.namespace).await?;
+    for (t, schema) in [
+        (&p.sink.events_table, &planned.events_schema),
+        (&p.sink.metrics_table, &planned.metrics_schema),
+    ] {
+        ensure_table(
+            catalog.as_ref(),
+            &p.sink.namespace,
+            &t.name,
+            schema,
+            &t.partition_by,
+        )
+        .await?;
+    }
+    let (_stop, shutdown) = pipeline::shutdown_channel();
+    timed(async {
+        let runs = (0..runners).map(|_| {
+            pipeline::run(
+                scratch,
+                p,
+                RunOptions {
+                    until_caught_up: true,
+                    flush_open_windows: false,
+                    shutdown: shutdown.clone(),
+                    telemetry: None,
+                    max_unassigned: Duration::from_secs(60),
+                },
+            )
+        });
+        let mut summaries = Vec::new();
+        for result in futures::future::join_all(runs).await {
+            summaries.push(result?);
+        }
+        Ok(summaries)
+    })
+    .await
 }
 
 /// Reads every message of `topic` with a plain consumer and returns how many it read.

@@ -5,8 +5,8 @@ use std::path::Path;
 use clap::Args;
 
 use crate::config::Config;
-use crate::engine::{new_session, plan_pipeline, SqlProblem};
-use crate::window::WindowOperator;
+use crate::engine::{new_session, SqlProblem};
+use crate::pipeline::plan::plan_pipeline;
 
 /// Flags of `check`.
 #[derive(Debug, Args)]
@@ -30,7 +30,7 @@ pub async fn run(config_path: &Path, args: &CheckArgs) -> anyhow::Result<bool> {
         let ctx = new_session();
         let planned = match plan_pipeline(&config, pipeline, &ctx).await {
             Ok(planned) => {
-                let window = WindowOperator::for_planned(
+                let window = crate::pipeline::plan::window_operator(
                     &ctx,
                     &planned,
                     pipeline.window.allowed_lateness,

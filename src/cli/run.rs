@@ -22,6 +22,10 @@ pub struct RunArgs {
     /// must leave nothing behind); later events for those windows then count as late.
     #[arg(long, requires = "until_caught_up")]
     pub flush_open_windows: bool,
+    /// With --until-caught-up: give up (exit non-zero) after holding no partition this long
+    /// (other runners of the consumer group hold them all).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "until_caught_up")]
+    pub max_unassigned: std::time::Duration,
     /// Also serve the dashboard and Prometheus `/metrics` of the (first) pipeline while running.
     #[arg(long)]
     pub dashboard: bool,
@@ -57,6 +61,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
             flush_open_windows: args.flush_open_windows,
             shutdown: shutdown.clone(),
             telemetry: Some(t.clone()),
+            max_unassigned: args.max_unassigned,
         };
         pipeline::run(&config, p, options)
     });
@@ -79,7 +84,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
                     .map(|(category, n)| format!("{category} {n}"))
                     .collect();
                 println!(
-                    "pipeline {}: {} messages, {} rows written to {}.{} and {} windows to {}.{} in {} commits, {} dead letters ({}); offsets {}",
+                    "pipeline {}: {} messages, {} rows written to {}.{} and {} windows to {}.{} in {} commits ({} commit conflicts, {} fenced), {} dead letters ({}); offsets {}",
                     p.name,
                     summary.messages,
                     summary.rows,
@@ -89,6 +94,8 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
                     p.sink.namespace,
                     p.sink.metrics_table.name,
                     summary.commits,
+                    summary.commit_conflicts,
+                    summary.fenced,
                     summary.dead_letters.values().sum::<u64>(),
                     letters.join(", "),
                     summary.offsets.to_json(),

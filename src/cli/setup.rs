@@ -7,9 +7,10 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::config::PipelineConfig;
-use crate::engine::{new_session, plan_pipeline};
+use crate::engine::new_session;
 use crate::kafka::admin::{TopicAdmin, TopicSpec, TopicStatus};
 use crate::kafka::client_config;
+use crate::pipeline::plan::plan_pipeline;
 use crate::sink::catalog::open_catalog;
 use crate::sink::table::{ensure_namespace, ensure_table, Ensured};
 

@@ -2,8 +2,9 @@
 
 pub mod event;
 pub mod offsets;
+pub mod summary;
 
-pub use offsets::Offsets;
+pub use offsets::{Fenced, Offsets};
 
 use std::sync::Arc;
 

@@ -108,6 +108,46 @@ impl Offsets {
     }
 }
 
+/// Why a commit must not land: the table it would land on holds other offsets for partitions
+/// this runner writes than the ones its batch starts at (another runner moved them on).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe(.partitions))]
+pub struct Fenced {
+    /// Each partition that moved, with where this runner's batch starts and where the table is.
+    pub partitions: Vec<MovedPartition>,
+}
+
+/// A partition another runner moved on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedPartition {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Where this runner's batch starts (`None`: the table held nothing from it).
+    pub batch_starts: Option<i64>,
+    /// Where the table stands.
+    pub table_stands: Option<i64>,
+}
+
+fn describe(partitions: &[MovedPartition]) -> String {
+    let at = |o: Option<i64>| o.map_or_else(|| "nothing".to_string(), |o| o.to_string());
+    let moved = partitions
+        .iter()
+        .map(|m| {
+            format!(
+                "{}[{}] batch starts at {}, table stands at {}",
+                m.topic,
+                m.partition,
+                at(m.batch_starts),
+                at(m.table_stands)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!("another runner moved partitions on: {moved}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -419,6 +419,19 @@ impl Config {
             if p.batch.max_rows == 0 {
                 return Err(self.invalid(key("batch.max_rows"), "must be at least 1"));
             }
+            if p.source
+                .properties
+                .get("partition.assignment.strategy")
+                .is_some_and(|s| s.contains("cooperative"))
+            {
+                // A revoke drops everything a runner read and has not committed, which is only
+                // right when it revokes every partition, as the eager protocol does.
+                return Err(self.invalid(
+                    key("source.properties.partition.assignment.strategy"),
+                    "cooperative rebalancing is not supported: runners drop what they hold at \
+                     every revoke, so the group must use an eager assignor (range, roundrobin)",
+                ));
+            }
             if p.commit.max_rows == 0 {
                 return Err(self.invalid(key("commit.max_rows"), "must be at least 1"));
             }

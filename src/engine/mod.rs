@@ -2,14 +2,12 @@
 
 pub mod json_fields;
 pub mod now;
-pub mod plan;
 pub mod problem;
 pub mod stage;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;
 
-pub use plan::{plan_pipeline, PlannedSql};
 pub use problem::SqlProblem;
 pub use stage::{split_rejected, BatchSlot, SqlStage};
 

@@ -1,7 +1,8 @@
 //! The metrics branch: parsed events → window operator → campaign_metrics table, with the
-//! open-window state checkpointed beside every commit and restored at start.
+//! open-window state of each source partition checkpointed beside every commit, restored when
+//! the partition is assigned to this runner and released when it is revoked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,32 +10,34 @@ use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 use iceberg::Catalog;
 
-use super::PipelineError;
+use super::plan::{window_operator, PlannedSql};
+use super::progress::{Progress, TableRole};
+use super::{Landing, PipelineError};
+use crate::common::summary::PartitionCheckpoint;
 use crate::common::Offsets;
 use crate::config::{Config, PipelineConfig};
-use crate::engine::{PlannedSql, SqlProblem};
-use crate::sink::checkpoint::{self, CHECKPOINT_PROPERTY, PROGRESS_PROPERTY};
-use crate::sink::iceberg::{CommitStats, TableWriter};
+use crate::engine::SqlProblem;
+use crate::sink::checkpoint;
+use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::sink::SinkError;
-use crate::window::{Progress, Sorted, WindowError, WindowOperator};
+use crate::window::{PartitionTime, Sorted, WindowError, WindowOperator};
+
+/// How often restoring held partitions re-reads the table when a checkpoint it points to has
+/// just been replaced (and deleted) by another runner's commit.
+const RESTORE_ATTEMPTS: u32 = 3;
 
 /// The window operator and the table its closed windows go to.
 pub struct MetricsBranch {
     operator: WindowOperator,
     writer: TableWriter,
-    /// Offsets the metrics table and its checkpoint have absorbed, where they are ahead of the
-    /// resume point: rows below them are skipped until the source passes them.
-    skip: Offsets,
-    /// The checkpoint the table's newest snapshot points to (deleted once superseded).
-    checkpoint: Option<String>,
     /// Window rows written since the last commit.
     emitted: u64,
     pipeline: String,
 }
 
 impl MetricsBranch {
-    /// Splits the metrics SQL, opens (and if needed evolves) the metrics table, and restores
-    /// the window state its newest snapshot points to.
+    /// Splits the metrics SQL and opens (and if needed evolves) the metrics table; no partition
+    /// is held until [`Self::hold`].
     pub async fn open(
         config: &Config,
         pipeline: &PipelineConfig,
@@ -43,23 +46,20 @@ impl MetricsBranch {
         catalog: Arc<dyn Catalog>,
     ) -> Result<Self, PipelineError> {
         let name = pipeline.name.clone();
-        let metrics_file = config.resolve(&pipeline.sql.metrics);
-        let sql_problem = |message: String| PipelineError::Sql {
-            pipeline: name.clone(),
-            problems: vec![SqlProblem::whole_file(&metrics_file, message)],
-        };
-        let mut operator = WindowOperator::for_planned(
+        let operator = window_operator(
             ctx,
             planned,
             pipeline.window.allowed_lateness,
             pipeline.window.idle_timeout,
         )
         .await
-        .map_err(|e| sql_problem(e.to_string()))?;
-        let sink_err = |source| PipelineError::Sink {
+        .map_err(|e| PipelineError::Sql {
             pipeline: name.clone(),
-            source,
-        };
+            problems: vec![SqlProblem::whole_file(
+                config.resolve(&pipeline.sql.metrics),
+                e.to_string(),
+            )],
+        })?;
         let writer = TableWriter::open(
             catalog,
             &pipeline.sink.namespace,
@@ -68,54 +68,16 @@ impl MetricsBranch {
             &planned.metrics_schema,
         )
         .await
-        .map_err(sink_err)?;
-        let absorbed = writer.committed_offsets().clone();
-        let saved = checkpoint::load(&writer).await.map_err(sink_err)?;
-        let progress: Progress = match &saved.progress {
-            Some(text) => serde_json::from_str(text).map_err(|e| {
-                sink_err(SinkError::Schema {
-                    table: writer.label().to_string(),
-                    message: format!("unreadable {PROGRESS_PROPERTY} {text:?}: {e}"),
-                })
-            })?,
-            None => Progress::default(),
-        };
-        operator
-            .restore(saved.state.as_deref(), &progress, Instant::now())
-            .map_err(|e| sql_problem(format!("table {}: {e}", writer.label())))?;
-        let (windows, bytes) = operator.state_size();
-        tracing::info!(
-            pipeline = %name,
-            table = writer.label(),
-            offsets = %absorbed.to_json(),
-            open_windows = windows,
-            state_bytes = bytes,
-            watermark = ?progress.watermark.and_then(format_micros),
-            "window state restored"
-        );
+        .map_err(|source| PipelineError::Sink {
+            pipeline: name.clone(),
+            source,
+        })?;
         Ok(Self {
             operator,
             writer,
-            skip: absorbed,
-            checkpoint: saved.location,
             emitted: 0,
             pipeline: name,
         })
-    }
-
-    /// Offsets this branch had absorbed when it opened (until [`Self::resume_at`]).
-    pub fn absorbed(&self) -> &Offsets {
-        &self.skip
-    }
-
-    /// The source resumes at `resume`: only partitions where this branch is ahead need skipping.
-    pub fn resume_at(&mut self, resume: &Offsets) {
-        self.skip = self.skip.ahead_of(resume);
-    }
-
-    /// The source has handed on everything below `progress`.
-    pub fn progressed(&mut self, progress: &Offsets) {
-        self.skip.drop_reached(progress);
     }
 
     /// `namespace.table` of the metrics table.
@@ -123,15 +85,80 @@ impl MetricsBranch {
         self.writer.label()
     }
 
+    /// The offsets the table holds, as last loaded or committed.
+    pub fn offsets(&self) -> &Offsets {
+        &self.writer.state().offsets
+    }
+
+    /// Loads the table's newest state and takes over `partitions` from it: each one's window
+    /// state and event-time progress from its checkpoint; every other partition is released.
+    /// Returns the offsets the table holds.
+    pub async fn hold(&mut self, partitions: &BTreeSet<i32>) -> Result<Offsets, PipelineError> {
+        for partition in self.operator.partitions() {
+            self.operator.release(partition);
+        }
+        let mut attempt = 1;
+        loop {
+            let state = match self.writer.refresh().await {
+                Ok(state) => state.clone(),
+                Err(e) => return Err(self.sink_err(e)),
+            };
+            let mut restored = Vec::new();
+            let mut missing = None;
+            for partition in partitions {
+                let Some(saved) = state.checkpoints.0.get(partition) else {
+                    restored.push((*partition, None, PartitionTime::default()));
+                    continue;
+                };
+                match checkpoint::read(&self.writer, &saved.file).await {
+                    Ok(bytes) => restored.push((*partition, Some(bytes), time_of(saved))),
+                    Err(err) => {
+                        missing = Some(err);
+                        break;
+                    }
+                }
+            }
+            match missing {
+                Some(err) if attempt < RESTORE_ATTEMPTS => {
+                    tracing::info!(table = self.label(), "a checkpoint was replaced while restoring ({err}); reading the table again");
+                    attempt += 1;
+                    continue;
+                }
+                Some(err) => return Err(self.sink_err(err)),
+                None => {}
+            }
+            let now = Instant::now();
+            for (partition, bytes, time) in restored {
+                self.operator
+                    .restore(partition, bytes.as_deref(), time, now)
+                    .map_err(|e| self.window_err(e))?;
+            }
+            let (windows, bytes) = self.operator.state_size();
+            tracing::info!(
+                pipeline = %self.pipeline,
+                table = self.label(),
+                ?partitions,
+                offsets = %state.offsets.to_json(),
+                open_windows = windows,
+                state_bytes = bytes,
+                watermark = ?self.operator.watermark().and_then(format_micros),
+                "window state restored"
+            );
+            return Ok(state.offsets);
+        }
+    }
+
     /// Takes parsed valid rows (with `_partition`, `_offset`) of one micro-batch: rows at or past
-    /// this branch's offsets are sorted by the watermark, on-time ones folded into the state.
-    /// Returns the rows that are late or have no event time, for the dead letter queue.
+    /// this table's offsets (`absorbed`: where it holds rows the source hands on again) are
+    /// sorted by their partition's watermark, on-time ones folded into the state. Returns the
+    /// rows that are late or have no event time, for the dead letter queue.
     pub async fn take(
         &mut self,
         valid: &RecordBatch,
+        absorbed: &Offsets,
         now: Instant,
     ) -> Result<Sorted, PipelineError> {
-        let rows = super::unabsorbed(valid, &self.skip).map_err(|e| self.window_err(e.into()))?;
+        let rows = super::unabsorbed(valid, absorbed).map_err(|e| self.window_err(e.into()))?;
         let sorted = self
             .operator
             .sort_and_observe(&rows, now)
@@ -143,22 +170,21 @@ impl MetricsBranch {
         Ok(sorted)
     }
 
-    /// Moves the watermark and writes the windows it has passed.
+    /// Moves the held partitions' watermarks and writes the windows they have passed.
     pub async fn advance(
         &mut self,
-        assigned: &BTreeSet<i32>,
         at_end: &BTreeSet<i32>,
         now: Instant,
     ) -> Result<(), PipelineError> {
         let closed = self
             .operator
-            .advance(assigned.iter().map(|p| (*p, at_end.contains(p))), now)
+            .advance(|p| at_end.contains(&p), now)
             .await
             .map_err(|e| self.window_err(e))?;
         self.write(closed).await
     }
 
-    /// Writes every open window (backfills); the watermark moves past them.
+    /// Writes every open window (backfills); the watermarks move past them.
     pub async fn flush(&mut self) -> Result<u64, PipelineError> {
         let closed = self
             .operator
@@ -175,40 +201,77 @@ impl MetricsBranch {
         self.emitted
     }
 
-    /// Checkpoints the open windows, then commits the closed ones with `offsets` and a pointer
-    /// to that checkpoint, then deletes the checkpoint the previous snapshot pointed to.
-    pub async fn commit(&mut self, offsets: &Offsets) -> Result<CommitStats, PipelineError> {
-        let state = self.operator.checkpoint().await;
-        let state = state.map_err(|e| self.window_err(e))?;
-        let sink_err = |source| PipelineError::Sink {
-            pipeline: self.pipeline.clone(),
-            source,
-        };
-        let path = checkpoint::save(&self.writer, state)
-            .await
-            .map_err(sink_err)?;
-        let progress = serde_json::to_string(&self.operator.progress()).unwrap_or_default();
-        let stats = self
-            .writer
-            .commit_with(
-                offsets,
-                vec![
-                    (CHECKPOINT_PROPERTY.to_string(), path.clone()),
-                    (PROGRESS_PROPERTY.to_string(), progress),
-                ],
-            )
-            .await
-            .map_err(sink_err)?;
-        if let Some(previous) = self.checkpoint.replace(path.clone()) {
-            if previous != path {
-                checkpoint::remove(&self.writer, &previous).await;
-            }
+    /// Checkpoints each held partition's open windows, then commits the closed windows with
+    /// the offsets `progress` decides and the checkpoints of the held partitions, on the table
+    /// state the commit lands on; then deletes the checkpoints it replaced.
+    pub async fn commit(&mut self, progress: &mut Progress) -> Result<Landing, PipelineError> {
+        let mut saved: BTreeMap<i32, PartitionCheckpoint> = BTreeMap::new();
+        for partition in progress.owned().clone() {
+            let (state, time) = self
+                .operator
+                .checkpoint(partition)
+                .await
+                .map_err(|e| self.window_err(e))?;
+            let file = checkpoint::save(&self.writer, partition, state)
+                .await
+                .map_err(|e| self.sink_err(e))?;
+            saved.insert(
+                partition,
+                PartitionCheckpoint {
+                    file,
+                    max_event: time.max_event,
+                    watermark: time.watermark,
+                },
+            );
         }
-        self.emitted = 0;
-        Ok(stats)
+        let mut replaced: Vec<String> = Vec::new();
+        let decided = self
+            .writer
+            .commit(|state| {
+                let offsets = progress.decide(TableRole::Metrics, &state.offsets)?;
+                let mut checkpoints = state.checkpoints.clone();
+                replaced.clear();
+                for (partition, new) in &saved {
+                    if let Some(old) = checkpoints.0.insert(*partition, new.clone()) {
+                        replaced.push(old.file);
+                    }
+                }
+                Ok(SnapshotContent {
+                    offsets,
+                    checkpoints: Some(checkpoints),
+                })
+            })
+            .await;
+        match decided {
+            Ok(stats) => {
+                progress.committed(TableRole::Metrics, &self.writer.state().offsets);
+                for file in replaced {
+                    checkpoint::remove(&self.writer, &file).await;
+                }
+                self.emitted = 0;
+                Ok(Landing::Committed(stats))
+            }
+            Err(SinkError::Fenced { source, .. }) => {
+                for new in saved.values() {
+                    checkpoint::remove(&self.writer, &new.file).await;
+                }
+                Ok(Landing::Fenced(source))
+            }
+            Err(other) => Err(self.sink_err(other)),
+        }
     }
 
-    /// The watermark in microseconds since the epoch.
+    /// Drops the windows written since the last commit and every partition's state (it is
+    /// restored from the table by the next [`Self::hold`]).
+    pub async fn discard(&mut self) -> u64 {
+        for partition in self.operator.partitions() {
+            self.operator.release(partition);
+        }
+        self.emitted = 0;
+        self.writer.discard().await
+    }
+
+    /// The runner's watermark in microseconds since the epoch.
     pub fn watermark_micros(&self) -> Option<i64> {
         self.operator.watermark()
     }
@@ -237,11 +300,26 @@ impl MetricsBranch {
         Ok(())
     }
 
+    fn sink_err(&self, source: SinkError) -> PipelineError {
+        PipelineError::Sink {
+            pipeline: self.pipeline.clone(),
+            source,
+        }
+    }
+
     fn window_err(&self, source: WindowError) -> PipelineError {
         PipelineError::Window {
             pipeline: self.pipeline.clone(),
             source,
         }
+    }
+}
+
+/// A partition's event-time progress as its checkpoint records it.
+fn time_of(saved: &PartitionCheckpoint) -> PartitionTime {
+    PartitionTime {
+        max_event: saved.max_event,
+        watermark: saved.watermark,
     }
 }
 

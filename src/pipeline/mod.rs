@@ -1,12 +1,15 @@
 //! Wires source → parsing SQL → events table, → window → metrics table, and the dead letter
 //! queue, and owns the commit loop.
 
+pub mod events;
 pub mod metrics;
+pub mod plan;
+pub mod progress;
 pub mod rejects;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{cast, filter_record_batch};
@@ -14,19 +17,24 @@ use arrow::datatypes::{DataType, Int32Type, Int64Type};
 
 use tokio::sync::watch;
 
-use crate::common::{Offsets, ERROR_COLUMN};
+use crate::common::{Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dlq::DeadLetterWriter;
-use crate::engine::{new_session, plan_pipeline, split_rejected, SqlProblem, SqlStage};
+use crate::engine::{new_session, split_rejected, SqlProblem, SqlStage};
 use crate::kafka::admin::TopicAdmin;
 use crate::kafka::{client_config, KafkaError};
 use crate::sink::catalog::open_catalog;
-use crate::sink::iceberg::{CommitStats, TableWriter};
+use crate::sink::iceberg::{load_state, CommitStats};
 use crate::sink::SinkError;
-use crate::source::{KafkaSource, MicroBatch, SourceError, SourceOptions};
+use crate::source::{
+    KafkaSource, MicroBatch, ResumeLookup, SourceError, SourceEvent, SourceOptions,
+};
 use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
 use crate::window::WindowError;
+use events::EventsBranch;
 use metrics::MetricsBranch;
+use plan::plan_pipeline;
+use progress::{resume_point, Progress, TableRole};
 use rejects::{
     dead_letter, from_rejected_rows, KeyedDeadLetter, Reason, INVALID_UTF8, LATE, UNTIMED,
 };
@@ -61,6 +69,14 @@ pub enum PipelineError {
         pipeline: String,
         source: WindowError,
     },
+    /// `run --until-caught-up` held no partition for too long: another runner holds them all.
+    #[error("pipeline {pipeline}: this runner held no partition of {topic} for {waited:?} (the consumer group has {members} member(s)); with other runners holding every partition there is nothing for it to catch up")]
+    Unassigned {
+        pipeline: String,
+        topic: String,
+        waited: Duration,
+        members: String,
+    },
     /// Running the SQL on a micro-batch failed.
     #[error("pipeline {pipeline}: running {file} on the batch at {at}: {source}")]
     Execution {
@@ -90,6 +106,8 @@ pub struct RunOptions {
     pub shutdown: watch::Receiver<bool>,
     /// Where to report metrics and health (the dashboard and `/metrics` read it).
     pub telemetry: Option<Arc<Telemetry>>,
+    /// With `until_caught_up`: how long the runner may hold no partition before it gives up.
+    pub max_unassigned: Duration,
 }
 
 /// What a run did.
@@ -105,8 +123,21 @@ pub struct RunSummary {
     pub dead_letters: BTreeMap<String, u64>,
     /// Iceberg commits made.
     pub commits: u64,
+    /// Table commits that found another runner's commit first and were decided again.
+    pub commit_conflicts: u64,
+    /// Commits refused because another runner had moved partitions on (their rows dropped
+    /// and read again).
+    pub fenced: u64,
     /// Offsets the events table holds at the end.
     pub offsets: Offsets,
+}
+
+/// How a commit of one table ended.
+pub enum Landing {
+    /// It landed.
+    Committed(CommitStats),
+    /// Another runner had moved partitions on: nothing landed.
+    Fenced(Fenced),
 }
 
 /// Runs one pipeline until it is caught up (with `until_caught_up`) or told to shut down.
@@ -121,6 +152,10 @@ pub async fn run(
         source,
     };
     let kafka_err = |source| PipelineError::Kafka {
+        pipeline: name.clone(),
+        source,
+    };
+    let source_err = |source| PipelineError::Source {
         pipeline: name.clone(),
         source,
     };
@@ -143,26 +178,9 @@ pub async fn run(
     let catalog = open_catalog(config, &pipeline.sink.catalog)
         .await
         .map_err(sink_err)?;
-    let sink = &pipeline.sink;
-    let mut events = TableWriter::open(
-        catalog.clone(),
-        &sink.namespace,
-        &sink.events_table.name,
-        &name,
-        &planned.parse_output,
-    )
-    .await
-    .map_err(sink_err)?;
-    let events_absorbed = events.committed_offsets().clone();
+    let mut events = EventsBranch::open(pipeline, catalog.clone(), &planned.parse_output).await?;
     let mut metrics =
         MetricsBranch::open(config, pipeline, &ctx, &planned, catalog.clone()).await?;
-    // The two tables commit one after the other, so a crash can leave the metrics table behind:
-    // resume where the one furthest behind stands, and let each drop what it already holds.
-    let mut absorbed = resume_point(&events_absorbed, metrics.absorbed());
-    metrics.resume_at(&absorbed);
-    // Rows the events table already holds that the source will hand on again.
-    let mut events_skip = events_absorbed.ahead_of(&absorbed);
-    tracing::info!(pipeline = %name, table = events.label(), offsets = %events_absorbed.to_json(), "resuming");
 
     let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
     let admin = TopicAdmin::new(&client).map_err(kafka_err)?;
@@ -175,42 +193,68 @@ pub async fn run(
         }
     }
     let mut dlq = DeadLetterWriter::new(&client, &pipeline.dead_letter.topic).map_err(kafka_err)?;
+    let topic = pipeline.source.topic.clone();
     let mut source = KafkaSource::start(
         &client,
         SourceOptions {
-            topic: pipeline.source.topic.clone(),
+            topic: topic.clone(),
             group_id: pipeline.source.group_id.clone(),
             start_from: pipeline.source.start_from,
             max_rows: pipeline.batch.max_rows,
             max_wait: pipeline.batch.max_wait,
         },
-        absorbed.clone(),
+        resume_lookup(pipeline, catalog.clone()),
     )
-    .map_err(|source| PipelineError::Source {
-        pipeline: name.clone(),
-        source,
-    })?;
+    .map_err(source_err)?;
 
+    let mut progress = Progress::new(&topic);
     let mut summary = RunSummary::default();
-    let mut pending = absorbed.clone();
-    let mut touched: BTreeSet<(String, i32)> = BTreeSet::new();
     let mut window = CommitWindow::new();
     let mut shutdown = options.shutdown.clone();
+    let mut unassigned_since = Some(Instant::now());
     let stages = Stages {
         parse: &parse,
         parse_file: &parse_file,
         pipeline: &name,
     };
+    let mut branches = Branches {
+        events: &mut events,
+        metrics: &mut metrics,
+    };
     loop {
-        let batch = tokio::select! {
-            batch = source.next() => batch,
+        let event = tokio::select! {
+            event = source.next() => event,
             _ = shutdown.wait_for(|stop| *stop) => None,
         };
-        let Some(batch) = batch else { break };
-        let batch = batch.map_err(|source| PipelineError::Source {
-            pipeline: name.clone(),
-            source,
-        })?;
+        let Some(event) = event else { break };
+        let batch = match event.map_err(source_err)? {
+            SourceEvent::Revoked => {
+                let dropped = branches.drop_buffered().await;
+                progress.hold(&BTreeSet::new(), &Offsets::new(), &Offsets::new());
+                tracing::info!(pipeline = %name, dropped_rows = dropped, "partitions revoked: dropped what was not committed");
+                unassigned_since = Some(Instant::now());
+                continue;
+            }
+            SourceEvent::Assigned { partitions } => {
+                branches.hold(&mut progress, &partitions).await?;
+                tracing::info!(pipeline = %name, ?partitions, resume = %progress.resume().to_json(), "holding partitions");
+                unassigned_since = partitions.is_empty().then(Instant::now);
+                continue;
+            }
+            SourceEvent::Batch(batch) => batch,
+        };
+        if let Some(since) = unassigned_since.filter(|_| options.until_caught_up) {
+            if since.elapsed() > options.max_unassigned {
+                return Err(PipelineError::Unassigned {
+                    pipeline: name.clone(),
+                    topic,
+                    waited: since.elapsed(),
+                    members: source
+                        .group_members()
+                        .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
+                });
+            }
+        }
         let caught_up = batch.caught_up;
         tracing::debug!(
             rows = batch.records.num_rows(),
@@ -223,15 +267,8 @@ pub async fn run(
         if let Some(t) = &options.telemetry {
             t.events_consumed.inc_by(batch.message_count() as u64);
         }
-        for (topic, partition, next) in batch.next_offsets.iter() {
-            pending.advance(topic, partition, next);
-            touched.insert((topic.to_string(), partition));
-        }
-        let letters = stages
-            .process(&batch, &mut events, &events_skip, &mut metrics)
-            .await?;
-        events_skip.drop_reached(&pending);
-        metrics.progressed(&pending);
+        let letters = stages.process(&batch, &progress, &mut branches).await?;
+        progress.handed_on(&batch.next_offsets);
         for letter in letters {
             if letter.0.error == LATE {
                 window.late += 1;
@@ -251,43 +288,47 @@ pub async fn run(
                 .map_err(kafka_err)?;
             window.dead_letters += 1;
         }
-        let assigned = source.assigned();
-        metrics
-            .advance(&assigned, &batch.at_end, Instant::now())
+        branches
+            .metrics
+            .advance(&batch.at_end, Instant::now())
             .await?;
         if let Some(t) = &options.telemetry {
-            report_progress(t, &source.lag(), metrics.watermark_micros());
+            report_progress(t, &source.lag(), branches.metrics.watermark_micros());
         }
 
-        let progressed = pending != absorbed;
         let due = window.opened.elapsed() >= pipeline.commit.interval
-            || events.buffered_rows() >= pipeline.commit.max_rows as u64
+            || branches.events.buffered_rows() >= pipeline.commit.max_rows as u64
             || (caught_up && options.until_caught_up);
-        if progressed && due {
-            let mut offsets = Offsets::new();
-            for (topic, partition, next) in pending.iter() {
-                if assigned.contains(&partition)
-                    || touched.contains(&(topic.to_string(), partition))
-                {
-                    offsets.set(topic, partition, next);
-                }
-            }
-            let committed = commit(&mut dlq, &mut events, &mut metrics, &offsets, &name).await?;
-            absorbed.advance_all(&offsets);
-            source.absorbed(&offsets);
-            touched.clear();
+        if (progress.progressed() || branches.metrics.emitted() > 0) && due {
+            let Some(committed) = commit(&mut dlq, &mut branches, &mut progress, &name).await?
+            else {
+                summary.fenced += 1;
+                let owned = progress.owned().clone();
+                branches.hold(&mut progress, &owned).await?;
+                source.rewind(owned, progress.resume());
+                window = CommitWindow::new();
+                continue;
+            };
+            source.commit_group_offsets(&progress.resume());
             summary.add(&committed);
             let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
-            let (open_windows, state_bytes, watermark) = metrics.describe();
+            let (open_windows, state_bytes, watermark) = branches.metrics.describe();
             if let Some(t) = &options.telemetry {
                 let counts = (summary.messages, dlq.counts());
-                report_commit(t, pipeline, &committed, &source.lag(), &metrics, counts);
+                report_commit(
+                    t,
+                    pipeline,
+                    &committed,
+                    &source.lag(),
+                    branches.metrics,
+                    counts,
+                );
                 let per_second = window.messages as f64 / seconds;
                 t.update_health(|h| h.events_per_second = per_second);
             }
             tracing::info!(
                 pipeline = %name,
-                table = events.label(),
+                table = branches.events.label(),
                 rows = committed.events.rows,
                 files = committed.events.files,
                 windows = committed.metrics.rows,
@@ -296,6 +337,8 @@ pub async fn run(
                 open_windows,
                 state_bytes,
                 watermark = watermark.as_deref().unwrap_or("none"),
+                partitions = ?progress.owned(),
+                conflicts = committed.events.conflicts + committed.metrics.conflicts,
                 lag = ?source.lag(),
                 events_per_s = (window.messages as f64 / seconds).round(),
                 commit_ms = committed.events.millis + committed.metrics.millis,
@@ -303,48 +346,104 @@ pub async fn run(
             );
             window = CommitWindow::new();
         }
-        if caught_up && options.until_caught_up && pending == absorbed {
+        if caught_up && options.until_caught_up && !progress.progressed() {
             tracing::info!(pipeline = %name, "caught up");
             break;
         }
     }
     source.stop();
     if options.flush_open_windows {
-        let rows = metrics.flush().await?;
+        let rows = branches.metrics.flush().await?;
         tracing::info!(pipeline = %name, windows = rows, "flushed the open windows");
     }
-    if pending != absorbed || metrics.emitted() > 0 {
-        let committed = commit(&mut dlq, &mut events, &mut metrics, &pending, &name).await?;
-        absorbed.advance_all(&pending);
-        source.absorbed(&pending);
-        summary.add(&committed);
-        if let Some(t) = &options.telemetry {
-            let counts = (summary.messages, dlq.counts());
-            report_commit(t, pipeline, &committed, &source.lag(), &metrics, counts);
+    if progress.progressed() || branches.metrics.emitted() > 0 {
+        match commit(&mut dlq, &mut branches, &mut progress, &name).await? {
+            Some(committed) => {
+                source.commit_group_offsets(&progress.resume());
+                summary.add(&committed);
+                if let Some(t) = &options.telemetry {
+                    let counts = (summary.messages, dlq.counts());
+                    report_commit(
+                        t,
+                        pipeline,
+                        &committed,
+                        &source.lag(),
+                        branches.metrics,
+                        counts,
+                    );
+                }
+                tracing::info!(
+                    pipeline = %name,
+                    rows = committed.events.rows,
+                    files = committed.events.files,
+                    windows = committed.metrics.rows,
+                    "final commit"
+                );
+            }
+            None => {
+                summary.fenced += 1;
+                let dropped = branches.drop_buffered().await;
+                tracing::info!(pipeline = %name, dropped_rows = dropped, "final commit fenced: another runner holds these partitions now");
+            }
         }
-        tracing::info!(
-            pipeline = %name,
-            rows = committed.events.rows,
-            files = committed.events.files,
-            windows = committed.metrics.rows,
-            "final commit"
-        );
     }
     summary.dead_letters = dlq.counts().clone();
-    summary.offsets = absorbed;
+    summary.offsets = branches.events.offsets().clone();
     Ok(summary)
 }
 
-/// Per partition, the lower of the two tables' offsets (a partition only one table knows is
-/// left out, so it starts from `start_from` and the other table drops what it holds).
-fn resume_point(events: &Offsets, metrics: &Offsets) -> Offsets {
-    let mut resume = Offsets::new();
-    for (topic, partition, next) in events.iter() {
-        if let Some(other) = metrics.get(topic, partition) {
-            resume.set(topic, partition, next.min(other));
-        }
+/// Looks up where assigned partitions resume, from the tables as they stand at the assignment
+/// (called on the source's thread, inside the consumer's rebalance).
+fn resume_lookup(pipeline: &PipelineConfig, catalog: Arc<dyn iceberg::Catalog>) -> ResumeLookup {
+    let handle = tokio::runtime::Handle::current();
+    let sink = pipeline.sink.clone();
+    let (name, topic) = (pipeline.name.clone(), pipeline.source.topic.clone());
+    Box::new(move |partitions: &[i32]| {
+        handle.block_on(async {
+            let load = |table: String| {
+                let (catalog, sink, name) = (catalog.clone(), &sink, &name);
+                async move { load_state(catalog.as_ref(), &sink.namespace, &table, name).await }
+            };
+            let events = load(sink.events_table.name.clone()).await?;
+            let metrics = load(sink.metrics_table.name.clone()).await?;
+            let mut resume = Offsets::new();
+            for partition in partitions {
+                if let Some(next) =
+                    resume_point(&events.offsets, &metrics.offsets, &topic, *partition)
+                {
+                    resume.set(&topic, *partition, next);
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resume)
+        })
+    })
+}
+
+/// The two tables' branches.
+struct Branches<'a> {
+    events: &'a mut EventsBranch,
+    metrics: &'a mut MetricsBranch,
+}
+
+impl Branches<'_> {
+    /// Drops everything read and not committed: rows, closed windows and window state.
+    async fn drop_buffered(&mut self) -> u64 {
+        self.events.discard().await + self.metrics.discard().await
     }
-    resume
+
+    /// Takes over `partitions` from the tables as they stand now: what was buffered is dropped,
+    /// window state restored from the checkpoints, offsets set in `progress`.
+    async fn hold(
+        &mut self,
+        progress: &mut Progress,
+        partitions: &BTreeSet<i32>,
+    ) -> Result<(), PipelineError> {
+        self.drop_buffered().await;
+        let events = self.events.refresh().await?;
+        let metrics = self.metrics.hold(partitions).await?;
+        progress.hold(partitions, &events, &metrics);
+        Ok(())
+    }
 }
 
 /// Counters, gauges and health after a commit of both tables; `counts` are the messages
@@ -412,33 +511,39 @@ struct Committed {
 impl RunSummary {
     fn add(&mut self, committed: &Committed) {
         self.commits += 1;
+        self.commit_conflicts +=
+            u64::from(committed.events.conflicts + committed.metrics.conflicts);
         self.rows += committed.events.rows;
         self.windows += committed.metrics.rows;
     }
 }
 
-/// Commits both tables at `offsets`: dead letters first (the commits move past their offsets, so
-/// they must be safe), then the events, then the windows with their state checkpoint.
+/// Commits both tables: dead letters first (the commits move past their offsets, so they must
+/// be safe), then the events, then the windows with their state checkpoints. `None` when
+/// another runner had moved partitions on: the caller drops what it holds and reads again.
 async fn commit(
     dlq: &mut DeadLetterWriter,
-    events: &mut TableWriter,
-    metrics: &mut MetricsBranch,
-    offsets: &Offsets,
+    branches: &mut Branches<'_>,
+    progress: &mut Progress,
     pipeline: &str,
-) -> Result<Committed, PipelineError> {
+) -> Result<Option<Committed>, PipelineError> {
     dlq.flush().await.map_err(|source| PipelineError::Kafka {
         pipeline: pipeline.to_string(),
         source,
     })?;
-    let events = events
-        .commit(offsets)
-        .await
-        .map_err(|source| PipelineError::Sink {
-            pipeline: pipeline.to_string(),
-            source,
-        })?;
-    let metrics = metrics.commit(offsets).await?;
-    Ok(Committed { events, metrics })
+    let fenced = |table: &str, fenced: Fenced| {
+        tracing::warn!(pipeline, table, "commit refused, {fenced}: dropping what this runner read of its partitions and reading them again from the tables");
+        None
+    };
+    let events = match branches.events.commit(progress).await? {
+        Landing::Committed(stats) => stats,
+        Landing::Fenced(f) => return Ok(fenced(branches.events.label(), f)),
+    };
+    let metrics = match branches.metrics.commit(progress).await? {
+        Landing::Committed(stats) => stats,
+        Landing::Fenced(f) => return Ok(fenced(branches.metrics.label(), f)),
+    };
+    Ok(Some(Committed { events, metrics }))
 }
 
 /// Counters since the last commit.
@@ -473,10 +578,11 @@ impl Stages<'_> {
     async fn process(
         &self,
         batch: &MicroBatch,
-        events: &mut TableWriter,
-        events_skip: &Offsets,
-        metrics: &mut MetricsBranch,
+        progress: &Progress,
+        branches: &mut Branches<'_>,
     ) -> Result<Vec<KeyedDeadLetter>, PipelineError> {
+        let events_skip = &progress.absorbed_ahead(TableRole::Events);
+        let metrics_skip = &progress.absorbed_ahead(TableRole::Metrics);
         let pipeline = self.pipeline;
         let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut letters: Vec<KeyedDeadLetter> = batch
@@ -507,14 +613,7 @@ impl Stages<'_> {
         let now = Instant::now();
         for output in &outputs {
             let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(exec_err)?;
-            let new_valid = unabsorbed(&valid, events_skip).map_err(|e| exec_err(e.into()))?;
-            events
-                .write(&new_valid)
-                .await
-                .map_err(|source| PipelineError::Sink {
-                    pipeline: pipeline.to_string(),
-                    source,
-                })?;
+            branches.events.take(&valid, events_skip).await?;
             let rejected = unabsorbed(&rejected, events_skip).map_err(|e| exec_err(e.into()))?;
             letters.extend(
                 from_rejected_rows(
@@ -526,7 +625,7 @@ impl Stages<'_> {
                 )
                 .map_err(|e| exec_err(e.into()))?,
             );
-            let sorted = metrics.take(&valid, now).await?;
+            let sorted = branches.metrics.take(&valid, metrics_skip, now).await?;
             for (rows, reason) in [(&sorted.late, LATE), (&sorted.untimed, UNTIMED)] {
                 letters.extend(
                     from_rejected_rows(

@@ -131,7 +131,7 @@ pub async fn snapshots(
         Arc::new(StringArray::from_iter(
             snapshots
                 .iter()
-                .map(|s| property(s, crate::sink::iceberg::OFFSETS_PROPERTY)),
+                .map(|s| property(s, crate::common::summary::OFFSETS)),
         )),
         Arc::new(StringArray::from_iter_values(snapshots.iter().map(|s| {
             let sorted: std::collections::BTreeMap<_, _> =

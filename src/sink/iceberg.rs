@@ -25,16 +25,16 @@ use iceberg::Catalog;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use super::commit::{is_conflict, PinnedCatalog};
 use super::evolve::columns_to_add;
 use super::partition::PartitionSplitter;
 use super::table::load_table;
 use super::SinkError;
-use crate::common::Offsets;
+use crate::common::summary::{self, Checkpoints};
+use crate::common::{Fenced, Offsets};
 
-/// Snapshot summary key: the next Kafka offset per topic partition the table has absorbed.
-pub const OFFSETS_PROPERTY: &str = "campaign-pipeline.offsets";
-/// Snapshot summary key: the pipeline that made the snapshot.
-pub const PIPELINE_PROPERTY: &str = "campaign-pipeline.pipeline";
+/// How many times a commit is decided again after other writers committed first.
+const MAX_COMMIT_ATTEMPTS: u32 = 50;
 
 /// Target size of one data file before it rolls over.
 const TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
@@ -54,6 +54,26 @@ pub struct CommitStats {
     pub snapshot_id: Option<i64>,
     /// Time spent closing files and committing, in milliseconds.
     pub millis: u128,
+    /// Attempts that found another writer's commit first and were decided again.
+    pub conflicts: u32,
+}
+
+/// What a table holds for one pipeline, read from the snapshot summaries of one table state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableState {
+    /// The offsets the table has absorbed.
+    pub offsets: Offsets,
+    /// The window-state checkpoint per source partition (metrics table).
+    pub checkpoints: Checkpoints,
+}
+
+/// What a commit records beside its files, decided against the table state it lands on.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotContent {
+    /// The full offsets map the new snapshot records.
+    pub offsets: Offsets,
+    /// The checkpoints it points to, when the table keeps window state.
+    pub checkpoints: Option<Checkpoints>,
 }
 
 /// An open Iceberg table being appended to by one pipeline.
@@ -66,8 +86,10 @@ pub struct TableWriter {
     splitter: PartitionSplitter,
     writer: Option<Writer>,
     buffered_rows: u64,
-    /// The offsets the table holds: read at open, raised by each commit.
-    committed: Offsets,
+    /// What `table` holds for this pipeline.
+    state: TableState,
+    /// Files closed for a commit that was fenced, waiting for [`Self::discard`].
+    fenced_files: Vec<DataFile>,
 }
 
 impl TableWriter {
@@ -132,9 +154,10 @@ impl TableWriter {
             splitter,
             writer: None,
             buffered_rows: 0,
-            committed: Offsets::new(),
+            state: TableState::default(),
+            fenced_files: Vec::new(),
         };
-        writer.committed = writer.read_committed_offsets()?;
+        writer.state = read_state(&writer.table, &writer.pipeline, &writer.label)?;
         Ok(writer)
     }
 
@@ -143,51 +166,21 @@ impl TableWriter {
         &self.label
     }
 
-    /// The offsets the table has absorbed (as of open and this writer's commits since).
-    pub fn committed_offsets(&self) -> &Offsets {
-        &self.committed
+    /// What the table held for this pipeline when it was last loaded or committed to.
+    pub fn state(&self) -> &TableState {
+        &self.state
     }
 
-    /// Per partition, the value in the newest snapshot of this pipeline that mentions it
-    /// (walking the snapshot ancestry from the current one).
-    fn read_committed_offsets(&self) -> Result<Offsets, SinkError> {
-        let mut offsets = Offsets::new();
-        for (snapshot_id, text) in self.pipeline_snapshots(OFFSETS_PROPERTY) {
-            let found = Offsets::from_json(&text).map_err(|e| SinkError::Schema {
-                table: self.label.clone(),
-                message: format!("snapshot {snapshot_id} has unreadable offsets {text:?}: {e}"),
-            })?;
-            offsets.fill_from(&found);
-        }
-        Ok(offsets)
-    }
-
-    /// Values of a snapshot summary property in this pipeline's snapshots, newest first.
-    pub fn snapshot_property(&self, key: &str) -> Vec<String> {
-        self.pipeline_snapshots(key)
-            .into_iter()
-            .map(|(_, value)| value)
-            .collect()
-    }
-
-    /// (snapshot id, value of `key`) for this pipeline's snapshots that carry `key`, walking the
-    /// ancestry from the current snapshot (newest first).
-    fn pipeline_snapshots(&self, key: &str) -> Vec<(i64, String)> {
-        let metadata = self.table.metadata();
-        let mut found = Vec::new();
-        let mut next = metadata.current_snapshot().cloned();
-        while let Some(snapshot) = next {
-            let properties = &snapshot.summary().additional_properties;
-            if properties.get(PIPELINE_PROPERTY) == Some(&self.pipeline) {
-                if let Some(value) = properties.get(key) {
-                    found.push((snapshot.snapshot_id(), value.clone()));
-                }
-            }
-            next = snapshot
-                .parent_snapshot_id()
-                .and_then(|id| metadata.snapshot_by_id(id).cloned());
-        }
-        found
+    /// Loads the table's newest state from the catalog (other runners may have committed).
+    pub async fn refresh(&mut self) -> Result<&TableState, SinkError> {
+        let table = self
+            .catalog
+            .load_table(self.table.identifier())
+            .await
+            .map_err(|e| SinkError::iceberg(format!("loading {}", self.label), e))?;
+        self.state = read_state(&table, &self.pipeline, &self.label)?;
+        self.table = table;
+        Ok(&self.state)
     }
 
     /// The table's current snapshot id.
@@ -242,17 +235,14 @@ impl TableWriter {
         Ok(())
     }
 
-    /// Closes the open data files and commits them in one snapshot carrying `offsets` (the next
-    /// offset per partition that this table has now fully absorbed).
-    pub async fn commit(&mut self, offsets: &Offsets) -> Result<CommitStats, SinkError> {
-        self.commit_with(offsets, Vec::new()).await
-    }
-
-    /// Like [`Self::commit`], with more snapshot summary properties.
-    pub async fn commit_with(
+    /// Closes the open data files and commits them in one snapshot whose offsets and
+    /// checkpoints `decide` derives from the exact table state the snapshot lands on. When
+    /// another writer committed first, the table is reloaded and `decide` asked again; when
+    /// `decide` finds that partitions moved on, nothing is committed ([`SinkError::Fenced`]) and
+    /// the files stay buffered for [`Self::discard`].
+    pub async fn commit(
         &mut self,
-        offsets: &Offsets,
-        extra: Vec<(String, String)>,
+        mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
     ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
         let files: Vec<DataFile> = match self.writer.take() {
@@ -262,41 +252,98 @@ impl TableWriter {
                 .map_err(|e| SinkError::iceberg(&self.label, e))?,
             None => Vec::new(),
         };
-        let rows = self.buffered_rows;
-        // Where the table is ahead of the source (a crash between the two tables' commits left
-        // it there), it keeps its own offsets: recording the source's position would move the
-        // table back, and the next start would write those rows again.
-        let mut offsets = offsets.clone();
-        offsets.advance_all(&self.committed);
-        let mut properties = HashMap::from([
-            (OFFSETS_PROPERTY.to_string(), offsets.to_json()),
-            (PIPELINE_PROPERTY.to_string(), self.pipeline.clone()),
-        ]);
-        properties.extend(extra);
         let file_count = files.len();
-        let tx = Transaction::new(&self.table);
-        let action = tx
-            .fast_append()
-            // File names carry a fresh UUID, so the duplicate check (which reads every
-            // manifest of the table on each commit) can only cost time.
-            .with_check_duplicate(false)
-            .add_data_files(files)
-            .set_snapshot_properties(properties);
-        let tx = action
-            .apply(tx)
-            .map_err(|e| SinkError::iceberg(&self.label, e))?;
-        self.table = tx
-            .commit(self.catalog.as_ref())
-            .await
-            .map_err(|e| SinkError::iceberg(format!("committing to {}", self.label), e))?;
+        let mut base = self.table.clone();
+        let mut state = self.state.clone();
+        let mut conflicts = 0;
+        loop {
+            let content = match decide(&state) {
+                Ok(content) => content,
+                Err(fenced) => {
+                    self.fenced_files = files;
+                    self.table = base;
+                    self.state = state;
+                    return Err(SinkError::Fenced {
+                        table: self.label.clone(),
+                        source: fenced,
+                    });
+                }
+            };
+            let mut properties = HashMap::from([
+                (summary::OFFSETS.to_string(), content.offsets.to_json()),
+                (summary::PIPELINE.to_string(), self.pipeline.clone()),
+            ]);
+            if let Some(checkpoints) = &content.checkpoints {
+                properties.insert(summary::CHECKPOINT.to_string(), checkpoints.to_json());
+                let watermark = serde_json::to_string(&checkpoints.watermark()).unwrap_or_default();
+                properties.insert(summary::WATERMARK.to_string(), watermark);
+            }
+            let tx = Transaction::new(&base);
+            let action = tx
+                .fast_append()
+                // File names carry a fresh UUID, so the duplicate check (which reads every
+                // manifest of the table on each commit) can only cost time.
+                .with_check_duplicate(false)
+                .add_data_files(files.clone())
+                .set_snapshot_properties(properties);
+            let tx = action
+                .apply(tx)
+                .map_err(|e| SinkError::iceberg(&self.label, e))?;
+            let pinned = PinnedCatalog::new(self.catalog.clone(), base.clone());
+            match tx.commit(&pinned).await {
+                Ok(table) => {
+                    self.state = TableState {
+                        offsets: content.offsets,
+                        checkpoints: content.checkpoints.unwrap_or(state.checkpoints),
+                    };
+                    self.table = table;
+                    break;
+                }
+                Err(error) if is_conflict(&error) && conflicts + 1 < MAX_COMMIT_ATTEMPTS => {
+                    conflicts += 1;
+                    tracing::debug!(table = %self.label, conflicts, "another writer committed first: deciding again on the new table state");
+                    base = self
+                        .catalog
+                        .load_table(base.identifier())
+                        .await
+                        .map_err(|e| SinkError::iceberg(format!("reloading {}", self.label), e))?;
+                    state = read_state(&base, &self.pipeline, &self.label)?;
+                }
+                Err(error) => {
+                    return Err(SinkError::iceberg(
+                        format!("committing to {}", self.label),
+                        error,
+                    ))
+                }
+            }
+        }
+        let rows = self.buffered_rows;
         self.buffered_rows = 0;
-        self.committed = offsets;
         Ok(CommitStats {
             rows,
             files: file_count,
             snapshot_id: self.table.metadata().current_snapshot_id(),
             millis: started.elapsed().as_millis(),
+            conflicts,
         })
+    }
+
+    /// Drops the rows written since the last commit (their partitions moved to another runner
+    /// or were moved on by one): the open files are closed and deleted, never committed.
+    pub async fn discard(&mut self) -> u64 {
+        let mut files = std::mem::take(&mut self.fenced_files);
+        if let Some(writer) = self.writer.take() {
+            match writer.close().await {
+                Ok(closed) => files.extend(closed),
+                Err(err) => tracing::warn!(table = %self.label, "closing discarded files: {err}"),
+            }
+        }
+        for file in files {
+            if let Err(err) = self.table.file_io().delete(file.file_path()).await {
+                tracing::warn!(table = %self.label, file = file.file_path(), "deleting a discarded file: {err}");
+            }
+        }
+        std::mem::take(&mut self.buffered_rows)
     }
 
     fn new_writer(&self) -> Result<Writer, SinkError> {
@@ -345,4 +392,69 @@ impl TableWriter {
             message: e.to_string(),
         })
     }
+}
+
+/// `pipeline`'s offsets and checkpoints in `table`: from the newest of its snapshots that
+/// carries them (each commit records the full maps), walking the ancestry from the current.
+pub fn read_state(table: &Table, pipeline: &str, label: &str) -> Result<TableState, SinkError> {
+    let metadata = table.metadata();
+    let mut offsets = None;
+    let mut checkpoints = None;
+    let mut next = metadata.current_snapshot().cloned();
+    while let Some(snapshot) = next {
+        if offsets.is_some() && checkpoints.is_some() {
+            break;
+        }
+        let properties = &snapshot.summary().additional_properties;
+        if properties.get(summary::PIPELINE).map(String::as_str) == Some(pipeline) {
+            let unreadable = |key: &str, text: &str, e: serde_json::Error| SinkError::Schema {
+                table: label.to_string(),
+                message: format!(
+                    "snapshot {} has an unreadable {key} {text:?}: {e}",
+                    snapshot.snapshot_id()
+                ),
+            };
+            if let (None, Some(text)) = (&offsets, properties.get(summary::OFFSETS)) {
+                offsets = Some(
+                    Offsets::from_json(text).map_err(|e| unreadable(summary::OFFSETS, text, e))?,
+                );
+            }
+            if let (None, Some(text)) = (&checkpoints, properties.get(summary::CHECKPOINT)) {
+                checkpoints = Some(Checkpoints::from_json(text).map_err(|e| {
+                    let mut error = unreadable(summary::CHECKPOINT, text, e);
+                    if !text.starts_with('{') {
+                        error = SinkError::Schema {
+                            table: label.to_string(),
+                            message: format!(
+                                "the newest snapshot keeps one window-state checkpoint for \
+                                 the whole pipeline ({text}), written before state was kept \
+                                 per source partition: finish its open windows with the \
+                                 previous version (`run --until-caught-up \
+                                 --flush-open-windows`) before upgrading"
+                            ),
+                        };
+                    }
+                    error
+                })?);
+            }
+        }
+        next = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    Ok(TableState {
+        offsets: offsets.unwrap_or_default(),
+        checkpoints: checkpoints.unwrap_or_default(),
+    })
+}
+
+/// What `namespace.name` holds for `pipeline` now, loaded through the catalog.
+pub async fn load_state(
+    catalog: &dyn Catalog,
+    namespace: &str,
+    name: &str,
+    pipeline: &str,
+) -> Result<TableState, SinkError> {
+    let table = load_table(catalog, namespace, name).await?;
+    read_state(&table, pipeline, &format!("{namespace}.{name}"))
 }

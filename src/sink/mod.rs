@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod checkpoint;
+pub mod commit;
 pub mod evolve;
 pub mod iceberg;
 pub mod partition;
@@ -21,11 +22,26 @@ pub enum SinkError {
     #[error("{what}: {source}")]
     Iceberg {
         what: String,
+        #[source]
         source: Box<::iceberg::Error>,
     },
     /// The SQL output and the table disagree, or the table is missing.
     #[error("table {table}: {message}")]
     Schema { table: String, message: String },
+    /// Another runner moved partitions on: the commit did not land.
+    #[error("table {table}: {source}")]
+    Fenced {
+        table: String,
+        #[source]
+        source: crate::common::Fenced,
+    },
+    /// Arrow failed on rows bound for a table.
+    #[error("table {table}: {source}")]
+    Arrow {
+        table: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     /// A SQL output column has no Iceberg counterpart.
     #[error("table {table}: column `{column}` has type {data_type}, which Iceberg cannot store; cast it in the SQL")]
     UnsupportedType {

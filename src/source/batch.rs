@@ -43,6 +43,8 @@ pub struct MicroBatch {
     pub at_end: std::collections::BTreeSet<i32>,
     /// Messages `dlq replay` sent back, by (partition, offset): the coordinate each replays.
     pub replayed: HashMap<(i32, i64), String>,
+    /// The source's rewind epoch when the batch was read (older epochs are stale).
+    pub epoch: u64,
 }
 
 impl MicroBatch {
@@ -136,6 +138,7 @@ impl BatchBuilder {
         &mut self,
         caught_up: bool,
         at_end: std::collections::BTreeSet<i32>,
+        epoch: u64,
     ) -> Result<MicroBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.topic.finish()),
@@ -153,6 +156,14 @@ impl BatchBuilder {
             caught_up,
             at_end,
             replayed: std::mem::take(&mut self.replayed),
+            epoch,
         })
+    }
+
+    /// Drops what was appended (the pipeline will not take it).
+    pub fn clear(&mut self) {
+        if !self.is_empty() {
+            let _ = self.finish(false, Default::default(), 0);
+        }
     }
 }

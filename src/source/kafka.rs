@@ -12,6 +12,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::batch::{BatchBuilder, MicroBatch};
+use super::quirks::{Rejoin, ResumeCheck};
 use super::SourceError;
 use crate::common::Offsets;
 use crate::config::StartFrom;
@@ -31,25 +32,38 @@ pub struct SourceOptions {
     pub max_wait: Duration,
 }
 
+/// Where newly assigned partitions resume: asked of the tables at every assignment, so that
+/// progress lives in Iceberg and not in the consumer group. Partitions absent from the answer
+/// start at `source.start_from`.
+pub type ResumeLookup =
+    Box<dyn Fn(&[i32]) -> Result<Offsets, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
+/// How often an assignment's resume lookup is tried before the source gives up.
+const LOOKUP_ATTEMPTS: u32 = 6;
+
 /// Shared between the consumer's callbacks and the pipeline.
 #[derive(Default)]
 struct Shared {
-    /// Where each partition resumes: the offsets the tables have absorbed.
+    /// Where each assigned partition resumes, as looked up at assignment or set by a rewind.
     resume: Mutex<Offsets>,
     /// Partitions currently assigned to this consumer.
     assigned: Mutex<BTreeSet<i32>>,
-    /// Set by a rebalance so that the reading thread resets its end-of-partition bookkeeping.
-    rebalanced: AtomicBool,
+    /// Group changes seen by the rebalance callback, for the reading thread to hand on in order.
+    changes: Mutex<Vec<Result<SourceEvent, SourceError>>>,
     /// Consumer lag per partition, from librdkafka's statistics (the fetch high watermark).
     lag: Mutex<BTreeMap<i32, i64>>,
 }
 
-/// Seeks newly assigned partitions to the offsets the tables hold, so that progress lives in
-/// Iceberg and not in the consumer group.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Positions newly assigned partitions where the tables stand, and reports group changes.
 struct SourceContext {
     shared: Arc<Shared>,
     topic: String,
     start_from: StartFrom,
+    lookup: ResumeLookup,
 }
 
 impl ClientContext for SourceContext {
@@ -64,15 +78,38 @@ impl ClientContext for SourceContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
-        let mut lag = self
-            .shared
-            .lag
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut lag = lock(&self.shared.lag);
         for (partition, stats) in &topic.partitions {
             // librdkafka reports -1 while it does not know, and lists an internal partition -1.
             if *partition >= 0 && stats.consumer_lag >= 0 {
                 lag.insert(*partition, stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl SourceContext {
+    /// The tables' resume offsets for `partitions`, retried with backoff while the catalog does
+    /// not answer (the group waits: nothing is read before the partitions are positioned).
+    fn look_up(&self, partitions: &[i32]) -> Result<Offsets, SourceError> {
+        let mut wait = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match (self.lookup)(partitions) {
+                Ok(offsets) => return Ok(offsets),
+                Err(err) if attempt < LOOKUP_ATTEMPTS => {
+                    tracing::warn!(topic = %self.topic, ?partitions, "reading where the assigned partitions resume failed (attempt {attempt} of {LOOKUP_ATTEMPTS}), retrying in {wait:?}: {err}");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(SourceError::Resume {
+                        topic: self.topic.clone(),
+                        partitions: partitions.to_vec(),
+                        source,
+                    })
+                }
             }
         }
     }
@@ -86,77 +123,113 @@ impl ConsumerContext for SourceContext {
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS as ASSIGN;
-        let mut assigned = self
-            .shared
-            .assigned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if err == ASSIGN {
-            let resume = self
-                .shared
-                .resume
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            for partition in partitions {
-                // A partition the tables hold nothing from starts at `start_from: earliest` from
-                // its beginning, not at the group's committed offset: the group may be ahead of
-                // the tables (tables dropped and recreated to rebuild them from Kafka), and
-                // starting there would lose every event before it. With `latest` the group's
-                // offset is kept, so that a restart does not skip what arrived in between.
-                let offset = match (resume.get(&self.topic, partition), self.start_from) {
-                    (Some(next), _) => Some(Offset::Offset(next)),
-                    (None, StartFrom::Earliest) => Some(Offset::Beginning),
-                    (None, StartFrom::Latest) => None,
-                };
-                if let Some(offset) = offset {
-                    let _ = tpl.set_partition_offset(&self.topic, partition, offset);
-                }
-                assigned.insert(partition);
-            }
-            tracing::info!(topic = %self.topic, partitions = ?assigned, "partitions assigned");
-            if let Err(err) = consumer.assign(tpl) {
-                tracing::error!("assigning partitions failed: {err}");
-            }
-        } else {
-            assigned.clear();
-            tracing::info!(topic = %self.topic, "partitions revoked");
+        let mut assigned = lock(&self.shared.assigned);
+        if err != ASSIGN {
+            let revoked = std::mem::take(&mut *assigned);
+            tracing::info!(topic = %self.topic, partitions = ?revoked, "partitions revoked");
             if let Err(err) = consumer.unassign() {
                 tracing::error!("unassigning partitions failed: {err}");
             }
+            lock(&self.shared.changes).push(Ok(SourceEvent::Revoked));
+            return;
         }
-        self.shared.rebalanced.store(true, Ordering::SeqCst);
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        let resume = match self.look_up(&partitions) {
+            Ok(resume) => resume,
+            Err(error) => {
+                lock(&self.shared.changes).push(Err(error));
+                return;
+            }
+        };
+        for partition in &partitions {
+            // A partition the tables hold nothing from starts at `start_from: earliest` from
+            // its beginning, not at the group's committed offset: the group may be ahead of the
+            // tables (tables dropped and recreated to rebuild them from Kafka), and starting
+            // there would lose every event before it. With `latest` the group's offset is kept,
+            // so that a restart does not skip what arrived in between.
+            let offset = match (resume.get(&self.topic, *partition), self.start_from) {
+                (Some(next), _) => Some(Offset::Offset(next)),
+                (None, StartFrom::Earliest) => Some(Offset::Beginning),
+                (None, StartFrom::Latest) => None,
+            };
+            if let Some(offset) = offset {
+                let _ = tpl.set_partition_offset(&self.topic, *partition, offset);
+            }
+            assigned.insert(*partition);
+        }
+        *lock(&self.shared.resume) = resume;
+        tracing::info!(topic = %self.topic, partitions = ?assigned, "partitions assigned");
+        if let Err(err) = consumer.assign(tpl) {
+            tracing::error!("assigning partitions failed: {err}");
+        }
+        lock(&self.shared.changes).push(Ok(SourceEvent::Assigned {
+            partitions: assigned.clone(),
+        }));
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {}
+}
+
+/// What the source hands to the pipeline, in order.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Messages of the assigned partitions.
+    Batch(MicroBatch),
+    /// The group took the partitions away: what was read from them and not committed must be
+    /// dropped (another runner may be reading them now).
+    Revoked,
+    /// The group assigned these partitions; the batches that follow read them from where the
+    /// tables stood when they were assigned.
+    Assigned {
+        /// Every partition now held.
+        partitions: BTreeSet<i32>,
+    },
+}
+
+/// Asks of the reading thread.
+enum Command {
+    /// Position partitions again: at `offsets`, or at `start_from` where it has none (batches
+    /// read before carry an older epoch).
+    Rewind {
+        epoch: u64,
+        partitions: BTreeSet<i32>,
+        offsets: Offsets,
+    },
 }
 
 /// The running source: micro-batches arrive on [`KafkaSource::next`].
 pub struct KafkaSource {
     consumer: Arc<BaseConsumer<SourceContext>>,
     shared: Arc<Shared>,
-    batches: mpsc::Receiver<Result<MicroBatch, SourceError>>,
+    events: mpsc::Receiver<Result<SourceEvent, SourceError>>,
+    commands: std::sync::mpsc::Sender<Command>,
+    /// The epoch of the last rewind asked for: batches of older epochs are stale.
+    epoch: u64,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     topic: String,
+    group_id: String,
 }
 
 impl KafkaSource {
-    /// Joins the group and starts reading; partitions resume at `resume` where it knows them.
+    /// Joins the group and starts reading; assigned partitions resume where `lookup` says.
     pub fn start(
         client: &ClientConfig,
         options: SourceOptions,
-        resume: Offsets,
+        lookup: ResumeLookup,
     ) -> Result<Self, SourceError> {
         let topic = options.topic.clone();
-        let fail = |message: String| SourceError::Consumer {
+        let group_id = options.group_id.clone();
+        let fail = |source: KafkaError| SourceError::Consumer {
             topic: topic.clone(),
-            message,
+            source,
         };
-        let shared = Arc::new(Shared {
-            resume: Mutex::new(resume),
-            ..Shared::default()
-        });
+        let shared = Arc::new(Shared::default());
         let mut config = ClientConfig::new();
         // A runner killed without leaving the group holds its partitions until its session
         // times out, so a restart waits that long: keep it short unless the user says otherwise.
@@ -179,19 +252,22 @@ impl KafkaSource {
                     StartFrom::Latest => "latest",
                 },
             );
+        let session_timeout = config
+            .get("session.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::from_secs(45), Duration::from_millis);
         let context = SourceContext {
             shared: shared.clone(),
             topic: topic.clone(),
             start_from: options.start_from,
+            lookup,
         };
-        let consumer: BaseConsumer<SourceContext> = config
-            .create_with_context(context)
-            .map_err(|e| fail(e.to_string()))?;
-        consumer
-            .subscribe(&[&topic])
-            .map_err(|e| fail(e.to_string()))?;
+        let consumer: BaseConsumer<SourceContext> =
+            config.create_with_context(context).map_err(fail)?;
+        consumer.subscribe(&[&topic]).map_err(fail)?;
         let consumer = Arc::new(consumer);
-        let (sender, batches) = mpsc::channel(2);
+        let (sender, events) = mpsc::channel(2);
+        let (commands, received) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             consumer: consumer.clone(),
@@ -199,34 +275,65 @@ impl KafkaSource {
             options,
             stop: stop.clone(),
             sender,
+            commands: received,
+            session_timeout,
         };
         let thread = std::thread::Builder::new()
             .name("kafka-source".into())
             .spawn(move || reader.run())
-            .map_err(|e| fail(format!("cannot start the reading thread: {e}")))?;
+            .map_err(|source| SourceError::Thread {
+                topic: topic.clone(),
+                source,
+            })?;
         Ok(Self {
             consumer,
             shared,
-            batches,
+            events,
+            commands,
+            epoch: 0,
             stop,
             thread: Some(thread),
             topic,
+            group_id,
         })
     }
 
-    /// The next micro-batch; `None` once the source has stopped.
-    pub async fn next(&mut self) -> Option<Result<MicroBatch, SourceError>> {
-        self.batches.recv().await
+    /// The next event; `None` once the source has stopped. Batches read before the last
+    /// [`Self::rewind`] are left out.
+    pub async fn next(&mut self) -> Option<Result<SourceEvent, SourceError>> {
+        loop {
+            let event = self.events.recv().await?;
+            match event {
+                Ok(SourceEvent::Batch(batch)) if batch.epoch < self.epoch => continue,
+                other => return Some(other),
+            }
+        }
     }
 
-    /// Records progress the tables now hold: later rebalances resume there, and the consumer
-    /// group's committed offsets follow (for lag monitoring only).
-    pub fn absorbed(&self, offsets: &Offsets) {
-        self.shared
-            .resume
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .advance_all(offsets);
+    /// Reads `partitions` again from `offsets` (from `start_from` where it has none): their
+    /// tables were moved on by another runner, and this runner dropped what it had read.
+    /// Batches already read are left out.
+    pub fn rewind(&mut self, partitions: BTreeSet<i32>, offsets: Offsets) {
+        self.epoch += 1;
+        let command = Command::Rewind {
+            epoch: self.epoch,
+            partitions,
+            offsets,
+        };
+        if self.commands.send(command).is_err() {
+            tracing::warn!(topic = %self.topic, "the reading thread has stopped; nothing to rewind");
+        }
+    }
+
+    /// Members of the consumer group, as the group coordinator lists them (`None` when it does
+    /// not answer).
+    pub fn group_members(&self) -> Option<usize> {
+        group_members(&self.consumer, &self.group_id)
+    }
+
+    /// Commits the offsets the tables now hold to the consumer group, for lag monitoring only
+    /// (progress lives in the tables).
+    pub fn commit_group_offsets(&self, offsets: &Offsets) {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in offsets.iter() {
             let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
@@ -240,20 +347,13 @@ impl KafkaSource {
 
     /// Partitions currently assigned.
     pub fn assigned(&self) -> BTreeSet<i32> {
-        self.shared
-            .assigned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.shared.assigned).clone()
     }
 
     /// Consumer lag per assigned partition, as of librdkafka's last statistics.
     pub fn lag(&self) -> BTreeMap<i32, i64> {
         let assigned = self.assigned();
-        self.shared
-            .lag
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shared.lag)
             .iter()
             .filter(|(p, _)| assigned.contains(p))
             .map(|(p, l)| (*p, *l))
@@ -269,7 +369,7 @@ impl KafkaSource {
 impl Drop for KafkaSource {
     fn drop(&mut self) {
         self.stop();
-        self.batches.close();
+        self.events.close();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -282,23 +382,21 @@ struct Reader {
     shared: Arc<Shared>,
     options: SourceOptions,
     stop: Arc<AtomicBool>,
-    sender: mpsc::Sender<Result<MicroBatch, SourceError>>,
+    sender: mpsc::Sender<Result<SourceEvent, SourceError>>,
+    commands: std::sync::mpsc::Receiver<Command>,
+    /// The consumer's session timeout (the broker workaround's [`Rejoin`] counts in it).
+    session_timeout: Duration,
 }
 
+/// How often a runner that holds no partition says so.
+const UNASSIGNED_REPORT: Duration = Duration::from_secs(10);
+
 impl Reader {
-    /// The assigned partitions and their resume offsets, as the last rebalance left them.
+    /// The assigned partitions and their resume offsets, as the last rebalance or rewind left
+    /// them.
     fn assignment(&self) -> (BTreeSet<i32>, HashMap<i32, i64>) {
-        let assigned = self
-            .shared
-            .assigned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let resume = self
-            .shared
-            .resume
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let assigned = lock(&self.shared.assigned).clone();
+        let resume = lock(&self.shared.resume);
         let offsets = assigned
             .iter()
             .filter_map(|p| Some((*p, resume.get(&self.options.topic, *p)?)))
@@ -306,39 +404,103 @@ impl Reader {
         (assigned, offsets)
     }
 
-    fn seek_back(&self, partition: i32, to: i64) {
-        if let Err(err) = self.consumer.seek(
-            &self.options.topic,
-            partition,
-            Offset::Offset(to),
-            Duration::from_secs(10),
-        ) {
-            tracing::warn!(topic = %self.options.topic, partition, "seeking back to {to} failed: {err}");
+    fn seek(&self, partition: i32, to: i64) {
+        self.seek_to(partition, Offset::Offset(to));
+    }
+
+    fn seek_to(&self, partition: i32, to: Offset) {
+        if let Err(err) =
+            self.consumer
+                .seek(&self.options.topic, partition, to, Duration::from_secs(10))
+        {
+            tracing::warn!(topic = %self.options.topic, partition, "seeking to {to:?} failed: {err}");
         }
+    }
+
+    /// Where a partition the tables hold nothing from starts.
+    fn start_offset(&self) -> Offset {
+        match self.options.start_from {
+            StartFrom::Earliest => Offset::Beginning,
+            StartFrom::Latest => Offset::Stored,
+        }
+    }
+
+    fn send(&self, event: Result<SourceEvent, SourceError>) -> bool {
+        self.sender.blocking_send(event).is_ok()
     }
 
     fn run(self) {
         let mut builder = BatchBuilder::new(self.options.max_rows);
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut resumes = ResumeCheck::default();
-        // Next offset this reader has handed on, per partition: a rebalance rewinds the consumer
-        // to the tables' progress while newer messages are still buffered downstream, and those
-        // must not be handed on twice.
+        // Next offset this reader has handed on, per partition: a seek back (the broker
+        // workaround below) re-reads messages already handed on, which must not be handed on
+        // twice. Cleared when the pipeline drops what it holds (rebalance, rewind).
         let mut handed_on: HashMap<i32, i64> = HashMap::new();
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
         let mut opened = Instant::now();
+        let mut epoch = 0;
+        let mut idle = Unassigned::new();
+        let mut rejoin = Rejoin::new(self.session_timeout);
         // Copies of the shared assignment and resume offsets, refreshed only when a rebalance
-        // changes them, so the per-message path takes no lock. Offsets our own commits add later
-        // never exceed what `handed_on` already guards.
+        // or rewind changes them, so the per-message path takes no lock.
         let (mut assigned, mut resume_at) = self.assignment();
         while !self.stop.load(Ordering::SeqCst) {
             let polled = self.consumer.poll(poll_timeout);
-            // The rebalance callback runs inside `poll`: refresh before handling what it returned.
-            if self.shared.rebalanced.swap(false, Ordering::SeqCst) {
+            // The rebalance callback runs inside `poll`: hand on what it saw before anything
+            // read afterwards, and forget what was read before (the pipeline drops it).
+            let changes = std::mem::take(&mut *lock(&self.shared.changes));
+            let rebalanced = !changes.is_empty();
+            for change in changes {
+                if !self.send(change) {
+                    return;
+                }
+            }
+            let mut repositioned: Vec<i32> = Vec::new();
+            if rebalanced {
+                builder.clear();
                 at_end.clear();
+                handed_on.clear();
                 (assigned, resume_at) = self.assignment();
                 resumes = ResumeCheck::default();
-                resumes.expect(resume_at.keys().copied(), Instant::now());
+                repositioned.extend(resume_at.keys().copied());
+            }
+            while let Ok(Command::Rewind {
+                epoch: next,
+                partitions,
+                offsets,
+            }) = self.commands.try_recv()
+            {
+                epoch = next;
+                builder.clear();
+                let mut resume = lock(&self.shared.resume);
+                for partition in partitions.intersection(&assigned) {
+                    let partition = *partition;
+                    handed_on.remove(&partition);
+                    at_end.remove(&partition);
+                    resumes.forget(partition);
+                    let Some(offset) = offsets.get(&self.options.topic, partition) else {
+                        resume_at.remove(&partition);
+                        self.seek_to(partition, self.start_offset());
+                        continue;
+                    };
+                    resume.set(&self.options.topic, partition, offset);
+                    resume_at.insert(partition, offset);
+                    repositioned.push(partition);
+                    self.seek_to(partition, Offset::Offset(offset));
+                }
+            }
+            resumes.expect(repositioned, Instant::now());
+            if idle.report(&assigned).is_some() {
+                tracing::info!(
+                    topic = %self.options.topic,
+                    group = %self.options.group_id,
+                    "this runner holds no partition; the group has {members} member(s) (more runners than partitions wait as standbys)",
+                    members = self.group_members().map_or_else(|| "an unknown number of".to_string(), |n| n.to_string()),
+                );
+            }
+            if rejoin.due(assigned.is_empty(), Instant::now()) {
+                self.rejoin();
             }
             for (partition, back_to) in resumes.stalled(&resume_at, Instant::now()) {
                 tracing::info!(
@@ -347,12 +509,17 @@ impl Reader {
                     "resuming at {:?}, the broker answered nothing: seeking back to {back_to}",
                     resume_at.get(&partition)
                 );
-                self.seek_back(partition, back_to);
+                self.seek(partition, back_to);
             }
             match polled {
                 Some(Ok(message)) => {
                     let partition = message.partition();
                     let offset = message.offset();
+                    // Only the partitions held now reach the pipeline (a message fetched before
+                    // a rebalance may still arrive).
+                    if !assigned.contains(&partition) {
+                        continue;
+                    }
                     at_end.remove(&partition);
                     let resume = resume_at.get(&partition).copied();
                     if let Some(back_to) = resumes.check(partition, offset, resume) {
@@ -361,12 +528,12 @@ impl Reader {
                             partition,
                             "resuming at {resume:?}, the broker answered from {offset}: seeking back to {back_to}"
                         );
-                        self.seek_back(partition, back_to);
+                        self.seek(partition, back_to);
                         resumes.expect([partition], Instant::now());
                         continue;
                     }
-                    // Below the tables' progress: already absorbed (a rebalance, a seek back or
-                    // group offsets behind the tables), so it is dropped, not written twice.
+                    // Below the tables' progress: already absorbed (a seek back or group
+                    // offsets behind the tables), so it is dropped, not written twice.
                     let seen = handed_on.get(&partition).is_some_and(|next| offset < *next);
                     if !seen && resume.is_none_or(|next| offset >= next) {
                         handed_on.insert(partition, offset + 1);
@@ -403,156 +570,96 @@ impl Reader {
             if full || waited || caught_up {
                 let ends = at_end.iter().copied().collect();
                 let batch = builder
-                    .finish(caught_up, ends)
+                    .finish(caught_up, ends, epoch)
+                    .map(SourceEvent::Batch)
                     .map_err(|source| SourceError::Arrow {
                         topic: self.options.topic.clone(),
                         source,
                     });
                 opened = Instant::now();
-                if self.sender.blocking_send(batch).is_err() {
+                if !self.send(batch) {
                     return;
                 }
             }
         }
     }
-}
 
-/// Makes sure a partition really resumes at the offset the tables hold.
-///
-/// Kafka answers a fetch inside a record batch with the whole batch, and the client skips the
-/// records before the requested offset. tansu 0.6 instead answers with the next batch that
-/// starts at or after the offset, silently skipping the rest of the batch the offset falls in.
-/// So when the first message after (re)assignment lies beyond the resume offset, the reader
-/// seeks back further (doubling the distance) until the resume offset itself is delivered;
-/// the messages before it are then dropped as already absorbed. Only when even offset 0 starts
-/// later is the gap real (retention or compaction), and it is logged. When the offset falls in
-/// the partition's last batch, tansu answers nothing at all (no records, no end of partition),
-/// so a resumed partition that stays silent for [`RESUME_PATIENCE`] is sought back the same way.
-#[derive(Default)]
-struct ResumeCheck {
-    /// Partitions whose resume offset was confirmed since the last assignment.
-    confirmed: HashSet<i32>,
-    /// Current seek-back distance per partition.
-    distance: BTreeMap<i32, i64>,
-    /// Partitions not yet confirmed, with when they were last (re)positioned.
-    waiting: BTreeMap<i32, Instant>,
-}
+    fn group_members(&self) -> Option<usize> {
+        group_members(&self.consumer, &self.options.group_id)
+    }
 
-/// How long a resumed partition may stay silent before the reader seeks it further back.
-const RESUME_PATIENCE: Duration = Duration::from_secs(1);
-
-impl ResumeCheck {
-    /// Starts waiting for the first message of freshly positioned partitions.
-    fn expect(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
-        for partition in partitions {
-            self.waiting.insert(partition, now);
+    /// Leaves the group and joins it again as a new member (see [`Rejoin`]), unless the group
+    /// has more members than the topic has partitions (then holding nothing is a standby's lot).
+    fn rejoin(&self) {
+        let topic = &self.options.topic;
+        let members = self.group_members();
+        let partitions = self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| Some(m.topics().first()?.partitions().len()));
+        if let (Some(members), Some(partitions)) = (members, partitions) {
+            if members > partitions {
+                return;
+            }
         }
-    }
-
-    /// The partition was read to its end: nothing lies beyond the resume offset to skip.
-    fn reached_end(&mut self, partition: i32) {
-        self.waiting.remove(&partition);
-        self.confirmed.insert(partition);
-    }
-
-    /// Partitions silent for too long since they were positioned, with where to seek them.
-    fn stalled(&mut self, resume_at: &HashMap<i32, i64>, now: Instant) -> Vec<(i32, i64)> {
-        let silent: Vec<i32> = self
-            .waiting
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= RESUME_PATIENCE)
-            .map(|(partition, _)| *partition)
-            .collect();
-        silent
-            .into_iter()
-            .filter_map(|partition| {
-                let resume = *resume_at.get(&partition)?;
-                // As if the broker had answered from beyond the resume offset.
-                let target = self.check(partition, resume + 1, Some(resume))?;
-                self.waiting.insert(partition, now);
-                Some((partition, target))
-            })
-            .collect()
-    }
-
-    /// `Some(offset)` to seek back to before reading on, `None` to accept the message.
-    fn check(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Option<i64> {
-        if self.confirmed.contains(&partition) {
-            return None;
-        }
-        self.waiting.remove(&partition);
-        let Some(resume) = resume else {
-            self.confirmed.insert(partition);
-            return None;
-        };
-        if offset <= resume {
-            self.confirmed.insert(partition);
-            self.distance.remove(&partition);
-            return None;
-        }
-        let distance = self.distance.entry(partition).or_insert(1_000);
-        let previous_target = resume - *distance / 2;
-        if previous_target <= 0 && *distance > 1_000 {
-            tracing::warn!(
-                partition,
-                "offsets {resume}..{offset} are no longer on the broker; resuming at {offset}"
-            );
-            self.confirmed.insert(partition);
-            return None;
-        }
-        let target = (resume - *distance).max(0);
-        *distance *= 2;
-        Some(target)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ResumeCheck;
-
-    #[test]
-    fn seeks_back_until_the_resume_offset_is_delivered() {
-        let mut check = ResumeCheck::default();
-        // Resume at 12000 but the broker answers from 13795: seek back, further each time.
-        assert_eq!(check.check(1, 13795, Some(12000)), Some(11000));
-        assert_eq!(check.check(1, 13795, Some(12000)), Some(10000));
-        // Now an earlier batch arrives: confirmed, and later messages pass untouched.
-        assert_eq!(check.check(1, 9500, Some(12000)), None);
-        assert_eq!(check.check(1, 13795, Some(12000)), None);
-    }
-
-    #[test]
-    fn a_silent_resumed_partition_is_sought_back_too() {
-        use std::collections::HashMap;
-        use std::time::{Duration, Instant};
-        let start = Instant::now();
-        let mut check = ResumeCheck::default();
-        let resume_at = HashMap::from([(2, 14_000), (0, 50)]);
-        check.expect([0, 2], start);
-        check.reached_end(0);
-        assert!(
-            check.stalled(&resume_at, start).is_empty(),
-            "patience first"
+        tracing::warn!(
+            topic = %topic,
+            group = %self.options.group_id,
+            ?members,
+            ?partitions,
+            "this runner has held no partition for twice the session timeout although the group has no more members than partitions: leaving and joining the group again as a new member"
         );
-        let later = start + Duration::from_secs(2);
-        assert_eq!(check.stalled(&resume_at, later), vec![(2, 13_000)]);
-        assert!(
-            check.stalled(&resume_at, later).is_empty(),
-            "waits again after a seek"
-        );
-        let even_later = later + Duration::from_secs(2);
-        assert_eq!(check.stalled(&resume_at, even_later), vec![(2, 12_000)]);
-        assert_eq!(check.check(2, 12_500, Some(14_000)), None);
-        assert!(check
-            .stalled(&resume_at, even_later + Duration::from_secs(9))
-            .is_empty());
+        self.consumer.unsubscribe();
+        if let Err(err) = self.consumer.subscribe(&[topic]) {
+            tracing::warn!(topic = %topic, "rejoining the group failed: {err}");
+        }
+    }
+}
+
+/// Members of a consumer group, as its coordinator lists them (`None` when it does not answer).
+fn group_members<C: ConsumerContext>(consumer: &BaseConsumer<C>, group_id: &str) -> Option<usize> {
+    let groups = consumer
+        .fetch_group_list(Some(group_id), Duration::from_secs(5))
+        .ok()?;
+    let group = groups.groups().iter().find(|g| g.name() == group_id)?;
+    Some(group.members().len())
+}
+
+/// When a runner that holds no partition says so: at once, then every [`UNASSIGNED_REPORT`].
+struct Unassigned {
+    since: Option<Instant>,
+    last_report: Option<Instant>,
+}
+
+impl Unassigned {
+    fn new() -> Self {
+        Self {
+            since: Some(Instant::now()),
+            last_report: None,
+        }
     }
 
-    #[test]
-    fn accepts_a_real_gap_once_offset_zero_was_tried() {
-        let mut check = ResumeCheck::default();
-        assert_eq!(check.check(0, 900, Some(500)), Some(0));
-        assert_eq!(check.check(0, 900, Some(500)), None);
-        assert_eq!(check.check(2, 5, None), None);
+    /// `Some(())` when it is time to say that nothing is held.
+    fn report(&mut self, assigned: &BTreeSet<i32>) -> Option<()> {
+        if !assigned.is_empty() {
+            self.since = None;
+            self.last_report = None;
+            return None;
+        }
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        // Joining a group takes a moment: only an empty hand that lasts is news.
+        if now.duration_since(since) < Duration::from_secs(3) {
+            return None;
+        }
+        if self
+            .last_report
+            .is_some_and(|last| now.duration_since(last) < UNASSIGNED_REPORT)
+        {
+            return None;
+        }
+        self.last_report = Some(now);
+        Some(())
     }
 }

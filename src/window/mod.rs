@@ -1,10 +1,12 @@
 //! Event-time tumbling windows: the window written in the metrics SQL.
 
 pub mod aggregate;
+pub mod keys;
 pub mod operator;
 pub mod spec;
 pub mod state;
 pub mod watermark;
 
-pub use operator::{Progress, Sorted, WindowError, WindowOperator};
+pub use operator::{Sorted, WindowError, WindowOperator};
 pub use spec::{WindowSpec, WindowSpecError};
+pub use watermark::{Micros, PartitionTime};

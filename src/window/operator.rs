@@ -11,11 +11,11 @@ use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit, TimestampMicros
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
-use serde::{Deserialize, Serialize};
 
 use super::aggregate::SplitAggregate;
+use super::keys::KeyPartitions;
 use super::state::WindowState;
-use super::watermark::{Micros, WatermarkTracker};
+use super::watermark::{Micros, PartitionTime, WatermarkTracker};
 use super::WindowSpec;
 
 /// A window's state is reduced to one row per group once it holds more batches than this.
@@ -35,7 +35,7 @@ pub enum WindowError {
     Unsupported(String),
     /// A checkpoint does not fit the current metrics SQL.
     #[error("window state checkpoint: {0}")]
-    Checkpoint(String),
+    Checkpoint(#[source] ArrowError),
 }
 
 /// A micro-batch's parsed rows sorted by their relation to the watermark.
@@ -49,49 +49,20 @@ pub struct Sorted {
     pub untimed: RecordBatch,
 }
 
-/// Event-time progress as kept beside a state checkpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// The pipeline's watermark, microseconds since the epoch.
-    pub watermark: Option<Micros>,
-    /// Highest event time seen per source partition, microseconds since the epoch.
-    pub partitions: BTreeMap<i32, Micros>,
-}
-
-/// Incremental tumbling-window aggregation of the metrics SQL.
+/// Incremental tumbling-window aggregation of the metrics SQL, with the open-window state kept
+/// per source partition so that it moves with the partition between runners.
 pub struct WindowOperator {
     split: SplitAggregate,
-    state: WindowState,
+    /// Open-window state per held source partition.
+    states: BTreeMap<i32, WindowState>,
     tracker: WatermarkTracker,
+    keys: KeyPartitions,
     size: Micros,
     time_column: String,
     events_schema: SchemaRef,
 }
 
 impl WindowOperator {
-    /// Splits a planned metrics SQL into its aggregate phases and builds an operator with
-    /// empty state (also how `check` proves the SQL can run incrementally).
-    pub async fn for_planned(
-        ctx: &datafusion::prelude::SessionContext,
-        planned: &crate::engine::PlannedSql,
-        allowed_lateness: Duration,
-        idle_timeout: Duration,
-    ) -> Result<Self, WindowError> {
-        let split = SplitAggregate::new(ctx, &planned.metrics, planned.events_slot.clone())
-            .await
-            .map_err(|e| match e {
-                DataFusionError::Plan(message) => WindowError::Unsupported(message),
-                other => WindowError::Sql(other),
-            })?;
-        Self::new(
-            split,
-            &planned.window,
-            planned.events_schema.clone(),
-            allowed_lateness,
-            idle_timeout,
-        )
-    }
-
     /// An operator with empty state for `split`'s SQL, windows of `spec`, and the pipeline's
     /// lateness and idle timeout; `events_schema` is the metrics SQL's input table.
     pub fn new(
@@ -107,35 +78,58 @@ impl WindowOperator {
                 spec.time_column
             )));
         }
-        let state = WindowState::new(split.state_schema().clone(), split.window_column());
+        let keys = KeyPartitions::new(
+            split.state_schema(),
+            split.group_columns(),
+            split.window_column(),
+        )?;
         Ok(Self {
             split,
-            state,
+            states: BTreeMap::new(),
             tracker: WatermarkTracker::new(allowed_lateness, idle_timeout),
+            keys,
             size: spec.size.as_micros() as Micros,
             time_column: spec.time_column.clone(),
             events_schema,
         })
     }
 
-    /// Sorts parsed rows (with `_partition`) by the watermark as it stood before them, then
-    /// records their highest event time per source partition.
+    /// Sorts parsed rows (with `_partition`) by their partition's watermark as it stood before
+    /// them, then records their highest event time per source partition.
     pub fn sort_and_observe(
         &mut self,
         rows: &RecordBatch,
         now: Instant,
     ) -> Result<Sorted, WindowError> {
         let times = self.event_times(rows)?;
-        let watermark = self.tracker.current();
+        let partitions = partition_column(rows)?;
         let mut on_time = Vec::with_capacity(times.len());
         let mut late = Vec::with_capacity(times.len());
-        for time in times.iter() {
+        // Few partitions per batch: a short list beats a map lookup per row.
+        let mut marks: Vec<(i32, Option<Micros>)> = Vec::new();
+        let mut highest: Vec<(i32, Micros)> = Vec::new();
+        for (partition, time) in partitions.iter().zip(times.iter()) {
+            let partition = partition.unwrap_or_default();
+            let watermark = match marks.iter().find(|(p, _)| *p == partition) {
+                Some((_, mark)) => *mark,
+                None => {
+                    let mark = self.tracker.partition_watermark(partition);
+                    marks.push((partition, mark));
+                    mark
+                }
+            };
             let is_late = match (time, watermark) {
                 (Some(t), Some(w)) => self.window_start(t) + self.size <= w,
                 _ => false,
             };
             on_time.push(time.is_some() && !is_late);
             late.push(is_late);
+            if let Some(t) = time {
+                match highest.iter_mut().find(|(p, _)| *p == partition) {
+                    Some((_, max)) => *max = (*max).max(t),
+                    None => highest.push((partition, t)),
+                }
+            }
         }
         let untimed = arrow::compute::is_null(&times)?;
         let sorted = Sorted {
@@ -143,25 +137,13 @@ impl WindowOperator {
             late: filter_record_batch(rows, &BooleanArray::from(late))?,
             untimed: filter_record_batch(rows, &untimed)?,
         };
-        let partitions = rows
-            .column_by_name("_partition")
-            .ok_or_else(|| ArrowError::SchemaError("parsed rows lack `_partition`".into()))?;
-        let partitions = cast(partitions, &DataType::Int32)?;
-        let partitions: &Int32Array = partitions.as_primitive::<Int32Type>();
-        let mut highest: BTreeMap<i32, Micros> = BTreeMap::new();
-        for (partition, time) in partitions.iter().zip(times.iter()) {
-            if let (Some(p), Some(t)) = (partition, time) {
-                let entry = highest.entry(p).or_insert(t);
-                *entry = (*entry).max(t);
-            }
-        }
         for (partition, time) in highest {
             self.tracker.observe(partition, time, now);
         }
         Ok(sorted)
     }
 
-    /// Folds on-time rows into the partial states of their windows.
+    /// Folds on-time rows into the partial states of their windows, in their partition's state.
     pub async fn absorb(&mut self, on_time: &RecordBatch) -> Result<(), WindowError> {
         if on_time.num_rows() == 0 {
             return Ok(());
@@ -175,113 +157,172 @@ impl WindowOperator {
                 .collect::<Result<Vec<_>, _>>()?,
         )?;
         let events = RecordBatch::try_new(self.events_schema.clone(), events.columns().to_vec())?;
-        let partials = self.split.partial(vec![events]).await?;
-        self.state.add(&partials)?;
-        if !self.state.fragmented(MAX_FRAGMENTS).is_empty() {
-            self.compact().await?;
+        let partitions = partition_column(on_time)?;
+        for (partition, rows) in by_partition(&events, &partitions)? {
+            let partials = self.split.partial(vec![rows]).await?;
+            self.keys.note(partition, &partials)?;
+            let state = self.state_of(partition);
+            state.add(&partials)?;
+            if !state.fragmented(MAX_FRAGMENTS).is_empty() {
+                self.compact(partition).await?;
+            }
         }
         Ok(())
     }
 
-    /// Moves the watermark over the assigned partitions (each with whether it is read to its
-    /// end) and returns the final rows of every window it has passed.
+    /// Moves the watermarks of the held partitions (`at_end` says which are read to their end)
+    /// and returns the final rows of every window they have passed.
     pub async fn advance(
         &mut self,
-        assigned: impl IntoIterator<Item = (i32, bool)>,
+        at_end: impl Fn(i32) -> bool,
         now: Instant,
     ) -> Result<Vec<RecordBatch>, WindowError> {
-        let Some(watermark) = self.tracker.advance(assigned, now) else {
-            return Ok(Vec::new());
-        };
-        let closable = self.state.closable(watermark, self.size);
-        self.finish(closable).await
+        self.tracker.advance(at_end, now);
+        let mut batches = Vec::new();
+        for (partition, state) in &mut self.states {
+            let Some(watermark) = self.tracker.partition_watermark(*partition) else {
+                continue;
+            };
+            for start in state.closable(watermark, self.size) {
+                batches.extend(state.take(start));
+            }
+        }
+        self.finish(batches).await
     }
 
     /// Final rows of every open window (for backfills that must not leave windows behind).
-    /// Emitted windows are final, so the watermark moves past them: later events for them
-    /// are late, not a second row for the same window.
+    /// Emitted windows are final, so each partition's watermark moves past them: later events
+    /// for them are late, not a second row for the same window.
     pub async fn flush(&mut self) -> Result<Vec<RecordBatch>, WindowError> {
-        let open = self.state.open_windows();
-        if let Some(last) = open.last() {
-            self.tracker.restore_watermark(last + self.size);
+        let mut batches = Vec::new();
+        for (partition, state) in &mut self.states {
+            let open = state.open_windows();
+            if let Some(last) = open.last() {
+                let mut time = self.tracker.time(*partition);
+                let end = last + self.size;
+                time.watermark = Some(time.watermark.map_or(end, |w| w.max(end)));
+                self.tracker.restore(*partition, time, Instant::now());
+            }
+            for start in open {
+                batches.extend(state.take(start));
+            }
         }
-        self.finish(open).await
+        self.finish(batches).await
     }
 
-    async fn finish(&mut self, starts: Vec<Micros>) -> Result<Vec<RecordBatch>, WindowError> {
-        if starts.is_empty() {
+    async fn finish(&mut self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
+        if batches.is_empty() {
             return Ok(Vec::new());
         }
-        let batches: Vec<RecordBatch> = starts
-            .iter()
-            .flat_map(|start| self.state.take(*start))
-            .collect();
         Ok(self.split.finish(batches).await?)
     }
 
-    /// The watermark and per-partition event times, for checkpoints.
-    pub fn progress(&self) -> Progress {
-        Progress {
-            watermark: self.tracker.current(),
-            partitions: self.tracker.max_events(),
+    /// Merges every held partition's open windows' partial states into one row per group.
+    pub async fn compact_all(&mut self) -> Result<(), WindowError> {
+        for partition in self.partitions() {
+            self.compact(partition).await?;
         }
+        Ok(())
     }
 
-    /// Merges every open window's partial states into one row per group.
-    pub async fn compact(&mut self) -> Result<(), WindowError> {
-        let fragmented = self.state.fragmented(1);
+    /// Merges a partition's open windows' partial states into one row per group.
+    async fn compact(&mut self, partition: i32) -> Result<(), WindowError> {
+        let state = self.state_of(partition);
+        let fragmented = state.fragmented(1);
         if fragmented.is_empty() {
             return Ok(());
         }
         let batches = fragmented
             .iter()
-            .flat_map(|start| self.state.take(*start))
+            .flat_map(|start| state.take(*start))
             .collect();
         let reduced = self.split.reduce(batches).await?;
-        self.state.add(&reduced)?;
+        self.state_of(partition).add(&reduced)?;
         Ok(())
     }
 
-    /// Open-window state, compacted, as an Arrow IPC file.
-    pub async fn checkpoint(&mut self) -> Result<Vec<u8>, WindowError> {
-        self.compact().await?;
-        Ok(self.state.to_ipc()?)
+    /// A partition's open-window state, compacted, as an Arrow IPC file, with its event-time
+    /// progress.
+    pub async fn checkpoint(
+        &mut self,
+        partition: i32,
+    ) -> Result<(Vec<u8>, PartitionTime), WindowError> {
+        self.compact(partition).await?;
+        let bytes = self.state_of(partition).to_ipc()?;
+        Ok((bytes, self.tracker.time(partition)))
     }
 
-    /// Restores state and event-time progress from a checkpoint.
+    /// Takes over a partition: its state and event-time progress from its checkpoint (none for
+    /// a partition never checkpointed), replacing whatever this operator held for it.
     pub fn restore(
         &mut self,
+        partition: i32,
         state: Option<&[u8]>,
-        progress: &Progress,
+        time: PartitionTime,
         now: Instant,
     ) -> Result<(), WindowError> {
+        let mut restored = WindowState::new(
+            self.split.state_schema().clone(),
+            self.split.window_column(),
+        );
         if let Some(bytes) = state {
-            self.state
+            let batches = restored
                 .restore_ipc(bytes, self.split.group_columns())
-                .map_err(|e| WindowError::Checkpoint(e.to_string()))?;
+                .map_err(WindowError::Checkpoint)?;
+            self.keys.note(partition, &batches)?;
         }
-        for (partition, time) in &progress.partitions {
-            self.tracker.restore(*partition, *time, now);
-        }
-        if let Some(watermark) = progress.watermark {
-            self.tracker.restore_watermark(watermark);
-        }
+        self.states.insert(partition, restored);
+        self.tracker.restore(partition, time, now);
         Ok(())
     }
 
-    /// Open windows and the bytes their state holds.
+    /// Lets a partition go (it moved to another runner): its state and progress are dropped.
+    pub fn release(&mut self, partition: i32) {
+        self.states.remove(&partition);
+        self.tracker.release(partition);
+        self.keys.release(partition);
+    }
+
+    /// The partitions whose state this operator holds.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.states.keys().copied().collect()
+    }
+
+    /// Event-time progress per held partition.
+    pub fn times(&self) -> BTreeMap<i32, PartitionTime> {
+        self.tracker.times()
+    }
+
+    /// Open windows and the bytes their state holds, over all held partitions.
     pub fn state_size(&self) -> (usize, usize) {
-        (self.state.open_windows().len(), self.state.memory_bytes())
+        self.states
+            .values()
+            .fold((0, 0), |(windows, bytes), state| {
+                (
+                    windows + state.open_windows().len(),
+                    bytes + state.memory_bytes(),
+                )
+            })
     }
 
     /// Partial-state rows held.
     pub fn state_rows(&self) -> usize {
-        self.state.rows()
+        self.states.values().map(WindowState::rows).sum()
     }
 
-    /// The current watermark.
+    /// The runner's watermark: the lowest of its partitions' watermarks.
     pub fn watermark(&self) -> Option<Micros> {
         self.tracker.current()
+    }
+
+    fn state_of(&mut self, partition: i32) -> &mut WindowState {
+        let (schema, column) = (
+            self.split.state_schema().clone(),
+            self.split.window_column(),
+        );
+        self.states
+            .entry(partition)
+            .or_insert_with(|| WindowState::new(schema, column))
     }
 
     /// Window start of an event time, as `date_bin` computes it (origin at the epoch).
@@ -299,4 +340,34 @@ impl WindowOperator {
         let micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
         Ok(micros.as_primitive::<TimestampMicrosecondType>().clone())
     }
+}
+
+/// The `_partition` column of parsed rows, as Int32.
+fn partition_column(rows: &RecordBatch) -> Result<Int32Array, ArrowError> {
+    let column = rows
+        .column_by_name("_partition")
+        .ok_or_else(|| ArrowError::SchemaError("parsed rows lack `_partition`".into()))?;
+    Ok(cast(column, &DataType::Int32)?
+        .as_primitive::<Int32Type>()
+        .clone())
+}
+
+/// The rows of `batch` per source partition (one slice when the batch holds one partition).
+fn by_partition(
+    batch: &RecordBatch,
+    partitions: &Int32Array,
+) -> Result<Vec<(i32, RecordBatch)>, ArrowError> {
+    let mut distinct: Vec<i32> = partitions.iter().flatten().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if let [only] = distinct[..] {
+        return Ok(vec![(only, batch.clone())]);
+    }
+    distinct
+        .into_iter()
+        .map(|p| {
+            let mask: BooleanArray = partitions.iter().map(|v| Some(v == Some(p))).collect();
+            Ok((p, filter_record_batch(batch, &mask)?))
+        })
+        .collect()
 }

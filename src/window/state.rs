@@ -121,8 +121,13 @@ impl WindowState {
     /// Replaces the state with the one in an Arrow IPC file written by [`Self::to_ipc`], possibly
     /// under an earlier version of the SQL: state columns are matched by name, and an aggregate
     /// the SQL has gained since starts empty (null state) in the windows already open. The
-    /// first `group_columns` columns (the GROUP BY keys) must be unchanged.
-    pub fn restore_ipc(&mut self, bytes: &[u8], group_columns: usize) -> Result<(), ArrowError> {
+    /// first `group_columns` columns (the GROUP BY keys) must be unchanged. Returns the batches
+    /// restored.
+    pub fn restore_ipc(
+        &mut self,
+        bytes: &[u8],
+        group_columns: usize,
+    ) -> Result<Vec<RecordBatch>, ArrowError> {
         let reader = FileReader::try_new(Cursor::new(bytes), None)?;
         let saved = reader.schema();
         let mut sources = Vec::with_capacity(self.schema.fields().len());
@@ -162,7 +167,8 @@ impl WindowState {
                 .collect();
             batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
         }
-        self.add(&batches)
+        self.add(&batches)?;
+        Ok(batches)
     }
 
     /// Schema of the state batches.

@@ -1,29 +1,43 @@
-//! Event-time watermarks: per source partition, the highest event time seen minus the allowed
-//! lateness; the pipeline's watermark is the minimum over partitions that are not idle.
+//! Event-time watermarks, one per source partition (the Kafka Streams model): a partition's
+//! watermark is the highest event time it has delivered minus the allowed lateness, and its
+//! windows close when its own watermark passes them. So whichever runner holds a partition,
+//! and however the others progress, the same events are late and the same windows close.
+//!
+//! A partition that is read to its end and has delivered nothing for the idle timeout would
+//! keep its last windows open forever; it follows the runner's watermark instead (the minimum
+//! over its partitions that are not idle), so its windows close as the others move on.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 /// Event time in microseconds since the epoch.
 pub type Micros = i64;
 
-/// Progress of one source partition.
+/// Event-time progress of one source partition, as kept beside its state checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionTime {
+    /// Highest event time the partition has delivered.
+    pub max_event: Option<Micros>,
+    /// The partition's watermark: its windows ending at or before it are closed.
+    pub watermark: Option<Micros>,
+}
+
+/// One partition's clock while it is held.
 #[derive(Debug, Clone, Copy)]
-struct PartitionTime {
-    /// Highest event time seen.
-    max_event: Micros,
-    /// When the partition last delivered an event.
+struct Clock {
+    time: PartitionTime,
+    /// When the partition last delivered an event (or was restored).
     last_seen: Instant,
 }
 
-/// Tracks event time per partition and derives the pipeline's watermark.
+/// Tracks event time per held partition and derives each partition's watermark.
 #[derive(Debug, Clone)]
 pub struct WatermarkTracker {
     lateness: Micros,
     idle_timeout: Duration,
-    partitions: BTreeMap<i32, PartitionTime>,
-    /// Never moves back, even when an idle partition wakes up behind it.
-    current: Option<Micros>,
+    partitions: BTreeMap<i32, Clock>,
 }
 
 impl WatermarkTracker {
@@ -33,72 +47,86 @@ impl WatermarkTracker {
             lateness: allowed_lateness.as_micros() as Micros,
             idle_timeout,
             partitions: BTreeMap::new(),
-            current: None,
         }
     }
 
     /// Records the highest event time of a partition's rows in a micro-batch.
     pub fn observe(&mut self, partition: i32, max_event: Micros, now: Instant) {
-        let entry = self.partitions.entry(partition).or_insert(PartitionTime {
-            max_event,
+        let clock = self.partitions.entry(partition).or_insert(Clock {
+            time: PartitionTime::default(),
             last_seen: now,
         });
-        entry.max_event = entry.max_event.max(max_event);
-        entry.last_seen = now;
+        clock.time.max_event = Some(clock.time.max_event.map_or(max_event, |m| m.max(max_event)));
+        clock.last_seen = now;
     }
 
-    /// Restores a partition's highest event time (from a checkpoint), as seen `now`.
-    pub fn restore(&mut self, partition: i32, max_event: Micros, now: Instant) {
-        self.observe(partition, max_event, now);
+    /// Restores a partition's progress (from its checkpoint), as seen `now`.
+    pub fn restore(&mut self, partition: i32, time: PartitionTime, now: Instant) {
+        self.partitions.insert(
+            partition,
+            Clock {
+                time,
+                last_seen: now,
+            },
+        );
     }
 
-    /// Restores the pipeline's watermark (from a checkpoint); it never moves back from there.
-    pub fn restore_watermark(&mut self, watermark: Micros) {
-        self.current = Some(self.current.map_or(watermark, |c| c.max(watermark)));
+    /// Forgets a partition (it moved to another runner).
+    pub fn release(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
     }
 
-    /// Highest event time per partition, for checkpoints.
-    pub fn max_events(&self) -> BTreeMap<i32, Micros> {
+    /// A partition's progress, for its checkpoint.
+    pub fn time(&self, partition: i32) -> PartitionTime {
         self.partitions
-            .iter()
-            .map(|(p, t)| (*p, t.max_event))
-            .collect()
+            .get(&partition)
+            .map(|c| c.time)
+            .unwrap_or_default()
     }
 
-    /// The watermark as of `now` over the assigned partitions, each given with whether it is
-    /// read to its end: the minimum over partitions that are not idle. A partition is idle
-    /// only when it is at its end and has delivered nothing for the idle timeout; one with a
-    /// backlog never is, however long since its last event (consumers read partitions
-    /// unevenly, and skipping a lagging partition would make its whole backlog late). A
-    /// partition that has delivered nothing yet holds the watermark unless it is at its end.
-    pub fn advance(
-        &mut self,
-        assigned: impl IntoIterator<Item = (i32, bool)>,
-        now: Instant,
-    ) -> Option<Micros> {
-        let mut candidate: Option<Micros> = None;
-        for (partition, at_end) in assigned {
-            let Some(time) = self.partitions.get(&partition) else {
-                if at_end {
-                    continue;
-                }
-                return self.current;
-            };
-            if at_end && now.duration_since(time.last_seen) > self.idle_timeout {
+    /// A partition's watermark as last advanced.
+    pub fn partition_watermark(&self, partition: i32) -> Option<Micros> {
+        self.partitions.get(&partition)?.time.watermark
+    }
+
+    /// Moves each held partition's watermark as of `now`; `at_end` says which partitions are
+    /// read to their end. A partition is idle only when it is at its end and has delivered
+    /// nothing for the idle timeout (one with a backlog never is). Watermarks never move back.
+    pub fn advance(&mut self, at_end: impl Fn(i32) -> bool, now: Instant) {
+        let mut runner: Option<Micros> = None;
+        let mut idle = Vec::new();
+        for (partition, clock) in &mut self.partitions {
+            if at_end(*partition) && now.duration_since(clock.last_seen) > self.idle_timeout {
+                idle.push(*partition);
                 continue;
             }
-            let mark = time.max_event - self.lateness;
-            candidate = Some(candidate.map_or(mark, |c| c.min(mark)));
+            if let Some(max) = clock.time.max_event {
+                let mark = max - self.lateness;
+                clock.time.watermark = Some(clock.time.watermark.map_or(mark, |w| w.max(mark)));
+            }
+            if let Some(mark) = clock.time.watermark {
+                runner = Some(runner.map_or(mark, |r| r.min(mark)));
+            }
         }
-        if let Some(mark) = candidate {
-            self.current = Some(self.current.map_or(mark, |c| c.max(mark)));
+        let Some(runner) = runner else { return };
+        for partition in idle {
+            if let Some(clock) = self.partitions.get_mut(&partition) {
+                clock.time.watermark = Some(clock.time.watermark.map_or(runner, |w| w.max(runner)));
+            }
         }
-        self.current
     }
 
-    /// The last watermark computed.
+    /// The runner's watermark: the lowest watermark of the held partitions.
     pub fn current(&self) -> Option<Micros> {
-        self.current
+        self.partitions
+            .values()
+            .filter_map(|c| c.time.watermark)
+            .min()
+    }
+
+    /// Progress per held partition.
+    pub fn times(&self) -> BTreeMap<i32, PartitionTime> {
+        self.partitions.iter().map(|(p, c)| (*p, c.time)).collect()
     }
 }
 
@@ -108,49 +136,63 @@ mod tests {
 
     const S: Micros = 1_000_000;
 
-    #[test]
-    fn minimum_over_active_partitions_minus_lateness() {
-        let now = Instant::now();
-        let mut w = WatermarkTracker::new(Duration::from_secs(10), Duration::from_secs(30));
-        assert_eq!(w.advance([(0, false), (1, false)], now), None);
-        w.observe(0, 100 * S, now);
-        assert_eq!(
-            w.advance([(0, false), (1, false)], now),
-            None,
-            "partition 1 has a backlog"
-        );
-        w.observe(1, 50 * S, now);
-        assert_eq!(w.advance([(0, false), (1, false)], now), Some(40 * S));
-        w.observe(1, 200 * S, now);
-        assert_eq!(w.advance([(0, false), (1, false)], now), Some(90 * S));
-        assert_eq!(
-            w.advance([(0, false), (1, false), (2, true)], now),
-            Some(90 * S),
-            "empty partition 2 is at its end"
-        );
+    fn none_at_end(_: i32) -> bool {
+        false
     }
 
     #[test]
-    fn idle_partition_stops_holding_the_watermark_back() {
+    fn each_partition_has_its_own_watermark() {
+        let now = Instant::now();
+        let mut w = WatermarkTracker::new(Duration::from_secs(10), Duration::from_secs(30));
+        w.advance(none_at_end, now);
+        assert_eq!(w.current(), None);
+        w.observe(0, 100 * S, now);
+        w.observe(1, 50 * S, now);
+        w.advance(none_at_end, now);
+        assert_eq!(w.partition_watermark(0), Some(90 * S));
+        assert_eq!(w.partition_watermark(1), Some(40 * S));
+        assert_eq!(w.current(), Some(40 * S), "the runner's is the lowest");
+        // An event behind the high mark does not move a watermark back.
+        w.observe(0, 20 * S, now);
+        w.advance(none_at_end, now);
+        assert_eq!(w.partition_watermark(0), Some(90 * S));
+    }
+
+    #[test]
+    fn an_idle_partition_follows_the_runner_watermark() {
         let start = Instant::now();
         let mut w = WatermarkTracker::new(Duration::from_secs(10), Duration::from_secs(30));
         w.observe(0, 100 * S, start);
         w.observe(1, 20 * S, start);
-        assert_eq!(w.advance([(0, false), (1, true)], start), Some(10 * S));
+        w.advance(|p| p == 1, start);
+        assert_eq!(w.partition_watermark(1), Some(10 * S), "not idle yet");
         let later = start + Duration::from_secs(31);
         w.observe(0, 500 * S, later);
+        w.advance(none_at_end, later);
         assert_eq!(
-            w.advance([(0, false), (1, false)], later),
+            w.partition_watermark(1),
             Some(10 * S),
-            "a lagging partition is not idle"
+            "a partition with a backlog is never idle"
         );
-        assert_eq!(
-            w.advance([(0, false), (1, true)], later),
-            Some(490 * S),
-            "partition 1 is idle at its end"
-        );
-        // It wakes up behind: the watermark does not move back.
+        w.advance(|p| p == 1, later);
+        assert_eq!(w.partition_watermark(1), Some(490 * S), "idle at its end");
+        // It wakes up behind: its watermark does not move back.
         w.observe(1, 30 * S, later);
-        assert_eq!(w.advance([(0, false), (1, false)], later), Some(490 * S));
+        w.advance(none_at_end, later);
+        assert_eq!(w.partition_watermark(1), Some(490 * S));
+    }
+
+    #[test]
+    fn a_released_partition_is_restored_where_its_checkpoint_says() {
+        let now = Instant::now();
+        let mut w = WatermarkTracker::new(Duration::from_secs(10), Duration::from_secs(30));
+        w.observe(2, 100 * S, now);
+        w.advance(none_at_end, now);
+        let saved = w.time(2);
+        w.release(2);
+        assert_eq!(w.current(), None);
+        w.restore(2, saved, now);
+        assert_eq!(w.partition_watermark(2), Some(90 * S));
+        assert_eq!(w.time(2).max_event, Some(100 * S));
     }
 }

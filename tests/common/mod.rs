@@ -2,6 +2,8 @@
 //! configurations per test, the built runner binary, and read-back helpers.
 #![allow(dead_code)]
 
+pub mod windows;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -8,14 +8,14 @@ use datafusion::config::Dialect;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 
-use super::problem::SqlProblem;
-use super::stage::BatchSlot;
 use crate::common::{
     is_internal_column, kafka_records_schema, table_schema, ERROR_COLUMN, KAFKA_RECORDS_TABLE,
     SOURCE_COLUMNS,
 };
 use crate::config::{Config, PipelineConfig};
-use crate::window::WindowSpec;
+use crate::engine::{BatchSlot, SqlProblem};
+use crate::window::aggregate::SplitAggregate;
+use crate::window::{WindowError, WindowOperator, WindowSpec};
 
 /// A SQL file's path and text.
 #[derive(Debug, Clone)]
@@ -243,4 +243,27 @@ fn check_partition_columns(
             ));
         }
     }
+}
+
+/// The window operator of a planned pipeline, with empty state: the metrics SQL's aggregate
+/// split into its phases (also how `check` proves the SQL can run incrementally).
+pub async fn window_operator(
+    ctx: &SessionContext,
+    planned: &PlannedSql,
+    allowed_lateness: std::time::Duration,
+    idle_timeout: std::time::Duration,
+) -> Result<WindowOperator, WindowError> {
+    let split = SplitAggregate::new(ctx, &planned.metrics, planned.events_slot.clone())
+        .await
+        .map_err(|e| match e {
+            datafusion::error::DataFusionError::Plan(message) => WindowError::Unsupported(message),
+            other => WindowError::Sql(other),
+        })?;
+    WindowOperator::new(
+        split,
+        &planned.window,
+        planned.events_schema.clone(),
+        allowed_lateness,
+        idle_timeout,
+    )
 }

@@ -1,0 +1,91 @@
+//! Snapshot summary keys: the contracts between the runners, the readers and table maintenance.
+//! Every key a runner writes is named here; maintenance must carry them forward.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Next Kafka offset per topic partition that the table has absorbed (JSON of
+/// [`crate::common::Offsets`]); it never goes back, and each commit records the full map.
+pub const OFFSETS: &str = "campaign-pipeline.offsets";
+/// The pipeline that made the snapshot; a runner only reads its own pipeline's snapshots.
+pub const PIPELINE: &str = "campaign-pipeline.pipeline";
+/// Metrics table: the window-state checkpoint of each source partition (JSON of [`Checkpoints`]).
+pub const CHECKPOINT: &str = "campaign-pipeline.checkpoint";
+/// Metrics table: the watermark (lowest over partitions) and highest event time per partition,
+/// for people and tools reading the table (JSON of [`WatermarkSummary`]).
+pub const WATERMARK: &str = "campaign-pipeline.watermark";
+
+/// Where one source partition's open-window state is kept, and its event-time progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionCheckpoint {
+    /// The Arrow IPC file, under `<metrics table>/checkpoints/`.
+    pub file: String,
+    /// Highest event time the partition had delivered, microseconds since the epoch.
+    pub max_event: Option<i64>,
+    /// The partition's watermark, microseconds since the epoch.
+    pub watermark: Option<i64>,
+}
+
+/// The window-state checkpoint per source partition, as the metrics table's snapshot records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Checkpoints(pub BTreeMap<i32, PartitionCheckpoint>);
+
+impl Checkpoints {
+    /// Compact JSON, as stored in a snapshot summary.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_default()
+    }
+
+    /// Parses the snapshot summary form.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The watermark summary these checkpoints add up to.
+    pub fn watermark(&self) -> WatermarkSummary {
+        WatermarkSummary {
+            watermark: self.0.values().filter_map(|c| c.watermark).min(),
+            partitions: self
+                .0
+                .iter()
+                .filter_map(|(p, c)| Some((*p, c.max_event?)))
+                .collect(),
+        }
+    }
+}
+
+/// The [`WATERMARK`] summary value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkSummary {
+    /// The lowest partition watermark, microseconds since the epoch.
+    pub watermark: Option<i64>,
+    /// Highest event time per source partition, microseconds since the epoch.
+    pub partitions: BTreeMap<i32, i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_round_trip_and_sum_up_to_the_lowest_watermark() {
+        let mut checkpoints = Checkpoints::default();
+        for (p, w) in [(0, 50), (2, 30)] {
+            checkpoints.0.insert(
+                p,
+                PartitionCheckpoint {
+                    file: format!("p{p}.arrow"),
+                    max_event: Some(w + 10),
+                    watermark: Some(w),
+                },
+            );
+        }
+        let json = checkpoints.to_json();
+        assert_eq!(Checkpoints::from_json(&json).unwrap(), checkpoints);
+        let summary = checkpoints.watermark();
+        assert_eq!(summary.watermark, Some(30));
+        assert_eq!(summary.partitions, BTreeMap::from([(0, 60), (2, 40)]));
+    }
+}

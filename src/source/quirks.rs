@@ -1,0 +1,208 @@
+//! Workarounds for the local broker, tansu 0.6, kept here so that the rest of the source reads
+//! as plain Kafka. Each is harmless on Apache Kafka.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Makes sure a partition really resumes at the offset the tables hold.
+///
+/// Kafka answers a fetch inside a record batch with the whole batch, and the client skips the
+/// records before the requested offset. tansu 0.6 instead answers with the next batch that
+/// starts at or after the offset, silently skipping the rest of the batch the offset falls in.
+/// So when the first message after (re)assignment lies beyond the resume offset, the reader
+/// seeks back further (doubling the distance) until the resume offset itself is delivered;
+/// the messages before it are then dropped as already absorbed. Only when even offset 0 starts
+/// later is the gap real (retention or compaction), and it is logged. When the offset falls in
+/// the partition's last batch, tansu answers nothing at all (no records, no end of partition),
+/// so a resumed partition that stays silent for [`RESUME_PATIENCE`] is sought back the same way.
+#[derive(Default)]
+pub struct ResumeCheck {
+    /// Partitions whose resume offset was confirmed since the last assignment.
+    confirmed: HashSet<i32>,
+    /// Current seek-back distance per partition.
+    distance: BTreeMap<i32, i64>,
+    /// Partitions not yet confirmed, with when they were last (re)positioned.
+    waiting: BTreeMap<i32, Instant>,
+}
+
+/// How long a resumed partition may stay silent before the reader seeks it further back.
+const RESUME_PATIENCE: Duration = Duration::from_secs(1);
+
+impl ResumeCheck {
+    /// Forgets what was confirmed of a partition (it is positioned again).
+    pub fn forget(&mut self, partition: i32) {
+        self.confirmed.remove(&partition);
+        self.distance.remove(&partition);
+        self.waiting.remove(&partition);
+    }
+
+    /// Starts waiting for the first message of freshly positioned partitions.
+    pub fn expect(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
+        for partition in partitions {
+            self.waiting.insert(partition, now);
+        }
+    }
+
+    /// The partition was read to its end: nothing lies beyond the resume offset to skip.
+    pub fn reached_end(&mut self, partition: i32) {
+        self.waiting.remove(&partition);
+        self.confirmed.insert(partition);
+    }
+
+    /// Partitions silent for too long since they were positioned, with where to seek them.
+    pub fn stalled(&mut self, resume_at: &HashMap<i32, i64>, now: Instant) -> Vec<(i32, i64)> {
+        let silent: Vec<i32> = self
+            .waiting
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= RESUME_PATIENCE)
+            .map(|(partition, _)| *partition)
+            .collect();
+        silent
+            .into_iter()
+            .filter_map(|partition| {
+                let resume = *resume_at.get(&partition)?;
+                // As if the broker had answered from beyond the resume offset.
+                let target = self.check(partition, resume + 1, Some(resume))?;
+                self.waiting.insert(partition, now);
+                Some((partition, target))
+            })
+            .collect()
+    }
+
+    /// `Some(offset)` to seek back to before reading on, `None` to accept the message.
+    pub fn check(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Option<i64> {
+        if self.confirmed.contains(&partition) {
+            return None;
+        }
+        self.waiting.remove(&partition);
+        let Some(resume) = resume else {
+            self.confirmed.insert(partition);
+            return None;
+        };
+        if offset <= resume {
+            self.confirmed.insert(partition);
+            self.distance.remove(&partition);
+            return None;
+        }
+        let distance = self.distance.entry(partition).or_insert(1_000);
+        let previous_target = resume - *distance / 2;
+        if previous_target <= 0 && *distance > 1_000 {
+            tracing::warn!(
+                partition,
+                "offsets {resume}..{offset} are no longer on the broker; resuming at {offset}"
+            );
+            self.confirmed.insert(partition);
+            return None;
+        }
+        let target = (resume - *distance).max(0);
+        *distance *= 2;
+        Some(target)
+    }
+}
+
+/// tansu 0.6's group coordinator can leave a live member without partitions while they sit
+/// assigned to members that died (it expires dead members only when a request arrives, and a
+/// heartbeat that expires one keeps the stale assignment). A member that has held nothing for
+/// twice the session timeout, in a group with no more members than partitions, leaves and joins
+/// again as a new member, which forces a fresh assignment. Waits double after each rejoin
+/// (up to ten minutes), so that a real standby on Apache Kafka (more runners than partitions)
+/// rarely disturbs the group.
+pub struct Rejoin {
+    wait: Duration,
+    empty_since: Option<Instant>,
+}
+
+/// The longest wait between two rejoins.
+const MAX_REJOIN_WAIT: Duration = Duration::from_secs(600);
+
+impl Rejoin {
+    /// Rejoins after twice `session_timeout` of holding nothing.
+    pub fn new(session_timeout: Duration) -> Self {
+        Self {
+            wait: session_timeout * 2,
+            empty_since: None,
+        }
+    }
+
+    /// Whether it is time to rejoin, given whether the member holds no partition now.
+    pub fn due(&mut self, holds_nothing: bool, now: Instant) -> bool {
+        if !holds_nothing {
+            self.empty_since = None;
+            return false;
+        }
+        let since = *self.empty_since.get_or_insert(now);
+        if now.duration_since(since) < self.wait {
+            return false;
+        }
+        self.empty_since = Some(now);
+        self.wait = (self.wait * 2).min(MAX_REJOIN_WAIT);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResumeCheck;
+
+    #[test]
+    fn seeks_back_until_the_resume_offset_is_delivered() {
+        let mut check = ResumeCheck::default();
+        // Resume at 12000 but the broker answers from 13795: seek back, further each time.
+        assert_eq!(check.check(1, 13795, Some(12000)), Some(11000));
+        assert_eq!(check.check(1, 13795, Some(12000)), Some(10000));
+        // Now an earlier batch arrives: confirmed, and later messages pass untouched.
+        assert_eq!(check.check(1, 9500, Some(12000)), None);
+        assert_eq!(check.check(1, 13795, Some(12000)), None);
+    }
+
+    #[test]
+    fn a_silent_resumed_partition_is_sought_back_too() {
+        use std::collections::HashMap;
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let mut check = ResumeCheck::default();
+        let resume_at = HashMap::from([(2, 14_000), (0, 50)]);
+        check.expect([0, 2], start);
+        check.reached_end(0);
+        assert!(
+            check.stalled(&resume_at, start).is_empty(),
+            "patience first"
+        );
+        let later = start + Duration::from_secs(2);
+        assert_eq!(check.stalled(&resume_at, later), vec![(2, 13_000)]);
+        assert!(
+            check.stalled(&resume_at, later).is_empty(),
+            "waits again after a seek"
+        );
+        let even_later = later + Duration::from_secs(2);
+        assert_eq!(check.stalled(&resume_at, even_later), vec![(2, 12_000)]);
+        assert_eq!(check.check(2, 12_500, Some(14_000)), None);
+        assert!(check
+            .stalled(&resume_at, even_later + Duration::from_secs(9))
+            .is_empty());
+    }
+
+    #[test]
+    fn rejoins_after_holding_nothing_for_twice_the_session_timeout_then_backs_off() {
+        use super::Rejoin;
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut rejoin = Rejoin::new(6 * s);
+        assert!(!rejoin.due(true, start));
+        assert!(!rejoin.due(true, start + 11 * s));
+        assert!(rejoin.due(true, start + 12 * s));
+        assert!(!rejoin.due(true, start + 30 * s), "waits 24 s now");
+        assert!(rejoin.due(true, start + 36 * s));
+        assert!(!rejoin.due(false, start + 37 * s));
+        assert!(!rejoin.due(true, start + 38 * s), "the count starts again");
+    }
+
+    #[test]
+    fn accepts_a_real_gap_once_offset_zero_was_tried() {
+        let mut check = ResumeCheck::default();
+        assert_eq!(check.check(0, 900, Some(500)), Some(0));
+        assert_eq!(check.check(0, 900, Some(500)), None);
+        assert_eq!(check.check(2, 5, None), None);
+    }
+}

@@ -1,0 +1,530 @@
+//! Scale-out: several runners of one consumer group write the same tables exactly once while
+//! partitions move between them (kills, pauses, concurrent commits).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use campaign_pipeline::common::Offsets;
+use campaign_pipeline::pipeline::progress::{Progress, TableRole};
+use campaign_pipeline::sink::catalog::open_catalog;
+use campaign_pipeline::sink::iceberg::{SnapshotContent, TableWriter};
+use campaign_pipeline::sink::table::{ensure_namespace, ensure_table};
+use campaign_pipeline::sink::SinkError;
+
+/// A table writer of its own (its own catalog connection), as a second runner would have.
+async fn writer(pipeline: &common::TestPipeline, schema: &Schema) -> TableWriter {
+    let config = campaign_pipeline::config::Config::load(&pipeline.config).expect("config");
+    let p = &config.pipelines[0];
+    let catalog = open_catalog(&config, &p.sink.catalog)
+        .await
+        .expect("catalog");
+    TableWriter::open(catalog, &p.sink.namespace, "shared", &p.name, schema)
+        .await
+        .expect("open")
+}
+
+fn rows(schema: &Arc<Schema>, partition: i32, offsets: std::ops::Range<i64>) -> RecordBatch {
+    let ids: Vec<String> = offsets
+        .clone()
+        .map(|o| format!("{partition}-{o}"))
+        .collect();
+    RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(Int64Array::from(offsets.collect::<Vec<_>>())),
+        ],
+    )
+    .expect("batch")
+}
+
+fn offsets(topic: &str, pairs: &[(i32, i64)]) -> Offsets {
+    let mut offsets = Offsets::new();
+    for (partition, next) in pairs {
+        offsets.set(topic, *partition, *next);
+    }
+    offsets
+}
+
+/// Commits what `writer` holds with the offsets `progress` decides on the state it lands on.
+async fn commit(
+    writer: &mut TableWriter,
+    progress: &mut Progress,
+) -> Result<campaign_pipeline::sink::iceberg::CommitStats, SinkError> {
+    let stats = writer
+        .commit(|state| {
+            Ok(SnapshotContent {
+                offsets: progress.decide(TableRole::Events, &state.offsets)?,
+                checkpoints: None,
+            })
+        })
+        .await?;
+    progress.committed(TableRole::Events, &writer.state().offsets);
+    Ok(stats)
+}
+
+/// The offsets map of every snapshot of the table, oldest first.
+async fn offsets_history(pipeline: &common::TestPipeline) -> Vec<Offsets> {
+    let table = common::load_table(&pipeline.config, "shared").await;
+    let metadata = table.metadata();
+    let mut chain = Vec::new();
+    let mut next = metadata.current_snapshot().cloned();
+    while let Some(snapshot) = next {
+        let text = &snapshot.summary().additional_properties["campaign-pipeline.offsets"];
+        chain.push(Offsets::from_json(text).expect("offsets"));
+        next = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    chain.reverse();
+    chain
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runners_committing_at_the_same_moment_both_land_or_are_fenced_never_doubled() {
+    let pipeline = common::TestPipeline::new();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, true),
+        Field::new("_offset", DataType::Int64, true),
+    ]));
+    {
+        let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
+        let p = &config.pipelines[0];
+        let catalog = open_catalog(&config, &p.sink.catalog).await.unwrap();
+        ensure_namespace(catalog.as_ref(), &p.sink.namespace)
+            .await
+            .unwrap();
+        ensure_table(catalog.as_ref(), &p.sink.namespace, "shared", &schema, &[])
+            .await
+            .unwrap();
+    }
+    let topic = "events";
+    let mut a = writer(&pipeline, &schema).await;
+    let mut b = writer(&pipeline, &schema).await;
+    let mut pa = Progress::new(topic);
+    let mut pb = Progress::new(topic);
+    pa.hold(&BTreeSet::from([0]), &Offsets::new(), &Offsets::new());
+    pb.hold(&BTreeSet::from([1, 2]), &Offsets::new(), &Offsets::new());
+
+    // Round after round, both commit at the same moment: every commit lands, the one that
+    // finds the other's snapshot first decides again on it.
+    let mut conflicts = 0;
+    for round in 0..5_i64 {
+        let range = round * 100..(round + 1) * 100;
+        a.write(&rows(&schema, 0, range.clone())).await.unwrap();
+        b.write(&rows(&schema, 1, range.clone())).await.unwrap();
+        b.write(&rows(&schema, 2, range.clone())).await.unwrap();
+        pa.handed_on(&offsets(topic, &[(0, range.end)]));
+        pb.handed_on(&offsets(topic, &[(1, range.end), (2, range.end)]));
+        let (sa, sb) = tokio::join!(commit(&mut a, &mut pa), commit(&mut b, &mut pb));
+        let (sa, sb) = (sa.expect("a lands"), sb.expect("b lands"));
+        assert_eq!((sa.rows, sb.rows), (100, 200));
+        conflicts += sa.conflicts + sb.conflicts;
+    }
+    assert!(conflicts > 0, "the commits met at least once");
+    let history = offsets_history(&pipeline).await;
+    assert_eq!(history.len(), 10, "every commit landed once");
+    for pair in history.windows(2) {
+        for (t, p, next) in pair[0].iter() {
+            assert!(
+                pair[1].get(t, p).is_some_and(|n| n >= next),
+                "offsets never go back: {} then {}",
+                pair[0].to_json(),
+                pair[1].to_json()
+            );
+        }
+    }
+    assert_eq!(
+        history.last().unwrap(),
+        &offsets(topic, &[(0, 500), (1, 500), (2, 500)])
+    );
+
+    // Both believe they hold partition 0 (a zombie and the new owner): the first commit lands,
+    // the second is fenced and its rows never reach the table.
+    let mut zombie = Progress::new(topic);
+    let mut owner = Progress::new(topic);
+    let table = offsets(topic, &[(0, 500)]);
+    zombie.hold(&BTreeSet::from([0]), &table, &table);
+    owner.hold(&BTreeSet::from([0]), &table, &table);
+    a.write(&rows(&schema, 0, 500..550)).await.unwrap();
+    b.write(&rows(&schema, 0, 500..600)).await.unwrap();
+    zombie.handed_on(&offsets(topic, &[(0, 550)]));
+    owner.handed_on(&offsets(topic, &[(0, 600)]));
+    let (first, second) = tokio::join!(commit(&mut b, &mut owner), commit(&mut a, &mut zombie));
+    let landed = [first.is_ok(), second.is_ok()];
+    assert_eq!(
+        landed.iter().filter(|l| **l).count(),
+        1,
+        "exactly one lands"
+    );
+    let refused = if first.is_ok() { second } else { first };
+    assert!(
+        matches!(refused, Err(SinkError::Fenced { .. })),
+        "{refused:?}"
+    );
+    let discarded = a.discard().await + b.discard().await;
+    assert!(discarded == 50 || discarded == 100);
+
+    let batches = common::scan_table(&pipeline.config, "shared").await;
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    for batch in &batches {
+        let column = batch.column_by_name("event_id").unwrap();
+        let column = column.as_any().downcast_ref::<StringArray>().unwrap();
+        for id in column.iter().flatten() {
+            *ids.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    assert!(ids.values().all(|n| *n == 1), "no row doubled");
+    let zero = ids.keys().filter(|id| id.starts_with("0-")).count();
+    let last = history_last(&pipeline).await;
+    assert_eq!(
+        zero as i64,
+        last.get(topic, 0).unwrap(),
+        "partition 0's rows are exactly those below its offset"
+    );
+}
+
+async fn history_last(pipeline: &common::TestPipeline) -> Offsets {
+    offsets_history(pipeline).await.pop().unwrap_or_default()
+}
+
+/// A runner process and the lines it logs.
+struct Runner {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Runner {
+    fn start(pipeline: &common::TestPipeline, args: &[&str]) -> Self {
+        let (child, lines) = pipeline.spawn_logged(args);
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Collects what the runner logged so far.
+    fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        &self.log
+    }
+
+    /// Waits until a line containing all of `needles` was logged, up to `timeout`.
+    fn wait_for(&mut self, needles: &[&str], timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let found = |log: &[String]| log.iter().any(|l| needles.iter().all(|n| l.contains(n)));
+        while std::time::Instant::now() < deadline {
+            if found(self.drain()) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        found(self.drain())
+    }
+
+    fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGKILL, then the whole log.
+    fn kill(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.drain();
+        self.log
+    }
+
+    /// SIGTERM (finish the batch in hand and commit), then the whole log.
+    fn stop(mut self) -> Vec<String> {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().expect("runner exit");
+        self.drain();
+        assert!(
+            status.success(),
+            "runner exit {status}:\n{}",
+            self.log.join("\n")
+        );
+        self.log
+    }
+}
+
+fn cli_ok(pipeline: &common::TestPipeline, args: &[&str]) -> String {
+    let output = pipeline.cli(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        common::text(&output)
+    );
+    common::text(&output)
+}
+
+/// Events per campaign in the events table, asserting that no event_id appears twice.
+async fn events_per_campaign(pipeline: &common::TestPipeline) -> BTreeMap<String, u64> {
+    use arrow::array::AsArray;
+    let mut seen = std::collections::HashSet::new();
+    let mut per_campaign = BTreeMap::new();
+    for batch in common::scan_table(&pipeline.config, "campaign_events").await {
+        let ids = arrow::compute::cast(batch.column_by_name("event_id").unwrap(), &DataType::Utf8)
+            .unwrap();
+        let campaigns = arrow::compute::cast(
+            batch.column_by_name("campaign_id").unwrap(),
+            &DataType::Utf8,
+        )
+        .unwrap();
+        for (id, campaign) in ids
+            .as_string::<i32>()
+            .iter()
+            .zip(campaigns.as_string::<i32>())
+        {
+            let id = id.unwrap().to_string();
+            assert!(seen.insert(id.clone()), "event {id} is in the table twice");
+            *per_campaign
+                .entry(campaign.unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    per_campaign
+}
+
+/// The events table, the metrics table and the dead letter topic equal the generator's truth.
+async fn assert_tables_equal_the_truth(
+    pipeline: &common::TestPipeline,
+    truth: &campaign_pipeline::generator::Truth,
+    context: &str,
+) {
+    let per_campaign = events_per_campaign(pipeline).await;
+    let want: BTreeMap<String, u64> = truth
+        .campaigns
+        .iter()
+        .map(|(c, n)| (c.clone(), n.impressions + n.clicks + n.conversions))
+        .collect();
+    assert_eq!(per_campaign, want, "events per campaign\n{context}");
+    let got = common::windows::windows(
+        &common::scan_table(&pipeline.config, "campaign_metrics").await,
+        None,
+    );
+    common::windows::assert_windows_equal(
+        &got,
+        &common::windows::expected(std::slice::from_ref(truth)),
+    );
+    let letters: std::collections::HashSet<(i32, i64)> =
+        common::read_topic(&pipeline.brokers, &pipeline.dlq_topic)
+            .into_iter()
+            .map(|r| {
+                let letter: campaign_pipeline::dlq::DeadLetter =
+                    serde_json::from_slice(&r.payload).expect("dead letter JSON");
+                (letter.source.partition, letter.source.offset)
+            })
+            .collect();
+    assert_eq!(
+        letters.len() as u64,
+        truth.invalid_events + truth.late_events,
+        "every invalid and late message is in the dead letter topic\n{context}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once() {
+    let pipeline = common::TestPipeline::new();
+    pipeline.edit_config(|yaml| {
+        yaml.replace("interval: 5s", "interval: 1s")
+            .replace("max_rows: 10000", "max_rows: 5000")
+    });
+    cli_ok(&pipeline, &["setup"]);
+    let truth_path = pipeline.dir.path().join("truth.json");
+    // 300,000 events arrive over about a minute while the runners run.
+    let mut generator = pipeline
+        .command(&[
+            "generate",
+            "--count",
+            "300000",
+            "--rate",
+            "5000",
+            "--seed",
+            "11",
+            "--campaigns",
+            "12",
+            "--invalid-ratio",
+            "0.02",
+            "--out-of-order-ratio",
+            "0.05",
+            "--late-ratio",
+            "0.01",
+            "--truth",
+            truth_path.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("generator");
+    let mut runners: Vec<Runner> = (0..3).map(|_| Runner::start(&pipeline, &["run"])).collect();
+    let mut logs: Vec<String> = Vec::new();
+    let mut kills = 0;
+    let started = std::time::Instant::now();
+    // A kill every 8 s (more than the 6 s session timeout), cycling through the runners.
+    while kills < 7 || generator.try_wait().expect("generator").is_none() {
+        std::thread::sleep(std::time::Duration::from_secs(8));
+        let victim = kills % runners.len();
+        let replacement = Runner::start(&pipeline, &["run"]);
+        logs.extend(std::mem::replace(&mut runners[victim], replacement).kill());
+        kills += 1;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(600),
+            "the generator hangs"
+        );
+    }
+    assert!(generator.wait().expect("generator").success());
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    for runner in runners {
+        logs.extend(runner.stop());
+    }
+    let assignments = logs
+        .iter()
+        .filter(|l| l.contains("holding partitions"))
+        .count();
+    assert!(assignments >= 5, "partitions moved {assignments} times");
+    // One last runner catches up and closes the windows still open.
+    let last = cli_ok(
+        &pipeline,
+        &["run", "--until-caught-up", "--flush-open-windows"],
+    );
+    let truth: campaign_pipeline::generator::Truth =
+        serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
+    assert_eq!(truth.records, 300_000);
+    let fenced = logs.iter().filter(|l| l.contains("commit refused")).count();
+    let context =
+        format!("{kills} kills, {assignments} assignments, {fenced} fenced commits\n{last}");
+    assert_tables_equal_the_truth(&pipeline, &truth, &context).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows() {
+    let pipeline = common::TestPipeline::new();
+    // The zombie commits rarely, so that it holds rows when paused; the new owner often.
+    pipeline.edit_config(|yaml| yaml.replace("interval: 5s", "interval: 20s"));
+    let fast = pipeline.dir.path().join("fast.yaml");
+    std::fs::write(
+        &fast,
+        std::fs::read_to_string(&pipeline.config)
+            .unwrap()
+            .replace("interval: 20s", "interval: 1s"),
+    )
+    .unwrap();
+    cli_ok(&pipeline, &["setup"]);
+    let truth_path = pipeline.dir.path().join("truth.json");
+    let generate = |count: &str, seed: &str, truth: &std::path::Path| {
+        cli_ok(
+            &pipeline,
+            &[
+                "generate",
+                "--count",
+                count,
+                "--seed",
+                seed,
+                "--campaigns",
+                "6",
+                "--truth",
+                truth.to_str().unwrap(),
+            ],
+        );
+    };
+    generate("20000", "5", &truth_path);
+    let mut zombie = Runner::start(&pipeline, &["run"]);
+    assert!(
+        zombie.wait_for(
+            &["holding partitions", "0, 1, 2"],
+            std::time::Duration::from_secs(60)
+        ),
+        "{}",
+        zombie.drain().join("\n")
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    zombie.signal(libc::SIGSTOP);
+    // Past the session timeout, the new owner takes every partition and commits them.
+    let mut owner = {
+        let (child, lines) = {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-pipeline"));
+            command
+                .arg("--config")
+                .arg(&fast)
+                .arg("run")
+                .env("RUST_LOG", "campaign_pipeline=info")
+                .stderr(std::process::Stdio::piped());
+            let mut child = command.spawn().expect("owner");
+            let stderr = child.stderr.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            (child, rx)
+        };
+        Runner {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    };
+    assert!(
+        owner.wait_for(
+            &["holding partitions", "0, 1, 2"],
+            std::time::Duration::from_secs(90)
+        ),
+        "the new owner never got the partitions:\n{}",
+        owner.drain().join("\n")
+    );
+    assert!(owner.wait_for(&["committed"], std::time::Duration::from_secs(60)));
+    let before_wake = events_per_campaign(&pipeline).await.values().sum::<u64>();
+    zombie.signal(libc::SIGCONT);
+    // The zombie wakes up with 20,000 rows in hand and its commit interval long past.
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let second = pipeline.dir.path().join("truth2.json");
+    generate("5000", "6", &second);
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let zombie_log = zombie.stop();
+    let owner_log = owner.stop();
+    let zombie_said = zombie_log
+        .iter()
+        .any(|l| l.contains("commit refused") || l.contains("partitions revoked"));
+    assert!(
+        zombie_said,
+        "the zombie noticed:\n{}",
+        zombie_log.join("\n")
+    );
+    // After it noticed, it may hold partitions again and commit them as their owner.
+    let noticed = zombie_log
+        .iter()
+        .position(|l| l.contains("commit refused") || l.contains("partitions revoked"));
+    let first_commit = zombie_log.iter().position(|l| l.contains("committed"));
+    let zombie_landed = first_commit.is_some_and(|c| noticed.is_none_or(|n| c < n));
+    let total = events_per_campaign(&pipeline).await.values().sum::<u64>();
+    let first: campaign_pipeline::generator::Truth =
+        serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
+    let second: campaign_pipeline::generator::Truth =
+        serde_json::from_slice(&std::fs::read(&second).unwrap()).unwrap();
+    assert_eq!(
+        total,
+        first.valid_events + second.valid_events,
+        "every event once (before the zombie woke: {before_wake}; zombie commits: {zombie_landed})\nowner:\n{}",
+        owner_log.join("\n")
+    );
+    assert!(
+        !zombie_landed,
+        "the zombie's buffered rows never reached the table:\n{}",
+        zombie_log.join("\n")
+    );
+}
