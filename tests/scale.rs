@@ -294,27 +294,25 @@ async fn events_per_campaign(pipeline: &common::TestPipeline) -> BTreeMap<String
     per_campaign
 }
 
-/// The events table, the metrics table and the dead letter topic equal the generator's truth.
+/// The events table, the metrics table and the dead letter topic equal the generator's truths.
 async fn assert_tables_equal_the_truth(
     pipeline: &common::TestPipeline,
-    truth: &campaign_pipeline::generator::Truth,
+    truths: &[campaign_pipeline::generator::Truth],
     context: &str,
 ) {
     let per_campaign = events_per_campaign(pipeline).await;
-    let want: BTreeMap<String, u64> = truth
-        .campaigns
-        .iter()
-        .map(|(c, n)| (c.clone(), n.impressions + n.clicks + n.conversions))
-        .collect();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for truth in truths {
+        for (campaign, n) in &truth.campaigns {
+            *want.entry(campaign.clone()).or_default() += n.impressions + n.clicks + n.conversions;
+        }
+    }
     assert_eq!(per_campaign, want, "events per campaign\n{context}");
     let got = common::windows::windows(
         &common::scan_table(&pipeline.config, "campaign_metrics").await,
         None,
     );
-    common::windows::assert_windows_equal(
-        &got,
-        &common::windows::expected(std::slice::from_ref(truth)),
-    );
+    common::windows::assert_windows_equal(&got, &common::windows::expected(truths));
     let letters: std::collections::HashSet<(i32, i64)> =
         common::read_topic(&pipeline.brokers, &pipeline.dlq_topic)
             .into_iter()
@@ -324,9 +322,13 @@ async fn assert_tables_equal_the_truth(
                 (letter.source.partition, letter.source.offset)
             })
             .collect();
+    let invalid_and_late: u64 = truths
+        .iter()
+        .map(|t| t.invalid_events + t.late_events)
+        .sum();
     assert_eq!(
         letters.len() as u64,
-        truth.invalid_events + truth.late_events,
+        invalid_and_late,
         "every invalid and late message is in the dead letter topic\n{context}"
     );
 }
@@ -339,19 +341,40 @@ async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once
             .replace("max_rows: 10000", "max_rows: 5000")
     });
     cli_ok(&pipeline, &["setup"]);
+    // The first 3,000 events have no late ones: a partition's first event has no watermark to
+    // be late against, while the generator counts its far-past events as late from the start.
+    let warm_up = pipeline.dir.path().join("warm-up.json");
+    cli_ok(
+        &pipeline,
+        &[
+            "generate",
+            "--count",
+            "3000",
+            "--seed",
+            "10",
+            "--campaigns",
+            "12",
+            "--invalid-ratio",
+            "0.02",
+            "--truth",
+            warm_up.to_str().unwrap(),
+        ],
+    );
     let truth_path = pipeline.dir.path().join("truth.json");
-    // 300,000 events arrive over about a minute while the runners run.
+    // 297,000 more arrive over about a minute while the runners run.
     let mut generator = pipeline
         .command(&[
             "generate",
             "--count",
-            "300000",
+            "297000",
             "--rate",
             "5000",
             "--seed",
             "11",
             "--campaigns",
             "12",
+            "--start-time",
+            "2026-01-01T00:00:30Z",
             "--invalid-ratio",
             "0.02",
             "--out-of-order-ratio",
@@ -395,13 +418,15 @@ async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once
         &pipeline,
         &["run", "--until-caught-up", "--flush-open-windows"],
     );
-    let truth: campaign_pipeline::generator::Truth =
-        serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
-    assert_eq!(truth.records, 300_000);
+    let truths: Vec<campaign_pipeline::generator::Truth> = [&warm_up, &truth_path]
+        .iter()
+        .map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap())
+        .collect();
+    assert_eq!(truths[0].records + truths[1].records, 300_000);
     let fenced = logs.iter().filter(|l| l.contains("commit refused")).count();
     let context =
         format!("{kills} kills, {assignments} assignments, {fenced} fenced commits\n{last}");
-    assert_tables_equal_the_truth(&pipeline, &truth, &context).await;
+    assert_tables_equal_the_truth(&pipeline, &truths, &context).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -419,7 +444,7 @@ async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows(
     .unwrap();
     cli_ok(&pipeline, &["setup"]);
     let truth_path = pipeline.dir.path().join("truth.json");
-    let generate = |count: &str, seed: &str, truth: &std::path::Path| {
+    let generate = |count: &str, seed: &str, start: &str, truth: &std::path::Path| {
         cli_ok(
             &pipeline,
             &[
@@ -430,12 +455,14 @@ async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows(
                 seed,
                 "--campaigns",
                 "6",
+                "--start-time",
+                start,
                 "--truth",
                 truth.to_str().unwrap(),
             ],
         );
     };
-    generate("20000", "5", &truth_path);
+    generate("20000", "5", "2026-01-01T00:00:00Z", &truth_path);
     let mut zombie = Runner::start(&pipeline, &["run"]);
     assert!(
         zombie.wait_for(
@@ -493,7 +520,7 @@ async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows(
     // The zombie wakes up with 20,000 rows in hand and its commit interval long past.
     std::thread::sleep(std::time::Duration::from_secs(10));
     let second = pipeline.dir.path().join("truth2.json");
-    generate("5000", "6", &second);
+    generate("5000", "6", "2026-01-01T00:03:20Z", &second);
     std::thread::sleep(std::time::Duration::from_secs(10));
     let zombie_log = zombie.stop();
     let owner_log = owner.stop();
@@ -527,4 +554,52 @@ async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows(
         "the zombie's buffered rows never reached the table:\n{}",
         zombie_log.join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_without_partitions_says_so_and_until_caught_up_gives_up() {
+    let pipeline = common::TestPipeline::new();
+    // One partition for two runners: one of them holds nothing.
+    pipeline.edit_config(|yaml| yaml.replace("partitions: 3", "partitions: 1"));
+    cli_ok(&pipeline, &["setup"]);
+    cli_ok(&pipeline, &["generate", "--count", "2000", "--seed", "4"]);
+    let mut first = Runner::start(&pipeline, &["run"]);
+    assert!(
+        first.wait_for(
+            &["holding partitions", "{0}"],
+            std::time::Duration::from_secs(60)
+        ),
+        "{}",
+        first.drain().join("\n")
+    );
+    let mut second = Runner::start(
+        &pipeline,
+        &["run", "--until-caught-up", "--max-unassigned", "8s"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = second.child.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second runner waits forever"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let second_log = second.kill();
+    let first_log = first.stop();
+    let idle = |log: &[String]| {
+        log.iter()
+            .any(|l| l.contains("this runner holds no partition") && l.contains("2 member(s)"))
+    };
+    if status.success() {
+        // The group gave the partition to the newcomer: the first runner was left idle.
+        assert!(idle(&first_log), "{}", first_log.join("\n"));
+    } else {
+        assert!(idle(&second_log), "{}", second_log.join("\n"));
+        let error = second_log.join("\n");
+        assert!(error.contains("held no partition of"), "{error}");
+        assert!(error.contains("nothing for it to catch up"), "{error}");
+    }
 }

@@ -237,6 +237,10 @@ pub async fn run(
             }
             SourceEvent::Assigned { partitions } => {
                 branches.hold(&mut progress, &partitions).await?;
+                // Position every held partition from this load, and leave out whatever the
+                // source read before it: a rewind asked for before this rebalance may still be
+                // on its way to the source, and must not drop batches of this assignment.
+                source.rewind(partitions.clone(), progress.resume());
                 tracing::info!(pipeline = %name, ?partitions, resume = %progress.resume().to_json(), "holding partitions");
                 unassigned_since = partitions.is_empty().then(Instant::now);
                 continue;

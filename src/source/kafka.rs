@@ -115,6 +115,50 @@ impl SourceContext {
     }
 }
 
+impl SourceContext {
+    /// Positions `partitions` (in `tpl`) where the tables stand, assigns them with `assign`,
+    /// and reports the new assignment to the reading thread.
+    fn take_over(
+        &self,
+        partitions: &[i32],
+        tpl: &mut TopicPartitionList,
+        assign: impl FnOnce(&TopicPartitionList) -> Result<(), KafkaError>,
+    ) {
+        let resume = match self.look_up(partitions) {
+            Ok(resume) => resume,
+            Err(error) => {
+                lock(&self.shared.changes).push(Err(error));
+                return;
+            }
+        };
+        let mut assigned = lock(&self.shared.assigned);
+        for partition in partitions {
+            // A partition the tables hold nothing from starts at `start_from: earliest` from
+            // its beginning, not at the group's committed offset: the group may be ahead of the
+            // tables (tables dropped and recreated to rebuild them from Kafka), and starting
+            // there would lose every event before it. With `latest` the group's offset is kept,
+            // so that a restart does not skip what arrived in between.
+            let offset = match (resume.get(&self.topic, *partition), self.start_from) {
+                (Some(next), _) => Some(Offset::Offset(next)),
+                (None, StartFrom::Earliest) => Some(Offset::Beginning),
+                (None, StartFrom::Latest) => None,
+            };
+            if let Some(offset) = offset {
+                let _ = tpl.set_partition_offset(&self.topic, *partition, offset);
+            }
+            assigned.insert(*partition);
+        }
+        *lock(&self.shared.resume) = resume;
+        tracing::info!(topic = %self.topic, partitions = ?assigned, "partitions assigned");
+        if let Err(err) = assign(tpl) {
+            tracing::error!("assigning partitions failed: {err}");
+        }
+        lock(&self.shared.changes).push(Ok(SourceEvent::Assigned {
+            partitions: assigned.clone(),
+        }));
+    }
+}
+
 impl ConsumerContext for SourceContext {
     fn rebalance(
         &self,
@@ -139,37 +183,8 @@ impl ConsumerContext for SourceContext {
             .filter(|e| e.topic() == self.topic)
             .map(|e| e.partition())
             .collect();
-        let resume = match self.look_up(&partitions) {
-            Ok(resume) => resume,
-            Err(error) => {
-                lock(&self.shared.changes).push(Err(error));
-                return;
-            }
-        };
-        for partition in &partitions {
-            // A partition the tables hold nothing from starts at `start_from: earliest` from
-            // its beginning, not at the group's committed offset: the group may be ahead of the
-            // tables (tables dropped and recreated to rebuild them from Kafka), and starting
-            // there would lose every event before it. With `latest` the group's offset is kept,
-            // so that a restart does not skip what arrived in between.
-            let offset = match (resume.get(&self.topic, *partition), self.start_from) {
-                (Some(next), _) => Some(Offset::Offset(next)),
-                (None, StartFrom::Earliest) => Some(Offset::Beginning),
-                (None, StartFrom::Latest) => None,
-            };
-            if let Some(offset) = offset {
-                let _ = tpl.set_partition_offset(&self.topic, *partition, offset);
-            }
-            assigned.insert(*partition);
-        }
-        *lock(&self.shared.resume) = resume;
-        tracing::info!(topic = %self.topic, partitions = ?assigned, "partitions assigned");
-        if let Err(err) = consumer.assign(tpl) {
-            tracing::error!("assigning partitions failed: {err}");
-        }
-        lock(&self.shared.changes).push(Ok(SourceEvent::Assigned {
-            partitions: assigned.clone(),
-        }));
+        drop(assigned);
+        self.take_over(&partitions, tpl, |tpl| consumer.assign(tpl));
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {}
@@ -499,8 +514,8 @@ impl Reader {
                     members = self.group_members().map_or_else(|| "an unknown number of".to_string(), |n| n.to_string()),
                 );
             }
-            if rejoin.due(assigned.is_empty(), Instant::now()) {
-                self.rejoin();
+            if let Some(attempt) = rejoin.due(assigned.is_empty(), Instant::now()) {
+                self.rejoin(attempt);
             }
             for (partition, back_to) in resumes.stalled(&resume_at, Instant::now()) {
                 tracing::info!(
@@ -590,7 +605,9 @@ impl Reader {
 
     /// Leaves the group and joins it again as a new member (see [`Rejoin`]), unless the group
     /// has more members than the topic has partitions (then holding nothing is a standby's lot).
-    fn rejoin(&self) {
+    /// When a rejoin did not help and the group lists this runner as its only member, it takes
+    /// every partition by direct assignment instead (see [`Rejoin`]).
+    fn rejoin(&self, attempt: u32) {
         let topic = &self.options.topic;
         let members = self.group_members();
         let partitions = self
@@ -602,6 +619,23 @@ impl Reader {
             if members > partitions {
                 return;
             }
+        }
+        if let (true, Some(1), Some(partitions)) = (attempt > 1, members, partitions) {
+            tracing::warn!(
+                topic = %topic,
+                group = %self.options.group_id,
+                "the group coordinator assigns nothing although this runner is the group's only member: taking all {partitions} partitions by direct assignment (commits stay validated, so a runner the coordinator forgot to list cannot make it write twice)"
+            );
+            self.consumer.unsubscribe();
+            let all: Vec<i32> = (0..partitions as i32).collect();
+            let mut tpl = TopicPartitionList::new();
+            for partition in &all {
+                tpl.add_partition(topic, *partition);
+            }
+            self.consumer
+                .context()
+                .take_over(&all, &mut tpl, |tpl| self.consumer.assign(tpl));
+            return;
         }
         tracing::warn!(
             topic = %topic,

@@ -107,9 +107,16 @@ impl ResumeCheck {
 /// again as a new member, which forces a fresh assignment. Waits double after each rejoin
 /// (up to ten minutes), so that a real standby on Apache Kafka (more runners than partitions)
 /// rarely disturbs the group.
+///
+/// A group can also get stuck for good (a dead leader comes back as a phantom: every SyncGroup
+/// answers REBALANCE_IN_PROGRESS until the broker restarts). When a rejoin did not help and the
+/// coordinator lists this runner as the group's only member, the runner assigns itself every
+/// partition directly. That is safe because commits are validated against the table state
+/// they land on: two runners reading one partition can never both commit it.
 pub struct Rejoin {
     wait: Duration,
     empty_since: Option<Instant>,
+    attempts: u32,
 }
 
 /// The longest wait between two rejoins.
@@ -121,22 +128,26 @@ impl Rejoin {
         Self {
             wait: session_timeout * 2,
             empty_since: None,
+            attempts: 0,
         }
     }
 
-    /// Whether it is time to rejoin, given whether the member holds no partition now.
-    pub fn due(&mut self, holds_nothing: bool, now: Instant) -> bool {
+    /// `Some(attempt)` (1, 2, ... since the member last held something) when it is time to
+    /// rejoin, given whether the member holds no partition now.
+    pub fn due(&mut self, holds_nothing: bool, now: Instant) -> Option<u32> {
         if !holds_nothing {
             self.empty_since = None;
-            return false;
+            self.attempts = 0;
+            return None;
         }
         let since = *self.empty_since.get_or_insert(now);
         if now.duration_since(since) < self.wait {
-            return false;
+            return None;
         }
         self.empty_since = Some(now);
         self.wait = (self.wait * 2).min(MAX_REJOIN_WAIT);
-        true
+        self.attempts += 1;
+        Some(self.attempts)
     }
 }
 
@@ -189,13 +200,17 @@ mod tests {
         let start = Instant::now();
         let s = Duration::from_secs(1);
         let mut rejoin = Rejoin::new(6 * s);
-        assert!(!rejoin.due(true, start));
-        assert!(!rejoin.due(true, start + 11 * s));
-        assert!(rejoin.due(true, start + 12 * s));
-        assert!(!rejoin.due(true, start + 30 * s), "waits 24 s now");
-        assert!(rejoin.due(true, start + 36 * s));
-        assert!(!rejoin.due(false, start + 37 * s));
-        assert!(!rejoin.due(true, start + 38 * s), "the count starts again");
+        assert_eq!(rejoin.due(true, start), None);
+        assert_eq!(rejoin.due(true, start + 11 * s), None);
+        assert_eq!(rejoin.due(true, start + 12 * s), Some(1));
+        assert_eq!(rejoin.due(true, start + 30 * s), None, "waits 24 s now");
+        assert_eq!(rejoin.due(true, start + 36 * s), Some(2));
+        assert_eq!(rejoin.due(false, start + 37 * s), None);
+        assert_eq!(
+            rejoin.due(true, start + 38 * s),
+            None,
+            "the count starts again"
+        );
     }
 
     #[test]

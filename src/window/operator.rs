@@ -58,6 +58,7 @@ pub struct WindowOperator {
     tracker: WatermarkTracker,
     keys: KeyPartitions,
     size: Micros,
+    lateness: Micros,
     time_column: String,
     events_schema: SchemaRef,
 }
@@ -89,13 +90,17 @@ impl WindowOperator {
             tracker: WatermarkTracker::new(allowed_lateness, idle_timeout),
             keys,
             size: spec.size.as_micros() as Micros,
+            lateness: allowed_lateness.as_micros() as Micros,
             time_column: spec.time_column.clone(),
             events_schema,
         })
     }
 
-    /// Sorts parsed rows (with `_partition`) by their partition's watermark as it stood before
-    /// them, then records their highest event time per source partition.
+    /// Sorts parsed rows (with `_partition`, in offset order per partition) by their
+    /// partition's watermark as it stood when each row arrived: the watermark moves row by row
+    /// within a batch, so which events are late depends only on the partition's own sequence,
+    /// never on how it was cut into batches or which runner read it. Then records the highest
+    /// event time per source partition.
     pub fn sort_and_observe(
         &mut self,
         rows: &RecordBatch,
@@ -106,17 +111,25 @@ impl WindowOperator {
         let mut on_time = Vec::with_capacity(times.len());
         let mut late = Vec::with_capacity(times.len());
         // Few partitions per batch: a short list beats a map lookup per row.
-        let mut marks: Vec<(i32, Option<Micros>)> = Vec::new();
-        let mut highest: Vec<(i32, Micros)> = Vec::new();
+        let mut clocks: Vec<RowClock> = Vec::new();
         for (partition, time) in partitions.iter().zip(times.iter()) {
             let partition = partition.unwrap_or_default();
-            let watermark = match marks.iter().find(|(p, _)| *p == partition) {
-                Some((_, mark)) => *mark,
+            let index = match clocks.iter().position(|c| c.partition == partition) {
+                Some(index) => index,
                 None => {
-                    let mark = self.tracker.partition_watermark(partition);
-                    marks.push((partition, mark));
-                    mark
+                    let saved = self.tracker.time(partition);
+                    clocks.push(RowClock {
+                        partition,
+                        watermark: saved.watermark,
+                        max_event: saved.max_event,
+                    });
+                    clocks.len() - 1
                 }
+            };
+            let clock = &mut clocks[index];
+            let watermark = match (clock.watermark, clock.max_event) {
+                (Some(w), Some(m)) => Some(w.max(m - self.lateness)),
+                (w, m) => w.or(m.map(|m| m - self.lateness)),
             };
             let is_late = match (time, watermark) {
                 (Some(t), Some(w)) => self.window_start(t) + self.size <= w,
@@ -125,10 +138,7 @@ impl WindowOperator {
             on_time.push(time.is_some() && !is_late);
             late.push(is_late);
             if let Some(t) = time {
-                match highest.iter_mut().find(|(p, _)| *p == partition) {
-                    Some((_, max)) => *max = (*max).max(t),
-                    None => highest.push((partition, t)),
-                }
+                clock.max_event = Some(clock.max_event.map_or(t, |m| m.max(t)));
             }
         }
         let untimed = arrow::compute::is_null(&times)?;
@@ -137,8 +147,10 @@ impl WindowOperator {
             late: filter_record_batch(rows, &BooleanArray::from(late))?,
             untimed: filter_record_batch(rows, &untimed)?,
         };
-        for (partition, time) in highest {
-            self.tracker.observe(partition, time, now);
+        for clock in clocks {
+            if let Some(max) = clock.max_event {
+                self.tracker.observe(clock.partition, max, now);
+            }
         }
         Ok(sorted)
     }
@@ -340,6 +352,13 @@ impl WindowOperator {
         let micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
         Ok(micros.as_primitive::<TimestampMicrosecondType>().clone())
     }
+}
+
+/// A partition's event-time progress while a batch is sorted.
+struct RowClock {
+    partition: i32,
+    watermark: Option<Micros>,
+    max_event: Option<Micros>,
 }
 
 /// The `_partition` column of parsed rows, as Int32.
