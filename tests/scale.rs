@@ -475,36 +475,11 @@ async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows(
     std::thread::sleep(std::time::Duration::from_secs(4));
     zombie.signal(libc::SIGSTOP);
     // Past the session timeout, the new owner takes every partition and commits them.
-    let mut owner = {
-        let (child, lines) = {
-            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-pipeline"));
-            command
-                .arg("--config")
-                .arg(&fast)
-                .arg("run")
-                .env("RUST_LOG", "campaign_pipeline=info")
-                .stderr(std::process::Stdio::piped());
-            let mut child = command.spawn().expect("owner");
-            let stderr = child.stderr.take().unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            (child, rx)
-        };
-        Runner {
-            child,
-            lines,
-            log: Vec::new(),
-        }
+    let (child, lines) = pipeline.spawn_logged_with(&fast, &["run"]);
+    let mut owner = Runner {
+        child,
+        lines,
+        log: Vec::new(),
     };
     assert!(
         owner.wait_for(

@@ -43,46 +43,6 @@ impl Offsets {
         }
     }
 
-    /// Sets every partition of `other` not known here (older snapshots fill gaps, never override).
-    pub fn fill_from(&mut self, other: &Offsets) {
-        for (topic, partition, next) in other.iter() {
-            if self.get(topic, partition).is_none() {
-                self.set(topic, partition, next);
-            }
-        }
-    }
-
-    /// The partitions where this is ahead of `other` (or `other` does not know them): rows below
-    /// these offsets that `other` lets through are already held here.
-    pub fn ahead_of(&self, other: &Offsets) -> Offsets {
-        let mut ahead = Offsets::new();
-        for (topic, partition, next) in self.iter() {
-            if other.get(topic, partition).is_none_or(|o| o < next) {
-                ahead.set(topic, partition, next);
-            }
-        }
-        ahead
-    }
-
-    /// Forgets the partitions that `progress` has reached.
-    pub fn drop_reached(&mut self, progress: &Offsets) {
-        for (topic, partition, next) in progress.iter() {
-            if self.get(topic, partition).is_some_and(|mine| mine <= next) {
-                if let Some(partitions) = self.0.get_mut(topic) {
-                    partitions.remove(&partition);
-                }
-            }
-        }
-        self.0.retain(|_, partitions| !partitions.is_empty());
-    }
-
-    /// Raises each partition to the offset in `other` where that is higher.
-    pub fn advance_all(&mut self, other: &Offsets) {
-        for (topic, partition, next) in other.iter() {
-            self.advance(topic, partition, next);
-        }
-    }
-
     /// Every (topic, partition, next offset).
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
         self.0.iter().flat_map(|(topic, partitions)| {
@@ -153,27 +113,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ahead_of_and_drop_reached_track_rows_to_skip() {
-        let mut events = Offsets::new();
-        events.set("t", 0, 100);
-        events.set("t", 1, 50);
-        events.set("t", 2, 70);
-        let mut resume = Offsets::new();
-        resume.set("t", 0, 80);
-        resume.set("t", 1, 50);
-        let mut skip = events.ahead_of(&resume);
-        assert_eq!(skip.get("t", 0), Some(100));
-        assert_eq!(skip.get("t", 1), None, "not ahead");
-        assert_eq!(skip.get("t", 2), Some(70), "unknown to the resume point");
-        let mut progress = Offsets::new();
-        progress.set("t", 0, 100);
-        progress.set("t", 2, 60);
-        skip.drop_reached(&progress);
-        assert_eq!(skip.get("t", 0), None);
-        assert_eq!(skip.get("t", 2), Some(70));
-    }
-
-    #[test]
     fn round_trips_through_json_and_only_advances() {
         let mut offsets = Offsets::new();
         offsets.set("events", 0, 10);
@@ -181,10 +120,5 @@ mod tests {
         offsets.advance("events", 2, 7);
         assert_eq!(offsets.to_json(), r#"{"events":{"0":10,"2":7}}"#);
         assert_eq!(Offsets::from_json(&offsets.to_json()).unwrap(), offsets);
-        let mut newer = Offsets::new();
-        newer.set("events", 2, 9);
-        newer.fill_from(&offsets);
-        assert_eq!(newer.get("events", 2), Some(9));
-        assert_eq!(newer.get("events", 0), Some(10));
     }
 }

@@ -313,20 +313,21 @@ pub async fn run(
                 window = CommitWindow::new();
                 continue;
             };
-            source.commit_group_offsets(&progress.resume());
-            summary.add(&committed);
             let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
             let (open_windows, state_bytes, watermark) = branches.metrics.describe();
+            let landed = Landed {
+                source: &source,
+                progress: &progress,
+                metrics: branches.metrics,
+                dlq: &dlq,
+            };
+            landed.record(
+                &committed,
+                &mut summary,
+                options.telemetry.as_deref(),
+                pipeline,
+            );
             if let Some(t) = &options.telemetry {
-                let counts = (summary.messages, dlq.counts());
-                report_commit(
-                    t,
-                    pipeline,
-                    &committed,
-                    &source.lag(),
-                    branches.metrics,
-                    counts,
-                );
                 let per_second = window.messages as f64 / seconds;
                 t.update_health(|h| h.events_per_second = per_second);
             }
@@ -363,19 +364,18 @@ pub async fn run(
     if progress.progressed() || branches.metrics.emitted() > 0 {
         match commit(&mut dlq, &mut branches, &mut progress, &name).await? {
             Some(committed) => {
-                source.commit_group_offsets(&progress.resume());
-                summary.add(&committed);
-                if let Some(t) = &options.telemetry {
-                    let counts = (summary.messages, dlq.counts());
-                    report_commit(
-                        t,
-                        pipeline,
-                        &committed,
-                        &source.lag(),
-                        branches.metrics,
-                        counts,
-                    );
-                }
+                let landed = Landed {
+                    source: &source,
+                    progress: &progress,
+                    metrics: branches.metrics,
+                    dlq: &dlq,
+                };
+                landed.record(
+                    &committed,
+                    &mut summary,
+                    options.telemetry.as_deref(),
+                    pipeline,
+                );
                 tracing::info!(
                     pipeline = %name,
                     rows = committed.events.rows,
@@ -421,6 +421,39 @@ fn resume_lookup(pipeline: &PipelineConfig, catalog: Arc<dyn iceberg::Catalog>) 
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resume)
         })
     })
+}
+
+/// What is needed to record a commit that landed.
+struct Landed<'a> {
+    source: &'a KafkaSource,
+    progress: &'a Progress,
+    metrics: &'a MetricsBranch,
+    dlq: &'a DeadLetterWriter,
+}
+
+impl Landed<'_> {
+    /// Group offsets (for lag monitoring), the run summary and the telemetry after a commit.
+    fn record(
+        &self,
+        committed: &Committed,
+        summary: &mut RunSummary,
+        telemetry: Option<&Telemetry>,
+        pipeline: &PipelineConfig,
+    ) {
+        self.source.commit_group_offsets(&self.progress.resume());
+        summary.add(committed);
+        if let Some(t) = telemetry {
+            let counts = (summary.messages, self.dlq.counts());
+            report_commit(
+                t,
+                pipeline,
+                committed,
+                &self.source.lag(),
+                self.metrics,
+                counts,
+            );
+        }
+    }
 }
 
 /// The two tables' branches.

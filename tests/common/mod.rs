@@ -219,26 +219,19 @@ impl TestPipeline {
 
     /// Starts the runner with logs at info level; its stderr lines arrive on the receiver.
     pub fn spawn_logged(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-        let mut child = self
-            .command(args)
-            .env("RUST_LOG", "campaign_pipeline=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start runner");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (child, rx)
+        spawn_logged(self.command(args))
+    }
+
+    /// Starts the runner with another configuration file (for example a copy with other
+    /// settings beside this one), logged like [`Self::spawn_logged`].
+    pub fn spawn_logged_with(
+        &self,
+        config: &Path,
+        args: &[&str],
+    ) -> (Child, mpsc::Receiver<String>) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_campaign-pipeline"));
+        command.arg("--config").arg(config).args(args);
+        spawn_logged(command)
     }
 
     /// Starts the runner with `args`, waits for `commits` commit log lines and `extra` more,
@@ -266,6 +259,29 @@ impl TestPipeline {
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.config, args)
     }
+}
+
+/// Starts `command` with logs at info level; its stderr lines arrive on the receiver.
+fn spawn_logged(mut command: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .env("RUST_LOG", "campaign_pipeline=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start runner");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
 }
 
 /// Runs the built runner binary with `--config config` and the given arguments.
