@@ -162,23 +162,32 @@ fn scratch_config_in_group(
     Ok(Config::load(&path)?)
 }
 
-/// `kafka_records` batches of the records, spread over three partitions as the source builds them.
+/// `kafka_records` batches of the records, spread over three partitions by key (as a producer
+/// keyed by campaign does) as the source builds them.
 fn kafka_batches(
     generated: &[GeneratedRecord],
     batch_rows: usize,
 ) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
     let mut batches = Vec::new();
-    for (c, chunk) in generated.chunks(batch_rows).enumerate() {
+    let mut next = [0_i64; 3];
+    for chunk in generated.chunks(batch_rows) {
         let mut builder = BatchBuilder::new(chunk.len());
-        for (i, r) in chunk.iter().enumerate() {
+        for r in chunk {
+            // Any stable hash of the key keeps each campaign in one partition.
+            let hash = r
+                .key
+                .iter()
+                .fold(0_u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
+            let partition = (hash % 3) as usize;
             builder.push(
                 "campaign_events",
-                (i % 3) as i32,
-                (c * batch_rows + i) as i64,
+                partition as i32,
+                next[partition],
                 Some(0),
                 Some(&r.key),
                 Some(&r.payload),
             );
+            next[partition] += 1;
         }
         batches.push(builder.finish(false, Default::default(), 0)?.records);
     }

@@ -50,8 +50,26 @@ struct Shared {
     assigned: Mutex<BTreeSet<i32>>,
     /// Group changes seen by the rebalance callback, for the reading thread to hand on in order.
     changes: Mutex<Vec<Result<SourceEvent, SourceError>>>,
+    /// Set with each change, so that the reading thread takes no lock per message.
+    changed: AtomicBool,
     /// Consumer lag per partition, from librdkafka's statistics (the fetch high watermark).
     lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl Shared {
+    /// Queues a group change for the reading thread.
+    fn report(&self, change: Result<SourceEvent, SourceError>) {
+        lock(&self.changes).push(change);
+        self.changed.store(true, Ordering::SeqCst);
+    }
+
+    /// The group changes queued since the last call.
+    fn take_changes(&self) -> Vec<Result<SourceEvent, SourceError>> {
+        if !self.changed.swap(false, Ordering::SeqCst) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *lock(&self.changes))
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,7 +145,7 @@ impl SourceContext {
         let resume = match self.look_up(partitions) {
             Ok(resume) => resume,
             Err(error) => {
-                lock(&self.shared.changes).push(Err(error));
+                self.shared.report(Err(error));
                 return;
             }
         };
@@ -153,7 +171,7 @@ impl SourceContext {
         if let Err(err) = assign(tpl) {
             tracing::error!("assigning partitions failed: {err}");
         }
-        lock(&self.shared.changes).push(Ok(SourceEvent::Assigned {
+        self.shared.report(Ok(SourceEvent::Assigned {
             partitions: assigned.clone(),
         }));
     }
@@ -174,7 +192,7 @@ impl ConsumerContext for SourceContext {
             if let Err(err) = consumer.unassign() {
                 tracing::error!("unassigning partitions failed: {err}");
             }
-            lock(&self.shared.changes).push(Ok(SourceEvent::Revoked));
+            self.shared.report(Ok(SourceEvent::Revoked));
             return;
         }
         let partitions: Vec<i32> = tpl
@@ -462,9 +480,10 @@ impl Reader {
         let (mut assigned, mut resume_at) = self.assignment();
         while !self.stop.load(Ordering::SeqCst) {
             let polled = self.consumer.poll(poll_timeout);
+            let now = Instant::now();
             // The rebalance callback runs inside `poll`: hand on what it saw before anything
             // read afterwards, and forget what was read before (the pipeline drops it).
-            let changes = std::mem::take(&mut *lock(&self.shared.changes));
+            let changes = self.shared.take_changes();
             let rebalanced = !changes.is_empty();
             for change in changes {
                 if !self.send(change) {
@@ -505,7 +524,7 @@ impl Reader {
                     self.seek_to(partition, Offset::Offset(offset));
                 }
             }
-            resumes.expect(repositioned, Instant::now());
+            resumes.expect(repositioned, now);
             if idle.report(&assigned).is_some() {
                 tracing::info!(
                     topic = %self.options.topic,
@@ -514,10 +533,10 @@ impl Reader {
                     members = self.group_members().map_or_else(|| "an unknown number of".to_string(), |n| n.to_string()),
                 );
             }
-            if let Some(attempt) = rejoin.due(assigned.is_empty(), Instant::now()) {
+            if let Some(attempt) = rejoin.due(assigned.is_empty(), now) {
                 self.rejoin(attempt);
             }
-            for (partition, back_to) in resumes.stalled(&resume_at, Instant::now()) {
+            for (partition, back_to) in resumes.stalled(&resume_at, now) {
                 tracing::info!(
                     topic = %self.options.topic,
                     partition,
