@@ -33,6 +33,8 @@ pub struct MetricsBranch {
     /// Window rows written since the last commit.
     emitted: u64,
     pipeline: String,
+    /// The metrics SQL file, named when a checkpoint no longer fits it.
+    metrics_file: std::path::PathBuf,
 }
 
 impl MetricsBranch {
@@ -46,6 +48,7 @@ impl MetricsBranch {
         catalog: Arc<dyn Catalog>,
     ) -> Result<Self, PipelineError> {
         let name = pipeline.name.clone();
+        let metrics_file = config.resolve(&pipeline.sql.metrics);
         let operator = window_operator(
             ctx,
             planned,
@@ -55,10 +58,7 @@ impl MetricsBranch {
         .await
         .map_err(|e| PipelineError::Sql {
             pipeline: name.clone(),
-            problems: vec![SqlProblem::whole_file(
-                config.resolve(&pipeline.sql.metrics),
-                e.to_string(),
-            )],
+            problems: vec![SqlProblem::whole_file(&metrics_file, e.to_string())],
         })?;
         let writer = TableWriter::open(
             catalog,
@@ -77,17 +77,13 @@ impl MetricsBranch {
             writer,
             emitted: 0,
             pipeline: name,
+            metrics_file,
         })
     }
 
     /// `namespace.table` of the metrics table.
     pub fn label(&self) -> &str {
         self.writer.label()
-    }
-
-    /// The offsets the table holds, as last loaded or committed.
-    pub fn offsets(&self) -> &Offsets {
-        &self.writer.state().offsets
     }
 
     /// Loads the table's newest state and takes over `partitions` from it: each one's window
@@ -111,7 +107,9 @@ impl MetricsBranch {
                     continue;
                 };
                 match checkpoint::read(&self.writer, &saved.file).await {
-                    Ok(bytes) => restored.push((*partition, Some(bytes), time_of(saved))),
+                    Ok(bytes) => {
+                        restored.push((*partition, Some((bytes, &saved.file)), time_of(saved)))
+                    }
                     Err(err) => {
                         missing = Some(err);
                         break;
@@ -128,10 +126,21 @@ impl MetricsBranch {
                 None => {}
             }
             let now = Instant::now();
-            for (partition, bytes, time) in restored {
-                self.operator
-                    .restore(partition, bytes.as_deref(), time, now)
-                    .map_err(|e| self.window_err(e))?;
+            for (partition, saved, time) in restored {
+                let bytes = saved.as_ref().map(|(bytes, _)| bytes.as_slice());
+                if let Err(e) = self.operator.restore(partition, bytes, time, now) {
+                    let file = saved.map_or("", |(_, file)| file.as_str());
+                    return Err(PipelineError::Sql {
+                        pipeline: self.pipeline.clone(),
+                        problems: vec![SqlProblem::whole_file(
+                            &self.metrics_file,
+                            format!(
+                                "table {}, partition {partition}, checkpoint {file}: {e}",
+                                self.label()
+                            ),
+                        )],
+                    });
+                }
             }
             let (windows, bytes) = self.operator.state_size();
             tracing::info!(

@@ -55,28 +55,21 @@ impl KeyPartitions {
                 .collect();
             let rows = self.converter.convert_columns(&arrays)?;
             for (index, row) in rows.iter().enumerate() {
-                match self.owners.get(&row.owned()) {
-                    None => {
-                        self.owners.insert(row.owned(), partition);
-                    }
-                    Some(owner) if *owner == partition => {}
-                    Some(owner) => {
-                        let row = row.owned();
-                        if self.warned.insert(row) {
-                            let key = arrays
-                                .iter()
-                                .map(|a| array_value_to_string(a, index).unwrap_or_default())
-                                .collect::<Vec<_>>()
-                                .join(", ");
-                            tracing::warn!(
-                                key = %key,
-                                partitions = ?[*owner, partition],
-                                "one group key arrives in two source partitions: its windows are \
-                                 kept per partition and written as one row per partition (the \
-                                 topic must be keyed by the group key, see the README)"
-                            );
-                        }
-                    }
+                let row = row.owned();
+                let owner = *self.owners.entry(row.clone()).or_insert(partition);
+                if owner != partition && self.warned.insert(row) {
+                    let key = arrays
+                        .iter()
+                        .map(|a| array_value_to_string(a, index).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    tracing::warn!(
+                        key = %key,
+                        partitions = ?[owner, partition],
+                        "one group key arrives in two source partitions: its windows are \
+                         kept per partition and written as one row per partition (the \
+                         topic must be keyed by the group key, see the README)"
+                    );
                 }
             }
         }

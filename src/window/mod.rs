@@ -9,4 +9,4 @@ pub mod watermark;
 
 pub use operator::{Sorted, WindowError, WindowOperator};
 pub use spec::{WindowSpec, WindowSpecError};
-pub use watermark::{Micros, PartitionTime};
+pub use watermark::PartitionTime;

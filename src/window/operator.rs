@@ -111,26 +111,18 @@ impl WindowOperator {
         let mut on_time = Vec::with_capacity(times.len());
         let mut late = Vec::with_capacity(times.len());
         // Few partitions per batch: a short list beats a map lookup per row.
-        let mut clocks: Vec<RowClock> = Vec::new();
+        let mut clocks: Vec<(i32, PartitionTime)> = Vec::new();
         for (partition, time) in partitions.iter().zip(times.iter()) {
             let partition = partition.unwrap_or_default();
-            let index = match clocks.iter().position(|c| c.partition == partition) {
+            let index = match clocks.iter().position(|(p, _)| *p == partition) {
                 Some(index) => index,
                 None => {
-                    let saved = self.tracker.time(partition);
-                    clocks.push(RowClock {
-                        partition,
-                        watermark: saved.watermark,
-                        max_event: saved.max_event,
-                    });
+                    clocks.push((partition, self.tracker.time(partition)));
                     clocks.len() - 1
                 }
             };
-            let clock = &mut clocks[index];
-            let watermark = match (clock.watermark, clock.max_event) {
-                (Some(w), Some(m)) => Some(w.max(m - self.lateness)),
-                (w, m) => w.or(m.map(|m| m - self.lateness)),
-            };
+            let clock = &mut clocks[index].1;
+            let watermark = clock.watermark_under(self.lateness);
             let is_late = match (time, watermark) {
                 (Some(t), Some(w)) => self.window_start(t) + self.size <= w,
                 _ => false,
@@ -147,9 +139,9 @@ impl WindowOperator {
             late: filter_record_batch(rows, &BooleanArray::from(late))?,
             untimed: filter_record_batch(rows, &untimed)?,
         };
-        for clock in clocks {
-            if let Some(max) = clock.max_event {
-                self.tracker.observe(clock.partition, max, now);
+        for (partition, time) in clocks {
+            if let Some(max) = time.max_event {
+                self.tracker.observe(partition, max, now);
             }
         }
         Ok(sorted)
@@ -300,11 +292,6 @@ impl WindowOperator {
         self.states.keys().copied().collect()
     }
 
-    /// Event-time progress per held partition.
-    pub fn times(&self) -> BTreeMap<i32, PartitionTime> {
-        self.tracker.times()
-    }
-
     /// Open windows and the bytes their state holds, over all held partitions.
     pub fn state_size(&self) -> (usize, usize) {
         self.states
@@ -352,13 +339,6 @@ impl WindowOperator {
         let micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
         Ok(micros.as_primitive::<TimestampMicrosecondType>().clone())
     }
-}
-
-/// A partition's event-time progress while a batch is sorted.
-struct RowClock {
-    partition: i32,
-    watermark: Option<Micros>,
-    max_event: Option<Micros>,
 }
 
 /// The `_partition` column of parsed rows, as Int32.

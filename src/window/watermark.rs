@@ -10,18 +10,28 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 /// Event time in microseconds since the epoch.
 pub type Micros = i64;
 
 /// Event-time progress of one source partition, as kept beside its state checkpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionTime {
     /// Highest event time the partition has delivered.
     pub max_event: Option<Micros>,
     /// The partition's watermark: its windows ending at or before it are closed.
     pub watermark: Option<Micros>,
+}
+
+impl PartitionTime {
+    /// The watermark its highest event time implies under `lateness`, never below the one it
+    /// has (a flush or an idle spell may have raised it further).
+    pub fn watermark_under(&self, lateness: Micros) -> Option<Micros> {
+        let implied = self.max_event.map(|max| max - lateness);
+        match (self.watermark, implied) {
+            (Some(w), Some(i)) => Some(w.max(i)),
+            (w, i) => w.or(i),
+        }
+    }
 }
 
 /// One partition's clock while it is held.
@@ -100,10 +110,7 @@ impl WatermarkTracker {
                 idle.push(*partition);
                 continue;
             }
-            if let Some(max) = clock.time.max_event {
-                let mark = max - self.lateness;
-                clock.time.watermark = Some(clock.time.watermark.map_or(mark, |w| w.max(mark)));
-            }
+            clock.time.watermark = clock.time.watermark_under(self.lateness);
             if let Some(mark) = clock.time.watermark {
                 runner = Some(runner.map_or(mark, |r| r.min(mark)));
             }
@@ -122,11 +129,6 @@ impl WatermarkTracker {
             .values()
             .filter_map(|c| c.time.watermark)
             .min()
-    }
-
-    /// Progress per held partition.
-    pub fn times(&self) -> BTreeMap<i32, PartitionTime> {
-        self.partitions.iter().map(|(p, c)| (*p, c.time)).collect()
     }
 }
 
