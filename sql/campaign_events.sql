@@ -6,14 +6,22 @@
 --         through, and _error: NULL for a valid row, else a short reason. Rows with a
 --         reason go to the dead letter queue; columns starting with _ are never written.
 --
--- Edit the CASE below to change the validation rules.
+-- Edit the CASE below to change the validation rules; the first rule that matches gives
+-- the reason. The limits are plain numbers in it:
+--   65536 bytes  largest message accepted (`too large`; the payload is kept in the DLQ)
+--   256 chars    longest identifier (event_id, user_id, campaign_id)
+--   64 chars     longest platform, country or device_type
+-- Event times further than window.max_future ahead of the runner's clock are rejected by
+-- the runner itself (`future timestamp: ...`), whatever this file says.
 WITH fields AS (
   SELECT
     _topic,
     _partition,
     _offset,
+    octet_length(value)                          AS _bytes,
     -- One parse for all fields: strings come decoded, other values as their JSON text, and
-    -- the whole struct is NULL when value is not a well-formed JSON object.
+    -- the whole struct is NULL when value is not a well-formed JSON object. f['$type'][key]
+    -- is the value's JSON type: string, number, boolean, array or object (NULL when absent).
     json_fields(value, 'event_id', 'user_id', 'campaign_id', 'event_type', 'platform',
                 'timestamp', 'revenue', 'country', 'device_type') AS f
   FROM kafka_records
@@ -23,7 +31,9 @@ typed AS (
     _topic,
     _partition,
     _offset,
+    _bytes,
     f,
+    f['$type']                                   AS t,
     f['event_id']                                AS event_id,
     f['user_id']                                 AS user_id,
     f['campaign_id']                             AS campaign_id,
@@ -52,17 +62,36 @@ SELECT
   _partition,
   _offset,
   CASE
+    WHEN _bytes > 65536                              THEN 'too large'
     WHEN f IS NULL                                   THEN 'broken json'
-    WHEN event_id IS NULL OR event_id = ''           THEN 'missing event_id'
-    WHEN user_id IS NULL OR user_id = ''             THEN 'missing user_id'
-    WHEN campaign_id IS NULL OR campaign_id = ''     THEN 'missing campaign_id'
+    -- Identifiers: JSON strings, not blank, at most 256 characters.
+    WHEN event_id IS NULL                            THEN 'missing event_id'
+    WHEN t['event_id'] <> 'string'                   THEN 'wrong type: event_id'
+    WHEN trim(event_id) = ''                         THEN 'blank event_id'
+    WHEN character_length(event_id) > 256            THEN 'too long: event_id'
+    WHEN user_id IS NULL                             THEN 'missing user_id'
+    WHEN t['user_id'] <> 'string'                    THEN 'wrong type: user_id'
+    WHEN trim(user_id) = ''                          THEN 'blank user_id'
+    WHEN character_length(user_id) > 256             THEN 'too long: user_id'
+    WHEN campaign_id IS NULL                         THEN 'missing campaign_id'
+    WHEN t['campaign_id'] <> 'string'                THEN 'wrong type: campaign_id'
+    WHEN trim(campaign_id) = ''                      THEN 'blank campaign_id'
+    WHEN character_length(campaign_id) > 256         THEN 'too long: campaign_id'
+    -- The other fields: the JSON type each must have when present.
+    WHEN t['event_type'] <> 'string'                 THEN 'wrong type: event_type'
+    WHEN t['timestamp'] <> 'string'                  THEN 'wrong type: timestamp'
+    WHEN t['revenue'] <> 'number'                    THEN 'wrong type: revenue'
+    WHEN t['platform'] <> 'string'                   THEN 'wrong type: platform'
+    WHEN t['country'] <> 'string'                    THEN 'wrong type: country'
+    WHEN t['device_type'] <> 'string'                THEN 'wrong type: device_type'
+    WHEN character_length(platform) > 64             THEN 'too long: platform'
+    WHEN character_length(country) > 64              THEN 'too long: country'
+    WHEN character_length(device_type) > 64          THEN 'too long: device_type'
     WHEN event_type IS NULL                          THEN 'missing event_type'
     WHEN event_type NOT IN ('impression', 'click', 'conversion')
                                                      THEN 'unknown event_type: ' || event_type
     WHEN _timestamp_text IS NULL                     THEN 'missing timestamp'
     WHEN _event_time IS NULL                         THEN 'bad timestamp: ' || _timestamp_text
-    WHEN _revenue_json IS NOT NULL AND _revenue IS NULL
-                                                     THEN 'non-numeric revenue: ' || _revenue_json
     WHEN _revenue < 0                                THEN 'negative revenue: ' || _revenue_json
   END AS _error
 FROM typed

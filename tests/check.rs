@@ -152,3 +152,152 @@ fn metrics_sql_that_cannot_run_window_by_window_is_refused() {
         "{out}"
     );
 }
+
+#[test]
+fn unsafe_window_sizes_are_refused_with_file_and_line() {
+    let original = std::fs::read_to_string(shipped("campaign_metrics.sql")).unwrap();
+    for (size, why) in [
+        ("'0.5 us'", "whole number of microseconds"),
+        ("'1500 nanoseconds'", "whole number of microseconds"),
+        ("'1 month'", "no fixed length"),
+        ("'0 minutes'", "must be positive"),
+    ] {
+        let edited = original.replace("INTERVAL '1 minute'", &format!("INTERVAL {size}"));
+        assert_ne!(edited, original);
+        let line = line_of(&edited, "date_bin");
+        let (_dir, path) = sql_file(&edited);
+        let (ok, out) = check(&shipped("campaign_events.sql"), &path);
+        assert!(!ok, "{size}: {out}");
+        assert!(
+            out.contains(&format!("{}:{line}:", path.display())) && out.contains(why),
+            "{size}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_sample_shows_parsed_rows_every_reject_with_its_reason_and_the_windows() {
+    let minute = chrono::DurationRound::duration_trunc(
+        chrono::Utc::now() - chrono::TimeDelta::minutes(3),
+        chrono::TimeDelta::minutes(1),
+    )
+    .unwrap();
+    let at = |seconds: i64| {
+        (minute + chrono::TimeDelta::seconds(seconds))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let event = |id: &str, kind: &str, seconds: i64, revenue: f64| {
+        serde_json::json!({
+            "event_id": id, "user_id": "u1", "campaign_id": "campaign_001", "event_type": kind,
+            "platform": "web", "timestamp": at(seconds), "revenue": revenue,
+            "country": "US", "device_type": "desktop",
+        })
+    };
+    let with = |id: &str, field: &str, value: serde_json::Value| {
+        let mut e = event(id, "click", 5, 0.0);
+        e[field] = value;
+        e.to_string()
+    };
+    let without = |id: &str, field: &str| {
+        let mut e = event(id, "click", 5, 0.0);
+        e.as_object_mut().unwrap().remove(field);
+        e.to_string()
+    };
+    let lines: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (event("a", "impression", 1, 0.0).to_string().into(), None),
+        (event("b", "impression", 2, 0.0).to_string().into(), None),
+        (event("c", "click", 3, 0.0).to_string().into(), None),
+        (event("d", "conversion", 4, 12.5).to_string().into(), None),
+        (event("e", "impression", 70, 0.0).to_string().into(), None),
+        (
+            with("f", "extra", "x".repeat(70_000).into()).into(),
+            Some("too large"),
+        ),
+        (br#"{"event_id": "g", "#.to_vec(), Some("broken json")),
+        (without("h", "event_id").into(), Some("missing event_id")),
+        (
+            with("i", "event_id", 42.into()).into(),
+            Some("wrong type: event_id"),
+        ),
+        (
+            with("j", "user_id", "  ".into()).into(),
+            Some("blank user_id"),
+        ),
+        (
+            with("k", "campaign_id", "c".repeat(300).into()).into(),
+            Some("too long: campaign_id"),
+        ),
+        (
+            with("l", "revenue", "12.50".into()).into(),
+            Some("wrong type: revenue"),
+        ),
+        (
+            without("m", "event_type").into(),
+            Some("missing event_type"),
+        ),
+        (
+            with("n", "event_type", "view".into()).into(),
+            Some("unknown event_type: view"),
+        ),
+        (without("o", "timestamp").into(), Some("missing timestamp")),
+        (
+            with("p", "timestamp", "yesterday".into()).into(),
+            Some("bad timestamp: yesterday"),
+        ),
+        (
+            with("q", "revenue", (-3.0).into()).into(),
+            Some("negative revenue: -3.0"),
+        ),
+        (
+            with("r", "timestamp", "2099-01-01T00:00:00Z".into()).into(),
+            Some("future timestamp: 2099-01-01T00:00:00.000000Z"),
+        ),
+        (
+            with("s", "timestamp", "1970-01-01T00:00:00Z".into()).into(),
+            Some("late"),
+        ),
+        (b"\xff\xfe not utf-8".to_vec(), Some("invalid utf-8")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("sample.jsonl");
+    let mut bytes = Vec::new();
+    for (line, _) in &lines {
+        bytes.extend_from_slice(line);
+        bytes.push(b'\n');
+    }
+    std::fs::write(&sample, bytes).unwrap();
+
+    // No broker and no tables: the pipeline's address leads nowhere. The 1970 event is a
+    // valid event (parsed, for the events table) and late for the windows.
+    let pipeline = TestPipeline::offline(
+        &shipped("campaign_events.sql"),
+        &shipped("campaign_metrics.sql"),
+    );
+    let output = pipeline.cli(&["check", "--sample", sample.to_str().unwrap()]);
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("20 payloads, 6 parsed, 15 rejected, 2 windows"),
+        "{out}"
+    );
+    for (number, (_, reason)) in lines.iter().enumerate() {
+        if let Some(reason) = reason {
+            assert!(
+                out.contains(&format!("  line {}: {reason}  <- ", number + 1)),
+                "line {}: {reason}\n{out}",
+                number + 1
+            );
+        }
+    }
+    // The first minute: 2 impressions, 1 click, 1 conversion of 12.50; the second: 1 impression.
+    let windows = out.split("windows (2):").nth(1).expect("windows");
+    let first = windows
+        .lines()
+        .find(|l| l.contains(&minute.format("%Y-%m-%dT%H:%M:00").to_string()))
+        .unwrap_or_else(|| panic!("{windows}"));
+    let cells: Vec<&str> = first.split('|').map(str::trim).collect();
+    assert!(
+        cells.contains(&"2") && cells.contains(&"1") && cells.contains(&"12.5"),
+        "{first}"
+    );
+}

@@ -29,6 +29,8 @@ fn shipped_configuration_loads_with_every_documented_key() {
     assert_eq!(p.dead_letter.partitions, 1);
     assert_eq!(p.dead_letter.retention.as_secs(), 7 * 24 * 3600);
     assert_eq!(p.window.allowed_lateness.as_secs(), 10);
+    assert_eq!(p.window.max_future.as_secs(), 300);
+    assert_eq!(p.window.max_past.as_secs(), 7 * 24 * 3600);
     assert_eq!(p.batch.max_rows, 10_000);
     assert_eq!(p.commit.interval.as_secs(), 5);
     assert_eq!(
@@ -121,6 +123,10 @@ fn duplicate_pipeline_names_and_bad_bounds_are_rejected() {
     assert!(parse(&zero)
         .unwrap_err()
         .contains("source.partitions: must be at least 1"));
+    let short_past = shipped().replace("max_past: 7d ", "max_past: 5s ");
+    assert!(parse(&short_past)
+        .unwrap_err()
+        .contains("window.max_past: must be longer than window.allowed_lateness (10s)"));
 }
 
 #[test]

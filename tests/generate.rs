@@ -39,6 +39,8 @@ fn same_seed_gives_identical_payloads_keyed_by_campaign() {
         "10000",
         "--seed",
         "7",
+        "--start-time",
+        "2026-01-01T00:00:00Z",
         "--invalid-ratio",
         "0.05",
         "--out-of-order-ratio",
@@ -184,4 +186,27 @@ fn truth_file_matches_what_was_sent() {
             (got, want) => assert_eq!(got, want),
         }
     }
+}
+
+#[test]
+fn event_times_end_at_the_present_by_default() {
+    let before = chrono::Utc::now();
+    let records = generate(&TestPipeline::new(), &["--count", "2000", "--seed", "3"]);
+    let after = chrono::Utc::now();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = records
+        .iter()
+        .filter_map(|r| valid_event(&r.payload))
+        .map(|e| e.timestamp.parse().unwrap())
+        .collect();
+    let last = times.iter().max().unwrap();
+    let first = times.iter().min().unwrap();
+    // 2,000 events 10 ms apart: 20 s of event time ending when the command ran.
+    assert!(
+        *last >= before && *last <= after,
+        "{last} not in {before}..{after}"
+    );
+    assert!(
+        *last - *first >= chrono::TimeDelta::seconds(19),
+        "{first}..{last}"
+    );
 }

@@ -22,9 +22,14 @@ fn cli_ok(pipeline: &TestPipeline, args: &[&str]) -> String {
     text(&output)
 }
 
+/// Generates events; without `--start-time` they replay the fixed history the tests compare
+/// windows of, from 2026-01-01T00:00:00Z.
 fn generate(pipeline: &TestPipeline, truth: &Path, args: &[&str]) -> Truth {
     let mut all = vec!["generate", "--truth", truth.to_str().unwrap()];
     all.extend_from_slice(args);
+    if !args.contains(&"--start-time") {
+        all.extend_from_slice(&["--start-time", "2026-01-01T00:00:00Z"]);
+    }
     cli_ok(pipeline, &all);
     serde_json::from_slice(&std::fs::read(truth).unwrap()).unwrap()
 }
@@ -153,6 +158,8 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
         "31",
         "--campaigns",
         "4",
+        "--start-time",
+        "2026-01-01T00:00:00Z",
         "--out-of-order-ratio",
         "0.2",
         "--invalid-ratio",
@@ -340,13 +347,123 @@ fn send_to(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn event_times_far_from_the_clock_neither_move_a_watermark_nor_open_a_window() {
+    use rdkafka::producer::Producer;
+    let pipeline = TestPipeline::new();
+    // The shipped bounds: 5 minutes ahead of the clock, 7 days behind it.
+    pipeline.edit_config(|yaml| yaml.replace("max_past: 36500d", "max_past: 7d"));
+    cli_ok(&pipeline, &["setup"]);
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.brokers)
+        .create()
+        .unwrap();
+    let year_2099: chrono::DateTime<chrono::Utc> = "2099-01-01T00:00:00Z".parse().unwrap();
+    let year_1970: chrono::DateTime<chrono::Utc> = "1970-01-01T00:00:30Z".parse().unwrap();
+    let in_an_hour = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    let bad_clocks = |n: u64| {
+        for partition in 0..3 {
+            send_to(
+                &producer,
+                &pipeline.topic,
+                partition,
+                "campaign_001",
+                year_2099,
+                n,
+            );
+            send_to(
+                &producer,
+                &pipeline.topic,
+                partition,
+                "campaign_002",
+                year_1970,
+                n + 1,
+            );
+            send_to(
+                &producer,
+                &pipeline.topic,
+                partition,
+                "campaign_003",
+                in_an_hour,
+                n + 2,
+            );
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    };
+    // Each partition starts with a device in 2099, one in 1970 and one an hour ahead, and
+    // meets them again between two stretches of normal traffic.
+    bad_clocks(0);
+    let minute = chrono::TimeDelta::minutes(1);
+    let t0 =
+        chrono::DurationRound::duration_trunc(chrono::Utc::now() - minute * 5, minute).unwrap();
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let dir = tempfile::tempdir().unwrap();
+    let normal = |name: &str, seed: &str, start: String| {
+        generate(
+            &pipeline,
+            &dir.path().join(name),
+            &[
+                "--count",
+                "6000",
+                "--seed",
+                seed,
+                "--campaigns",
+                "4",
+                "--start-time",
+                &start,
+                "--out-of-order-ratio",
+                "0.05",
+            ],
+        )
+    };
+    let first = normal("t1.json", "31", at(t0));
+    bad_clocks(10);
+    let second = normal("t2.json", "32", at(t0 + minute));
+    cli_ok(
+        &pipeline,
+        &["run", "--until-caught-up", "--flush-open-windows"],
+    );
+
+    let got = metrics_table(&pipeline, None).await;
+    assert_windows_equal(&got, &expected(&[first, second]));
+    let letters = dead_letters(&pipeline);
+    let future: Vec<&str> = letters
+        .iter()
+        .filter(|l| l.error.starts_with("future timestamp: "))
+        .map(|l| l.error.as_str())
+        .collect();
+    assert_eq!(future.len(), 12, "{letters:?}");
+    assert_eq!(
+        future
+            .iter()
+            .filter(|e| **e == "future timestamp: 2099-01-01T00:00:00.000000Z")
+            .count(),
+        6
+    );
+    let late: Vec<&DeadLetter> = letters.iter().filter(|l| l.error == "late").collect();
+    assert_eq!(late.len(), 6, "the 1970 events: {letters:?}");
+    assert!(late.iter().all(|l| l.payload.contains("1970-01-01")));
+    assert_eq!(letters.len(), 18, "nothing else is rejected");
+    let rows: usize = scan_table(&pipeline.config, "campaign_events")
+        .await
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(
+        rows,
+        12_000 + 6,
+        "the 1970 events are valid events; 2099's are not"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_idle_partition_stops_holding_the_watermark_back() {
     use rdkafka::producer::Producer;
     let pipeline = TestPipeline::new();
     pipeline.edit_config(|yaml| {
         yaml.replace("interval: 5s", "interval: 500ms").replace(
-            "    sql:\n",
-            "    window:\n      allowed_lateness: 10s\n      idle_timeout: 2s\n    sql:\n",
+            "    window:\n",
+            "    window:\n      allowed_lateness: 10s\n      idle_timeout: 2s\n",
         )
     });
     cli_ok(&pipeline, &["setup"]);

@@ -387,6 +387,8 @@ async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once
             "10",
             "--campaigns",
             "12",
+            "--start-time",
+            "2026-01-01T00:00:00Z",
             "--invalid-ratio",
             "0.02",
             "--truth",

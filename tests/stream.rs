@@ -80,32 +80,67 @@ fn expected(payload: &[u8]) -> Result<Row, String> {
     let Ok(text) = std::str::from_utf8(payload) else {
         return Err("invalid utf-8".into());
     };
+    if text.len() > 65_536 {
+        return Err("too large".into());
+    }
     let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
         return Err("broken json".into());
     };
-    let field = |name: &str| {
-        map.get(name)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-    };
+    use serde_json::Value;
+    let present = |name: &str| map.get(name).filter(|v| !v.is_null());
     for name in ["event_id", "user_id", "campaign_id"] {
-        if field(name).is_none() {
-            return Err(format!("missing {name}"));
+        match present(name) {
+            None => return Err(format!("missing {name}")),
+            Some(Value::String(s)) if s.trim_matches(' ').is_empty() => {
+                return Err(format!("blank {name}"))
+            }
+            Some(Value::String(s)) if s.chars().count() > 256 => {
+                return Err(format!("too long: {name}"))
+            }
+            Some(Value::String(_)) => {}
+            Some(_) => return Err(format!("wrong type: {name}")),
         }
     }
-    let event_type = field("event_type").unwrap_or_default();
+    for name in [
+        "event_type",
+        "timestamp",
+        "revenue",
+        "platform",
+        "country",
+        "device_type",
+    ] {
+        let fits = match present(name) {
+            None => true,
+            Some(Value::Number(_)) => name == "revenue",
+            Some(Value::String(_)) => name != "revenue",
+            Some(_) => false,
+        };
+        if !fits {
+            return Err(format!("wrong type: {name}"));
+        }
+    }
+    for name in ["platform", "country", "device_type"] {
+        if present(name)
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.chars().count() > 64)
+        {
+            return Err(format!("too long: {name}"));
+        }
+    }
+    let field = |name: &str| present(name).and_then(Value::as_str);
+    let Some(event_type) = field("event_type") else {
+        return Err("missing event_type".into());
+    };
     if !EVENT_TYPES.contains(&event_type) {
         return Err("unknown event_type".into());
     }
-    let Some(time) = field("timestamp").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    else {
+    let Some(time) = field("timestamp") else {
+        return Err("missing timestamp".into());
+    };
+    let Ok(time) = chrono::DateTime::parse_from_rfc3339(time) else {
         return Err("bad timestamp".into());
     };
-    let revenue = match map.get("revenue") {
-        None | Some(serde_json::Value::Null) => 0.0,
-        Some(serde_json::Value::Number(n)) => n.as_f64().unwrap(),
-        Some(_) => return Err("non-numeric revenue".into()),
-    };
+    let revenue = present("revenue").and_then(Value::as_f64).unwrap_or(0.0);
     if revenue < 0.0 {
         return Err("negative revenue".into());
     }
@@ -234,7 +269,7 @@ async fn valid_events_land_value_for_value_and_invalid_ones_in_the_dead_letter_q
         "unknown_event_type",
         "bad_timestamp",
         "negative_revenue",
-        "non_numeric_revenue",
+        "wrong_type",
     ] {
         assert!(
             categories.get(category).copied().unwrap_or(0) > 20,
@@ -593,4 +628,202 @@ async fn a_column_added_to_the_parsing_sql_is_added_to_the_table() {
     }
     // Rows written before the change keep NULL; rows after it carry the new column.
     assert_eq!((empty, filled), (100, 50));
+}
+
+/// A valid event as JSON, for a test to break one field of.
+fn valid_payload(n: usize) -> serde_json::Map<String, serde_json::Value> {
+    let event = serde_json::json!({
+        "event_id": format!("rule-{n}"),
+        "user_id": "user_1",
+        "campaign_id": "campaign_001",
+        "event_type": "click",
+        "platform": "web",
+        "timestamp": (chrono::Utc::now() - chrono::TimeDelta::minutes(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "revenue": 0.0,
+        "country": "US",
+        "device_type": "desktop",
+    });
+    match event {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_parsing_rule_dead_letters_what_breaks_it_and_keeps_its_neighbours() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use serde_json::{json, Value};
+    let pipeline = TestPipeline::new();
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    let long = |n: usize| "x".repeat(n);
+    let broken: Vec<(&str, Value, &str)> = vec![
+        ("event_id", json!(1), "wrong type: event_id"),
+        ("event_id", json!(1.5), "wrong type: event_id"),
+        ("event_id", json!(true), "wrong type: event_id"),
+        ("event_id", json!([]), "wrong type: event_id"),
+        ("event_id", json!({}), "wrong type: event_id"),
+        ("event_id", json!(" "), "blank event_id"),
+        ("event_id", json!(long(257)), "too long: event_id"),
+        ("event_id", json!(long(1_000_000)), "too large"),
+        ("user_id", json!(7), "wrong type: user_id"),
+        ("user_id", json!(""), "blank user_id"),
+        ("campaign_id", json!([]), "wrong type: campaign_id"),
+        ("campaign_id", json!(true), "wrong type: campaign_id"),
+        ("campaign_id", json!(long(300)), "too long: campaign_id"),
+        ("event_type", json!(1), "wrong type: event_type"),
+        ("timestamp", json!(1_767_225_600), "wrong type: timestamp"),
+        ("revenue", json!("12.50"), "wrong type: revenue"),
+        ("platform", json!(["web"]), "wrong type: platform"),
+        ("country", json!(false), "wrong type: country"),
+        (
+            "device_type",
+            json!({ "kind": "phone" }),
+            "wrong type: device_type",
+        ),
+        ("platform", json!(long(65)), "too long: platform"),
+        ("extra", json!(long(70_000)), "too large"),
+        (
+            "timestamp",
+            json!("2099-01-01T00:00:00Z"),
+            "future timestamp: 2099-01-01T00:00:00.000000Z",
+        ),
+    ];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.brokers)
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    // Each broken event sits between two valid ones, all in one partition.
+    let mut n = 0;
+    let send = |payload: String| {
+        producer
+            .send(
+                BaseRecord::to(&pipeline.topic)
+                    .partition(0)
+                    .key("campaign_001")
+                    .payload(&payload),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+        producer.poll(Duration::ZERO);
+    };
+    for (field, value, _) in &broken {
+        send(Value::Object(valid_payload(n)).to_string());
+        n += 1;
+        let mut event = valid_payload(n);
+        event.insert(field.to_string(), value.clone());
+        send(Value::Object(event).to_string());
+        n += 1;
+    }
+    send(Value::Object(valid_payload(n)).to_string());
+    producer.flush(Duration::from_secs(30)).unwrap();
+    run_until_caught_up(&pipeline);
+
+    let letters = dead_letters(&pipeline);
+    let reasons: Vec<&str> = letters.iter().map(|(_, l)| l.error.as_str()).collect();
+    let want: Vec<&str> = broken.iter().map(|(_, _, reason)| *reason).collect();
+    assert_eq!(reasons, want);
+    for ((_, letter), offset) in letters.iter().zip((1..).step_by(2)) {
+        assert_eq!(letter.source.offset, offset, "{}", letter.error);
+    }
+    let huge = &letters[7].1;
+    assert!(huge.payload.len() > 1_000_000, "the payload is kept whole");
+    let ids: std::collections::BTreeSet<String> = table_rows(&pipeline)
+        .await
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    let neighbours: std::collections::BTreeSet<String> =
+        (0..=n).step_by(2).map(|i| format!("rule-{i}")).collect();
+    assert_eq!(ids, neighbours);
+}
+
+#[test]
+fn a_broker_outage_is_logged_in_a_few_lines_and_loses_nothing() {
+    // A broker of its own behind a proxy: cutting the proxy is the broker going away, for this
+    // test only, with the broker's data kept.
+    let proxy_address = format!("127.0.0.1:{}", common::free_port());
+    let broker_address = format!("127.0.0.1:{}", common::free_port());
+    let _broker = common::private_broker(&broker_address, &proxy_address);
+    let proxy = common::proxy::Proxy::start(&proxy_address, &broker_address);
+    let pipeline = TestPipeline::on_broker(&proxy.address);
+    pipeline.edit_config(|yaml| yaml.replace("interval: 5s", "interval: 1s"));
+    setup_and_generate(
+        &pipeline,
+        &["--count", "5000", "--seed", "71", "--invalid-ratio", "0.02"],
+    );
+    let (mut runner, lines) = pipeline.spawn_logged(&["run"]);
+    let mut log = Vec::new();
+    let wait_for = |what: &str, log: &mut Vec<String>, done: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = done(&line);
+                    log.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no {what} within 120 s:\n{}", log.join("\n")),
+            }
+        }
+    };
+    wait_for("first commit", &mut log, &|l| l.contains("committed"));
+    let outage_starts = log.len();
+    proxy.cut();
+    // 15 s without the broker, the runner logging all the while.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < until {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            log.push(line);
+        }
+    }
+    proxy.restore();
+    let sent = generate(
+        &pipeline,
+        &["--count", "5000", "--seed", "72", "--invalid-ratio", "0.02"],
+    );
+    wait_for("recovery", &mut log, &|l| l.contains("recovered after"));
+    // Stop once everything sent is in the table.
+    let valid = sent.iter().filter(|r| expected(&r.payload).is_ok()).count();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while runtime.block_on(table_rows(&pipeline)).len() < valid {
+        assert!(std::time::Instant::now() < deadline, "{}", log.join("\n"));
+        while let Ok(line) = lines.try_recv() {
+            log.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    unsafe { libc::kill(runner.id() as i32, libc::SIGTERM) };
+    assert!(runner.wait().unwrap().success());
+    log.extend(lines.try_iter());
+
+    let rows = by_event_id(runtime.block_on(table_rows(&pipeline)));
+    assert_eq!(rows.len(), valid, "every valid event once");
+    assert_eq!(
+        dead_letters(&pipeline).len(),
+        sent.len() - valid,
+        "every invalid one in the dead letter queue"
+    );
+    let during: Vec<&String> = log[outage_starts..]
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    // One line per kind of error when it starts (librdkafka reports a few kinds), at most one
+    // summary per kind in 15 s, then one `recovered` line each.
+    assert!(
+        (1..=10).contains(&during.len()),
+        "{} warning and error lines:\n{}",
+        during.len(),
+        log.join("\n")
+    );
+    assert!(
+        log.iter().all(|l| !l.contains('\u{1b}')),
+        "no colour codes in a log that is not a terminal"
+    );
 }

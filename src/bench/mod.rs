@@ -104,7 +104,7 @@ fn records_spaced(count: usize, spacing: chrono::TimeDelta) -> Vec<GeneratedReco
         out_of_order_ratio: 0.0,
         late_ratio: 0.0,
         seed: 42,
-        start_time: chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_454),
+        start_time: crate::generator::start_ending_now(count as u64, spacing),
         spacing,
         window: chrono::TimeDelta::minutes(1),
         allowed_lateness: chrono::TimeDelta::seconds(10),

@@ -11,7 +11,10 @@ use crate::common::ERROR_COLUMN;
 use crate::config::PipelineConfig;
 use crate::engine::{split_rejected, SqlStage};
 use crate::pipeline::plan::PlannedSql;
-use crate::window::WindowOperator;
+use crate::window::{TimeLimits, WindowOperator};
+
+/// The bench replays a fixed history: no event is too old for it.
+const UNBOUNDED: i64 = TimeLimits::UNBOUNDED.earliest;
 
 /// Adds the window rows to the table.
 #[allow(clippy::too_many_arguments)]
@@ -32,7 +35,7 @@ pub async fn measure(
         for batch in batches {
             for valid in parsed(parse, batch).await? {
                 let now = Instant::now();
-                let sorted = operator.sort_and_observe(&valid, now)?;
+                let sorted = operator.sort_and_observe(&valid, UNBOUNDED, now)?;
                 operator.absorb(&sorted.on_time).await?;
             }
             for closed in operator.advance(assigned, Instant::now()).await? {
@@ -51,7 +54,7 @@ pub async fn measure(
     let (_, window_only) = timed(async {
         for valid in &parsed_batches {
             let now = Instant::now();
-            let sorted = alone.sort_and_observe(valid, now)?;
+            let sorted = alone.sort_and_observe(valid, UNBOUNDED, now)?;
             alone.absorb(&sorted.on_time).await?;
             alone.advance(assigned, now).await?;
         }
@@ -86,7 +89,7 @@ pub async fn measure(
     let now = Instant::now();
     for pass in 1..=10 {
         for batch in &valid {
-            let sorted = operator.sort_and_observe(batch, now)?;
+            let sorted = operator.sort_and_observe(batch, UNBOUNDED, now)?;
             operator.absorb(&sorted.on_time).await?;
         }
         if pass == 1 || pass == 10 {

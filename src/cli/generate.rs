@@ -9,14 +9,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::generator::{EventGenerator, GeneratedRecord, GeneratorOptions, Truth};
+use crate::generator::{
+    start_ending_now, EventGenerator, GeneratedRecord, GeneratorOptions, Truth,
+};
 use crate::kafka::client_config;
 use crate::kafka::producer::EventProducer;
 use crate::window::WindowSpec;
-
-/// Event time of the first event when `--seed` is given without `--start-time`, so that the same
-/// seed always gives the same events.
-const SEEDED_START: &str = "2026-01-01T00:00:00Z";
 
 /// Flags of `generate`.
 #[derive(Debug, Args)]
@@ -48,7 +46,8 @@ pub struct GenerateArgs {
     /// RNG seed; the same seed and flags give the same events (random when absent).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Event time of the first event, RFC 3339 (default: now; 2026-01-01T00:00:00Z with --seed).
+    /// Event time of the first event, RFC 3339 (default: so that the last event is stamped now,
+    /// or now with `--count 0`; events ahead of the clock are rejected, see `window.max_future`).
     #[arg(long)]
     pub start_time: Option<DateTime<Utc>>,
     /// Event-time distance between consecutive events, e.g. `10ms`.
@@ -90,11 +89,10 @@ pub async fn run(config_path: &Path, args: &GenerateArgs) -> anyhow::Result<bool
         }
     };
     let seed = args.seed.unwrap_or_else(rand::random);
-    let start_time = match (args.start_time, args.seed) {
-        (Some(time), _) => time,
-        (None, Some(_)) => SEEDED_START.parse()?,
-        (None, None) => Utc::now(),
-    };
+    let spacing = TimeDelta::from_std(args.spacing)?;
+    let start_time = args
+        .start_time
+        .unwrap_or_else(|| start_ending_now(args.count, spacing));
     let options = GeneratorOptions {
         campaigns: args.campaigns,
         invalid_ratio: args.invalid_ratio,
@@ -102,7 +100,7 @@ pub async fn run(config_path: &Path, args: &GenerateArgs) -> anyhow::Result<bool
         late_ratio: args.late_ratio,
         seed,
         start_time,
-        spacing: TimeDelta::from_std(args.spacing)?,
+        spacing,
         window: TimeDelta::from_std(window)?,
         allowed_lateness: TimeDelta::from_std(pipeline.window.allowed_lateness)?,
     };

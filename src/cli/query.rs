@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use datafusion::prelude::SessionContext;
 
+use crate::common::error::Causes;
 use crate::query::{self, AsOf, OutputFormat};
 
 /// Flags of `query`.
@@ -108,7 +109,7 @@ async fn print(ctx: &SessionContext, sql: &str, format: OutputFormat) -> anyhow:
             Ok(true)
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", Causes(&err));
             Ok(false)
         }
     }

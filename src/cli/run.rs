@@ -6,6 +6,7 @@ use clap::Args;
 
 use std::sync::Arc;
 
+use crate::common::error::Causes;
 use crate::pipeline::{self, RunOptions};
 use crate::telemetry::Telemetry;
 
@@ -69,7 +70,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
     if let Some(server) = dashboard {
         let _ = dashboard_stop.send(true);
         match server.await {
-            Ok(Err(err)) => eprintln!("error: {err}"),
+            Ok(Err(err)) => eprintln!("error: {}", Causes(&err)),
             Err(err) => eprintln!("error: dashboard task: {err}"),
             Ok(Ok(())) => {}
         }
@@ -103,7 +104,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
             }
             Err(err) => {
                 ok = false;
-                eprintln!("error: {err}");
+                eprintln!("error: {}", Causes(&err));
             }
         }
     }

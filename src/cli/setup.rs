@@ -88,7 +88,13 @@ pub fn topic_specs(pipeline: &PipelineConfig) -> [TopicSpec; 3] {
             name: pipeline.dead_letter.topic.clone(),
             partitions: pipeline.dead_letter.partitions,
             replication: pipeline.source.replication_factor,
-            configs: BTreeMap::from([("retention.ms".to_string(), retention_ms)]),
+            configs: BTreeMap::from([
+                ("retention.ms".to_string(), retention_ms),
+                (
+                    "max.message.bytes".to_string(),
+                    crate::dlq::MAX_RECORD_BYTES.to_string(),
+                ),
+            ]),
         },
         ledger_spec(pipeline),
     ]

@@ -1,5 +1,6 @@
 //! Plain types shared by the stages: the Arrow schema of raw Kafka records and the campaign event.
 
+pub mod error;
 pub mod event;
 pub mod offsets;
 pub mod summary;
@@ -58,4 +59,10 @@ pub fn table_schema(sql_output: &Schema) -> SchemaRef {
             .cloned()
             .collect::<Vec<_>>(),
     ))
+}
+
+/// An event time (microseconds since the epoch) as RFC 3339 with milliseconds.
+pub fn format_micros(micros: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

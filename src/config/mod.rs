@@ -12,7 +12,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -141,6 +141,14 @@ pub struct WindowConfig {
     /// A partition silent for this long stops holding back the watermark.
     #[serde(with = "humantime_serde", default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// An event stamped further than this ahead of the runner's clock is dead-lettered
+    /// (`future timestamp: ...`) and never moves the watermark.
+    #[serde(with = "humantime_serde", default = "default_max_future")]
+    pub max_future: Duration,
+    /// An event stamped further than this behind the runner's clock is late for the windows
+    /// (it is still written to the events table) and never opens a window.
+    #[serde(with = "humantime_serde", default = "default_max_past")]
+    pub max_past: Duration,
 }
 
 /// Micro-batch bounds: a batch closes at whichever comes first.
@@ -269,6 +277,12 @@ fn default_lateness() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_future() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_max_past() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
 fn default_batch_rows() -> usize {
     10_000
 }
@@ -287,6 +301,8 @@ impl Default for WindowConfig {
         Self {
             allowed_lateness: default_lateness(),
             idle_timeout: default_idle_timeout(),
+            max_future: default_max_future(),
+            max_past: default_max_past(),
         }
     }
 }
@@ -430,6 +446,15 @@ impl Config {
                     key("source.properties.partition.assignment.strategy"),
                     "cooperative rebalancing is not supported: runners drop what they hold at \
                      every revoke, so the group must use an eager assignor (range, roundrobin)",
+                ));
+            }
+            if p.window.max_past <= p.window.allowed_lateness {
+                return Err(self.invalid(
+                    key("window.max_past"),
+                    format!(
+                        "must be longer than window.allowed_lateness ({}), or every event is late",
+                        humantime::format_duration(p.window.allowed_lateness)
+                    ),
                 ));
             }
             if p.commit.max_rows == 0 {

@@ -5,6 +5,7 @@
 //! - `GET /api/totals?windows=N&campaign=C` totals over the range
 //! - `GET /api/health` last commit, events/s, lag, dead letters, table sizes
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
@@ -14,9 +15,11 @@ use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::common::format_micros;
+use crate::common::summary::{self, WatermarkSummary};
 use crate::config::{Config, PipelineConfig};
 use crate::query::{self, QueryError};
-use crate::telemetry::{Health, Telemetry};
+use crate::telemetry::{watermark_delay, Health, Telemetry};
 
 /// Windows shown when the request does not say.
 const DEFAULT_WINDOWS: usize = 30;
@@ -215,6 +218,23 @@ impl Api {
             if seconds > 0.0 && added.is_valid(n - 1) {
                 health.events_per_second = added.value(n - 1) as f64 / seconds;
             }
+        }
+        let metrics = &self.pipeline.sink.metrics_table.name;
+        if tables.iter().any(|t| &t.table == metrics) {
+            let snapshots = query::snapshots(&self.config, &self.pipeline, metrics).await?;
+            let summaries = snapshots.column(7).as_string::<i32>();
+            let watermark = (summaries.len() > 0)
+                .then(|| summaries.value(summaries.len() - 1))
+                .and_then(|text| {
+                    serde_json::from_str::<BTreeMap<String, String>>(text)
+                        .ok()?
+                        .remove(summary::WATERMARK)
+                })
+                .and_then(|text| serde_json::from_str::<WatermarkSummary>(&text).ok())
+                .and_then(|w| w.watermark);
+            health.watermark_micros = watermark;
+            health.watermark = watermark.and_then(format_micros);
+            health.watermark_delay_seconds = watermark.map(watermark_delay);
         }
         Ok(health)
     }

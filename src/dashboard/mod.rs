@@ -15,6 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::watch;
 
+use crate::common::error::Causes;
 use crate::config::{Config, PipelineConfig};
 use crate::query::QueryError;
 use crate::telemetry::Telemetry;
@@ -32,14 +33,14 @@ pub enum DashboardError {
     #[error(transparent)]
     Query(#[from] QueryError),
     /// The address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Listen {
         address: SocketAddr,
         source: std::io::Error,
     },
     /// The server failed.
-    #[error("dashboard server: {0}")]
-    Serve(std::io::Error),
+    #[error("dashboard server")]
+    Serve(#[source] std::io::Error),
 }
 
 /// Serves the dashboard on `listen` until `shutdown` becomes true.
@@ -135,7 +136,7 @@ fn reply<T: serde::Serialize>(result: Result<T, QueryError>) -> Response {
 fn error(err: QueryError) -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({ "error": err.to_string() })),
+        Json(serde_json::json!({ "error": Causes(&err).to_string() })),
     )
         .into_response()
 }

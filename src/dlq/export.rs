@@ -10,13 +10,13 @@ use super::entry::Letter;
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// The file could not be created, written or read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     /// A CSV row could not be written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Csv { path: PathBuf, source: csv::Error },
     /// A line is not an exported dead letter.
     #[error("{path}:{line}: not a dead letter record: {message}")]

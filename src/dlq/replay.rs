@@ -199,7 +199,7 @@ impl Plan {
 
 /// Sends replays and keeps the ledger.
 pub struct Replayer {
-    producer: FutureProducer,
+    producer: FutureProducer<crate::kafka::client_log::ClientLog>,
     client: ClientConfig,
     group: String,
     ledger_topic: String,

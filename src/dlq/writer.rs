@@ -13,7 +13,7 @@ use crate::kafka::KafkaError;
 
 /// Writer to one dead letter topic.
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: FutureProducer<crate::kafka::client_log::ClientLog>,
     topic: String,
     pending: Vec<DeliveryFuture>,
     /// Records sent since start, by category.
@@ -23,7 +23,11 @@ pub struct DeadLetterWriter {
 impl DeadLetterWriter {
     /// An idempotent producer to `topic`.
     pub fn new(client: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
-        let producer = crate::kafka::idempotent_producer(client, "dead letter producer")?;
+        // A dead letter carries its source message whole, plus its reason and coordinates:
+        // larger than any message the source topic takes (1 MB by default).
+        let mut client = client.clone();
+        client.set("message.max.bytes", super::MAX_RECORD_BYTES.to_string());
+        let producer = crate::kafka::idempotent_producer(&client, "dead letter producer")?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

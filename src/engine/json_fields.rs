@@ -3,8 +3,11 @@
 //! `json_get_str(value, 'a')`, `json_get_str(value, 'b')`... parse the document once per call;
 //! on the per-event hot path one parse for all fields is several times cheaper. The result is a
 //! struct with one nullable text field per key: string values decoded, other values as their
-//! JSON text (`12.5`, `true`, `{...}`), NULL when the key is absent or null. The struct itself
-//! is NULL when the input is not a well-formed JSON object, which is how `broken json` is told.
+//! JSON text (`12.5`, `true`, `{...}`), NULL when the key is absent or null. Beside them a
+//! struct `$type` holds each key's JSON type (`string`, `number`, `boolean`, `array`,
+//! `object`; NULL when absent or null), so that rules can tell `"1"` from `1`:
+//! `f['$type']['event_id'] <> 'string'`. The struct itself is NULL when the input is not a
+//! well-formed JSON object, which is how `broken json` is told.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -33,6 +36,9 @@ impl Default for JsonFields {
     }
 }
 
+/// Name of the field holding the keys' JSON types.
+pub const TYPE_FIELD: &str = "$type";
+
 /// The literal key names of a call, in order.
 fn keys(arguments: &[Option<&ScalarValue>]) -> Result<Vec<String>> {
     if arguments.len() < 2 {
@@ -45,17 +51,46 @@ fn keys(arguments: &[Option<&ScalarValue>]) -> Result<Vec<String>> {
                 ScalarValue::Utf8(Some(k))
                 | ScalarValue::Utf8View(Some(k))
                 | ScalarValue::LargeUtf8(Some(k)),
+            ) if k == TYPE_FIELD => {
+                plan_err!("json_fields: `{TYPE_FIELD}` names the field of types, not a key")
+            }
+            Some(
+                ScalarValue::Utf8(Some(k))
+                | ScalarValue::Utf8View(Some(k))
+                | ScalarValue::LargeUtf8(Some(k)),
             ) => Ok(k.clone()),
             _ => plan_err!("json_fields: every key must be a string literal"),
         })
         .collect()
 }
 
-fn struct_fields(keys: &[String]) -> Fields {
+fn text_fields(keys: &[String]) -> Fields {
     keys.iter()
         .map(|k| Arc::new(Field::new(k, DataType::Utf8, true)))
         .collect::<Vec<FieldRef>>()
         .into()
+}
+
+/// One text field per key, then `$type` with one text field per key.
+fn struct_fields(keys: &[String]) -> Fields {
+    let mut fields: Vec<FieldRef> = text_fields(keys).iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        TYPE_FIELD,
+        DataType::Struct(text_fields(keys)),
+        false,
+    )));
+    fields.into()
+}
+
+/// The JSON type of a value that is not null.
+fn type_name(peek: Peek) -> &'static str {
+    match peek {
+        Peek::String => "string",
+        Peek::True | Peek::False => "boolean",
+        Peek::Array => "array",
+        Peek::Object => "object",
+        _ => "number",
+    }
 }
 
 impl ScalarUDFImpl for JsonFields {
@@ -88,7 +123,11 @@ impl ScalarUDFImpl for JsonFields {
         let DataType::Struct(fields) = args.return_field.data_type() else {
             return exec_err!("json_fields: unexpected return type");
         };
-        let keys: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+        let keys: Vec<&str> = fields
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|name| *name != TYPE_FIELD)
+            .collect();
         let input = match &args.args[0] {
             ColumnarValue::Array(array) => array.clone(),
             ColumnarValue::Scalar(scalar) => scalar.to_array_of_size(args.number_rows)?,
@@ -100,44 +139,62 @@ impl ScalarUDFImpl for JsonFields {
             .iter()
             .map(|_| StringBuilder::with_capacity(rows, rows * 16))
             .collect();
+        let mut type_builders: Vec<StringBuilder> = keys
+            .iter()
+            .map(|_| StringBuilder::with_capacity(rows, rows * 6))
+            .collect();
         let mut valid = Vec::with_capacity(rows);
         // Reused across rows: one buffer per key, so the loop allocates nothing per row.
         let mut values: Vec<String> = keys.iter().map(|_| String::with_capacity(64)).collect();
-        let mut present = vec![false; keys.len()];
+        let mut types: Vec<Option<&'static str>> = vec![None; keys.len()];
         for row in 0..rows {
-            present.iter_mut().for_each(|p| *p = false);
+            types.iter_mut().for_each(|t| *t = None);
             let ok = input.is_valid(row)
-                && extract(
-                    input.value(row).as_bytes(),
-                    &keys,
-                    &mut values,
-                    &mut present,
-                )
-                .is_ok();
+                && extract(input.value(row).as_bytes(), &keys, &mut values, &mut types).is_ok();
             valid.push(ok);
-            for (i, builder) in builders.iter_mut().enumerate() {
-                if ok && present[i] {
-                    builder.append_value(&values[i]);
-                } else {
-                    builder.append_null();
+            for (i, (builder, type_builder)) in
+                builders.iter_mut().zip(&mut type_builders).enumerate()
+            {
+                match types[i].filter(|_| ok) {
+                    Some(kind) => {
+                        builder.append_value(&values[i]);
+                        type_builder.append_value(kind);
+                    }
+                    None => {
+                        builder.append_null();
+                        type_builder.append_null();
+                    }
                 }
             }
         }
-        let columns: Vec<ArrayRef> = builders
+        let mut columns: Vec<ArrayRef> = builders
             .into_iter()
             .map(|mut b| Arc::new(b.finish()) as ArrayRef)
             .collect();
+        let type_columns: Vec<ArrayRef> = type_builders
+            .into_iter()
+            .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let DataType::Struct(type_fields) = fields[keys.len()].data_type() else {
+            return exec_err!("json_fields: unexpected return type");
+        };
+        columns.push(Arc::new(StructArray::try_new(
+            type_fields.clone(),
+            type_columns,
+            None,
+        )?));
         let array = StructArray::try_new(fields.clone(), columns, Some(NullBuffer::from(valid)))?;
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
 }
 
-/// Fills `values[i]`/`present[i]` for each wanted key found at the top level of `json`.
+/// Fills `values[i]` and `types[i]` for each wanted key found at the top level of `json` (a
+/// null value leaves `types[i]` as `None`).
 fn extract(
     json: &[u8],
     keys: &[&str],
     values: &mut [String],
-    present: &mut [bool],
+    types: &mut [Option<&'static str>],
 ) -> JiterResult<()> {
     let mut jiter = Jiter::new(json);
     let mut key = jiter
@@ -152,17 +209,17 @@ fn extract(
                 match peek {
                     Peek::Null => {
                         jiter.known_null()?;
-                        present[i] = false;
+                        types[i] = None;
                     }
                     Peek::String => {
                         value.push_str(jiter.known_str()?);
-                        present[i] = true;
+                        types[i] = Some(type_name(peek));
                     }
                     _ => {
                         let start = jiter.current_index();
                         jiter.known_skip(peek)?;
                         value.push_str(&String::from_utf8_lossy(jiter.slice_to_current(start)));
-                        present[i] = true;
+                        types[i] = Some(type_name(peek));
                     }
                 }
             }
@@ -178,15 +235,42 @@ mod tests {
     use super::*;
 
     fn run(json: &str) -> Option<Vec<Option<String>>> {
+        typed(json).map(|fields| fields.into_iter().map(|f| f.map(|(v, _)| v)).collect())
+    }
+
+    fn typed(json: &str) -> Option<Vec<Option<(String, &'static str)>>> {
         let keys = ["a", "b", "c"];
         let mut values = vec![String::new(); 3];
-        let mut present = vec![false; 3];
-        extract(json.as_bytes(), &keys, &mut values, &mut present).ok()?;
+        let mut types = vec![None; 3];
+        extract(json.as_bytes(), &keys, &mut values, &mut types).ok()?;
         Some(
             (0..3)
-                .map(|i| present[i].then(|| values[i].clone()))
+                .map(|i| types[i].map(|t| (values[i].clone(), t)))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn tells_each_value_its_json_type() {
+        let types = |json: &str| -> Vec<Option<&'static str>> {
+            typed(json)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.map(|(_, t)| t))
+                .collect()
+        };
+        assert_eq!(
+            types(r#"{"a": "1", "b": 1, "c": 1.5}"#),
+            [Some("string"), Some("number"), Some("number")]
+        );
+        assert_eq!(
+            types(r#"{"a": true, "b": [], "c": {}}"#),
+            [Some("boolean"), Some("array"), Some("object")]
+        );
+        assert_eq!(
+            types(r#"{"a": null, "c": -2e3}"#),
+            [None, None, Some("number")]
+        );
     }
 
     #[test]

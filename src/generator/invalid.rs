@@ -14,7 +14,7 @@ pub enum InvalidKind {
     BrokenJson,
     /// event_id, user_id or campaign_id absent.
     MissingField,
-    /// revenue given as text.
+    /// A field of the wrong JSON type (revenue as text, an identifier as a number, ...).
     WrongType,
     /// An event_type other than impression, click or conversion.
     UnknownEventType,
@@ -60,7 +60,15 @@ impl InvalidKind {
                 value.remove(field);
             }
             InvalidKind::WrongType => {
-                value.insert("revenue".into(), format!("{:.2} USD", event.revenue).into());
+                let (field, wrong): (&str, serde_json::Value) = match rng.random_range(0..6) {
+                    0 => ("revenue", format!("{:.2} USD", event.revenue).into()),
+                    1 => ("event_id", rng.random_range(1..1_000_000u32).into()),
+                    2 => ("user_id", serde_json::json!([event.user_id])),
+                    3 => ("campaign_id", true.into()),
+                    4 => ("timestamp", 1_767_225_600.into()),
+                    _ => ("platform", serde_json::json!({ "name": event.platform })),
+                };
+                value.insert(field.into(), wrong);
             }
             InvalidKind::UnknownEventType => {
                 let kind = ["view", "purchase", "hover", "Click"][rng.random_range(0..4)];

@@ -207,6 +207,13 @@ impl EventGenerator {
 }
 
 /// Event times as the apps send them: RFC 3339, UTC, milliseconds.
+/// The first event time of `count` events `spacing` apart whose last event is stamped now, so
+/// that no generated event is ahead of the runner's clock (`window.max_future`).
+pub fn start_ending_now(count: u64, spacing: TimeDelta) -> DateTime<Utc> {
+    let span = spacing * i32::try_from(count.saturating_sub(1)).unwrap_or(i32::MAX);
+    Utc::now() - span
+}
+
 pub fn format_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }

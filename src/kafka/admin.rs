@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
+use super::client_log::ClientLog;
 use super::KafkaError;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,7 +36,7 @@ pub enum TopicStatus {
 
 /// Admin client bound to one cluster.
 pub struct TopicAdmin {
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<ClientLog>,
     brokers: String,
 }
 
@@ -47,11 +47,13 @@ impl TopicAdmin {
             .get("bootstrap.servers")
             .unwrap_or_default()
             .to_string();
-        let admin = config.create().map_err(|source| KafkaError::Client {
-            role: "admin client",
-            brokers: brokers.clone(),
-            source,
-        })?;
+        let admin = config
+            .create_with_context(ClientLog)
+            .map_err(|source| KafkaError::Client {
+                role: "admin client",
+                brokers: brokers.clone(),
+                source,
+            })?;
         Ok(Self { admin, brokers })
     }
 

@@ -2,19 +2,22 @@
 //! topic administration and the event producer.
 
 pub mod admin;
+pub mod client_log;
 pub mod producer;
 pub mod reader;
 
 use std::collections::BTreeMap;
 
 use rdkafka::producer::FutureProducer;
+
+use client_log::ClientLog;
 use rdkafka::ClientConfig;
 
 /// Errors talking to Kafka, each naming the topic or broker involved.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     /// A client could not be created from the configuration.
-    #[error("cannot create a Kafka {role} for {brokers}: {source}")]
+    #[error("cannot create a Kafka {role} for {brokers}")]
     Client {
         role: &'static str,
         brokers: String,
@@ -24,7 +27,7 @@ pub enum KafkaError {
     #[error("topic {topic}: {message}")]
     Admin { topic: String, message: String },
     /// A message could not be delivered.
-    #[error("delivery to {topic} failed: {source}")]
+    #[error("delivery to {topic} failed")]
     Delivery {
         topic: String,
         source: rdkafka::error::KafkaError,
@@ -75,18 +78,20 @@ pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> Cl
 pub fn idempotent_producer(
     client: &ClientConfig,
     role: &'static str,
-) -> Result<FutureProducer, KafkaError> {
+) -> Result<FutureProducer<ClientLog>, KafkaError> {
     let mut config = client.clone();
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5");
-    config.create().map_err(|source| KafkaError::Client {
-        role,
-        brokers: config
-            .get("bootstrap.servers")
-            .unwrap_or_default()
-            .to_string(),
-        source,
-    })
+    config
+        .create_with_context(ClientLog)
+        .map_err(|source| KafkaError::Client {
+            role,
+            brokers: config
+                .get("bootstrap.servers")
+                .unwrap_or_default()
+                .to_string(),
+            source,
+        })
 }

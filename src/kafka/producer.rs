@@ -16,7 +16,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Producer of campaign events and raw records to one topic.
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<crate::kafka::client_log::ClientLog>,
     topic: String,
 }
 

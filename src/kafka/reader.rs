@@ -4,13 +4,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::client_log::ClientLog;
 use super::KafkaError;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,22 +30,9 @@ pub enum ReadStep {
     Idle,
 }
 
-/// Logs librdkafka's errors except end of partition, which the reader uses as its end marker.
-struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: RdKafkaError, reason: &str) {
-        if !super::is_end_of_partition(&error) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
-
 /// A consumer assigned to every partition of one topic from the beginning, committing nothing.
 pub struct TopicReader {
-    consumer: BaseConsumer<ReaderContext>,
+    consumer: BaseConsumer<ClientLog>,
     topic: String,
     brokers: String,
     /// Partitions not yet read to their end.
@@ -74,13 +61,14 @@ impl TopicReader {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("allow.auto.create.topics", "false");
-        let consumer: BaseConsumer<ReaderContext> = config
-            .create_with_context(ReaderContext)
-            .map_err(|source| KafkaError::Client {
-                role: "reader",
-                brokers: brokers.clone(),
-                source,
-            })?;
+        let consumer: BaseConsumer<ClientLog> =
+            config
+                .create_with_context(ClientLog)
+                .map_err(|source| KafkaError::Client {
+                    role: "reader",
+                    brokers: brokers.clone(),
+                    source,
+                })?;
         let metadata = consumer
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
             .map_err(|e| KafkaError::Admin {

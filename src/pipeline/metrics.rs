@@ -13,14 +13,15 @@ use iceberg::Catalog;
 use super::plan::{window_operator, PlannedSql};
 use super::progress::{Progress, TableRole};
 use super::{Landing, PipelineError};
+use crate::common::error::Causes;
 use crate::common::summary::PartitionCheckpoint;
-use crate::common::Offsets;
+use crate::common::{format_micros, Offsets};
 use crate::config::{Config, PipelineConfig};
 use crate::engine::SqlProblem;
 use crate::sink::checkpoint;
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::sink::SinkError;
-use crate::window::{PartitionTime, Sorted, WindowError, WindowOperator};
+use crate::window::{PartitionTime, Sorted, TimeLimits, WindowError, WindowOperator};
 
 /// How often restoring held partitions re-reads the table when a checkpoint it points to has
 /// just been replaced (and deleted) by another runner's commit.
@@ -58,7 +59,10 @@ impl MetricsBranch {
         .await
         .map_err(|e| PipelineError::Sql {
             pipeline: name.clone(),
-            problems: vec![SqlProblem::whole_file(&metrics_file, e.to_string())],
+            problems: vec![SqlProblem::whole_file(
+                &metrics_file,
+                Causes(&e).to_string(),
+            )],
         })?;
         let writer = TableWriter::open(
             catalog,
@@ -118,7 +122,11 @@ impl MetricsBranch {
             }
             match missing {
                 Some(err) if attempt < RESTORE_ATTEMPTS => {
-                    tracing::info!(table = self.label(), "a checkpoint was replaced while restoring ({err}); reading the table again");
+                    tracing::info!(
+                        table = self.label(),
+                        "a checkpoint was replaced while restoring ({}); reading the table again",
+                        Causes(&err)
+                    );
                     attempt += 1;
                     continue;
                 }
@@ -128,17 +136,14 @@ impl MetricsBranch {
             let now = Instant::now();
             for (partition, saved, time) in restored {
                 let bytes = saved.as_ref().map(|(bytes, _)| bytes.as_slice());
-                if let Err(e) = self.operator.restore(partition, bytes, time, now) {
-                    let file = saved.map_or("", |(_, file)| file.as_str());
-                    return Err(PipelineError::Sql {
+                if let Err(source) = self.operator.restore(partition, bytes, time, now) {
+                    return Err(PipelineError::Checkpoint {
                         pipeline: self.pipeline.clone(),
-                        problems: vec![SqlProblem::whole_file(
-                            &self.metrics_file,
-                            format!(
-                                "table {}, partition {partition}, checkpoint {file}: {e}",
-                                self.label()
-                            ),
-                        )],
+                        table: self.label().to_string(),
+                        partition,
+                        file: saved.map_or_else(String::new, |(_, file)| file.clone()),
+                        metrics_file: self.metrics_file.display().to_string(),
+                        source,
                     });
                 }
             }
@@ -159,18 +164,20 @@ impl MetricsBranch {
 
     /// Takes parsed valid rows (with `_partition`, `_offset`) of one micro-batch: rows at or past
     /// this table's offsets (`absorbed`: where it holds rows the source hands on again) are
-    /// sorted by their partition's watermark, on-time ones folded into the state. Returns the
-    /// rows that are late or have no event time, for the dead letter queue.
+    /// sorted by their partition's watermark and the clock's `limits`, on-time ones folded into
+    /// the state. Returns the rows that are late or have no event time, for the dead letter
+    /// queue.
     pub async fn take(
         &mut self,
         valid: &RecordBatch,
         absorbed: &Offsets,
+        limits: TimeLimits,
         now: Instant,
     ) -> Result<Sorted, PipelineError> {
         let rows = super::unabsorbed(valid, absorbed).map_err(|e| self.window_err(e.into()))?;
         let sorted = self
             .operator
-            .sort_and_observe(&rows, now)
+            .sort_and_observe(&rows, limits.earliest, now)
             .map_err(|e| self.window_err(e))?;
         self.operator
             .absorb(&sorted.on_time)
@@ -330,10 +337,4 @@ fn time_of(saved: &PartitionCheckpoint) -> PartitionTime {
         max_event: saved.max_event,
         watermark: saved.watermark,
     }
-}
-
-/// RFC 3339 form of an event time in microseconds.
-fn format_micros(micros: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod plan;
 pub mod progress;
 pub mod rejects;
+pub mod sample;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use crate::source::{
     KafkaSource, MicroBatch, ResumeLookup, SourceError, SourceEvent, SourceOptions,
 };
 use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
-use crate::window::WindowError;
+use crate::window::{EventTimeBounds, WindowError};
 use events::EventsBranch;
 use metrics::MetricsBranch;
 use plan::plan_pipeline;
@@ -49,24 +50,35 @@ pub enum PipelineError {
         problems: Vec<SqlProblem>,
     },
     /// The Iceberg side failed.
-    #[error("pipeline {pipeline}: {source}")]
+    #[error("pipeline {pipeline}")]
     Sink { pipeline: String, source: SinkError },
     /// Kafka failed (dead letter delivery, clients).
-    #[error("pipeline {pipeline}: {source}")]
+    #[error("pipeline {pipeline}")]
     Kafka {
         pipeline: String,
         source: KafkaError,
     },
     /// The source failed.
-    #[error("pipeline {pipeline}: {source}")]
+    #[error("pipeline {pipeline}")]
     Source {
         pipeline: String,
         source: SourceError,
     },
     /// The window stage failed.
-    #[error("pipeline {pipeline}: {source}")]
+    #[error("pipeline {pipeline}")]
     Window {
         pipeline: String,
+        source: WindowError,
+    },
+    /// A partition's window-state checkpoint cannot be restored into the metrics SQL's state.
+    #[error("pipeline {pipeline}: table {table}, source partition {partition}: the window-state checkpoint {file} does not fit the state of {metrics_file} (was the metrics SQL changed while windows were open?)")]
+    Checkpoint {
+        pipeline: String,
+        table: String,
+        partition: i32,
+        file: String,
+        metrics_file: String,
+        #[source]
         source: WindowError,
     },
     /// `run --until-caught-up` held no partition for too long: another runner holds them all.
@@ -78,7 +90,7 @@ pub enum PipelineError {
         members: String,
     },
     /// Running the SQL on a micro-batch failed.
-    #[error("pipeline {pipeline}: running {file} on the batch at {at}: {source}")]
+    #[error("pipeline {pipeline}: running {file} on the batch at {at}")]
     Execution {
         pipeline: String,
         file: String,
@@ -216,6 +228,8 @@ pub async fn run(
         parse: &parse,
         parse_file: &parse_file,
         pipeline: &name,
+        bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
+        time_column: &planned.window.time_column,
     };
     let mut branches = Branches {
         events: &mut events,
@@ -531,10 +545,7 @@ fn report_progress(telemetry: &Telemetry, lag: &BTreeMap<i32, i64>, watermark: O
             })
             .set(*behind);
     }
-    if let Some(micros) = watermark {
-        let now = chrono::Utc::now().timestamp_micros();
-        telemetry.watermark_delay.set((now - micros) as f64 / 1e6);
-    }
+    telemetry.set_watermark(watermark);
     let lag = lag.clone();
     telemetry.update_health(|h| h.lag = lag);
 }
@@ -607,11 +618,16 @@ struct Stages<'a> {
     parse: &'a SqlStage,
     parse_file: &'a str,
     pipeline: &'a str,
+    /// How far from the clock an event time may be.
+    bounds: EventTimeBounds,
+    /// The window's event-time column.
+    time_column: &'a str,
 }
 
 impl Stages<'_> {
     /// Parses one micro-batch: valid rows go to the events table (those it does not hold yet)
-    /// and to the window; rejected, late and untimed rows become dead letters.
+    /// and to the window; rejected rows, rows stamped too far ahead of the clock, and late and
+    /// untimed rows become dead letters.
     async fn process(
         &self,
         batch: &MicroBatch,
@@ -648,21 +664,31 @@ impl Stages<'_> {
             .await
             .map_err(exec_err)?;
         let now = Instant::now();
+        let limits = self.bounds.now();
         for output in &outputs {
             let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(exec_err)?;
+            let (valid, future) = limits
+                .split_future(&valid, self.time_column)
+                .map_err(|e| exec_err(e.into()))?;
             branches.events.take(&valid, events_skip).await?;
-            let rejected = unabsorbed(&rejected, events_skip).map_err(|e| exec_err(e.into()))?;
-            letters.extend(
-                from_rejected_rows(
-                    &rejected,
-                    Reason::FromSql,
-                    &batch.records,
-                    pipeline,
-                    &failed_at,
-                )
-                .map_err(|e| exec_err(e.into()))?,
-            );
-            let sorted = branches.metrics.take(&valid, metrics_skip, now).await?;
+            for rejected in [rejected, future] {
+                let rejected =
+                    unabsorbed(&rejected, events_skip).map_err(|e| exec_err(e.into()))?;
+                letters.extend(
+                    from_rejected_rows(
+                        &rejected,
+                        Reason::FromSql,
+                        &batch.records,
+                        pipeline,
+                        &failed_at,
+                    )
+                    .map_err(|e| exec_err(e.into()))?,
+                );
+            }
+            let sorted = branches
+                .metrics
+                .take(&valid, metrics_skip, limits, now)
+                .await?;
             for (rows, reason) in [(&sorted.late, LATE), (&sorted.untimed, UNTIMED)] {
                 letters.extend(
                     from_rejected_rows(

@@ -142,7 +142,18 @@ pub async fn plan_pipeline(
         Ok(file) => match WindowSpec::from_sql(&file.text) {
             Ok(window) => Some(window),
             Err(err) => {
-                problems.push(SqlProblem::whole_file(&file.path, err.to_string()));
+                let mut problem = SqlProblem::whole_file(&file.path, err.to_string());
+                if let Some((line, column)) = err.location() {
+                    problem.line = Some(line);
+                    problem.column = Some(column);
+                }
+                // An interval DataFusion could not read is already reported on that line.
+                let known = problems
+                    .iter()
+                    .any(|p| p.file == problem.file && p.line.is_some() && p.line == problem.line);
+                if !known {
+                    problems.push(problem);
+                }
                 None
             }
         },

@@ -26,13 +26,13 @@ pub enum QueryError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// The SQL failed to parse, plan or run.
-    #[error("{0}")]
+    #[error(transparent)]
     Sql(#[from] DataFusionError),
     /// Time travel asked for something the tables do not have.
     #[error("{0}")]
     TimeTravel(String),
     /// Formatting the rows failed.
-    #[error("formatting the result: {0}")]
+    #[error("formatting the result")]
     Format(#[from] arrow::error::ArrowError),
     /// The statement would change something.
     #[error("only queries are allowed here (SELECT, WITH ..., SHOW, DESCRIBE, EXPLAIN); tables are written by the pipeline")]

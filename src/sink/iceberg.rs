@@ -218,13 +218,11 @@ impl TableWriter {
             .splitter
             .split(&batch)
             .map_err(|e| SinkError::iceberg(&self.label, e))?;
-        if self.writer.is_none() {
-            self.writer = Some(self.new_writer()?);
-        }
-        let writer = self.writer.as_mut().ok_or_else(|| SinkError::Schema {
-            table: self.label.clone(),
-            message: "writer vanished".into(),
-        })?;
+        let writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => self.new_writer()?,
+        };
+        let writer = self.writer.insert(writer);
         for (key, part) in parts {
             writer
                 .write(key, part)
@@ -380,16 +378,22 @@ impl TableWriter {
             .iter()
             .map(|field| match batch.column_by_name(field.name()) {
                 Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
-                Some(column) => cast(column, field.data_type()).map_err(|e| SinkError::Schema {
-                    table: self.label.clone(),
-                    message: format!("column `{}`: {e}", field.name()),
-                }),
+                Some(column) => {
+                    cast(column, field.data_type()).map_err(|source| SinkError::Conform {
+                        table: self.label.clone(),
+                        column: field.name().clone(),
+                        data_type: field.data_type().to_string(),
+                        source,
+                    })
+                }
                 None => Ok(new_null_array(field.data_type(), batch.num_rows())),
             })
             .collect::<Result<Vec<ArrayRef>, SinkError>>()?;
-        RecordBatch::try_new(self.arrow_schema.clone(), columns).map_err(|e| SinkError::Schema {
-            table: self.label.clone(),
-            message: e.to_string(),
+        RecordBatch::try_new(self.arrow_schema.clone(), columns).map_err(|source| {
+            SinkError::Arrow {
+                table: self.label.clone(),
+                source,
+            }
         })
     }
 }
@@ -407,12 +411,12 @@ pub fn read_state(table: &Table, pipeline: &str, label: &str) -> Result<TableSta
         }
         let properties = &snapshot.summary().additional_properties;
         if properties.get(summary::PIPELINE).map(String::as_str) == Some(pipeline) {
-            let unreadable = |key: &str, text: &str, e: serde_json::Error| SinkError::Schema {
+            let unreadable = |key: &'static str, text: &str, source| SinkError::Summary {
                 table: label.to_string(),
-                message: format!(
-                    "snapshot {} has an unreadable {key} {text:?}: {e}",
-                    snapshot.snapshot_id()
-                ),
+                snapshot: snapshot.snapshot_id(),
+                key,
+                text: text.to_string(),
+                source,
             };
             if let (None, Some(text)) = (&offsets, properties.get(summary::OFFSETS)) {
                 offsets = Some(

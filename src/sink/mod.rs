@@ -19,7 +19,7 @@ pub enum SinkError {
         message: String,
     },
     /// An Iceberg operation on a table or namespace failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Iceberg {
         what: String,
         #[source]
@@ -29,18 +29,37 @@ pub enum SinkError {
     #[error("table {table}: {message}")]
     Schema { table: String, message: String },
     /// Another runner moved partitions on: the commit did not land.
-    #[error("table {table}: {source}")]
+    #[error("table {table}")]
     Fenced {
         table: String,
         #[source]
         source: crate::common::Fenced,
     },
     /// Arrow failed on rows bound for a table.
-    #[error("table {table}: {source}")]
+    #[error("table {table}")]
     Arrow {
         table: String,
         #[source]
         source: arrow::error::ArrowError,
+    },
+    /// A SQL output column could not be cast to the table column's type.
+    #[error("table {table}: column `{column}` does not convert to the table's {data_type}")]
+    Conform {
+        table: String,
+        column: String,
+        data_type: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A snapshot summary value this pipeline wrote does not read back.
+    #[error("table {table}: snapshot {snapshot} has an unreadable `{key}`: {text:?}")]
+    Summary {
+        table: String,
+        snapshot: i64,
+        key: &'static str,
+        text: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// A SQL output column has no Iceberg counterpart.
     #[error("table {table}: column `{column}` has type {data_type}, which Iceberg cannot store; cast it in the SQL")]

@@ -16,6 +16,7 @@ use super::quirks::{Rejoin, ResumeCheck};
 use super::SourceError;
 use crate::common::Offsets;
 use crate::config::StartFrom;
+use crate::telemetry::repeated::repeated_errors;
 
 /// How the source reads.
 #[derive(Debug, Clone)]
@@ -85,14 +86,19 @@ struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::client_log::report_log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        // End of partition is bookkeeping (the reading loop tracks it), not an error.
-        if !crate::kafka::is_end_of_partition(&error) {
-            tracing::error!(topic = %self.topic, "librdkafka: {error}: {reason}");
-        }
+        crate::kafka::client_log::report_error(&error, reason);
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // A broker connection is up again: whatever kept failing has recovered.
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            repeated_errors().recovered();
+        }
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
@@ -116,7 +122,7 @@ impl SourceContext {
             match (self.lookup)(partitions) {
                 Ok(offsets) => return Ok(offsets),
                 Err(err) if attempt < LOOKUP_ATTEMPTS => {
-                    tracing::warn!(topic = %self.topic, ?partitions, "reading where the assigned partitions resume failed (attempt {attempt} of {LOOKUP_ATTEMPTS}), retrying in {wait:?}: {err}");
+                    tracing::warn!(topic = %self.topic, ?partitions, "reading where the assigned partitions resume failed (attempt {attempt} of {LOOKUP_ATTEMPTS}), retrying in {wait:?}: {}", crate::common::error::Causes(err.as_ref()));
                     std::thread::sleep(wait);
                     wait *= 2;
                     attempt += 1;
@@ -547,6 +553,7 @@ impl Reader {
             }
             match polled {
                 Some(Ok(message)) => {
+                    repeated_errors().recovered();
                     let partition = message.partition();
                     let offset = message.offset();
                     // Only the partitions held now reach the pipeline (a message fetched before
@@ -594,7 +601,7 @@ impl Reader {
                     resumes.reached_end(partition);
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(topic = %self.options.topic, "consumer: {err}");
+                    crate::kafka::client_log::report_error(&err, "reading the source topic");
                 }
                 None => {}
             }

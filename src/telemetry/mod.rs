@@ -1,6 +1,8 @@
 //! What a running pipeline reports about itself: Prometheus metrics (`/metrics`) and the
 //! health figures the dashboard shows. The pipeline updates it; the dashboard reads it.
 
+pub mod repeated;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
@@ -49,6 +51,12 @@ pub struct Health {
     pub dead_letters: BTreeMap<String, u64>,
     /// The watermark (RFC 3339).
     pub watermark: Option<String>,
+    /// The clock minus the watermark, in seconds, as of when these figures were read: growing
+    /// means a stalled watermark, negative one that runs ahead of the clock.
+    pub watermark_delay_seconds: Option<f64>,
+    /// The watermark in microseconds since the epoch (the delay is computed from it).
+    #[serde(skip)]
+    pub watermark_micros: Option<i64>,
     /// Messages consumed since start.
     pub messages: u64,
 }
@@ -147,8 +155,22 @@ impl Telemetry {
         }
     }
 
+    /// Records the watermark (microseconds since the epoch), from which the delay is computed
+    /// whenever it is read, so that a stalled watermark shows as a growing delay.
+    pub fn set_watermark(&self, micros: Option<i64>) {
+        self.update_health(|h| h.watermark_micros = micros);
+        self.refresh_watermark_delay();
+    }
+
+    fn refresh_watermark_delay(&self) {
+        if let Some(delay) = self.health().watermark_delay_seconds {
+            self.watermark_delay.set(delay);
+        }
+    }
+
     /// The metrics in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
+        self.refresh_watermark_delay();
         let mut out = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!("encoding metrics failed: {err}");
@@ -163,9 +185,17 @@ impl Telemetry {
 
     /// The health figures as of now.
     pub fn health(&self) -> Health {
-        self.health
+        let mut health = self
+            .health
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        health.watermark_delay_seconds = health.watermark_micros.map(watermark_delay);
+        health
     }
+}
+
+/// Seconds from a watermark (microseconds since the epoch) to the clock now.
+pub fn watermark_delay(watermark: i64) -> f64 {
+    (chrono::Utc::now().timestamp_micros() - watermark) as f64 / 1e6
 }

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, BooleanArray, Int32Array};
 use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 
 use super::aggregate::SplitAggregate;
+use super::bounds::event_times;
 use super::keys::KeyPartitions;
 use super::state::WindowState;
 use super::watermark::{Micros, PartitionTime, WatermarkTracker};
@@ -25,16 +26,16 @@ const MAX_FRAGMENTS: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum WindowError {
     /// Arrow failed on a batch (a column missing or of an unexpected type).
-    #[error("window: {0}")]
+    #[error("window: a batch of parsed rows")]
     Arrow(#[from] ArrowError),
     /// A phase of the metrics SQL failed.
-    #[error("window: running the metrics SQL: {0}")]
+    #[error("window: running a phase of the metrics SQL")]
     Sql(#[from] DataFusionError),
     /// The metrics SQL's shape cannot be run window by window.
     #[error("{0}")]
     Unsupported(String),
     /// A checkpoint does not fit the current metrics SQL.
-    #[error("window state checkpoint: {0}")]
+    #[error("window state checkpoint")]
     Checkpoint(#[source] ArrowError),
 }
 
@@ -99,14 +100,16 @@ impl WindowOperator {
     /// Sorts parsed rows (with `_partition`, in offset order per partition) by their
     /// partition's watermark as it stood when each row arrived: the watermark moves row by row
     /// within a batch, so which events are late depends only on the partition's own sequence,
-    /// never on how it was cut into batches or which runner read it. Then records the highest
-    /// event time per source partition.
+    /// never on how it was cut into batches or which runner read it. A row before `earliest`
+    /// (see [`super::bounds`]) is late whatever the watermark, and is not the partition's
+    /// progress. Then records the highest event time per source partition.
     pub fn sort_and_observe(
         &mut self,
         rows: &RecordBatch,
+        earliest: Micros,
         now: Instant,
     ) -> Result<Sorted, WindowError> {
-        let times = self.event_times(rows)?;
+        let times = event_times(rows, &self.time_column)?;
         let partitions = partition_column(rows)?;
         let mut on_time = Vec::with_capacity(times.len());
         let mut late = Vec::with_capacity(times.len());
@@ -123,13 +126,15 @@ impl WindowOperator {
             };
             let clock = &mut clocks[index].1;
             let watermark = clock.watermark_under(self.lateness);
-            let is_late = match (time, watermark) {
-                (Some(t), Some(w)) => self.window_start(t) + self.size <= w,
-                _ => false,
-            };
+            let stale = time.is_some_and(|t| t < earliest);
+            let is_late = stale
+                || match (time, watermark) {
+                    (Some(t), Some(w)) => self.window_start(t) + self.size <= w,
+                    _ => false,
+                };
             on_time.push(time.is_some() && !is_late);
             late.push(is_late);
-            if let Some(t) = time {
+            if let Some(t) = time.filter(|_| !stale) {
                 clock.max_event = Some(clock.max_event.map_or(t, |m| m.max(t)));
             }
         }
@@ -327,17 +332,6 @@ impl WindowOperator {
     /// Window start of an event time, as `date_bin` computes it (origin at the epoch).
     fn window_start(&self, time: Micros) -> Micros {
         time - time.rem_euclid(self.size)
-    }
-
-    fn event_times(
-        &self,
-        rows: &RecordBatch,
-    ) -> Result<arrow::array::TimestampMicrosecondArray, WindowError> {
-        let column = rows.column_by_name(&self.time_column).ok_or_else(|| {
-            ArrowError::SchemaError(format!("parsed rows lack `{}`", self.time_column))
-        })?;
-        let micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-        Ok(micros.as_primitive::<TimestampMicrosecondType>().clone())
     }
 }
 

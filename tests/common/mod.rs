@@ -2,6 +2,7 @@
 //! configurations per test, the built runner binary, and read-back helpers.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod windows;
 
 use std::net::{TcpListener, TcpStream};
@@ -51,13 +52,29 @@ fn tansu_binary() -> PathBuf {
     candidate
 }
 
-fn start_broker() -> Broker {
-    let port = TcpListener::bind("127.0.0.1:0")
+/// A free port on the loopback interface.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
-        .port();
-    let address = format!("127.0.0.1:{port}");
+        .port()
+}
+
+fn start_broker() -> Broker {
+    let address = format!("127.0.0.1:{}", free_port());
+    start_broker_on(&address, &address)
+}
+
+/// A broker of a test's own, listening on `address` and telling clients to connect to
+/// `advertised` (a [`proxy::Proxy`] in front of it, for example).
+pub fn private_broker(address: &str, advertised: &str) -> Broker {
+    start_broker_on(address, advertised)
+}
+
+fn start_broker_on(address: &str, advertised: &str) -> Broker {
+    let address = address.to_string();
     let url = format!("tcp://{address}");
+    let advertised_url = format!("tcp://{advertised}");
     let binary = tansu_binary();
     let (ready_tx, ready_rx) = mpsc::channel::<Child>();
     // The broker is spawned from a thread that lives as long as the test process and asks the
@@ -70,7 +87,7 @@ fn start_broker() -> Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .env_remove("STORAGE_ENGINE")
@@ -143,6 +160,15 @@ impl TestPipeline {
         Self::build(broker().address.clone(), parse, metrics)
     }
 
+    /// A pipeline on another broker (a private one), with the repository's SQL files.
+    pub fn on_broker(brokers: &str) -> Self {
+        Self::build(
+            brokers.to_string(),
+            &repo_root().join("sql/campaign_events.sql"),
+            &repo_root().join("sql/campaign_metrics.sql"),
+        )
+    }
+
     /// A pipeline whose broker address leads nowhere, for commands that must not touch Kafka.
     pub fn offline(parse: &Path, metrics: &Path) -> Self {
         Self::build("127.0.0.1:9".to_string(), parse, metrics)
@@ -160,6 +186,10 @@ impl TestPipeline {
       topic: {topic}
       partitions: 3
       group_id: {group}
+    window:
+      # The tests replay fixed histories (event times from 2026-01-01): older than the
+      # default bound on past event times, which its own test checks.
+      max_past: 36500d
     sql:
       parse: {parse}
       metrics: {metrics}
