@@ -75,7 +75,7 @@ impl TopicAdmin {
             .admin
             .create_topics([&topic], &options)
             .await
-            .map_err(|e| self.admin_error(&spec.name, e.to_string()))?;
+            .map_err(|e| self.request_error(&spec.name, "creating the topic", e))?;
         for result in results {
             match result {
                 Ok(_) => {}
@@ -83,7 +83,13 @@ impl TopicAdmin {
                     let partitions = self.partition_count(&spec.name)?.unwrap_or_default();
                     return Ok(TopicStatus::Existed { partitions });
                 }
-                Err((_, code)) => return Err(self.admin_error(&spec.name, code.to_string())),
+                Err((_, code)) => {
+                    return Err(self.request_error(
+                        &spec.name,
+                        "creating the topic",
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ))
+                }
             }
         }
         Ok(TopicStatus::Created)
@@ -95,7 +101,7 @@ impl TopicAdmin {
             .admin
             .inner()
             .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
-            .map_err(|e| self.admin_error(topic, format!("metadata request failed: {e}")))?;
+            .map_err(|e| self.request_error(topic, "the metadata request", e))?;
         Ok(metadata
             .topics()
             .iter()
@@ -111,10 +117,16 @@ impl TopicAdmin {
             .admin
             .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
             .await
-            .map_err(|e| self.admin_error(topic, e.to_string()))?;
+            .map_err(|e| self.request_error(topic, "describing the topic's configuration", e))?;
         let mut configs = BTreeMap::new();
         for result in results {
-            let resource = result.map_err(|code| self.admin_error(topic, code.to_string()))?;
+            let resource = result.map_err(|code| {
+                self.request_error(
+                    topic,
+                    "describing the topic's configuration",
+                    rdkafka::error::KafkaError::AdminOp(code),
+                )
+            })?;
             for entry in resource.entries {
                 if let Some(value) = entry.value {
                     configs.insert(entry.name, value);
@@ -124,10 +136,17 @@ impl TopicAdmin {
         Ok(configs)
     }
 
-    fn admin_error(&self, topic: &str, message: String) -> KafkaError {
-        KafkaError::Admin {
+    fn request_error(
+        &self,
+        topic: &str,
+        what: &'static str,
+        source: rdkafka::error::KafkaError,
+    ) -> KafkaError {
+        KafkaError::Request {
             topic: topic.to_string(),
-            message: format!("{message} (brokers {})", self.brokers),
+            what,
+            brokers: self.brokers.clone(),
+            source: Box::new(source),
         }
     }
 }

@@ -26,6 +26,14 @@ pub enum KafkaError {
     /// An admin operation failed.
     #[error("topic {topic}: {message}")]
     Admin { topic: String, message: String },
+    /// A request about a topic failed.
+    #[error("topic {topic}: {what} failed (brokers {brokers})")]
+    Request {
+        topic: String,
+        what: &'static str,
+        brokers: String,
+        source: Box<rdkafka::error::KafkaError>,
+    },
     /// A message could not be delivered.
     #[error("delivery to {topic} failed")]
     Delivery {

@@ -71,9 +71,11 @@ impl TopicReader {
                 })?;
         let metadata = consumer
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(|e| KafkaError::Admin {
+            .map_err(|source| KafkaError::Request {
                 topic: topic.to_string(),
-                message: format!("metadata request failed: {e} (brokers {brokers})"),
+                what: "the metadata request",
+                brokers: brokers.clone(),
+                source: Box::new(source),
             })?;
         let partitions: BTreeSet<i32> = metadata
             .topics()
@@ -88,16 +90,20 @@ impl TopicReader {
         for &partition in &partitions {
             assignment
                 .add_partition_offset(topic, partition, Offset::Beginning)
-                .map_err(|e| KafkaError::Admin {
+                .map_err(|source| KafkaError::Request {
                     topic: topic.to_string(),
-                    message: e.to_string(),
+                    what: "listing its partitions",
+                    brokers: brokers.clone(),
+                    source: Box::new(source),
                 })?;
         }
         consumer
             .assign(&assignment)
-            .map_err(|e| KafkaError::Admin {
+            .map_err(|source| KafkaError::Request {
                 topic: topic.to_string(),
-                message: format!("cannot assign its partitions: {e}"),
+                what: "assigning its partitions",
+                brokers: brokers.clone(),
+                source: Box::new(source),
             })?;
         Ok(Some(Self {
             consumer,
