@@ -32,7 +32,9 @@ typed AS (
     _partition,
     _offset,
     _bytes,
-    f,
+    -- The rules below read this flag rather than f itself: DataFusion copies every column a
+    -- CASE reads for each rule that matches some rows, and f holds every field.
+    f IS NULL                                    AS _broken,
     f['$type']                                   AS t,
     f['event_id']                                AS event_id,
     f['user_id']                                 AS user_id,
@@ -63,7 +65,7 @@ SELECT
   _offset,
   CASE
     WHEN _bytes > 65536                              THEN 'too large'
-    WHEN f IS NULL                                   THEN 'broken json'
+    WHEN _broken                                     THEN 'broken json'
     -- Identifiers: JSON strings, not blank, at most 256 characters.
     WHEN event_id IS NULL                            THEN 'missing event_id'
     WHEN t['event_id'] <> 'string'                   THEN 'wrong type: event_id'

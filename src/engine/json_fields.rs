@@ -12,7 +12,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, StructArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, Int8Array, StringArray, StringBuilder, StructArray,
+};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::{exec_err, plan_err, ScalarValue};
@@ -71,25 +73,38 @@ fn text_fields(keys: &[String]) -> Fields {
         .into()
 }
 
-/// One text field per key, then `$type` with one text field per key.
+/// The JSON type names, in the order of [`type_of`]'s codes.
+const TYPE_NAMES: [&str; 5] = ["string", "number", "boolean", "array", "object"];
+
+/// A type column: dictionary-encoded, so that comparing and filtering it moves one byte a row.
+fn type_data_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int8), Box::new(DataType::Utf8))
+}
+
+/// One text field per key, then `$type` with one type field per key.
 fn struct_fields(keys: &[String]) -> Fields {
     let mut fields: Vec<FieldRef> = text_fields(keys).iter().cloned().collect();
+    let types: Fields = keys
+        .iter()
+        .map(|k| Arc::new(Field::new(k, type_data_type(), true)))
+        .collect::<Vec<FieldRef>>()
+        .into();
     fields.push(Arc::new(Field::new(
         TYPE_FIELD,
-        DataType::Struct(text_fields(keys)),
+        DataType::Struct(types),
         false,
     )));
     fields.into()
 }
 
-/// The JSON type of a value that is not null.
-fn type_name(peek: Peek) -> &'static str {
+/// The JSON type of a value that is not null, as an index into [`TYPE_NAMES`].
+fn type_of(peek: Peek) -> i8 {
     match peek {
-        Peek::String => "string",
-        Peek::True | Peek::False => "boolean",
-        Peek::Array => "array",
-        Peek::Object => "object",
-        _ => "number",
+        Peek::String => 0,
+        Peek::True | Peek::False => 2,
+        Peek::Array => 3,
+        Peek::Object => 4,
+        _ => 1,
     }
 }
 
@@ -139,42 +154,38 @@ impl ScalarUDFImpl for JsonFields {
             .iter()
             .map(|_| StringBuilder::with_capacity(rows, rows * 16))
             .collect();
-        let mut type_builders: Vec<StringBuilder> = keys
-            .iter()
-            .map(|_| StringBuilder::with_capacity(rows, rows * 6))
-            .collect();
+        let mut type_keys: Vec<Vec<Option<i8>>> =
+            keys.iter().map(|_| Vec::with_capacity(rows)).collect();
         let mut valid = Vec::with_capacity(rows);
         // Reused across rows: one buffer per key, so the loop allocates nothing per row.
         let mut values: Vec<String> = keys.iter().map(|_| String::with_capacity(64)).collect();
-        let mut types: Vec<Option<&'static str>> = vec![None; keys.len()];
+        let mut types: Vec<Option<i8>> = vec![None; keys.len()];
         for row in 0..rows {
             types.iter_mut().for_each(|t| *t = None);
             let ok = input.is_valid(row)
                 && extract(input.value(row).as_bytes(), &keys, &mut values, &mut types).is_ok();
             valid.push(ok);
-            for (i, (builder, type_builder)) in
-                builders.iter_mut().zip(&mut type_builders).enumerate()
-            {
-                match types[i].filter(|_| ok) {
-                    Some(kind) => {
-                        builder.append_value(&values[i]);
-                        type_builder.append_value(kind);
-                    }
-                    None => {
-                        builder.append_null();
-                        type_builder.append_null();
-                    }
+            for (i, (builder, type_keys)) in builders.iter_mut().zip(&mut type_keys).enumerate() {
+                let kind = types[i].filter(|_| ok);
+                match kind {
+                    Some(_) => builder.append_value(&values[i]),
+                    None => builder.append_null(),
                 }
+                type_keys.push(kind);
             }
         }
         let mut columns: Vec<ArrayRef> = builders
             .into_iter()
             .map(|mut b| Arc::new(b.finish()) as ArrayRef)
             .collect();
-        let type_columns: Vec<ArrayRef> = type_builders
+        let names: ArrayRef = Arc::new(StringArray::from(TYPE_NAMES.to_vec()));
+        let type_columns = type_keys
             .into_iter()
-            .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
+            .map(|keys| {
+                DictionaryArray::try_new(Int8Array::from(keys), names.clone())
+                    .map(|array| Arc::new(array) as ArrayRef)
+            })
+            .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
         let DataType::Struct(type_fields) = fields[keys.len()].data_type() else {
             return exec_err!("json_fields: unexpected return type");
         };
@@ -194,7 +205,7 @@ fn extract(
     json: &[u8],
     keys: &[&str],
     values: &mut [String],
-    types: &mut [Option<&'static str>],
+    types: &mut [Option<i8>],
 ) -> JiterResult<()> {
     let mut jiter = Jiter::new(json);
     let mut key = jiter
@@ -213,13 +224,13 @@ fn extract(
                     }
                     Peek::String => {
                         value.push_str(jiter.known_str()?);
-                        types[i] = Some(type_name(peek));
+                        types[i] = Some(type_of(peek));
                     }
                     _ => {
                         let start = jiter.current_index();
                         jiter.known_skip(peek)?;
                         value.push_str(&String::from_utf8_lossy(jiter.slice_to_current(start)));
-                        types[i] = Some(type_name(peek));
+                        types[i] = Some(type_of(peek));
                     }
                 }
             }
@@ -245,7 +256,7 @@ mod tests {
         extract(json.as_bytes(), &keys, &mut values, &mut types).ok()?;
         Some(
             (0..3)
-                .map(|i| types[i].map(|t| (values[i].clone(), t)))
+                .map(|i| types[i].map(|t| (values[i].clone(), TYPE_NAMES[t as usize])))
                 .collect(),
         )
     }

@@ -21,7 +21,9 @@ use crate::engine::SqlProblem;
 use crate::sink::checkpoint;
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::sink::SinkError;
-use crate::window::{PartitionTime, Sorted, TimeLimits, WindowError, WindowOperator};
+use crate::window::{
+    EventTimeBounds, PartitionTime, Sorted, TimeLimits, WindowError, WindowOperator,
+};
 
 /// How often restoring held partitions re-reads the table when a checkpoint it points to has
 /// just been replaced (and deleted) by another runner's commit.
@@ -36,6 +38,8 @@ pub struct MetricsBranch {
     pipeline: String,
     /// The metrics SQL file, named when a checkpoint no longer fits it.
     metrics_file: std::path::PathBuf,
+    /// How far from the clock event time may be, also for restored progress.
+    bounds: EventTimeBounds,
 }
 
 impl MetricsBranch {
@@ -82,6 +86,7 @@ impl MetricsBranch {
             emitted: 0,
             pipeline: name,
             metrics_file,
+            bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
         })
     }
 
@@ -134,7 +139,9 @@ impl MetricsBranch {
                 None => {}
             }
             let now = Instant::now();
+            let limits = self.bounds.now();
             for (partition, saved, time) in restored {
+                let time = self.within_limits(partition, time, limits);
                 let bytes = saved.as_ref().map(|(bytes, _)| bytes.as_slice());
                 if let Err(source) = self.operator.restore(partition, bytes, time, now) {
                     return Err(PipelineError::Checkpoint {
@@ -321,6 +328,29 @@ impl MetricsBranch {
             pipeline: self.pipeline.clone(),
             source,
         }
+    }
+
+    /// A partition's restored progress, capped at the clock's latest bound: a checkpoint written
+    /// before event time was bounded may carry a watermark years ahead, which would make every
+    /// later event late.
+    fn within_limits(
+        &self,
+        partition: i32,
+        time: PartitionTime,
+        limits: TimeLimits,
+    ) -> PartitionTime {
+        let capped = time.capped_at(limits.latest);
+        if capped != time {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                table = self.label(),
+                partition,
+                max_event = ?time.max_event.and_then(format_micros),
+                watermark = ?time.watermark.and_then(format_micros),
+                "the checkpoint's event time is ahead of the clock by more than window.max_future: capped at the bound"
+            );
+        }
+        capped
     }
 
     fn window_err(&self, source: WindowError) -> PipelineError {

@@ -23,6 +23,14 @@ pub struct PartitionTime {
 }
 
 impl PartitionTime {
+    /// This progress with its event time and watermark no later than `latest`.
+    pub fn capped_at(self, latest: Micros) -> Self {
+        Self {
+            max_event: self.max_event.map(|t| t.min(latest)),
+            watermark: self.watermark.map(|t| t.min(latest)),
+        }
+    }
+
     /// The watermark its highest event time implies under `lateness`, never below the one it
     /// has (a flush or an idle spell may have raised it further).
     pub fn watermark_under(&self, lateness: Micros) -> Option<Micros> {
@@ -196,5 +204,25 @@ mod tests {
         w.restore(2, saved, now);
         assert_eq!(w.partition_watermark(2), Some(90 * S));
         assert_eq!(w.time(2).max_event, Some(100 * S));
+    }
+
+    #[test]
+    fn progress_is_capped_at_a_bound() {
+        let time = PartitionTime {
+            max_event: Some(500 * S),
+            watermark: Some(490 * S),
+        };
+        assert_eq!(time.capped_at(1000 * S), time);
+        assert_eq!(
+            time.capped_at(100 * S),
+            PartitionTime {
+                max_event: Some(100 * S),
+                watermark: Some(100 * S)
+            }
+        );
+        assert_eq!(
+            PartitionTime::default().capped_at(0),
+            PartitionTime::default()
+        );
     }
 }
