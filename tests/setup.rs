@@ -179,3 +179,38 @@ fn setup_refuses_broken_sql_before_creating_anything() {
     assert_eq!(admin.partition_count(&pipeline.topic).unwrap(), None);
     assert!(!pipeline.dir.path().join("data/catalog.db").exists());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_text_logs_have_no_colour_codes_off_a_terminal() {
+    let pipeline = TestPipeline::new();
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    let run = |format: &str| {
+        let output = pipeline
+            .command(&["--log-format", format, "run", "--until-caught-up"])
+            .env("RUST_LOG", "campaign_pipeline=info")
+            .output()
+            .expect("run");
+        assert!(output.status.success(), "{}", text(&output));
+        String::from_utf8(output.stderr).expect("UTF-8 logs")
+    };
+    let json = run("json");
+    let lines: Vec<&str> = json.lines().collect();
+    assert!(lines.len() >= 3, "{json}");
+    for line in &lines {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            object["timestamp"].is_string() && object["level"].is_string(),
+            "{line}"
+        );
+        assert!(object["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"holding partitions\"")),
+        "{json}"
+    );
+    let text_log = run("text");
+    assert!(text_log.contains(" INFO "), "{text_log}");
+    assert!(!text_log.contains('\u{1b}'), "{text_log}");
+}

@@ -2,12 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Args;
-
-use crate::common::error::Causes;
 use arrow::record_batch::RecordBatch;
+use clap::Args;
 use datafusion::prelude::SessionContext;
 
+use crate::common::error::Causes;
 use crate::config::{Config, PipelineConfig};
 use crate::engine::{new_session, SqlProblem};
 use crate::pipeline::plan::{plan_pipeline, PlannedSql};

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 /// How often a continuing kind of error is summarized.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long a kind of error must have stopped before a sign of health ends its episode: a
+/// connection can be up while another request keeps failing, and that must stay one episode.
+pub const QUIET: Duration = Duration::from_secs(5);
+
 /// One kind of error while it keeps coming.
 #[derive(Debug)]
 struct Episode {
@@ -19,6 +23,7 @@ struct Episode {
     since_summary: u64,
     total: u64,
     last: String,
+    last_at: Instant,
 }
 
 /// The open episodes of repeated errors, by kind.
@@ -65,6 +70,7 @@ impl RepeatedErrors {
                         since_summary: 0,
                         total: 1,
                         last: message.to_string(),
+                        last_at: now,
                     },
                 );
                 self.open.store(episodes.len(), Ordering::Relaxed);
@@ -78,6 +84,7 @@ impl RepeatedErrors {
             Some(episode) => {
                 episode.total += 1;
                 episode.since_summary += 1;
+                episode.last_at = now;
                 episode.last.clear();
                 episode.last.push_str(message);
                 if now.duration_since(episode.summarized) < self.interval {
@@ -98,21 +105,30 @@ impl RepeatedErrors {
         }
     }
 
-    /// Ends every open episode (a client just worked), logging for each how long it lasted.
+    /// A client just worked: ends every episode whose errors stopped at least [`QUIET`] ago,
+    /// logging for each how long it lasted.
     pub fn recovered(&self) {
+        self.recovered_at(Instant::now());
+    }
+
+    fn recovered_at(&self, now: Instant) {
         if self.open.load(Ordering::Relaxed) == 0 {
             return;
         }
         let mut episodes = self.episodes.lock().unwrap_or_else(PoisonError::into_inner);
-        for (kind, episode) in std::mem::take(&mut *episodes) {
+        episodes.retain(|kind, episode| {
+            if now.duration_since(episode.last_at) < QUIET {
+                return true;
+            }
             tracing::info!(
                 kind,
                 "recovered after {}s ({} errors of this kind)",
-                episode.started.elapsed().as_secs(),
+                now.duration_since(episode.started).as_secs(),
                 episode.total
             );
-        }
-        self.open.store(0, Ordering::Relaxed);
+            false
+        });
+        self.open.store(episodes.len(), Ordering::Relaxed);
     }
 
     /// Kinds of error still coming.
@@ -146,7 +162,10 @@ mod tests {
             "another kind"
         );
         assert_eq!(log.open_kinds(), ["timeout", "transport"]);
-        log.recovered();
+        // The transport errors went on until 40 s; the timeout stopped at the start.
+        log.recovered_at(start + Duration::from_secs(42));
+        assert_eq!(log.open_kinds(), ["transport"], "still failing 2 s ago");
+        log.recovered_at(start + Duration::from_secs(46));
         assert!(log.open_kinds().is_empty());
         assert!(
             log.error_at("transport", "connect failed", start),
