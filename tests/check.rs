@@ -301,3 +301,29 @@ fn a_sample_shows_parsed_rows_every_reject_with_its_reason_and_the_windows() {
         "{first}"
     );
 }
+
+#[test]
+fn an_error_names_what_failed_and_its_cause_once() {
+    let pipeline = TestPipeline::offline(
+        &shipped("campaign_events.sql"),
+        &shipped("campaign_metrics.sql"),
+    );
+    pipeline
+        .edit_config(|yaml| yaml.replace("path: data/catalog.db", "path: /proc/nope/catalog.db"));
+    let output = pipeline.cli(&["tables"]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(
+            "cannot open the sqlite catalog at /proc/nope/catalog.db: creating /proc/nope: "
+        ),
+        "{line}"
+    );
+    let cause = line.rsplit(": ").next().unwrap();
+    assert!(!cause.is_empty(), "{line}");
+    assert_eq!(line.matches(cause).count(), 1, "the cause once: {line}");
+}

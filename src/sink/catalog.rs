@@ -27,47 +27,37 @@ pub async fn open_catalog(
             properties,
         } => {
             let db = config.resolve(path);
-            let fail = |message: String| SinkError::Catalog {
-                kind: "sqlite",
-                location: db.display().to_string(),
-                message,
-            };
+            let fail = |failure: Failure| failure.into_error("sqlite", db.display().to_string());
             if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+                    .map_err(|e| fail(Failure::of(format!("creating {}", dir.display()), e)))?;
             }
             let url = format!("sqlite://{}", absolute(&db).map_err(fail)?);
             if !sqlx::Sqlite::database_exists(&url).await.unwrap_or(false) {
                 sqlx::Sqlite::create_database(&url)
                     .await
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(Failure::of("creating the database", e)))?;
             }
             let warehouse = warehouse_location(config, warehouse).map_err(fail)?;
             sql_catalog(&url, &warehouse, SqlBindStyle::QMark, properties)
                 .await
-                .map_err(|e| fail(e.to_string()))
+                .map_err(|e| fail(Failure::of("loading the catalog", e)))
         }
         CatalogConfig::Postgres {
             uri,
             warehouse,
             properties,
         } => {
-            let fail = |message: String| SinkError::Catalog {
-                kind: "postgres",
-                location: redact(uri),
-                message,
-            };
+            let fail = |failure: Failure| failure.into_error("postgres", redact(uri));
             let warehouse = warehouse_location(config, warehouse).map_err(fail)?;
             sql_catalog(uri, &warehouse, SqlBindStyle::DollarNumeric, properties)
                 .await
-                .map_err(|e| fail(e.to_string()))
+                .map_err(|e| fail(Failure::of("loading the catalog", e)))
         }
-        CatalogConfig::Rest { uri, .. } => Err(SinkError::Catalog {
-            kind: "rest",
-            location: uri.clone(),
-            message: "the REST catalog is not built into this version yet; use sqlite or postgres"
-                .into(),
-        }),
+        CatalogConfig::Rest { uri, .. } => Err(Failure::said(
+            "the REST catalog is not built into this version yet; use sqlite or postgres",
+        )
+        .into_error("rest", uri.clone())),
     }
 }
 
@@ -115,20 +105,54 @@ async fn sql_catalog(
     Ok(Arc::new(catalog))
 }
 
+/// What failed while opening a catalog, and the error behind it.
+struct Failure {
+    what: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Failure {
+    /// `what` failed because of `source`.
+    fn of(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A failure with nothing behind it.
+    fn said(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    fn into_error(self, kind: &'static str, location: String) -> SinkError {
+        SinkError::Catalog {
+            kind,
+            location,
+            what: self.what,
+            source: self.source,
+        }
+    }
+}
+
 /// A local warehouse folder, created and made absolute (Iceberg stores absolute locations).
-fn warehouse_location(config: &Config, warehouse: &str) -> Result<String, String> {
+fn warehouse_location(config: &Config, warehouse: &str) -> Result<String, Failure> {
     if warehouse.contains("://") && !warehouse.starts_with("file://") {
-        return Err(format!(
+        return Err(Failure::said(format!(
             "warehouse {warehouse}: only local warehouse folders are supported so far"
-        ));
+        )));
     }
     let dir = config.resolve(warehouse.trim_start_matches("file://"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::of(format!("creating {}", dir.display()), e))?;
     absolute(&dir)
 }
 
-fn absolute(path: &Path) -> Result<String, String> {
+fn absolute(path: &Path) -> Result<String, Failure> {
     std::path::absolute(path)
         .map(|p| p.display().to_string())
-        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))
+        .map_err(|e| Failure::of(format!("resolving {}", path.display()), e))
 }

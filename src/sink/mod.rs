@@ -12,11 +12,13 @@ pub mod table;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The catalog could not be opened.
-    #[error("cannot open the {kind} catalog at {location}: {message}")]
+    #[error("cannot open the {kind} catalog at {location}: {what}")]
     Catalog {
         kind: &'static str,
         location: String,
-        message: String,
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// An Iceberg operation on a table or namespace failed.
     #[error("{what}")]
