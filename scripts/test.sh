@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of campaign-pipeline on a fresh machine: installs what the tests need
-# (OpenSSL headers for librdkafka, the tansu broker, Debian's Chromium and ChromeDriver for the
-# dashboard's browser test), then `cargo test` with one target dir.
+# (OpenSSL headers for librdkafka, the tansu broker, SeaweedFS for the S3 warehouse and the REST
+# catalog, Debian's Chromium and ChromeDriver for the dashboard's browser test), then `cargo test`
+# with one target dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 scripts/broker.sh install
+scripts/seaweedfs.sh install
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   echo "installing chromium and chromium-driver (the dashboard's browser test)"
   sudo_cmd=()

@@ -1,6 +1,7 @@
 //! campaign-pipeline: Kafka campaign events to Apache Iceberg tables through SQL, exactly once.
 
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod common;
 pub mod config;

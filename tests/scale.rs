@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use campaign_pipeline::catalog::open_catalog;
 use campaign_pipeline::common::Offsets;
 use campaign_pipeline::pipeline::progress::{Progress, TableRole};
-use campaign_pipeline::sink::catalog::open_catalog;
 use campaign_pipeline::sink::iceberg::{SnapshotContent, TableWriter};
 use campaign_pipeline::sink::table::{ensure_namespace, ensure_table};
 use campaign_pipeline::sink::SinkError;
@@ -19,9 +19,7 @@ use campaign_pipeline::sink::SinkError;
 async fn writer(pipeline: &common::TestPipeline, schema: &Schema) -> TableWriter {
     let config = campaign_pipeline::config::Config::load(&pipeline.config).expect("config");
     let p = &config.pipelines[0];
-    let catalog = open_catalog(&config, &p.sink.catalog)
-        .await
-        .expect("catalog");
+    let catalog = open_catalog(&config, &p.sink).await.expect("catalog");
     TableWriter::open(catalog, &p.sink.namespace, "shared", &p.name, schema)
         .await
         .expect("open")
@@ -94,7 +92,7 @@ async fn two_runners_committing_at_the_same_moment_both_land_or_are_fenced_never
     {
         let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
         let p = &config.pipelines[0];
-        let catalog = open_catalog(&config, &p.sink.catalog).await.unwrap();
+        let catalog = open_catalog(&config, &p.sink).await.unwrap();
         ensure_namespace(catalog.as_ref(), &p.sink.namespace)
             .await
             .unwrap();

@@ -3,10 +3,10 @@
 
 mod common;
 
+use campaign_pipeline::catalog::open_catalog;
 use campaign_pipeline::config::Config;
 use campaign_pipeline::kafka::admin::TopicAdmin;
 use campaign_pipeline::kafka::client_config;
-use campaign_pipeline::sink::catalog::open_catalog;
 use campaign_pipeline::sink::table::load_table;
 use common::{text, TestPipeline};
 use iceberg::spec::{PrimitiveType, Transform, Type};
@@ -77,7 +77,7 @@ async fn setup_creates_topics_and_tables_and_is_idempotent() {
     // Tables, read back from the catalog.
     let config = Config::load(&pipeline.config).unwrap();
     let sink = &config.pipelines[0].sink;
-    let catalog = open_catalog(&config, &sink.catalog).await.unwrap();
+    let catalog = open_catalog(&config, sink).await.unwrap();
     let events = load_table(catalog.as_ref(), "campaigns", "campaign_events")
         .await
         .unwrap();

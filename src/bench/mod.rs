@@ -14,6 +14,7 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::catalog::open_catalog;
 use crate::common::event::CampaignEvent;
 use crate::common::{Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
@@ -24,7 +25,6 @@ use crate::kafka::client_config;
 use crate::kafka::producer::EventProducer;
 use crate::pipeline::plan::plan_pipeline;
 use crate::pipeline::{self, RunOptions, RunSummary};
-use crate::sink::catalog::open_catalog;
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::sink::table::{ensure_namespace, ensure_table};
 use crate::source::batch::BatchBuilder;
@@ -264,7 +264,7 @@ pub async fn run(
         ),
     );
 
-    let catalog = open_catalog(&scratch, &p.sink.catalog).await?;
+    let catalog = open_catalog(&scratch, &p.sink).await?;
     ensure_namespace(catalog.as_ref(), &p.sink.namespace).await?;
     ensure_table(
         catalog.as_ref(),
@@ -476,7 +476,7 @@ fn conflict_rate(summaries: &[RunSummary]) -> String {
 /// consumer group, until each has caught up.
 async fn run_runners(scratch: &Config, runners: usize) -> anyhow::Result<(Vec<RunSummary>, Timed)> {
     let p = &scratch.pipelines[0];
-    let catalog = open_catalog(scratch, &p.sink.catalog).await?;
+    let catalog = open_catalog(scratch, &p.sink).await?;
     let planned = plan_pipeline(scratch, p, &new_session())
         .await
         .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;

@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::bail;
 use clap::Args;
 
+use crate::catalog::open_catalog;
 use crate::config::PipelineConfig;
 use crate::engine::new_session;
 use crate::kafka::admin::{TopicAdmin, TopicSpec, TopicStatus};
 use crate::kafka::client_config;
 use crate::pipeline::plan::plan_pipeline;
-use crate::sink::catalog::open_catalog;
 use crate::sink::table::{ensure_namespace, ensure_table, Ensured};
 
 /// Flags of `setup`.
@@ -47,7 +47,7 @@ pub async fn run(config_path: &Path, args: &SetupArgs) -> anyhow::Result<bool> {
         }
 
         let sink = &pipeline.sink;
-        let catalog = open_catalog(&config, &sink.catalog).await?;
+        let catalog = open_catalog(&config, sink).await?;
         let status = ensure_namespace(catalog.as_ref(), &sink.namespace).await?;
         println!("namespace {}: {}", sink.namespace, describe(status));
         for (table, schema) in [

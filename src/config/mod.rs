@@ -188,6 +188,57 @@ pub struct SinkConfig {
     pub events_table: TableConfig,
     /// Table of window metrics (output of the metrics SQL).
     pub metrics_table: TableConfig,
+    /// Object storage settings for an `s3://` warehouse (data, metadata, checkpoints).
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Where window-state checkpoints go (default: the metrics table's `checkpoints/` folder).
+    /// Stores that accept only Iceberg's own files in a table's folder (S3 table buckets) need a
+    /// location of a plain bucket here, e.g. `s3://warehouse/checkpoints`.
+    #[serde(default, deserialize_with = "env::opt_string")]
+    pub checkpoints: Option<String>,
+}
+
+/// A secret from the configuration (written as `${VAR}`): never shown in logs or messages.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(#[serde(deserialize_with = "env::string")] String);
+
+impl Secret {
+    /// The secret itself, for the client that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// S3-compatible object storage. Without credentials, the standard AWS environment variables
+/// and credential chain apply.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Endpoint of an S3-compatible store, e.g. `http://127.0.0.1:8333` (default: AWS).
+    #[serde(default, deserialize_with = "env::opt_string")]
+    pub endpoint: Option<String>,
+    /// Region (default: from the AWS environment, else `us-east-1`).
+    #[serde(default, deserialize_with = "env::opt_string")]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible stores need.
+    #[serde(default)]
+    pub path_style_access: bool,
+    /// Access key id.
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    /// Secret access key.
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// Session token of temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<Secret>,
 }
 
 /// An Iceberg catalog.
@@ -226,6 +277,12 @@ pub enum CatalogConfig {
         /// Warehouse identifier passed to the REST catalog.
         #[serde(default, deserialize_with = "env::opt_string")]
         warehouse: Option<String>,
+        /// OAuth2 client credentials, `client_id:client_secret` (write it as `${VAR}`).
+        #[serde(default)]
+        credential: Option<Secret>,
+        /// A bearer token, instead of client credentials (write it as `${VAR}`).
+        #[serde(default)]
+        token: Option<Secret>,
         /// Extra catalog and FileIO properties (credentials, S3 endpoint...).
         #[serde(default, deserialize_with = "env::string_map")]
         properties: BTreeMap<String, String>,

@@ -40,6 +40,8 @@ pub struct MetricsBranch {
     metrics_file: std::path::PathBuf,
     /// How far from the clock event time may be, also for restored progress.
     bounds: EventTimeBounds,
+    /// Where checkpoints go instead of the table's folder (`sink.checkpoints`).
+    checkpoints: Option<String>,
 }
 
 impl MetricsBranch {
@@ -87,6 +89,7 @@ impl MetricsBranch {
             pipeline: name,
             metrics_file,
             bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
+            checkpoints: pipeline.sink.checkpoints.clone(),
         })
     }
 
@@ -235,9 +238,10 @@ impl MetricsBranch {
                 .checkpoint(partition)
                 .await
                 .map_err(|e| self.window_err(e))?;
-            let file = checkpoint::save(&self.writer, partition, state)
-                .await
-                .map_err(|e| self.sink_err(e))?;
+            let file =
+                checkpoint::save(&self.writer, self.checkpoints.as_deref(), partition, state)
+                    .await
+                    .map_err(|e| self.sink_err(e))?;
             saved.insert(
                 partition,
                 PartitionCheckpoint {

@@ -18,13 +18,13 @@ use arrow::datatypes::{DataType, Int32Type, Int64Type};
 
 use tokio::sync::watch;
 
+use crate::catalog::open_catalog;
 use crate::common::{Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dlq::DeadLetterWriter;
 use crate::engine::{new_session, split_rejected, SqlProblem, SqlStage};
 use crate::kafka::admin::TopicAdmin;
 use crate::kafka::{client_config, KafkaError};
-use crate::sink::catalog::open_catalog;
 use crate::sink::iceberg::{load_state, CommitStats};
 use crate::sink::SinkError;
 use crate::source::{
@@ -187,9 +187,9 @@ pub async fn run(
             pipeline: name.clone(),
             problems: vec![SqlProblem::whole_file(&parse_file, e.to_string())],
         })?;
-    let catalog = open_catalog(config, &pipeline.sink.catalog)
+    let catalog = open_catalog(config, &pipeline.sink)
         .await
-        .map_err(sink_err)?;
+        .map_err(|e| sink_err(e.into()))?;
     let mut events = EventsBranch::open(pipeline, catalog.clone(), &planned.parse_output).await?;
     let mut metrics =
         MetricsBranch::open(config, pipeline, &ctx, &planned, catalog.clone()).await?;

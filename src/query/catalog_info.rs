@@ -9,19 +9,19 @@ use arrow::record_batch::RecordBatch;
 use iceberg::{Catalog, TableIdent};
 
 use super::QueryError;
+use crate::catalog::namespace_ident;
+use crate::catalog::open_catalog;
+use crate::catalog::CatalogError;
 use crate::config::{Config, PipelineConfig};
-use crate::sink::catalog::open_catalog;
-use crate::sink::table::namespace_ident;
-use crate::sink::SinkError;
 
 /// One row per table of the pipeline's namespace: name, snapshots, rows, current snapshot.
 pub async fn tables(config: &Config, pipeline: &PipelineConfig) -> Result<RecordBatch, QueryError> {
-    let catalog = open_catalog(config, &pipeline.sink.catalog).await?;
+    let catalog = open_catalog(config, &pipeline.sink).await?;
     let namespace = namespace_ident(&pipeline.sink.namespace)?;
     let mut idents = catalog
         .list_tables(&namespace)
         .await
-        .map_err(|e| SinkError::iceberg(format!("namespace {}", pipeline.sink.namespace), e))?;
+        .map_err(|e| CatalogError::iceberg(format!("namespace {}", pipeline.sink.namespace), e))?;
     idents.sort_by(|a, b| a.name().cmp(b.name()));
     let (mut names, mut counts, mut rows, mut current, mut updated, mut partitioning) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -77,7 +77,7 @@ pub async fn snapshots(
     pipeline: &PipelineConfig,
     table: &str,
 ) -> Result<RecordBatch, QueryError> {
-    let catalog = open_catalog(config, &pipeline.sink.catalog).await?;
+    let catalog = open_catalog(config, &pipeline.sink).await?;
     let ident = TableIdent::new(
         namespace_ident(&pipeline.sink.namespace)?,
         table.to_string(),
@@ -149,5 +149,5 @@ async fn load(
     Ok(catalog
         .load_table(ident)
         .await
-        .map_err(|e| SinkError::iceberg(format!("table {}", ident.name()), e))?)
+        .map_err(|e| CatalogError::iceberg(format!("table {}", ident.name()), e))?)
 }

@@ -15,16 +15,16 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
 
+use crate::catalog::CatalogError;
+use crate::catalog::{open_catalog, CATALOG_NAME};
 use crate::config::{Config, PipelineConfig};
-use crate::sink::catalog::{open_catalog, CATALOG_NAME};
-use crate::sink::SinkError;
 
 /// Errors of ad-hoc queries.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    /// The catalog could not be opened.
+    /// The catalog could not be opened or answered with an error.
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Catalog(#[from] CatalogError),
     /// The SQL failed to parse, plan or run.
     #[error(transparent)]
     Sql(#[from] DataFusionError),
@@ -60,10 +60,10 @@ pub async fn session_at(
     if as_of == AsOf::Current {
         return session(config, pipeline).await;
     }
-    let catalog = open_catalog(config, &pipeline.sink.catalog).await?;
-    let namespace = crate::sink::table::namespace_ident(&pipeline.sink.namespace)?;
+    let catalog = open_catalog(config, &pipeline.sink).await?;
+    let namespace = crate::catalog::namespace_ident(&pipeline.sink.namespace)?;
     let idents = catalog.list_tables(&namespace).await.map_err(|e| {
-        SinkError::iceberg(format!("listing namespace {}", pipeline.sink.namespace), e)
+        CatalogError::iceberg(format!("listing namespace {}", pipeline.sink.namespace), e)
     })?;
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
     let mut found_snapshot = false;
@@ -71,7 +71,7 @@ pub async fn session_at(
         let table = catalog
             .load_table(&ident)
             .await
-            .map_err(|e| SinkError::iceberg(format!("table {}", ident.name()), e))?;
+            .map_err(|e| CatalogError::iceberg(format!("table {}", ident.name()), e))?;
         let metadata = table.metadata();
         let snapshot_id = match as_of {
             AsOf::Snapshot(id) if metadata.snapshot_by_id(id).is_some() => {
@@ -88,7 +88,7 @@ pub async fn session_at(
                 if id.is_none() {
                     // The table had no snapshot yet: it was empty then.
                     let schema = iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
-                        .map_err(|e| SinkError::iceberg(format!("table {}", ident.name()), e))?;
+                        .map_err(|e| CatalogError::iceberg(format!("table {}", ident.name()), e))?;
                     let empty =
                         datafusion::datasource::MemTable::try_new(Arc::new(schema), vec![vec![]])?;
                     ctx.register_table(ident.name(), Arc::new(empty))?;
@@ -102,7 +102,7 @@ pub async fn session_at(
             Some(id) => IcebergStaticTableProvider::try_new_from_table_snapshot(table, id).await,
             None => IcebergStaticTableProvider::try_new_from_table(table).await,
         }
-        .map_err(|e| SinkError::iceberg(format!("table {}", ident.name()), e))?;
+        .map_err(|e| CatalogError::iceberg(format!("table {}", ident.name()), e))?;
         ctx.register_table(ident.name(), Arc::new(provider))?;
     }
     if let AsOf::Snapshot(id) = as_of {
@@ -121,10 +121,10 @@ pub async fn session(
     config: &Config,
     pipeline: &PipelineConfig,
 ) -> Result<SessionContext, QueryError> {
-    let catalog = open_catalog(config, &pipeline.sink.catalog).await?;
+    let catalog = open_catalog(config, &pipeline.sink).await?;
     let provider = IcebergCatalogProvider::try_new(catalog)
         .await
-        .map_err(|e| SinkError::iceberg("listing the catalog", e))?;
+        .map_err(|e| CatalogError::iceberg("listing the catalog", e))?;
     let session_config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG_NAME, &pipeline.sink.namespace)
         .with_information_schema(true);

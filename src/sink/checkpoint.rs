@@ -1,5 +1,6 @@
 //! Window-state checkpoints: one Arrow IPC file per source partition, kept in the metrics
-//! table's folder and pointed to by its snapshots (see [`crate::common::summary::CHECKPOINT`]).
+//! table's folder (or under `sink.checkpoints`) and pointed to by its snapshots (see
+//! [`crate::common::summary::CHECKPOINT`]).
 //!
 //! Each file has a fresh name, so two runners that briefly both hold a partition never write
 //! the same file; once a newer snapshot points elsewhere, the runner that committed it deletes
@@ -10,9 +11,11 @@ use bytes::Bytes;
 use super::iceberg::TableWriter;
 use super::SinkError;
 
-/// Writes a partition's checkpoint for the next commit and returns its location.
+/// Writes a partition's checkpoint for the next commit, under `base` (default: the table's
+/// `checkpoints/` folder), and returns its location.
 pub async fn save(
     writer: &TableWriter,
+    base: Option<&str>,
     partition: i32,
     state: Vec<u8>,
 ) -> Result<String, SinkError> {
@@ -27,9 +30,12 @@ pub async fn save(
             }
         })
         .collect();
+    let base = match base {
+        Some(base) => base.trim_end_matches('/').to_string(),
+        None => format!("{}/checkpoints", writer.location().trim_end_matches('/')),
+    };
     let path = format!(
-        "{}/checkpoints/{pipeline}-p{partition}-{}.arrow",
-        writer.location().trim_end_matches('/'),
+        "{base}/{pipeline}-p{partition}-{}.arrow",
         uuid::Uuid::now_v7()
     );
     writer

@@ -1,6 +1,5 @@
-//! The Iceberg sink: the catalog factory and the tables the pipeline writes.
+//! The Iceberg sink: the tables the pipeline writes.
 
-pub mod catalog;
 pub mod checkpoint;
 pub mod commit;
 pub mod evolve;
@@ -12,14 +11,8 @@ pub mod table;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The catalog could not be opened.
-    #[error("cannot open the {kind} catalog at {location}: {what}")]
-    Catalog {
-        kind: &'static str,
-        location: String,
-        what: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// An Iceberg operation on a table or namespace failed.
     #[error("{what}")]
     Iceberg {

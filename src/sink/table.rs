@@ -68,8 +68,7 @@ pub async fn ensure_table(
 
 /// Parses a dotted namespace such as `campaigns` or `analytics.campaigns`.
 pub fn namespace_ident(namespace: &str) -> Result<NamespaceIdent, SinkError> {
-    NamespaceIdent::from_strs(namespace.split('.'))
-        .map_err(|source| SinkError::iceberg(format!("namespace {namespace}"), source))
+    Ok(crate::catalog::namespace_ident(namespace)?)
 }
 
 /// The Iceberg schema for a SQL output schema: field ids assigned in column order, every column

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod seaweed;
 pub mod windows;
 
 use std::net::{TcpListener, TcpStream};
@@ -76,37 +77,20 @@ fn start_broker_on(address: &str, advertised: &str) -> Broker {
     let url = format!("tcp://{address}");
     let advertised_url = format!("tcp://{advertised}");
     let binary = tansu_binary();
-    let (ready_tx, ready_rx) = mpsc::channel::<Child>();
-    // The broker is spawned from a thread that lives as long as the test process and asks the
-    // kernel to kill the broker when that thread dies, so no broker outlives its tests.
-    std::thread::spawn(move || {
-        let mut command = Command::new(binary);
-        command
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &advertised_url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env_remove("STORAGE_ENGINE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("start tansu");
-        ready_tx.send(child).expect("report broker");
-        loop {
-            std::thread::park();
-        }
-    });
-    let mut child = ready_rx.recv().expect("broker thread");
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &advertised_url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .env_remove("STORAGE_ENGINE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = spawn_tied(command);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(&address).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -120,6 +104,30 @@ fn start_broker_on(address: &str, advertised: &str) -> Broker {
     }
     std::mem::forget(child);
     Broker { address }
+}
+
+/// Spawns a server that dies with this test process: it is spawned from a thread that lives as
+/// long as the process and asks the kernel to kill the child when that thread dies, so no server
+/// outlives its tests.
+pub fn spawn_tied(mut command: Command) -> Child {
+    let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<Child>>();
+    std::thread::spawn(move || {
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        ready_tx.send(command.spawn()).expect("report child");
+        loop {
+            std::thread::park();
+        }
+    });
+    ready_rx
+        .recv()
+        .expect("spawning thread")
+        .expect("start server")
 }
 
 /// A name unique to this test process and call, for topics, groups and namespaces.
@@ -271,7 +279,7 @@ impl TestPipeline {
         let mut seen = 0;
         while seen < commits {
             match lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains("committed") => seen += 1,
+                Ok(line) if line.contains(": committed ") => seen += 1,
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -416,7 +424,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
 pub async fn load_table(config: &Path, table: &str) -> iceberg::table::Table {
     let config = campaign_pipeline::config::Config::load(config).expect("config");
     let sink = &config.pipelines[0].sink;
-    let catalog = campaign_pipeline::sink::catalog::open_catalog(&config, &sink.catalog)
+    let catalog = campaign_pipeline::catalog::open_catalog(&config, sink)
         .await
         .expect("catalog");
     campaign_pipeline::sink::table::load_table(catalog.as_ref(), &sink.namespace, table)

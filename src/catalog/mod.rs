@@ -1,0 +1,290 @@
+//! The one catalog factory: embedded SQLite by default, PostgreSQL or REST in production, with
+//! the warehouse in a local folder or in S3-compatible object storage. The writer (`sink`), the
+//! readers (`query`, the dashboard) and `setup` all open their catalog here.
+
+mod storage;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use iceberg::io::{LocalFsStorageFactory, StorageFactory};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent};
+use iceberg_catalog_rest::RestCatalogBuilder;
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+use sqlx::migrate::MigrateDatabase;
+
+use crate::config::{CatalogConfig, Config, SinkConfig};
+pub use storage::storage_properties;
+
+/// Name the catalog is registered under (appears in ad-hoc SQL as the catalog name).
+pub const CATALOG_NAME: &str = "iceberg";
+
+/// Boxed cause of a catalog failure.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors opening or asking a catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The catalog could not be opened.
+    #[error("cannot open the {kind} catalog at {location}: {what}")]
+    Open {
+        kind: &'static str,
+        location: String,
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// A catalog operation on a namespace or table failed.
+    #[error("{what}")]
+    Iceberg {
+        what: String,
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+}
+
+impl CatalogError {
+    /// Wraps an Iceberg error with what was being done.
+    pub fn iceberg(what: impl Into<String>, source: iceberg::Error) -> Self {
+        Self::Iceberg {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The Iceberg error behind an operation that failed, if that is what happened.
+    pub fn iceberg_error(&self) -> Option<&iceberg::Error> {
+        match self {
+            Self::Iceberg { source, .. } => Some(source),
+            Self::Open { .. } => None,
+        }
+    }
+}
+
+/// The namespace identifier of a dotted name (`a.b` is nested).
+pub fn namespace_ident(namespace: &str) -> Result<NamespaceIdent, CatalogError> {
+    NamespaceIdent::from_strs(namespace.split('.'))
+        .map_err(|source| CatalogError::iceberg(format!("namespace {namespace}"), source))
+}
+
+/// Opens the catalog a pipeline's sink is configured with, its FileIO set up for the
+/// warehouse's storage.
+pub async fn open_catalog(
+    config: &Config,
+    sink: &SinkConfig,
+) -> Result<Arc<dyn Catalog>, CatalogError> {
+    let storage = storage_properties(&sink.storage);
+    match &sink.catalog {
+        CatalogConfig::Sqlite {
+            path,
+            warehouse,
+            properties,
+        } => {
+            let db = config.resolve(path);
+            let fail = |failure: Failure| failure.into_error("sqlite", db.display().to_string());
+            if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| fail(Failure::of(format!("creating {}", dir.display()), e)))?;
+            }
+            let url = format!("sqlite://{}", absolute(&db).map_err(fail)?);
+            if !sqlx::Sqlite::database_exists(&url).await.unwrap_or(false) {
+                sqlx::Sqlite::create_database(&url)
+                    .await
+                    .map_err(|e| fail(Failure::of("creating the database", e)))?;
+            }
+            let warehouse = warehouse_location(config, warehouse).map_err(fail)?;
+            let props = merged(properties, &storage);
+            sql_catalog(&url, &warehouse, SqlBindStyle::QMark, props)
+                .await
+                .map_err(|e| fail(Failure::of("loading the catalog", e)))
+        }
+        CatalogConfig::Postgres {
+            uri,
+            warehouse,
+            properties,
+        } => {
+            let fail = |failure: Failure| failure.into_error("postgres", redact(uri));
+            let warehouse = warehouse_location(config, warehouse).map_err(fail)?;
+            let props = merged(properties, &storage);
+            sql_catalog(uri, &warehouse, SqlBindStyle::DollarNumeric, props)
+                .await
+                .map_err(|e| fail(Failure::of("loading the catalog", e)))
+        }
+        CatalogConfig::Rest {
+            uri,
+            warehouse,
+            credential,
+            token,
+            properties,
+        } => {
+            let fail = |failure: Failure| failure.into_error("rest", uri.clone());
+            let mut props = merged(properties, &storage);
+            props.insert("uri".into(), uri.trim_end_matches('/').to_string());
+            if let Some(warehouse) = warehouse {
+                props.insert("warehouse".into(), warehouse.clone());
+            }
+            if let Some(credential) = credential {
+                props.insert("credential".into(), credential.expose().to_string());
+            }
+            if let Some(token) = token {
+                props.insert("token".into(), token.expose().to_string());
+            }
+            let catalog = RestCatalogBuilder::default()
+                .with_storage_factory(object_storage())
+                .load(CATALOG_NAME, props)
+                .await
+                .map_err(|e| fail(Failure::of("configuring the client", e)))?;
+            // The client connects lazily: ask once now, so that a wrong address or credential is
+            // reported before anything is consumed.
+            let namespace = namespace_ident(&sink.namespace)?;
+            catalog.namespace_exists(&namespace).await.map_err(|e| {
+                fail(Failure::of(
+                    format!("asking for namespace {}", sink.namespace),
+                    e,
+                ))
+            })?;
+            Ok(Arc::new(catalog))
+        }
+    }
+}
+
+/// The catalog properties with the storage's FileIO properties added (the catalog's own take
+/// precedence, so `properties` can override anything).
+fn merged(
+    catalog: &std::collections::BTreeMap<String, String>,
+    storage: &HashMap<String, String>,
+) -> HashMap<String, String> {
+    let mut props = storage.clone();
+    props.extend(catalog.iter().map(|(k, v)| (k.clone(), v.clone())));
+    props
+}
+
+/// FileIO for object storage and local files alike (iceberg-rust's OpenDAL storage, resolving
+/// each location by its scheme).
+fn object_storage() -> Arc<dyn StorageFactory> {
+    Arc::new(iceberg_storage_opendal::OpenDalResolvingStorageFactory::new())
+}
+
+/// A connection URI without its password, for messages.
+fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &uri[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..]),
+                None => uri.to_string(),
+            }
+        }
+        _ => uri.to_string(),
+    }
+}
+
+impl CatalogConfig {
+    /// Short name of the catalog kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CatalogConfig::Sqlite { .. } => "sqlite",
+            CatalogConfig::Postgres { .. } => "postgres",
+            CatalogConfig::Rest { .. } => "rest",
+        }
+    }
+}
+
+async fn sql_catalog(
+    url: &str,
+    warehouse: &Warehouse,
+    bind_style: SqlBindStyle,
+    props: HashMap<String, String>,
+) -> iceberg::Result<Arc<dyn Catalog>> {
+    sqlx::any::install_default_drivers();
+    let storage: Arc<dyn StorageFactory> = match warehouse {
+        Warehouse::Local(_) => Arc::new(LocalFsStorageFactory),
+        Warehouse::Object(_) => object_storage(),
+    };
+    let catalog = SqlCatalogBuilder::default()
+        .uri(url)
+        .warehouse_location(warehouse.location())
+        .sql_bind_style(bind_style)
+        .props(props)
+        .with_storage_factory(storage)
+        .load(CATALOG_NAME, HashMap::new())
+        .await?;
+    Ok(Arc::new(catalog))
+}
+
+/// Where a SQL catalog's tables live.
+enum Warehouse {
+    /// An absolute local folder.
+    Local(String),
+    /// An object store URL (`s3://bucket/prefix`).
+    Object(String),
+}
+
+impl Warehouse {
+    fn location(&self) -> &str {
+        match self {
+            Warehouse::Local(location) | Warehouse::Object(location) => location,
+        }
+    }
+}
+
+/// What failed while opening a catalog, and the error behind it.
+struct Failure {
+    what: String,
+    source: Option<Cause>,
+}
+
+impl Failure {
+    /// `what` failed because of `source`.
+    fn of(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A failure with nothing behind it.
+    fn said(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    fn into_error(self, kind: &'static str, location: String) -> CatalogError {
+        CatalogError::Open {
+            kind,
+            location,
+            what: self.what,
+            source: self.source,
+        }
+    }
+}
+
+/// The warehouse of a SQL catalog: an object store URL as it is, or a local folder created and
+/// made absolute (Iceberg stores absolute locations).
+fn warehouse_location(config: &Config, warehouse: &str) -> Result<Warehouse, Failure> {
+    if let Some((scheme, _)) = warehouse.split_once("://") {
+        match scheme {
+            "s3" | "s3a" => return Ok(Warehouse::Object(warehouse.trim_end_matches('/').into())),
+            "file" => {}
+            other => {
+                return Err(Failure::said(format!(
+                    "warehouse {warehouse}: `{other}://` is not supported; use a local folder or \
+                     s3://bucket/prefix"
+                )))
+            }
+        }
+    }
+    let dir = config.resolve(warehouse.trim_start_matches("file://"));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::of(format!("creating {}", dir.display()), e))?;
+    absolute(&dir).map(Warehouse::Local)
+}
+
+fn absolute(path: &Path) -> Result<String, Failure> {
+    std::path::absolute(path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| Failure::of(format!("resolving {}", path.display()), e))
+}

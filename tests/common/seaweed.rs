@@ -1,0 +1,172 @@
+//! SeaweedFS for the tests of the S3 warehouse and the REST catalog: `weed mini` (S3 API and
+//! Iceberg REST catalog in one process) on loopback ports of its own, started once per test
+//! binary and killed with it. `scripts/seaweedfs.sh install` puts the binary in place.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The access key the server is started with (also the REST catalog's OAuth2 client id).
+pub const ACCESS_KEY: &str = "campaign";
+/// The secret key (also the REST catalog's OAuth2 client secret).
+pub const SECRET_KEY: &str = "campaign-secret";
+/// The S3 bucket for warehouses of SQL catalogs.
+pub const BUCKET: &str = "warehouse";
+/// The table bucket the REST catalog serves.
+pub const TABLE_BUCKET: &str = "iceberg-tables";
+
+/// A running SeaweedFS.
+pub struct Seaweed {
+    /// `http://127.0.0.1:port` of the S3 API.
+    pub s3_endpoint: String,
+    /// `http://127.0.0.1:port` of the Iceberg REST catalog.
+    pub catalog_uri: String,
+    /// Its data folder (kept while the test binary runs).
+    pub dir: PathBuf,
+}
+
+/// The SeaweedFS shared by the tests of this binary, started on first use.
+pub fn seaweed() -> &'static Seaweed {
+    static SEAWEED: OnceLock<Seaweed> = OnceLock::new();
+    SEAWEED.get_or_init(start)
+}
+
+fn weed_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("WEED_BIN") {
+        return PathBuf::from(path);
+    }
+    let output = Command::new(super::repo_root().join("scripts/seaweedfs.sh"))
+        .arg("path")
+        .output()
+        .expect("scripts/seaweedfs.sh path");
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    assert!(
+        path.exists(),
+        "SeaweedFS is not installed at {}: run `scripts/seaweedfs.sh install`",
+        path.display()
+    );
+    path
+}
+
+/// A free port whose gRPC twin (port + 10000, SeaweedFS's default) is free too.
+fn free_pair() -> u16 {
+    loop {
+        let port = super::free_port();
+        if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn start() -> Seaweed {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let [master, volume, filer, s3, iceberg, admin] = [(); 6].map(|_| free_pair());
+    let s3_endpoint = format!("http://127.0.0.1:{s3}");
+    let mut command = Command::new(weed_binary());
+    command
+        .arg("mini")
+        .arg(format!("-dir={}", dir.display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+        .args([
+            "-master.telemetry=false",
+            "-s3.port.lance=0",
+            "-webdav.port=0",
+        ])
+        .arg(format!("-bucket={BUCKET}"))
+        .arg(format!("-tableBucket={TABLE_BUCKET}"))
+        .arg(format!("-master.port={master}"))
+        .arg(format!("-volume.port={volume}"))
+        .arg(format!("-filer.port={filer}"))
+        .arg(format!("-s3.port={s3}"))
+        .arg(format!("-s3.port.iceberg={iceberg}"))
+        .arg(format!("-s3.externalUrl={s3_endpoint}"))
+        .arg(format!("-admin.port={admin}"))
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .current_dir(&dir)
+        .stdout(std::fs::File::create(dir.join("weed.out")).expect("output file"))
+        .stderr(std::fs::File::create(dir.join("weed.log")).expect("log file"));
+    let mut child = super::spawn_tied(command);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for port in [s3, iceberg] {
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "weed mini exited at start ({status}); see {}/weed.log",
+                    dir.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weed mini did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The buckets are created after the servers listen: wait until the REST catalog serves the
+    // table bucket to a client with a token.
+    while !table_bucket_served(iceberg) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "weed mini exited at start ({status}); see {}/weed.log",
+                dir.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the REST catalog did not serve {TABLE_BUCKET}; see {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::mem::forget(child);
+    Seaweed {
+        s3_endpoint,
+        catalog_uri: format!("http://127.0.0.1:{iceberg}"),
+        dir,
+    }
+}
+
+/// Whether the REST catalog on `port` lists the table bucket's namespaces for a token holder.
+fn table_bucket_served(port: u16) -> bool {
+    let form = format!("grant_type=client_credentials&client_id={ACCESS_KEY}&client_secret={SECRET_KEY}&scope=catalog");
+    let Some((_, body)) = http(port, "POST", "/v1/oauth/tokens", None, &form) else {
+        return false;
+    };
+    let Some(token) = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["access_token"].as_str().map(str::to_string))
+    else {
+        return false;
+    };
+    let path = format!("/v1/{TABLE_BUCKET}/namespaces");
+    http(port, "GET", &path, Some(&token), "").is_some_and(|(status, _)| status == 200)
+}
+
+/// A plain HTTP/1.0 request on loopback: (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    form: &str,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
