@@ -90,8 +90,8 @@ fn start() -> Seaweed {
         .stderr(std::fs::File::create(dir.join("weed.log")).expect("log file"));
     let mut child = super::spawn_tied(command);
     let deadline = Instant::now() + Duration::from_secs(60);
-    for port in [s3, iceberg] {
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    let mut wait_until = |what: &str, ready: &dyn Fn() -> bool| {
+        while !ready() {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "weed mini exited at start ({status}); see {}/weed.log",
@@ -100,27 +100,22 @@ fn start() -> Seaweed {
             }
             assert!(
                 Instant::now() < deadline,
-                "weed mini did not listen on {port}"
+                "weed mini: {what} within 60 s; see {}",
+                dir.display()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    };
+    for port in [s3, iceberg] {
+        wait_until(&format!("listening on {port}"), &|| {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
     // The buckets are created after the servers listen: wait until the REST catalog serves the
     // table bucket to a client with a token.
-    while !table_bucket_served(iceberg) {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "weed mini exited at start ({status}); see {}/weed.log",
-                dir.display()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the REST catalog did not serve {TABLE_BUCKET}; see {}",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(&format!("serving {TABLE_BUCKET}"), &|| {
+        table_bucket_served(iceberg)
+    });
     std::mem::forget(child);
     Seaweed {
         s3_endpoint,
