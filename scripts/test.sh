@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of campaign-pipeline on a fresh machine: installs what the tests need
 # (OpenSSL headers for librdkafka, the tansu broker, SeaweedFS for the S3 warehouse and the REST
-# catalog, Debian's Chromium and ChromeDriver for the dashboard's browser test), then `cargo test`
+# catalog, Debian's PostgreSQL 15 for the PostgreSQL catalog, Debian's Chromium and ChromeDriver for the dashboard's browser test), then `cargo test`
 # with one target dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 scripts/broker.sh install
 scripts/seaweedfs.sh install
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  echo "installing postgresql (the PostgreSQL catalog's tests run a private server)"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq postgresql
+fi
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   echo "installing chromium and chromium-driver (the dashboard's browser test)"
   sudo_cmd=()

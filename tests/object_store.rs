@@ -13,24 +13,44 @@ use common::seaweed::{seaweed, ACCESS_KEY, BUCKET, SECRET_KEY, TABLE_BUCKET};
 use common::windows::{assert_windows_equal, expected, windows};
 use common::{scan_table, snapshot_properties, text, unique, TestPipeline};
 
-/// A pipeline whose tables live in SeaweedFS: its REST catalog, its S3 API.
-fn on_rest_catalog() -> TestPipeline {
+/// A pipeline with `catalog` (YAML lines of the `catalog:` block, given the namespace) and
+/// SeaweedFS's S3 API as its object storage, in a namespace of its own.
+fn on_object_store(catalog: impl FnOnce(&str) -> String) -> TestPipeline {
     let server = seaweed();
     let pipeline = TestPipeline::new();
     let namespace = unique("ns");
+    let catalog = catalog(&namespace);
     pipeline.edit_config(|yaml| {
         let sqlite = "      catalog:\n        type: sqlite\n        path: data/catalog.db\n        warehouse: data/warehouse\n      namespace: campaigns\n";
         assert!(yaml.contains(sqlite), "{yaml}");
         yaml.replace(
             sqlite,
             &format!(
-                "      catalog:\n        type: rest\n        uri: {uri}\n        warehouse: s3://{TABLE_BUCKET}/\n        credential: {ACCESS_KEY}:{SECRET_KEY}\n      storage:\n        endpoint: {s3}\n        region: us-east-1\n        path_style_access: true\n        access_key_id: {ACCESS_KEY}\n        secret_access_key: {SECRET_KEY}\n      checkpoints: s3://{BUCKET}/checkpoints/{namespace}\n      namespace: {namespace}\n",
-                uri = server.catalog_uri,
+                "      catalog:\n{catalog}      storage:\n        endpoint: {s3}\n        region: us-east-1\n        path_style_access: true\n        access_key_id: {ACCESS_KEY}\n        secret_access_key: {SECRET_KEY}\n      namespace: {namespace}\n",
                 s3 = server.s3_endpoint,
             ),
         )
     });
     pipeline
+}
+
+/// Tables in SeaweedFS: its REST catalog, its S3 API; checkpoints in the plain bucket (a table
+/// bucket accepts only Iceberg's own files).
+fn on_rest_catalog() -> TestPipeline {
+    let uri = &seaweed().catalog_uri;
+    on_object_store(|namespace| {
+        format!(
+            "        type: rest\n        uri: {uri}\n        warehouse: s3://{TABLE_BUCKET}/\n        credential: {ACCESS_KEY}:{SECRET_KEY}\n      checkpoints: s3://{BUCKET}/checkpoints/{namespace}\n"
+        )
+    })
+}
+
+/// A PostgreSQL catalog with the warehouse in SeaweedFS's S3 bucket.
+fn on_postgres_catalog() -> TestPipeline {
+    let uri = &common::postgres::postgres().uri;
+    on_object_store(|namespace| {
+        format!("        type: postgres\n        uri: {uri}\n        warehouse: s3://{BUCKET}/{namespace}\n")
+    })
 }
 
 fn cli_ok(pipeline: &TestPipeline, args: &[&str]) -> String {
@@ -45,7 +65,19 @@ fn rows(batches: &[RecordBatch]) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() {
-    let pipeline = on_rest_catalog();
+    every_event_once_across_a_sigkill(on_rest_catalog(), &format!("s3://{BUCKET}/checkpoints/"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() {
+    // Checkpoints beside the metrics table, in the warehouse bucket.
+    every_event_once_across_a_sigkill(on_postgres_catalog(), &format!("s3://{BUCKET}/")).await;
+}
+
+/// 20,000 events, a SIGKILL after committed work and a restart: both tables equal the truth,
+/// every event once, the checkpoints in the object store under `checkpoints_under`.
+async fn every_event_once_across_a_sigkill(pipeline: TestPipeline, checkpoints_under: &str) {
     pipeline.edit_config(|yaml| {
         // A commit every 2,000 rows: many commits to kill between.
         yaml.replace("interval: 5s", "interval: 200ms")
@@ -109,14 +141,10 @@ async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() 
         None,
     );
     assert_windows_equal(&metrics, &expected(std::slice::from_ref(&truth)));
-    // The window state's checkpoints are in the object store, in the plain bucket configured
-    // for them (a table bucket accepts only Iceberg's own files).
+    // The window state's checkpoints are in the object store.
     let properties = snapshot_properties(&pipeline.config, "campaign_metrics").await;
     let checkpoint = &properties["campaign-pipeline.checkpoint"];
-    assert!(
-        checkpoint.contains(&format!("s3://{BUCKET}/checkpoints/")),
-        "{checkpoint}"
-    );
+    assert!(checkpoint.contains(checkpoints_under), "{checkpoint}");
     // And `query` reads the same tables through the catalog.
     let counted = cli_ok(
         &pipeline,

@@ -2,6 +2,7 @@
 //! configurations per test, the built runner binary, and read-back helpers.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod proxy;
 pub mod seaweed;
 pub mod windows;
