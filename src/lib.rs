@@ -12,6 +12,7 @@ pub mod generator;
 pub mod kafka;
 pub mod pipeline;
 pub mod query;
+pub mod setup;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

@@ -26,7 +26,6 @@ use crate::kafka::producer::EventProducer;
 use crate::pipeline::plan::plan_pipeline;
 use crate::pipeline::{self, RunOptions, RunSummary};
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
-use crate::sink::table::{ensure_namespace, ensure_table};
 use crate::source::batch::BatchBuilder;
 
 /// What to measure.
@@ -264,16 +263,8 @@ pub async fn run(
         ),
     );
 
+    crate::setup::ensure_tables(&scratch, p, &planned).await?;
     let catalog = open_catalog(&scratch, &p.sink).await?;
-    ensure_namespace(catalog.as_ref(), &p.sink.namespace).await?;
-    ensure_table(
-        catalog.as_ref(),
-        &p.sink.namespace,
-        &p.sink.events_table.name,
-        &planned.events_schema,
-        &p.sink.events_table.partition_by,
-    )
-    .await?;
     let mut writer = TableWriter::open(
         catalog,
         &p.sink.namespace,
@@ -476,24 +467,8 @@ fn conflict_rate(summaries: &[RunSummary]) -> String {
 /// consumer group, until each has caught up.
 async fn run_runners(scratch: &Config, runners: usize) -> anyhow::Result<(Vec<RunSummary>, Timed)> {
     let p = &scratch.pipelines[0];
-    let catalog = open_catalog(scratch, &p.sink).await?;
-    let planned = plan_pipeline(scratch, p, &new_session())
-        .await
-        .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
-    ensure_namespace(catalog.as_ref(), &p.sink.namespace).await?;
-    for (t, schema) in [
-        (&p.sink.events_table, &planned.events_schema),
-        (&p.sink.metrics_table, &planned.metrics_schema),
-    ] {
-        ensure_table(
-            catalog.as_ref(),
-            &p.sink.namespace,
-            &t.name,
-            schema,
-            &t.partition_by,
-        )
-        .await?;
-    }
+    let planned = crate::setup::plan(scratch, p).await?;
+    crate::setup::ensure_tables(scratch, p, &planned).await?;
     let (_stop, shutdown) = pipeline::shutdown_channel();
     timed(async {
         let runs = (0..runners).map(|_| {

@@ -322,7 +322,7 @@ async fn replay(
     } else {
         let admin = TopicAdmin::new(&target.client)?;
         admin
-            .ensure_topic(&super::setup::ledger_spec(pipeline))
+            .ensure_topic(&crate::setup::ledger_spec(pipeline))
             .await?;
         let replayer = Replayer::new(&target.client, &target.group, &ledger_topic)?;
         let recovered = replayer.recover(&mut ledger).await?;
