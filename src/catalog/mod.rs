@@ -15,7 +15,7 @@ use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use sqlx::migrate::MigrateDatabase;
 
 use crate::config::{CatalogConfig, Config, SinkConfig};
-pub use storage::storage_properties;
+use storage::storage_properties;
 
 /// Name the catalog is registered under (appears in ad-hoc SQL as the catalog name).
 pub const CATALOG_NAME: &str = "iceberg";
@@ -50,14 +50,6 @@ impl CatalogError {
         Self::Iceberg {
             what: what.into(),
             source: Box::new(source),
-        }
-    }
-
-    /// The Iceberg error behind an operation that failed, if that is what happened.
-    pub fn iceberg_error(&self) -> Option<&iceberg::Error> {
-        match self {
-            Self::Iceberg { source, .. } => Some(source),
-            Self::Open { .. } => None,
         }
     }
 }
