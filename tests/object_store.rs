@@ -145,6 +145,20 @@ async fn every_event_once_across_a_sigkill(pipeline: TestPipeline, checkpoints_u
     let properties = snapshot_properties(&pipeline.config, "campaign_metrics").await;
     let checkpoint = &properties["campaign-pipeline.checkpoint"];
     assert!(checkpoint.contains(checkpoints_under), "{checkpoint}");
+    // `tables` and `snapshots` list them through the catalog, offsets included.
+    let tables = cli_ok(&pipeline, &["tables", "--format", "csv"]);
+    assert!(
+        tables.contains("campaign_events,") && tables.contains(&truth.valid_events.to_string()),
+        "{tables}"
+    );
+    let snapshots = cli_ok(
+        &pipeline,
+        &["snapshots", "campaign_metrics", "--format", "csv"],
+    );
+    assert!(
+        snapshots.contains("campaign-pipeline.offsets"),
+        "{snapshots}"
+    );
     // And `query` reads the same tables through the catalog.
     let counted = cli_ok(
         &pipeline,
