@@ -327,3 +327,19 @@ fn an_error_names_what_failed_and_its_cause_once() {
     assert!(!cause.is_empty(), "{line}");
     assert_eq!(line.matches(cause).count(), 1, "the cause once: {line}");
 }
+
+#[test]
+fn the_compose_configuration_checks_clean() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_campaign-pipeline"))
+        .arg("--config")
+        .arg(repo_root().join("pipelines.compose.yaml"))
+        .arg("check")
+        .env("KAFKA_BROKERS", "kafka:9092")
+        .env("ICEBERG_CREDENTIAL", "id:secret")
+        .env("AWS_ACCESS_KEY_ID", "id")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .expect("run check");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("pipeline campaign: ok"));
+}
