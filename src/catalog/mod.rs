@@ -85,11 +85,10 @@ pub async fn open_catalog(
                     .await
                     .map_err(|e| fail(Failure::of("creating the database", e)))?;
             }
-            let warehouse = warehouse_location(config, warehouse).map_err(fail)?;
             let props = merged(properties, &storage);
-            sql_catalog(&url, &warehouse, SqlBindStyle::QMark, props)
+            sql_catalog(config, &url, warehouse, SqlBindStyle::QMark, props)
                 .await
-                .map_err(|e| fail(Failure::of("loading the catalog", e)))
+                .map_err(fail)
         }
         CatalogConfig::Postgres {
             uri,
@@ -97,11 +96,10 @@ pub async fn open_catalog(
             properties,
         } => {
             let fail = |failure: Failure| failure.into_error("postgres", redact(uri));
-            let warehouse = warehouse_location(config, warehouse).map_err(fail)?;
             let props = merged(properties, &storage);
-            sql_catalog(uri, &warehouse, SqlBindStyle::DollarNumeric, props)
+            sql_catalog(config, uri, warehouse, SqlBindStyle::DollarNumeric, props)
                 .await
-                .map_err(|e| fail(Failure::of("loading the catalog", e)))
+                .map_err(fail)
         }
         CatalogConfig::Rest {
             uri,
@@ -183,12 +181,16 @@ impl CatalogConfig {
     }
 }
 
+/// A SQL catalog at `url` whose tables live in `warehouse` (a local folder, resolved against the
+/// configuration's folder, or an object store URL).
 async fn sql_catalog(
+    config: &Config,
     url: &str,
-    warehouse: &Warehouse,
+    warehouse: &str,
     bind_style: SqlBindStyle,
     props: HashMap<String, String>,
-) -> iceberg::Result<Arc<dyn Catalog>> {
+) -> Result<Arc<dyn Catalog>, Failure> {
+    let warehouse = warehouse_location(config, warehouse)?;
     sqlx::any::install_default_drivers();
     let storage: Arc<dyn StorageFactory> = match warehouse {
         Warehouse::Local(_) => Arc::new(LocalFsStorageFactory),
@@ -201,7 +203,8 @@ async fn sql_catalog(
         .props(props)
         .with_storage_factory(storage)
         .load(CATALOG_NAME, HashMap::new())
-        .await?;
+        .await
+        .map_err(|e| Failure::of("loading the catalog", e))?;
     Ok(Arc::new(catalog))
 }
 

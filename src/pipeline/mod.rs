@@ -318,7 +318,16 @@ pub async fn run(
             || branches.events.buffered_rows() >= pipeline.commit.max_rows as u64
             || (caught_up && options.until_caught_up);
         if (progress.progressed() || branches.metrics.emitted() > 0) && due {
-            let Some(committed) = commit(&mut dlq, &mut branches, &mut progress, &name).await?
+            let Some(committed) = commit_and_record(
+                &mut dlq,
+                &mut branches,
+                &mut progress,
+                &source,
+                &mut summary,
+                options.telemetry.as_deref(),
+                pipeline,
+            )
+            .await?
             else {
                 summary.fenced += 1;
                 let owned = progress.owned().clone();
@@ -329,18 +338,6 @@ pub async fn run(
             };
             let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
             let (open_windows, state_bytes, watermark) = branches.metrics.describe();
-            let landed = Landed {
-                source: &source,
-                progress: &progress,
-                metrics: branches.metrics,
-                dlq: &dlq,
-            };
-            landed.record(
-                &committed,
-                &mut summary,
-                options.telemetry.as_deref(),
-                pipeline,
-            );
             if let Some(t) = &options.telemetry {
                 let per_second = window.messages as f64 / seconds;
                 t.update_health(|h| h.events_per_second = per_second);
@@ -376,20 +373,18 @@ pub async fn run(
         tracing::info!(pipeline = %name, windows = rows, "flushed the open windows");
     }
     if progress.progressed() || branches.metrics.emitted() > 0 {
-        match commit(&mut dlq, &mut branches, &mut progress, &name).await? {
+        let landed = commit_and_record(
+            &mut dlq,
+            &mut branches,
+            &mut progress,
+            &source,
+            &mut summary,
+            options.telemetry.as_deref(),
+            pipeline,
+        )
+        .await?;
+        match landed {
             Some(committed) => {
-                let landed = Landed {
-                    source: &source,
-                    progress: &progress,
-                    metrics: branches.metrics,
-                    dlq: &dlq,
-                };
-                landed.record(
-                    &committed,
-                    &mut summary,
-                    options.telemetry.as_deref(),
-                    pipeline,
-                );
                 tracing::info!(
                     pipeline = %name,
                     rows = committed.events.rows,
@@ -437,37 +432,34 @@ fn resume_lookup(pipeline: &PipelineConfig, catalog: Arc<dyn iceberg::Catalog>) 
     })
 }
 
-/// What is needed to record a commit that landed.
-struct Landed<'a> {
-    source: &'a KafkaSource,
-    progress: &'a Progress,
-    metrics: &'a MetricsBranch,
-    dlq: &'a DeadLetterWriter,
-}
-
-impl Landed<'_> {
-    /// Group offsets (for lag monitoring), the run summary and the telemetry after a commit.
-    fn record(
-        &self,
-        committed: &Committed,
-        summary: &mut RunSummary,
-        telemetry: Option<&Telemetry>,
-        pipeline: &PipelineConfig,
-    ) {
-        self.source.commit_group_offsets(&self.progress.resume());
-        summary.add(committed);
-        if let Some(t) = telemetry {
-            let counts = (summary.messages, self.dlq.counts());
-            report_commit(
-                t,
-                pipeline,
-                committed,
-                &self.source.lag(),
-                self.metrics,
-                counts,
-            );
-        }
+/// Commits both tables and, when the commit lands, records it: the group offsets (for lag
+/// monitoring), the run summary and the telemetry. `None` when the commit was fenced.
+async fn commit_and_record(
+    dlq: &mut DeadLetterWriter,
+    branches: &mut Branches<'_>,
+    progress: &mut Progress,
+    source: &KafkaSource,
+    summary: &mut RunSummary,
+    telemetry: Option<&Telemetry>,
+    pipeline: &PipelineConfig,
+) -> Result<Option<Committed>, PipelineError> {
+    let Some(committed) = commit(dlq, branches, progress, &pipeline.name).await? else {
+        return Ok(None);
+    };
+    source.commit_group_offsets(&progress.resume());
+    summary.add(&committed);
+    if let Some(t) = telemetry {
+        let counts = (summary.messages, dlq.counts());
+        report_commit(
+            t,
+            pipeline,
+            &committed,
+            &source.lag(),
+            branches.metrics,
+            counts,
+        );
     }
+    Ok(Some(committed))
 }
 
 /// The two tables' branches.

@@ -22,7 +22,7 @@ use crate::source::batch::BatchBuilder;
 use crate::window::{EventTimeBounds, WindowError};
 
 /// Topic name the sample's rows carry in `_topic`.
-pub const SAMPLE_TOPIC: &str = "sample";
+const SAMPLE_TOPIC: &str = "sample";
 
 /// Why a sample could not be run through the SQL.
 #[derive(Debug, thiserror::Error)]

@@ -163,8 +163,13 @@ impl Telemetry {
     }
 
     fn refresh_watermark_delay(&self) {
-        if let Some(delay) = self.health().watermark_delay_seconds {
-            self.watermark_delay.set(delay);
+        let micros = self
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watermark_micros;
+        if let Some(micros) = micros {
+            self.watermark_delay.set(watermark_delay(micros));
         }
     }
 

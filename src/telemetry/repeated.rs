@@ -132,7 +132,8 @@ impl RepeatedErrors {
     }
 
     /// Kinds of error still coming.
-    pub fn open_kinds(&self) -> Vec<String> {
+    #[cfg(test)]
+    fn open_kinds(&self) -> Vec<String> {
         let episodes = self.episodes.lock().unwrap_or_else(PoisonError::into_inner);
         episodes.keys().cloned().collect()
     }

@@ -25,7 +25,7 @@ use super::watermark::Micros;
 use crate::common::ERROR_COLUMN;
 
 /// Start of the dead letter reason of an event stamped too far ahead of the clock.
-pub const FUTURE_REASON: &str = "future timestamp";
+const FUTURE_REASON: &str = "future timestamp";
 
 /// The configured distances an event time may have from the runner's clock.
 #[derive(Debug, Clone, Copy)]
