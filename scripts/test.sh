@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of campaign-pipeline on a fresh machine: installs what the tests need
 # (OpenSSL headers for librdkafka, the tansu broker, SeaweedFS for the S3 warehouse and the REST
-# catalog, Debian's PostgreSQL 15 for the PostgreSQL catalog, Debian's Chromium and ChromeDriver for the dashboard's browser test), then `cargo test`
-# with one target dir.
+# catalog, PyIceberg as an independent reader of its tables, Debian's PostgreSQL 15 for the
+# PostgreSQL catalog, Debian's Chromium and ChromeDriver for the dashboard's browser test), then
+# `cargo test` with one target dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 scripts/broker.sh install
 scripts/seaweedfs.sh install
+scripts/pyiceberg.sh install
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   echo "installing postgresql (the PostgreSQL catalog's tests run a private server)"
   sudo_cmd=()

@@ -11,46 +11,14 @@ use arrow::array::{AsArray, RecordBatch};
 use campaign_pipeline::generator::Truth;
 use common::seaweed::{seaweed, ACCESS_KEY, BUCKET, SECRET_KEY, TABLE_BUCKET};
 use common::windows::{assert_windows_equal, expected, windows};
-use common::{scan_table, snapshot_properties, text, unique, TestPipeline};
+use common::{production, pyiceberg, scan_table, snapshot_properties, text, TestPipeline};
 
-/// A pipeline with `catalog` (YAML lines of the `catalog:` block, given the namespace) and
-/// SeaweedFS's S3 API as its object storage, in a namespace of its own.
-fn on_object_store(catalog: impl FnOnce(&str) -> String) -> TestPipeline {
-    let server = seaweed();
-    let pipeline = TestPipeline::new();
-    let namespace = unique("ns");
-    let catalog = catalog(&namespace);
-    pipeline.edit_config(|yaml| {
-        let sqlite = "      catalog:\n        type: sqlite\n        path: data/catalog.db\n        warehouse: data/warehouse\n      namespace: campaigns\n";
-        assert!(yaml.contains(sqlite), "{yaml}");
-        yaml.replace(
-            sqlite,
-            &format!(
-                "      catalog:\n{catalog}      storage:\n        endpoint: {s3}\n        region: us-east-1\n        path_style_access: true\n        access_key_id: {ACCESS_KEY}\n        secret_access_key: {SECRET_KEY}\n      namespace: {namespace}\n",
-                s3 = server.s3_endpoint,
-            ),
-        )
-    });
-    pipeline
-}
-
-/// Tables in SeaweedFS: its REST catalog, its S3 API; checkpoints in the plain bucket (a table
-/// bucket accepts only Iceberg's own files).
 fn on_rest_catalog() -> TestPipeline {
-    let uri = &seaweed().catalog_uri;
-    on_object_store(|namespace| {
-        format!(
-            "        type: rest\n        uri: {uri}\n        warehouse: s3://{TABLE_BUCKET}/\n        credential: {ACCESS_KEY}:{SECRET_KEY}\n      checkpoints: s3://{BUCKET}/checkpoints/{namespace}\n"
-        )
-    })
+    production::on_rest_catalog(seaweed())
 }
 
-/// A PostgreSQL catalog with the warehouse in SeaweedFS's S3 bucket.
 fn on_postgres_catalog() -> TestPipeline {
-    let uri = &common::postgres::postgres().uri;
-    on_object_store(|namespace| {
-        format!("        type: postgres\n        uri: {uri}\n        warehouse: s3://{BUCKET}/{namespace}\n")
-    })
+    production::on_postgres_catalog(seaweed(), &common::postgres::postgres().uri)
 }
 
 fn cli_ok(pipeline: &TestPipeline, args: &[&str]) -> String {
@@ -65,29 +33,47 @@ fn rows(batches: &[RecordBatch]) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() {
-    every_event_once_across_a_sigkill(on_rest_catalog(), &format!("s3://{BUCKET}/checkpoints/"))
-        .await;
+    let pipeline = on_rest_catalog();
+    every_event_once_across_a_sigkill(&pipeline, &format!("s3://{BUCKET}/checkpoints/")).await;
+    // An independent reader, PyIceberg through the same REST catalog, reads the same rows.
+    let server = seaweed();
+    let properties = serde_json::json!({
+        "type": "rest",
+        "uri": server.catalog_uri,
+        "warehouse": format!("s3://{TABLE_BUCKET}/"),
+        "credential": format!("{ACCESS_KEY}:{SECRET_KEY}"),
+        "s3.endpoint": server.s3_endpoint,
+        "s3.access-key-id": ACCESS_KEY,
+        "s3.secret-access-key": SECRET_KEY,
+        "s3.region": "us-east-1",
+    });
+    let namespace = pyiceberg::namespace(&pipeline.config);
+    for table in ["campaign_events", "campaign_metrics"] {
+        let ours = pyiceberg::comparable(&scan_table(&pipeline.config, table).await);
+        let theirs = pyiceberg::read(&properties, &namespace, table);
+        assert!(!ours.is_empty(), "{table} has rows");
+        assert_eq!(ours.len(), theirs.len(), "{table}: rows");
+        if let Some((a, b)) = ours.iter().zip(&theirs).find(|(a, b)| a != b) {
+            panic!("{table}: campaign-pipeline reads\n{a}\nPyIceberg reads\n{b}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() {
     // Checkpoints beside the metrics table, in the warehouse bucket.
-    every_event_once_across_a_sigkill(on_postgres_catalog(), &format!("s3://{BUCKET}/")).await;
+    every_event_once_across_a_sigkill(&on_postgres_catalog(), &format!("s3://{BUCKET}/")).await;
 }
 
 /// 20,000 events, a SIGKILL after committed work and a restart: both tables equal the truth,
 /// every event once, the checkpoints in the object store under `checkpoints_under`.
-async fn every_event_once_across_a_sigkill(pipeline: TestPipeline, checkpoints_under: &str) {
-    pipeline.edit_config(|yaml| {
-        // A commit every 2,000 rows: many commits to kill between.
-        yaml.replace("interval: 5s", "interval: 200ms")
-            .replace("max_rows: 10000", "max_rows: 1000")
-            .replace("max_rows: 500000", "max_rows: 2000")
-    });
-    cli_ok(&pipeline, &["setup"]);
+async fn every_event_once_across_a_sigkill(pipeline: &TestPipeline, checkpoints_under: &str) {
+    // Many commits to kill between.
+    production::small_commits(pipeline);
+    cli_ok(pipeline, &["setup"]);
     let truth_path = pipeline.dir.path().join("truth.json");
     cli_ok(
-        &pipeline,
+        pipeline,
         &[
             "generate",
             "--count",
@@ -122,7 +108,7 @@ async fn every_event_once_across_a_sigkill(pipeline: TestPipeline, checkpoints_u
         .sum();
     assert!((1..20_000).contains(&committed), "{offsets}");
     cli_ok(
-        &pipeline,
+        pipeline,
         &["run", "--until-caught-up", "--flush-open-windows"],
     );
 
@@ -146,13 +132,13 @@ async fn every_event_once_across_a_sigkill(pipeline: TestPipeline, checkpoints_u
     let checkpoint = &properties["campaign-pipeline.checkpoint"];
     assert!(checkpoint.contains(checkpoints_under), "{checkpoint}");
     // `tables` and `snapshots` list them through the catalog, offsets included.
-    let tables = cli_ok(&pipeline, &["tables", "--format", "csv"]);
+    let tables = cli_ok(pipeline, &["tables", "--format", "csv"]);
     assert!(
         tables.contains("campaign_events,") && tables.contains(&truth.valid_events.to_string()),
         "{tables}"
     );
     let snapshots = cli_ok(
-        &pipeline,
+        pipeline,
         &["snapshots", "campaign_metrics", "--format", "csv"],
     );
     assert!(
@@ -161,7 +147,7 @@ async fn every_event_once_across_a_sigkill(pipeline: TestPipeline, checkpoints_u
     );
     // And `query` reads the same tables through the catalog.
     let counted = cli_ok(
-        &pipeline,
+        pipeline,
         &[
             "query",
             "--format",
@@ -175,35 +161,121 @@ async fn every_event_once_across_a_sigkill(pipeline: TestPipeline, checkpoints_u
     );
 }
 
-#[test]
-fn a_wrong_catalog_credential_is_reported_before_anything_is_consumed() {
-    let pipeline = on_rest_catalog();
-    pipeline.edit_config(|yaml| {
-        yaml.replace(
-            &format!("credential: {ACCESS_KEY}:{SECRET_KEY}"),
-            &format!("credential: {ACCESS_KEY}:not-the-secret"),
-        )
-    });
-    let setup = pipeline.cli(&["setup"]);
-    assert!(!setup.status.success(), "{}", text(&setup));
-    let err = String::from_utf8_lossy(&setup.stderr);
-    assert!(
-        err.contains(&format!(
-            "cannot open the rest catalog at {}",
-            seaweed().catalog_uri
-        )),
-        "{err}"
+/// One broken setting of a working pipeline, what the error must say and what it must not.
+struct Broken {
+    what: &'static str,
+    from: String,
+    to: String,
+    says: Vec<String>,
+    secret: Option<&'static str>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_settings_are_named_before_anything_is_consumed() {
+    let server = seaweed();
+    let postgres = common::postgres::postgres();
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let rest_cases = [
+        Broken {
+            what: "a wrong catalog credential",
+            from: format!("credential: {ACCESS_KEY}:{SECRET_KEY}"),
+            to: format!("credential: {ACCESS_KEY}:not-the-secret"),
+            says: vec![
+                format!("cannot open the rest catalog at {}", server.catalog_uri),
+                "check sink.catalog.credential".into(),
+            ],
+            secret: Some("not-the-secret"),
+        },
+        Broken {
+            what: "an unreachable REST catalog",
+            from: format!("uri: {}", server.catalog_uri),
+            to: format!("uri: http://{nowhere}"),
+            says: vec![
+                format!("cannot open the rest catalog at http://{nowhere}"),
+                "check sink.catalog.uri".into(),
+            ],
+            secret: None,
+        },
+        Broken {
+            what: "a wrong object store secret",
+            from: format!("secret_access_key: {SECRET_KEY}"),
+            to: "secret_access_key: not-the-s3-secret".into(),
+            says: vec![
+                "cannot read its metadata file".into(),
+                "check sink.storage".into(),
+            ],
+            secret: Some("not-the-s3-secret"),
+        },
+    ];
+    for case in rest_cases {
+        refused_before_consuming(on_rest_catalog(), case).await;
+    }
+    let postgres_cases = [
+        Broken {
+            what: "an unreachable PostgreSQL catalog",
+            from: format!("uri: {}", postgres.uri),
+            to: format!("uri: postgres://postgres:pg-secret@{nowhere}/postgres"),
+            says: vec![
+                format!("cannot open the postgres catalog at postgres://postgres:***@{nowhere}"),
+                "check sink.catalog.uri".into(),
+            ],
+            secret: Some("pg-secret"),
+        },
+        Broken {
+            what: "a bucket that does not exist",
+            from: format!("warehouse: s3://{BUCKET}/"),
+            to: "warehouse: s3://no-such-bucket/".into(),
+            says: vec![
+                "writing a probe file to the warehouse s3://no-such-bucket/".into(),
+                "check sink.catalog.warehouse and sink.storage".into(),
+                "NoSuchBucket".into(),
+            ],
+            secret: None,
+        },
+    ];
+    for case in postgres_cases {
+        refused_before_consuming(on_postgres_catalog(), case).await;
+    }
+}
+
+/// Sets `pipeline` up with working settings, produces events (some of them invalid), breaks
+/// one setting, and checks that `setup` and `run` both stop with an error that says what
+/// `case` expects, and that nothing was consumed: no dead letter, no row.
+async fn refused_before_consuming(pipeline: TestPipeline, case: Broken) {
+    cli_ok(&pipeline, &["setup"]);
+    cli_ok(
+        &pipeline,
+        &["generate", "--count", "200", "--invalid-ratio", "0.2"],
     );
-    assert!(
-        !err.contains("not-the-secret"),
-        "the secret is never shown: {err}"
-    );
-    // `run` stops at the same place, before the source is read.
-    let run = pipeline.cli(&["run", "--until-caught-up"]);
-    assert!(!run.status.success());
-    assert!(
-        String::from_utf8_lossy(&run.stderr).contains("cannot open the rest catalog"),
-        "{}",
-        text(&run)
-    );
+    let working = std::fs::read_to_string(&pipeline.config).unwrap();
+    assert!(working.contains(&case.from), "{}: {working}", case.what);
+    pipeline.edit_config(|yaml| yaml.replace(&case.from, &case.to));
+    for command in [&["setup"][..], &["run", "--until-caught-up"]] {
+        let output = pipeline.cli(command);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{}: {command:?} succeeded",
+            case.what
+        );
+        for said in &case.says {
+            assert!(
+                err.contains(said.as_str()),
+                "{}: {command:?} says {said:?}: {err}",
+                case.what
+            );
+        }
+        if let Some(secret) = case.secret {
+            assert!(
+                !err.contains(secret),
+                "{}: the secret is shown: {err}",
+                case.what
+            );
+        }
+    }
+    std::fs::write(&pipeline.config, working).unwrap();
+    let letters = common::read_topic(&pipeline.brokers, &pipeline.dlq_topic);
+    assert!(letters.is_empty(), "{}: dead letters were sent", case.what);
+    let rows = rows(&scan_table(&pipeline.config, "campaign_events").await);
+    assert_eq!(rows, 0, "{}: events were written", case.what);
 }

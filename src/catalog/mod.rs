@@ -96,6 +96,7 @@ pub async fn open_catalog(
             properties,
         } => {
             let fail = |failure: Failure| failure.into_error("postgres", redact(uri));
+            connect_postgres(uri).await.map_err(fail)?;
             let props = merged(properties, &storage);
             sql_catalog(config, uri, warehouse, SqlBindStyle::DollarNumeric, props)
                 .await
@@ -121,6 +122,7 @@ pub async fn open_catalog(
                 props.insert("token".into(), token.expose().to_string());
             }
             let catalog = RestCatalogBuilder::default()
+                .with_client(http_client().map_err(fail)?)
                 .with_storage_factory(object_storage())
                 .load(CATALOG_NAME, props)
                 .await
@@ -130,13 +132,109 @@ pub async fn open_catalog(
             let namespace = namespace_ident(&sink.namespace)?;
             catalog.namespace_exists(&namespace).await.map_err(|e| {
                 fail(Failure::of(
-                    format!("asking for namespace {}", sink.namespace),
+                    format!(
+                        "asking for namespace {} (check {})",
+                        sink.namespace,
+                        rest_setting(&e)
+                    ),
                     e,
                 ))
             })?;
             Ok(Arc::new(catalog))
         }
     }
+}
+
+/// Connects to the PostgreSQL catalog once, with a deadline: the catalog's own pool retries a
+/// refused connection for 30 s and then reports only that it timed out.
+async fn connect_postgres(uri: &str) -> Result<(), Failure> {
+    use sqlx::Connection;
+    let what = "connecting (check sink.catalog.uri)";
+    let connecting = sqlx::PgConnection::connect(uri);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Failure::of(what, e)),
+        Err(_) => Err(Failure::said(format!("{what}: no answer within 10 s"))),
+    }
+}
+
+/// The setting a REST catalog's refusal points to: the address when it cannot be reached, the
+/// credential when it is refused, the warehouse when the server does not know it.
+fn rest_setting(error: &iceberg::Error) -> &'static str {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(http) = current.downcast_ref::<reqwest::Error>() {
+            if http.is_connect() || http.is_timeout() {
+                return "sink.catalog.uri";
+            }
+        }
+        cause = current.source();
+    }
+    let text = error.to_string();
+    if text.contains("401 Unauthorized") || text.contains("403 Forbidden") {
+        "sink.catalog.credential or sink.catalog.token"
+    } else if text.contains("404 Not Found") {
+        "sink.catalog.warehouse"
+    } else {
+        "sink.catalog"
+    }
+}
+
+/// Writes and deletes a small file in a SQL catalog's object store warehouse, so that a missing
+/// bucket, a wrong endpoint or credentials without write access are reported by `setup` and
+/// `run` before anything is consumed. (A REST catalog's warehouse is the server's: its tables'
+/// storage is checked when they are opened.)
+pub async fn check_warehouse(config: &Config, sink: &SinkConfig) -> Result<(), CatalogError> {
+    let (kind, location, warehouse) = match &sink.catalog {
+        CatalogConfig::Sqlite {
+            path, warehouse, ..
+        } => (
+            "sqlite",
+            config.resolve(path).display().to_string(),
+            warehouse,
+        ),
+        CatalogConfig::Postgres { uri, warehouse, .. } => ("postgres", redact(uri), warehouse),
+        CatalogConfig::Rest { .. } => return Ok(()),
+    };
+    let Warehouse::Object(root) = warehouse_location(config, warehouse)
+        .map_err(|failure| failure.into_error(kind, location.clone()))?
+    else {
+        return Ok(());
+    };
+    let file_io = iceberg::io::FileIOBuilder::new(object_storage())
+        .with_props(storage_properties(&sink.storage))
+        .build();
+    let probe = format!("{root}/.campaign-pipeline-probe-{}", uuid::Uuid::now_v7());
+    let what = format!(
+        "writing a probe file to the warehouse {root} (check sink.catalog.warehouse and \
+         sink.storage)"
+    );
+    let written = match file_io.new_output(&probe) {
+        Ok(output) => output.write(bytes::Bytes::from_static(b"probe")).await,
+        Err(e) => Err(e),
+    };
+    written.map_err(|e| Failure::of(what, e).into_error(kind, location))?;
+    if let Err(err) = file_io.delete(&probe).await {
+        tracing::warn!(
+            file = probe,
+            "could not delete the warehouse probe file: {err}"
+        );
+    }
+    Ok(())
+}
+
+/// The REST catalog's HTTP client: HTTPS with the system's root certificates, and timeouts,
+/// so that a catalog that stops answering fails the request (and the runner retries) instead
+/// of hanging the commit forever.
+fn http_client() -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| Failure::of("building the HTTP client", e))
 }
 
 /// The catalog properties with the storage's FileIO properties added (the catalog's own take

@@ -173,6 +173,10 @@ pub struct CommitConfig {
     /// Most buffered rows before a commit.
     #[serde(default = "default_commit_rows")]
     pub max_rows: usize,
+    /// How long the runner rides out an object store or catalog that fails (dropping what it
+    /// has not committed and trying again with backoff) before it stops with the error.
+    #[serde(with = "humantime_serde", default = "default_retry_for")]
+    pub retry_for: Duration,
 }
 
 /// Iceberg catalog and the pipeline's two tables.
@@ -349,6 +353,10 @@ fn default_batch_wait() -> Duration {
 fn default_commit_interval() -> Duration {
     Duration::from_secs(5)
 }
+fn default_retry_for() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
 fn default_commit_rows() -> usize {
     500_000
 }
@@ -378,6 +386,7 @@ impl Default for CommitConfig {
         Self {
             interval: default_commit_interval(),
             max_rows: default_commit_rows(),
+            retry_for: default_retry_for(),
         }
     }
 }

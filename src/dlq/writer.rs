@@ -1,7 +1,7 @@
 //! Produces dead letter records without waiting per record, and waits for all of them before
 //! the Iceberg commit that moves past their offsets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
@@ -9,6 +9,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use super::record::DeadLetter;
+use crate::common::Offsets;
 use crate::kafka::KafkaError;
 
 /// Writer to one dead letter topic.
@@ -18,6 +19,10 @@ pub struct DeadLetterWriter {
     pending: Vec<DeliveryFuture>,
     /// Records sent since start, by category.
     counts: BTreeMap<String, u64>,
+    /// Source coordinates (topic, partition, offset) dead-lettered that no commit has moved
+    /// past yet: the source reads them again after a rewind (a failed or fenced commit), and
+    /// they must not be sent twice.
+    unsettled: HashSet<(String, i32, i64)>,
 }
 
 impl DeadLetterWriter {
@@ -33,15 +38,23 @@ impl DeadLetterWriter {
             topic: topic.to_string(),
             pending: Vec::new(),
             counts: BTreeMap::new(),
+            unsettled: HashSet::new(),
         })
     }
 
     /// Queues one record keyed by the original key; delivery is confirmed by [`Self::flush`].
+    /// `false` when this runner already sent the record's source message since the last commit
+    /// that moved past it (the source read it again after a rewind): nothing is sent.
     pub async fn send(
         &mut self,
         record: &DeadLetter,
         key: Option<&[u8]>,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<bool, KafkaError> {
+        let source = &record.source;
+        let coordinates = (source.topic.clone(), source.partition, source.offset);
+        if self.unsettled.contains(&coordinates) {
+            return Ok(false);
+        }
         let value = record.to_json();
         loop {
             let mut message = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&value);
@@ -52,7 +65,8 @@ impl DeadLetterWriter {
                 Ok(delivery) => {
                     self.pending.push(delivery);
                     *self.counts.entry(record.category.clone()).or_default() += 1;
-                    return Ok(());
+                    self.unsettled.insert(coordinates);
+                    return Ok(true);
                 }
                 Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     // librdkafka's queue is full: wait for what is in flight, then retry.
@@ -82,6 +96,16 @@ impl DeadLetterWriter {
             })?;
         }
         Ok(())
+    }
+
+    /// Forgets the records whose source messages are behind `resume` (where the held
+    /// partitions resume from the tables): the source never hands those on again.
+    pub fn settle(&mut self, resume: &Offsets) {
+        self.unsettled.retain(|(topic, partition, offset)| {
+            resume
+                .get(topic, *partition)
+                .is_none_or(|next| *offset >= next)
+        });
     }
 
     /// Records sent since start, by category.

@@ -111,6 +111,11 @@ impl EventsBranch {
         self.writer.discard().await
     }
 
+    /// Forgets the rows written since the last commit without touching the object store.
+    pub fn abandon(&mut self) -> u64 {
+        self.writer.abandon()
+    }
+
     fn sink_err(&self, source: SinkError) -> PipelineError {
         PipelineError::Sink {
             pipeline: self.pipeline.clone(),

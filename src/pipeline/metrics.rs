@@ -82,6 +82,13 @@ impl MetricsBranch {
             pipeline: name.clone(),
             source,
         })?;
+        let checkpoints = pipeline.sink.checkpoints.clone();
+        checkpoint::probe(&writer, checkpoints.as_deref())
+            .await
+            .map_err(|source| PipelineError::Sink {
+                pipeline: name.clone(),
+                source,
+            })?;
         Ok(Self {
             operator,
             writer,
@@ -89,7 +96,7 @@ impl MetricsBranch {
             pipeline: name,
             metrics_file,
             bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
-            checkpoints: pipeline.sink.checkpoints.clone(),
+            checkpoints,
         })
     }
 
@@ -123,23 +130,28 @@ impl MetricsBranch {
                         restored.push((*partition, Some((bytes, &saved.file)), time_of(saved)))
                     }
                     Err(err) => {
-                        missing = Some(err);
+                        missing = Some((*partition, saved.file.clone(), err));
                         break;
                     }
                 }
             }
-            match missing {
-                Some(err) if attempt < RESTORE_ATTEMPTS => {
-                    tracing::info!(
-                        table = self.label(),
-                        "a checkpoint was replaced while restoring ({}); reading the table again",
-                        Causes(&err)
-                    );
-                    attempt += 1;
-                    continue;
+            if let Some((partition, file, err)) = missing {
+                // Another runner may have committed a newer checkpoint and deleted this one;
+                // if the table still points to it, the object store failed.
+                let moved_on = attempt < RESTORE_ATTEMPTS
+                    && self.writer.refresh().await.is_ok_and(|now| {
+                        now.checkpoints.0.get(&partition).map(|c| &c.file) != Some(&file)
+                    });
+                if !moved_on {
+                    return Err(self.sink_err(err));
                 }
-                Some(err) => return Err(self.sink_err(err)),
-                None => {}
+                tracing::info!(
+                    table = self.label(),
+                    "a checkpoint was replaced while restoring ({}); reading the table again",
+                    Causes(&err)
+                );
+                attempt += 1;
+                continue;
             }
             let now = Instant::now();
             let limits = self.bounds.now();
@@ -296,6 +308,16 @@ impl MetricsBranch {
         }
         self.emitted = 0;
         self.writer.discard().await
+    }
+
+    /// Forgets the windows written since the last commit and every partition's state without
+    /// touching the object store (see [`TableWriter::abandon`]).
+    pub fn abandon(&mut self) -> u64 {
+        for partition in self.operator.partitions() {
+            self.operator.release(partition);
+        }
+        self.emitted = 0;
+        self.writer.abandon()
     }
 
     /// The runner's watermark in microseconds since the epoch.

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod metrics;
+pub mod outage;
 pub mod plan;
 pub mod progress;
 pub mod rejects;
@@ -18,7 +19,8 @@ use arrow::datatypes::{DataType, Int32Type, Int64Type};
 
 use tokio::sync::watch;
 
-use crate::catalog::open_catalog;
+use crate::catalog::{check_warehouse, open_catalog};
+use crate::common::error::Causes;
 use crate::common::{Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dlq::DeadLetterWriter;
@@ -34,6 +36,7 @@ use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
 use crate::window::{EventTimeBounds, WindowError};
 use events::EventsBranch;
 use metrics::MetricsBranch;
+use outage::Outage;
 use plan::plan_pipeline;
 use progress::{resume_point, Progress, TableRole};
 use rejects::{
@@ -97,6 +100,14 @@ pub enum PipelineError {
         at: String,
         source: datafusion::error::DataFusionError,
     },
+}
+
+impl PipelineError {
+    /// Whether the object store or the catalog failed in a way that may pass (see
+    /// [`SinkError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PipelineError::Sink { source, .. } if source.is_transient())
+    }
 }
 
 fn list(problems: &[SqlProblem]) -> String {
@@ -190,9 +201,11 @@ pub async fn run(
     let catalog = open_catalog(config, &pipeline.sink)
         .await
         .map_err(|e| sink_err(e.into()))?;
-    let mut events = EventsBranch::open(pipeline, catalog.clone(), &planned.parse_output).await?;
-    let mut metrics =
-        MetricsBranch::open(config, pipeline, &ctx, &planned, catalog.clone()).await?;
+    check_warehouse(config, &pipeline.sink)
+        .await
+        .map_err(|e| sink_err(e.into()))?;
+    let events = EventsBranch::open(pipeline, catalog.clone(), &planned.parse_output).await?;
+    let metrics = MetricsBranch::open(config, pipeline, &ctx, &planned, catalog.clone()).await?;
 
     let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
     let admin = TopicAdmin::new(&client).map_err(kafka_err)?;
@@ -204,9 +217,9 @@ pub async fn run(
             }));
         }
     }
-    let mut dlq = DeadLetterWriter::new(&client, &pipeline.dead_letter.topic).map_err(kafka_err)?;
+    let dlq = DeadLetterWriter::new(&client, &pipeline.dead_letter.topic).map_err(kafka_err)?;
     let topic = pipeline.source.topic.clone();
-    let mut source = KafkaSource::start(
+    let source = KafkaSource::start(
         &client,
         SourceOptions {
             topic: topic.clone(),
@@ -219,55 +232,143 @@ pub async fn run(
     )
     .map_err(source_err)?;
 
-    let mut progress = Progress::new(&topic);
-    let mut summary = RunSummary::default();
-    let mut window = CommitWindow::new();
+    let mut runner = Runner {
+        pipeline,
+        options: &options,
+        stages: Stages {
+            parse: &parse,
+            parse_file: &parse_file,
+            pipeline: &name,
+            bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
+            time_column: &planned.window.time_column,
+        },
+        branches: Branches { events, metrics },
+        source,
+        dlq,
+        progress: Progress::new(&topic),
+        summary: RunSummary::default(),
+        window: CommitWindow::new(),
+        assigned: BTreeSet::new(),
+        unassigned_since: Some(Instant::now()),
+        outage: None,
+    };
     let mut shutdown = options.shutdown.clone();
-    let mut unassigned_since = Some(Instant::now());
-    let stages = Stages {
-        parse: &parse,
-        parse_file: &parse_file,
-        pipeline: &name,
-        bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
-        time_column: &planned.window.time_column,
-    };
-    let mut branches = Branches {
-        events: &mut events,
-        metrics: &mut metrics,
-    };
     loop {
-        let event = tokio::select! {
-            event = source.next() => event,
-            _ = shutdown.wait_for(|stop| *stop) => None,
-        };
-        let Some(event) = event else { break };
-        let batch = match event.map_err(source_err)? {
-            SourceEvent::Revoked => {
-                let dropped = branches.drop_buffered().await;
-                progress.hold(&BTreeSet::new(), &Offsets::new(), &Offsets::new());
-                tracing::info!(pipeline = %name, dropped_rows = dropped, "partitions revoked: dropped what was not committed");
-                unassigned_since = Some(Instant::now());
-                continue;
+        loop {
+            let event = tokio::select! {
+                event = runner.source.next() => event,
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            let Some(event) = event else { break };
+            let step = match event.map_err(source_err)? {
+                SourceEvent::Revoked => {
+                    runner.revoked().await;
+                    continue;
+                }
+                SourceEvent::Assigned { partitions } => runner.assigned(partitions).await,
+                SourceEvent::Batch(batch) => runner.batch(batch).await,
+            };
+            match step {
+                Ok(Flow::Next) => {}
+                Ok(Flow::Stop) => break,
+                Err(error) => runner.ride_out(error).await?,
             }
-            SourceEvent::Assigned { partitions } => {
-                branches.hold(&mut progress, &partitions).await?;
-                // Position every held partition from this load, and leave out whatever the
-                // source read before it: a rewind asked for before this rebalance may still be
-                // on its way to the source, and must not drop batches of this assignment.
-                source.rewind(partitions.clone(), progress.resume());
-                tracing::info!(pipeline = %name, ?partitions, resume = %progress.resume().to_json(), "holding partitions");
-                unassigned_since = partitions.is_empty().then(Instant::now);
-                continue;
+        }
+        match runner.finish().await {
+            Ok(()) => break,
+            // Caught up but the last commit failed: read the uncommitted part again.
+            Err(error) if options.until_caught_up && !*options.shutdown.borrow() => {
+                runner.ride_out(error).await?;
             }
-            SourceEvent::Batch(batch) => batch,
-        };
-        if let Some(since) = unassigned_since.filter(|_| options.until_caught_up) {
+            Err(error) => return Err(error),
+        }
+    }
+    runner.source.stop();
+    let mut summary = runner.summary;
+    summary.dead_letters = runner.dlq.counts().clone();
+    summary.offsets = runner.branches.events.offsets().clone();
+    Ok(summary)
+}
+
+/// What the run loop does after a source event.
+enum Flow {
+    /// Read on.
+    Next,
+    /// Caught up (`--until-caught-up`): stop reading.
+    Stop,
+}
+
+/// One run's moving parts: the source, the two branches, the dead letter writer and the
+/// offsets, with what the run has done so far.
+struct Runner<'a> {
+    pipeline: &'a PipelineConfig,
+    options: &'a RunOptions,
+    stages: Stages<'a>,
+    branches: Branches,
+    source: KafkaSource,
+    dlq: DeadLetterWriter,
+    progress: Progress,
+    summary: RunSummary,
+    window: CommitWindow,
+    /// The partitions the group gave this runner, as the source last reported them.
+    assigned: BTreeSet<i32>,
+    /// Since when the runner has held no partition.
+    unassigned_since: Option<Instant>,
+    /// The object store or catalog failure being ridden out, until a commit lands again.
+    outage: Option<Outage>,
+}
+
+impl Runner<'_> {
+    fn name(&self) -> &str {
+        &self.pipeline.name
+    }
+
+    /// The group took every partition away: what was not committed is dropped.
+    async fn revoked(&mut self) {
+        let dropped = self.branches.drop_buffered().await;
+        self.progress
+            .hold(&BTreeSet::new(), &Offsets::new(), &Offsets::new());
+        self.assigned.clear();
+        tracing::info!(pipeline = %self.name(), dropped_rows = dropped, "partitions revoked: dropped what was not committed");
+        self.unassigned_since = Some(Instant::now());
+    }
+
+    /// The group gave this runner `partitions`: they are taken over from the tables.
+    async fn assigned(&mut self, partitions: BTreeSet<i32>) -> Result<Flow, PipelineError> {
+        self.assigned = partitions;
+        self.unassigned_since = self.assigned.is_empty().then(Instant::now);
+        self.take_over().await?;
+        tracing::info!(pipeline = %self.name(), partitions = ?self.assigned, resume = %self.progress.resume().to_json(), "holding partitions");
+        Ok(Flow::Next)
+    }
+
+    /// Takes over the assigned partitions from the tables as they stand now and positions the
+    /// source there.
+    async fn take_over(&mut self) -> Result<(), PipelineError> {
+        self.branches
+            .hold(&mut self.progress, &self.assigned)
+            .await?;
+        // Position every held partition from this load, and leave out whatever the source
+        // read before it: a rewind asked for before this may still be on its way to the
+        // source, and must not drop batches read after it.
+        self.source
+            .rewind(self.assigned.clone(), self.progress.resume());
+        self.dlq.settle(&self.progress.resume());
+        self.window = CommitWindow::new();
+        Ok(())
+    }
+
+    /// Runs one micro-batch through the stages, and commits when one is due.
+    async fn batch(&mut self, batch: MicroBatch) -> Result<Flow, PipelineError> {
+        let options = self.options;
+        if let Some(since) = self.unassigned_since.filter(|_| options.until_caught_up) {
             if since.elapsed() > options.max_unassigned {
                 return Err(PipelineError::Unassigned {
-                    pipeline: name.clone(),
-                    topic,
+                    pipeline: self.name().to_string(),
+                    topic: self.pipeline.source.topic.clone(),
                     waited: since.elapsed(),
-                    members: source
+                    members: self
+                        .source
                         .group_members()
                         .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
                 });
@@ -280,113 +381,91 @@ pub async fn run(
             next = %batch.next_offsets.to_json(),
             "micro-batch"
         );
-        window.messages += batch.message_count() as u64;
-        summary.messages += batch.message_count() as u64;
+        self.window.messages += batch.message_count() as u64;
+        self.summary.messages += batch.message_count() as u64;
         if let Some(t) = &options.telemetry {
             t.events_consumed.inc_by(batch.message_count() as u64);
         }
-        let letters = stages.process(&batch, &progress, &mut branches).await?;
-        progress.handed_on(&batch.next_offsets);
-        for letter in letters {
-            if letter.0.error == LATE {
-                window.late += 1;
+        let letters = self
+            .stages
+            .process(&batch, &self.progress, &mut self.branches)
+            .await?;
+        self.progress.handed_on(&batch.next_offsets);
+        for (letter, key) in letters {
+            let sent = self
+                .dlq
+                .send(&letter, key.as_deref())
+                .await
+                .map_err(|source| PipelineError::Kafka {
+                    pipeline: self.pipeline.name.clone(),
+                    source,
+                })?;
+            if !sent {
+                continue;
             }
+            let late = letter.error == LATE;
+            self.window.dead_letters += 1;
+            self.window.late += u64::from(late);
             if let Some(t) = &options.telemetry {
                 t.dead_letters
                     .get_or_create(&CategoryLabel {
-                        category: letter.0.category.clone(),
+                        category: letter.category.clone(),
                     })
                     .inc();
-                if letter.0.error == LATE {
+                if late {
                     t.late_events.inc();
                 }
             }
-            dlq.send(&letter.0, letter.1.as_deref())
-                .await
-                .map_err(kafka_err)?;
-            window.dead_letters += 1;
         }
-        branches
+        self.branches
             .metrics
             .advance(&batch.at_end, Instant::now())
             .await?;
         if let Some(t) = &options.telemetry {
-            report_progress(t, &source.lag(), branches.metrics.watermark_micros());
+            report_progress(
+                t,
+                &self.source.lag(),
+                self.branches.metrics.watermark_micros(),
+            );
         }
 
-        let due = window.opened.elapsed() >= pipeline.commit.interval
-            || branches.events.buffered_rows() >= pipeline.commit.max_rows as u64
+        let due = self.window.opened.elapsed() >= self.pipeline.commit.interval
+            || self.branches.events.buffered_rows() >= self.pipeline.commit.max_rows as u64
             || (caught_up && options.until_caught_up);
-        if (progress.progressed() || branches.metrics.emitted() > 0) && due {
-            let Some(committed) = commit_and_record(
-                &mut dlq,
-                &mut branches,
-                &mut progress,
-                &source,
-                &mut summary,
-                options.telemetry.as_deref(),
-                pipeline,
-            )
-            .await?
-            else {
-                summary.fenced += 1;
-                let owned = progress.owned().clone();
-                branches.hold(&mut progress, &owned).await?;
-                source.rewind(owned, progress.resume());
-                window = CommitWindow::new();
-                continue;
+        if self.pending() && due {
+            let Some(committed) = self.commit().await? else {
+                self.summary.fenced += 1;
+                self.take_over().await?;
+                return Ok(Flow::Next);
             };
-            let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
-            let (open_windows, state_bytes, watermark) = branches.metrics.describe();
-            if let Some(t) = &options.telemetry {
-                let per_second = window.messages as f64 / seconds;
-                t.update_health(|h| h.events_per_second = per_second);
-            }
-            tracing::info!(
-                pipeline = %name,
-                table = branches.events.label(),
-                rows = committed.events.rows,
-                files = committed.events.files,
-                windows = committed.metrics.rows,
-                dead_letters = window.dead_letters,
-                late = window.late,
-                open_windows,
-                state_bytes,
-                watermark = watermark.as_deref().unwrap_or("none"),
-                partitions = ?progress.owned(),
-                conflicts = committed.events.conflicts + committed.metrics.conflicts,
-                lag = ?source.lag(),
-                events_per_s = (window.messages as f64 / seconds).round(),
-                commit_ms = committed.events.millis + committed.metrics.millis,
-                "committed"
-            );
-            window = CommitWindow::new();
+            self.log_commit(&committed);
+            self.window = CommitWindow::new();
         }
-        if caught_up && options.until_caught_up && !progress.progressed() {
-            tracing::info!(pipeline = %name, "caught up");
-            break;
+        if caught_up && options.until_caught_up && !self.progress.progressed() {
+            tracing::info!(pipeline = %self.name(), "caught up");
+            return Ok(Flow::Stop);
         }
+        Ok(Flow::Next)
     }
-    source.stop();
-    if options.flush_open_windows {
-        let rows = branches.metrics.flush().await?;
-        tracing::info!(pipeline = %name, windows = rows, "flushed the open windows");
+
+    /// Whether anything read or emitted waits for a commit.
+    fn pending(&self) -> bool {
+        self.progress.progressed() || self.branches.metrics.emitted() > 0
     }
-    if progress.progressed() || branches.metrics.emitted() > 0 {
-        let landed = commit_and_record(
-            &mut dlq,
-            &mut branches,
-            &mut progress,
-            &source,
-            &mut summary,
-            options.telemetry.as_deref(),
-            pipeline,
-        )
-        .await?;
-        match landed {
+
+    /// At the end of reading: flushes the open windows when asked, and commits what is left.
+    async fn finish(&mut self) -> Result<(), PipelineError> {
+        if self.options.flush_open_windows {
+            let rows = self.branches.metrics.flush().await?;
+            tracing::info!(pipeline = %self.name(), windows = rows, "flushed the open windows");
+        }
+        if !self.pending() {
+            return Ok(());
+        }
+        match self.commit().await? {
             Some(committed) => {
                 tracing::info!(
-                    pipeline = %name,
+                    pipeline = %self.name(),
                     rows = committed.events.rows,
                     files = committed.events.files,
                     windows = committed.metrics.rows,
@@ -394,15 +473,140 @@ pub async fn run(
                 );
             }
             None => {
-                summary.fenced += 1;
-                let dropped = branches.drop_buffered().await;
-                tracing::info!(pipeline = %name, dropped_rows = dropped, "final commit fenced: another runner holds these partitions now");
+                self.summary.fenced += 1;
+                let dropped = self.branches.drop_buffered().await;
+                tracing::info!(pipeline = %self.name(), dropped_rows = dropped, "final commit fenced: another runner holds these partitions now");
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits both tables: dead letters first (the commits move past their offsets, so they
+    /// must be safe), then the events, then the windows with their state checkpoints. When
+    /// the commit lands it is recorded: the group offsets (for lag monitoring), the run summary
+    /// and the telemetry. `None` when another runner had moved partitions on: the caller drops
+    /// what it holds and reads again.
+    async fn commit(&mut self) -> Result<Option<Committed>, PipelineError> {
+        let pipeline = self.pipeline;
+        self.dlq
+            .flush()
+            .await
+            .map_err(|source| PipelineError::Kafka {
+                pipeline: pipeline.name.clone(),
+                source,
+            })?;
+        let fenced = |table: &str, fenced: Fenced| {
+            tracing::warn!(pipeline = %pipeline.name, table, "commit refused, {fenced}: dropping what this runner read of its partitions and reading them again from the tables");
+            None
+        };
+        let events = match self.branches.events.commit(&mut self.progress).await? {
+            Landing::Committed(stats) => stats,
+            Landing::Fenced(f) => return Ok(fenced(self.branches.events.label(), f)),
+        };
+        let metrics = match self.branches.metrics.commit(&mut self.progress).await? {
+            Landing::Committed(stats) => stats,
+            Landing::Fenced(f) => return Ok(fenced(self.branches.metrics.label(), f)),
+        };
+        let committed = Committed { events, metrics };
+        let resume = self.progress.resume();
+        self.source.commit_group_offsets(&resume);
+        self.dlq.settle(&resume);
+        self.summary.add(&committed);
+        if let Some(outage) = self.outage.take() {
+            tracing::info!(pipeline = %pipeline.name, "committed again after {:.1} s of failures ({} attempt(s))", outage.since.elapsed().as_secs_f64(), outage.attempts());
+        }
+        if let Some(t) = self.options.telemetry.as_deref() {
+            let counts = (self.summary.messages, self.dlq.counts());
+            report_commit(
+                t,
+                pipeline,
+                &committed,
+                &self.source.lag(),
+                &self.branches.metrics,
+                counts,
+            );
+        }
+        Ok(Some(committed))
+    }
+
+    /// The commit log line.
+    fn log_commit(&self, committed: &Committed) {
+        let window = &self.window;
+        let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
+        let (open_windows, state_bytes, watermark) = self.branches.metrics.describe();
+        if let Some(t) = &self.options.telemetry {
+            let per_second = window.messages as f64 / seconds;
+            t.update_health(|h| h.events_per_second = per_second);
+        }
+        tracing::info!(
+            pipeline = %self.name(),
+            table = self.branches.events.label(),
+            rows = committed.events.rows,
+            files = committed.events.files,
+            windows = committed.metrics.rows,
+            dead_letters = window.dead_letters,
+            late = window.late,
+            open_windows,
+            state_bytes,
+            watermark = watermark.as_deref().unwrap_or("none"),
+            partitions = ?self.progress.owned(),
+            conflicts = committed.events.conflicts + committed.metrics.conflicts,
+            lag = ?self.source.lag(),
+            events_per_s = (window.messages as f64 / seconds).round(),
+            commit_ms = committed.events.millis + committed.metrics.millis,
+            "committed"
+        );
+    }
+
+    /// After `error`: when the object store or the catalog failed, drops what was not
+    /// committed and takes the partitions over from the tables again, retrying with backoff
+    /// until they answer, for at most `commit.retry_for` from the first failure; then the
+    /// source reads the dropped part again. Every other error (and one that outlasts the
+    /// retries, or a shutdown while waiting) is returned.
+    async fn ride_out(&mut self, error: PipelineError) -> Result<(), PipelineError> {
+        if !error.is_transient() {
+            return Err(error);
+        }
+        let limit = self.pipeline.commit.retry_for;
+        // Kept across failures until a commit lands: a store that fails again right after
+        // answering one load does not restart the schedule.
+        let mut outage = self.outage.take().unwrap_or_else(|| Outage::begin(limit));
+        let dropped = self.branches.abandon();
+        tracing::warn!(pipeline = %self.pipeline.name, dropped_rows = dropped, "{}: dropped what was not committed; reading it again once the tables answer", Causes(&error));
+        let mut shutdown = self.options.shutdown.clone();
+        let mut last = error;
+        loop {
+            let Some(wait) = outage.next_wait() else {
+                tracing::error!(pipeline = %self.pipeline.name, "the object store or catalog kept failing for {:?} (commit.retry_for): stopping", limit);
+                return Err(last);
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return Err(last),
+            }
+            // Nothing is held while the tables are loaded again: dead letters already sent
+            // must be delivered before the source reads their messages again.
+            self.dlq
+                .flush()
+                .await
+                .map_err(|source| PipelineError::Kafka {
+                    pipeline: self.pipeline.name.clone(),
+                    source,
+                })?;
+            match self.take_over().await {
+                Ok(()) => {
+                    tracing::info!(pipeline = %self.pipeline.name, resume = %self.progress.resume().to_json(), "the tables answer again after {:.1} s: reading on from them", outage.since.elapsed().as_secs_f64());
+                    self.outage = Some(outage);
+                    return Ok(());
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(pipeline = %self.pipeline.name, "still failing after {:.1} s (attempt {}): {}", outage.since.elapsed().as_secs_f64(), outage.attempts(), Causes(&error));
+                    last = error;
+                }
+                Err(error) => return Err(error),
             }
         }
     }
-    summary.dead_letters = dlq.counts().clone();
-    summary.offsets = branches.events.offsets().clone();
-    Ok(summary)
 }
 
 /// Looks up where assigned partitions resume, from the tables as they stand at the assignment
@@ -432,46 +636,21 @@ fn resume_lookup(pipeline: &PipelineConfig, catalog: Arc<dyn iceberg::Catalog>) 
     })
 }
 
-/// Commits both tables and, when the commit lands, records it: the group offsets (for lag
-/// monitoring), the run summary and the telemetry. `None` when the commit was fenced.
-async fn commit_and_record(
-    dlq: &mut DeadLetterWriter,
-    branches: &mut Branches<'_>,
-    progress: &mut Progress,
-    source: &KafkaSource,
-    summary: &mut RunSummary,
-    telemetry: Option<&Telemetry>,
-    pipeline: &PipelineConfig,
-) -> Result<Option<Committed>, PipelineError> {
-    let Some(committed) = commit(dlq, branches, progress, &pipeline.name).await? else {
-        return Ok(None);
-    };
-    source.commit_group_offsets(&progress.resume());
-    summary.add(&committed);
-    if let Some(t) = telemetry {
-        let counts = (summary.messages, dlq.counts());
-        report_commit(
-            t,
-            pipeline,
-            &committed,
-            &source.lag(),
-            branches.metrics,
-            counts,
-        );
-    }
-    Ok(Some(committed))
-}
-
 /// The two tables' branches.
-struct Branches<'a> {
-    events: &'a mut EventsBranch,
-    metrics: &'a mut MetricsBranch,
+struct Branches {
+    events: EventsBranch,
+    metrics: MetricsBranch,
 }
 
-impl Branches<'_> {
+impl Branches {
     /// Drops everything read and not committed: rows, closed windows and window state.
     async fn drop_buffered(&mut self) -> u64 {
         self.events.discard().await + self.metrics.discard().await
+    }
+
+    /// Drops the same without touching the object store, which just failed.
+    fn abandon(&mut self) -> u64 {
+        self.events.abandon() + self.metrics.abandon()
     }
 
     /// Takes over `partitions` from the tables as they stand now: what was buffered is dropped,
@@ -558,34 +737,6 @@ impl RunSummary {
     }
 }
 
-/// Commits both tables: dead letters first (the commits move past their offsets, so they must
-/// be safe), then the events, then the windows with their state checkpoints. `None` when
-/// another runner had moved partitions on: the caller drops what it holds and reads again.
-async fn commit(
-    dlq: &mut DeadLetterWriter,
-    branches: &mut Branches<'_>,
-    progress: &mut Progress,
-    pipeline: &str,
-) -> Result<Option<Committed>, PipelineError> {
-    dlq.flush().await.map_err(|source| PipelineError::Kafka {
-        pipeline: pipeline.to_string(),
-        source,
-    })?;
-    let fenced = |table: &str, fenced: Fenced| {
-        tracing::warn!(pipeline, table, "commit refused, {fenced}: dropping what this runner read of its partitions and reading them again from the tables");
-        None
-    };
-    let events = match branches.events.commit(progress).await? {
-        Landing::Committed(stats) => stats,
-        Landing::Fenced(f) => return Ok(fenced(branches.events.label(), f)),
-    };
-    let metrics = match branches.metrics.commit(progress).await? {
-        Landing::Committed(stats) => stats,
-        Landing::Fenced(f) => return Ok(fenced(branches.metrics.label(), f)),
-    };
-    Ok(Some(Committed { events, metrics }))
-}
-
 /// Counters since the last commit.
 struct CommitWindow {
     opened: Instant,
@@ -624,7 +775,7 @@ impl Stages<'_> {
         &self,
         batch: &MicroBatch,
         progress: &Progress,
-        branches: &mut Branches<'_>,
+        branches: &mut Branches,
     ) -> Result<Vec<KeyedDeadLetter>, PipelineError> {
         let events_skip = &progress.absorbed_ahead(TableRole::Events);
         let metrics_skip = &progress.absorbed_ahead(TableRole::Metrics);

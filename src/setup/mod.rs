@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{open_catalog, CatalogError};
+use crate::catalog::{check_warehouse, open_catalog, CatalogError};
 use crate::config::{Config, PipelineConfig};
 use crate::engine::{new_session, SqlProblem};
 use crate::kafka::admin::{TopicAdmin, TopicSpec, TopicStatus};
 use crate::kafka::{client_config, KafkaError};
 use crate::pipeline::plan::{plan_pipeline, PlannedSql};
-use crate::sink::table::{ensure_namespace, ensure_table, Ensured};
+use crate::sink::table::{check_storage, ensure_namespace, ensure_table, load_table, Ensured};
 use crate::sink::SinkError;
 
 /// Why provisioning stopped.
@@ -85,6 +85,7 @@ pub async fn ensure_tables(
 ) -> Result<TablesReport, SetupError> {
     let sink = &pipeline.sink;
     let catalog = open_catalog(config, sink).await?;
+    check_warehouse(config, sink).await?;
     let namespace = ensure_namespace(catalog.as_ref(), &sink.namespace).await?;
     let mut tables = Vec::new();
     for (table, schema) in [
@@ -99,6 +100,8 @@ pub async fn ensure_tables(
             &table.partition_by,
         )
         .await?;
+        let loaded = load_table(catalog.as_ref(), &sink.namespace, &table.name).await?;
+        check_storage(&loaded, &format!("{}.{}", sink.namespace, table.name)).await?;
         tables.push((table.name.clone(), status));
     }
     Ok(TablesReport {

@@ -30,12 +30,9 @@ pub async fn save(
             }
         })
         .collect();
-    let base = match base {
-        Some(base) => base.trim_end_matches('/').to_string(),
-        None => format!("{}/checkpoints", writer.location().trim_end_matches('/')),
-    };
     let path = format!(
-        "{base}/{pipeline}-p{partition}-{}.arrow",
+        "{}/{pipeline}-p{partition}-{}.arrow",
+        folder(writer, base),
         uuid::Uuid::now_v7()
     );
     writer
@@ -46,6 +43,32 @@ pub async fn save(
         .await
         .map_err(|e| SinkError::iceberg(format!("writing checkpoint {path}"), e))?;
     Ok(path)
+}
+
+/// The folder checkpoints are written to: `base`, or the table's `checkpoints/` folder.
+fn folder(writer: &TableWriter, base: Option<&str>) -> String {
+    match base {
+        Some(base) => base.trim_end_matches('/').to_string(),
+        None => format!("{}/checkpoints", writer.location().trim_end_matches('/')),
+    }
+}
+
+/// Writes and deletes a small file where checkpoints go, so that a location the runner may not
+/// write to is reported before anything is consumed, not at the first commit.
+pub async fn probe(writer: &TableWriter, base: Option<&str>) -> Result<(), SinkError> {
+    let folder = folder(writer, base);
+    let path = format!("{folder}/.probe-{}", uuid::Uuid::now_v7());
+    let written = match writer.file_io().new_output(&path) {
+        Ok(output) => output.write(Bytes::from_static(b"probe")).await,
+        Err(e) => Err(e),
+    };
+    written.map_err(|source| SinkError::Checkpoints {
+        table: writer.label().to_string(),
+        folder,
+        source: Box::new(source),
+    })?;
+    remove(writer, &path).await;
+    Ok(())
 }
 
 /// Reads the checkpoint at `path`.

@@ -28,7 +28,8 @@ use parquet::file::properties::WriterProperties;
 use super::commit::{is_conflict, PinnedCatalog};
 use super::evolve::columns_to_add;
 use super::partition::PartitionSplitter;
-use super::table::load_table;
+use super::table::{check_storage, load_table};
+use super::waiting;
 use super::SinkError;
 use crate::common::summary::{self, Checkpoints};
 use crate::common::{Fenced, Offsets};
@@ -117,6 +118,7 @@ impl TableWriter {
                 }
                 other => other,
             })?;
+        check_storage(&table, &label).await?;
         let additions = columns_to_add(&label, table.metadata().current_schema(), sql_schema)?;
         let table = if additions.is_empty() {
             table
@@ -173,9 +175,8 @@ impl TableWriter {
 
     /// Loads the table's newest state from the catalog (other runners may have committed).
     pub async fn refresh(&mut self) -> Result<&TableState, SinkError> {
-        let table = self
-            .catalog
-            .load_table(self.table.identifier())
+        let loading = || format!("{}: loading the table", self.label);
+        let table = waiting::logged(loading, self.catalog.load_table(self.table.identifier()))
             .await
             .map_err(|e| SinkError::iceberg(format!("loading {}", self.label), e))?;
         self.state = read_state(&table, &self.pipeline, &self.label)?;
@@ -244,10 +245,12 @@ impl TableWriter {
     ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
         let files: Vec<DataFile> = match self.writer.take() {
-            Some(writer) => writer
-                .close()
-                .await
-                .map_err(|e| SinkError::iceberg(&self.label, e))?,
+            Some(writer) => {
+                let closing = || format!("{}: writing the data files", self.label);
+                waiting::logged(closing, writer.close())
+                    .await
+                    .map_err(|e| SinkError::iceberg(&self.label, e))?
+            }
             None => Vec::new(),
         };
         let file_count = files.len();
@@ -288,7 +291,8 @@ impl TableWriter {
                 .apply(tx)
                 .map_err(|e| SinkError::iceberg(&self.label, e))?;
             let pinned = PinnedCatalog::new(self.catalog.clone(), base.clone());
-            match tx.commit(&pinned).await {
+            let committing = || format!("{}: committing", self.label);
+            match waiting::logged(committing, tx.commit(&pinned)).await {
                 Ok(table) => {
                     self.state = TableState {
                         offsets: content.offsets,
@@ -308,10 +312,12 @@ impl TableWriter {
                     state = read_state(&base, &self.pipeline, &self.label)?;
                 }
                 Err(error) => {
+                    // The files are left where they are: when the catalog failed after taking
+                    // the commit, a snapshot references them now.
                     return Err(SinkError::iceberg(
                         format!("committing to {}", self.label),
                         error,
-                    ))
+                    ));
                 }
             }
         }
@@ -341,6 +347,14 @@ impl TableWriter {
                 tracing::warn!(table = %self.label, file = file.file_path(), "deleting a discarded file: {err}");
             }
         }
+        std::mem::take(&mut self.buffered_rows)
+    }
+
+    /// Forgets the rows written since the last commit without closing their files: after the
+    /// object store failed, closing would only upload what is dropped anyway (the open files
+    /// were never completed, so nothing references them).
+    pub fn abandon(&mut self) -> u64 {
+        self.writer = None;
         std::mem::take(&mut self.buffered_rows)
     }
 

@@ -6,6 +6,7 @@ pub mod evolve;
 pub mod iceberg;
 pub mod partition;
 pub mod table;
+pub mod waiting;
 
 /// Errors of the Iceberg sink, each naming the table or catalog involved.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +14,22 @@ pub enum SinkError {
     /// The catalog could not be opened.
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// The table's files cannot be read with the storage settings in use.
+    #[error("table {table}: cannot read its metadata file {location} from the object store (check sink.storage; a REST catalog may send storage settings of its own)")]
+    Storage {
+        table: String,
+        location: String,
+        #[source]
+        source: Option<Box<::iceberg::Error>>,
+    },
+    /// Window-state checkpoints cannot be written where they are configured to go.
+    #[error("table {table}: cannot write window-state checkpoints under {folder} (check sink.checkpoints: an Iceberg table bucket, such as SeaweedFS's or S3 Tables', accepts only Iceberg's own files)")]
+    Checkpoints {
+        table: String,
+        folder: String,
+        #[source]
+        source: Box<::iceberg::Error>,
+    },
     /// An Iceberg operation on a table or namespace failed.
     #[error("{what}")]
     Iceberg {
@@ -66,6 +83,30 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Whether the error may pass by itself: the object store or the catalog did not answer
+    /// or failed (iceberg-rust reports I/O, HTTP and database failures as `Unexpected`), as
+    /// opposed to a table, summary or SQL output that is wrong and stays wrong, or an object
+    /// store that refuses the request (permission, missing bucket, setting).
+    pub fn is_transient(&self) -> bool {
+        let SinkError::Iceberg { source, .. } = self else {
+            return false;
+        };
+        if source.kind() != ::iceberg::ErrorKind::Unexpected {
+            return false;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(error) = cause {
+            if let Some(storage) = error.downcast_ref::<opendal::Error>() {
+                return matches!(
+                    storage.kind(),
+                    opendal::ErrorKind::Unexpected | opendal::ErrorKind::RateLimited
+                );
+            }
+            cause = error.source();
+        }
+        true
+    }
+
     /// Wraps an Iceberg error with what was being done.
     pub fn iceberg(what: impl Into<String>, source: ::iceberg::Error) -> Self {
         SinkError::Iceberg {

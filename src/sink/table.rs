@@ -2,6 +2,7 @@
 
 use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
 use iceberg::spec::{Schema, Transform, UnboundPartitionSpec};
+use iceberg::table::Table;
 use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 
 use super::SinkError;
@@ -13,6 +14,26 @@ pub enum Ensured {
     Created,
     /// It existed already and was left unchanged.
     Existed,
+}
+
+/// Reads the table's metadata file through the table's own storage settings: a REST catalog
+/// answers without touching the object store, so wrong storage settings would otherwise show
+/// only at the first commit, after events were consumed.
+pub async fn check_storage(table: &Table, label: &str) -> Result<(), SinkError> {
+    let Some(location) = table.metadata_location() else {
+        return Ok(());
+    };
+    let found = table.file_io().exists(location).await;
+    let storage_error = |source| SinkError::Storage {
+        table: label.to_string(),
+        location: location.to_string(),
+        source,
+    };
+    match found {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(storage_error(None)),
+        Err(e) => Err(storage_error(Some(Box::new(e)))),
+    }
 }
 
 /// Creates the namespace unless it exists.

@@ -476,6 +476,11 @@ impl Reader {
         // workaround below) re-reads messages already handed on, which must not be handed on
         // twice. Cleared when the pipeline drops what it holds (rebalance, rewind).
         let mut handed_on: HashMap<i32, i64> = HashMap::new();
+        // The first offset handed on per partition since it was assigned: where a partition the
+        // tables hold nothing from is rewound to (seeking to `start_from` again would let
+        // messages fetched before the seek through, and the hand-on check above would then drop
+        // everything before them).
+        let mut first_handed: HashMap<i32, i64> = HashMap::new();
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
         let mut opened = Instant::now();
         let mut epoch = 0;
@@ -501,6 +506,7 @@ impl Reader {
                 builder.clear();
                 at_end.clear();
                 handed_on.clear();
+                first_handed.clear();
                 (assigned, resume_at) = self.assignment();
                 resumes = ResumeCheck::default();
                 repositioned.extend(resume_at.keys().copied());
@@ -519,7 +525,12 @@ impl Reader {
                     handed_on.remove(&partition);
                     at_end.remove(&partition);
                     resumes.forget(partition);
-                    let Some(offset) = offsets.get(&self.options.topic, partition) else {
+                    let Some(offset) = offsets
+                        .get(&self.options.topic, partition)
+                        .or_else(|| first_handed.get(&partition).copied())
+                    else {
+                        // Nothing was handed on since the assignment: whatever arrives first
+                        // is where the partition starts.
                         resume_at.remove(&partition);
                         self.seek_to(partition, self.start_offset());
                         continue;
@@ -578,6 +589,7 @@ impl Reader {
                     let seen = handed_on.get(&partition).is_some_and(|next| offset < *next);
                     if !seen && resume.is_none_or(|next| offset >= next) {
                         handed_on.insert(partition, offset + 1);
+                        first_handed.entry(partition).or_insert(offset);
                         if builder.is_empty() {
                             opened = Instant::now();
                         }

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod production;
 pub mod proxy;
+pub mod pyiceberg;
 pub mod seaweed;
 pub mod windows;
 
@@ -303,7 +305,10 @@ impl TestPipeline {
 /// Starts `command` with logs at info level; its stderr lines arrive on the receiver.
 fn spawn_logged(mut command: Command) -> (Child, mpsc::Receiver<String>) {
     let mut child = command
-        .env("RUST_LOG", "campaign_pipeline=info")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUNNER_LOG").unwrap_or_else(|_| "campaign_pipeline=info".into()),
+        )
         .stderr(Stdio::piped())
         .spawn()
         .expect("start runner");

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct Postgres {
     /// `postgres://postgres@127.0.0.1:port/postgres` (trust authentication on loopback).
     pub uri: String,
+    /// `127.0.0.1:port`.
+    pub address: String,
 }
 
 /// The PostgreSQL shared by the tests of this binary, started on first use.
@@ -87,5 +89,6 @@ fn start() -> Postgres {
     std::mem::forget(child);
     Postgres {
         uri: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        address: format!("127.0.0.1:{port}"),
     }
 }

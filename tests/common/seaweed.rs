@@ -8,6 +8,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::proxy::Proxy;
+
 /// The access key the server is started with (also the REST catalog's OAuth2 client id).
 pub const ACCESS_KEY: &str = "campaign";
 /// The secret key (also the REST catalog's OAuth2 client secret).
@@ -30,7 +32,48 @@ pub struct Seaweed {
 /// The SeaweedFS shared by the tests of this binary, started on first use.
 pub fn seaweed() -> &'static Seaweed {
     static SEAWEED: OnceLock<Seaweed> = OnceLock::new();
-    SEAWEED.get_or_init(start)
+    SEAWEED.get_or_init(|| start(None))
+}
+
+/// A SeaweedFS whose S3 API and REST catalog clients reach only through proxies that a test
+/// can cut, to play an outage of either.
+pub struct ProxiedSeaweed {
+    /// The server (its `s3_endpoint` and `catalog_uri` lead to the proxies).
+    pub server: Seaweed,
+    /// In front of the S3 API (also the endpoint the REST catalog hands out for its tables).
+    pub s3: Proxy,
+    /// In front of the REST catalog.
+    pub catalog: Proxy,
+}
+
+/// The proxied SeaweedFS shared by the tests of this binary, started on first use.
+pub fn proxied_seaweed() -> &'static ProxiedSeaweed {
+    static SEAWEED: OnceLock<ProxiedSeaweed> = OnceLock::new();
+    SEAWEED.get_or_init(|| {
+        let (s3_port, catalog_port) = (free_pair(), free_pair());
+        let s3_proxy = format!("127.0.0.1:{}", super::free_port());
+        let catalog_proxy = format!("127.0.0.1:{}", super::free_port());
+        let s3 = Proxy::start(&s3_proxy, &format!("127.0.0.1:{s3_port}"));
+        let catalog = Proxy::start(&catalog_proxy, &format!("127.0.0.1:{catalog_port}"));
+        let mut server = start(Some(Ports {
+            s3: s3_port,
+            iceberg: catalog_port,
+            external_s3: format!("http://{s3_proxy}"),
+        }));
+        server.catalog_uri = format!("http://{catalog_proxy}");
+        ProxiedSeaweed {
+            server,
+            s3,
+            catalog,
+        }
+    })
+}
+
+/// The S3 and REST catalog ports a server is started on, and the S3 endpoint it hands out.
+struct Ports {
+    s3: u16,
+    iceberg: u16,
+    external_s3: String,
 }
 
 fn weed_binary() -> PathBuf {
@@ -60,10 +103,19 @@ fn free_pair() -> u16 {
     }
 }
 
-fn start() -> Seaweed {
+fn start(ports: Option<Ports>) -> Seaweed {
     let dir = tempfile::tempdir().expect("temp dir").keep();
-    let [master, volume, filer, s3, iceberg, admin] = [(); 6].map(|_| free_pair());
-    let s3_endpoint = format!("http://127.0.0.1:{s3}");
+    let [master, volume, filer, admin] = [(); 4].map(|_| free_pair());
+    let ports = ports.unwrap_or_else(|| {
+        let s3 = free_pair();
+        Ports {
+            s3,
+            iceberg: free_pair(),
+            external_s3: format!("http://127.0.0.1:{s3}"),
+        }
+    });
+    let (s3, iceberg) = (ports.s3, ports.iceberg);
+    let s3_endpoint = ports.external_s3;
     let mut command = Command::new(weed_binary());
     command
         .arg("mini")
@@ -71,6 +123,8 @@ fn start() -> Seaweed {
         .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
         .args([
             "-master.telemetry=false",
+            // As on real S3: writing to a bucket that does not exist fails.
+            "-s3.autoCreateBucket=false",
             "-s3.port.lance=0",
             "-webdav.port=0",
         ])

@@ -1,0 +1,52 @@
+//! Test pipelines on production storage: the warehouse in SeaweedFS's S3 API, with its REST
+//! catalog or a PostgreSQL catalog.
+
+use super::seaweed::{Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY, TABLE_BUCKET};
+use super::{unique, TestPipeline};
+
+/// A pipeline with `catalog` (YAML lines of the `catalog:` block, given the namespace) and
+/// `server`'s S3 API as its object storage, in a namespace of its own.
+pub fn on_object_store(server: &Seaweed, catalog: impl FnOnce(&str) -> String) -> TestPipeline {
+    let pipeline = TestPipeline::new();
+    let namespace = unique("ns");
+    let catalog = catalog(&namespace);
+    pipeline.edit_config(|yaml| {
+        let sqlite = "      catalog:\n        type: sqlite\n        path: data/catalog.db\n        warehouse: data/warehouse\n      namespace: campaigns\n";
+        assert!(yaml.contains(sqlite), "{yaml}");
+        yaml.replace(
+            sqlite,
+            &format!(
+                "      catalog:\n{catalog}      storage:\n        endpoint: {s3}\n        region: us-east-1\n        path_style_access: true\n        access_key_id: {ACCESS_KEY}\n        secret_access_key: {SECRET_KEY}\n      namespace: {namespace}\n",
+                s3 = server.s3_endpoint,
+            ),
+        )
+    });
+    pipeline
+}
+
+/// Tables in `server`: its REST catalog, its S3 API; checkpoints in the plain bucket (a table
+/// bucket accepts only Iceberg's own files).
+pub fn on_rest_catalog(server: &Seaweed) -> TestPipeline {
+    let uri = &server.catalog_uri;
+    on_object_store(server, |namespace| {
+        format!(
+            "        type: rest\n        uri: {uri}\n        warehouse: s3://{TABLE_BUCKET}/\n        credential: {ACCESS_KEY}:{SECRET_KEY}\n      checkpoints: s3://{BUCKET}/checkpoints/{namespace}\n"
+        )
+    })
+}
+
+/// A PostgreSQL catalog at `uri` with the warehouse in `server`'s S3 bucket.
+pub fn on_postgres_catalog(server: &Seaweed, uri: &str) -> TestPipeline {
+    on_object_store(server, |namespace| {
+        format!("        type: postgres\n        uri: {uri}\n        warehouse: s3://{BUCKET}/{namespace}\n")
+    })
+}
+
+/// Many small commits: 1,000-row micro-batches, a commit every 2,000 rows or 200 ms.
+pub fn small_commits(pipeline: &TestPipeline) {
+    pipeline.edit_config(|yaml| {
+        yaml.replace("interval: 5s", "interval: 200ms")
+            .replace("max_rows: 10000", "max_rows: 1000")
+            .replace("max_rows: 500000", "max_rows: 2000")
+    });
+}
