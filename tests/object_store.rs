@@ -34,7 +34,46 @@ fn rows(batches: &[RecordBatch]) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() {
     let pipeline = on_rest_catalog();
-    every_event_once_across_a_sigkill(&pipeline, &format!("s3://{BUCKET}/checkpoints/")).await;
+    let truth =
+        every_event_once_across_a_sigkill(&pipeline, &format!("s3://{BUCKET}/checkpoints/")).await;
+    dashboard_and_dlq_read_the_truth(&pipeline, &truth);
+    // `bench` compares the REST catalog and S3 with the embedded default, each reading every
+    // event (it fails otherwise), and leaves no scratch namespace behind.
+    let bench = cli_ok(
+        &pipeline,
+        &[
+            "bench",
+            "--memory-events",
+            "2000",
+            "--window-events",
+            "2000",
+            "--kafka-events",
+            "0",
+            "--dlq-events",
+            "0",
+            "--storage-events",
+            "6000",
+        ],
+    );
+    let uri = &seaweed().catalog_uri;
+    for row in [
+        "| end to end, embedded default ".to_string(),
+        format!("| end to end, rest catalog at {uri} "),
+        format!("|   commit latency, rest catalog at {uri} "),
+        "| configured vs embedded (wall clock, CPU) ".to_string(),
+    ] {
+        assert!(bench.contains(&row), "{row}: {bench}");
+    }
+    let namespaces = cli_ok(
+        &pipeline,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT schema_name FROM information_schema.schemata",
+        ],
+    );
+    assert!(!namespaces.contains("bench_storage"), "{namespaces}");
     // An independent reader, PyIceberg through the same REST catalog, reads the same rows.
     let server = seaweed();
     let properties = serde_json::json!({
@@ -67,7 +106,10 @@ async fn postgres_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkil
 
 /// 20,000 events, a SIGKILL after committed work and a restart: both tables equal the truth,
 /// every event once, the checkpoints in the object store under `checkpoints_under`.
-async fn every_event_once_across_a_sigkill(pipeline: &TestPipeline, checkpoints_under: &str) {
+async fn every_event_once_across_a_sigkill(
+    pipeline: &TestPipeline,
+    checkpoints_under: &str,
+) -> Truth {
     // Many commits to kill between.
     production::small_commits(pipeline);
     cli_ok(pipeline, &["setup"]);
@@ -159,6 +201,53 @@ async fn every_event_once_across_a_sigkill(pipeline: &TestPipeline, checkpoints_
         counted.contains(&format!("\n{}\n", truth.valid_events)),
         "{counted}"
     );
+    truth
+}
+
+/// The standalone dashboard serves totals read through the catalog that equal the truth, and
+/// `dlq stats` counts every rejected event.
+fn dashboard_and_dlq_read_the_truth(pipeline: &TestPipeline, truth: &Truth) {
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut dashboard = pipeline
+        .command(&["dashboard", "--listen", &listen])
+        .spawn()
+        .expect("dashboard");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let totals = loop {
+        if let Some(body) = http_get(&listen, "/api/totals?windows=10000") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard did not answer"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
+    let totals: serde_json::Value = serde_json::from_str(&totals).expect("totals JSON");
+    let sum = |count: fn(&campaign_pipeline::generator::truth::Counts) -> u64| -> u64 {
+        truth.campaigns.values().map(count).sum()
+    };
+    assert_eq!(totals["impressions"], sum(|c| c.impressions), "{totals}");
+    assert_eq!(totals["clicks"], sum(|c| c.clicks), "{totals}");
+    assert_eq!(totals["conversions"], sum(|c| c.conversions), "{totals}");
+    let output = pipeline.cli(&["dlq", "stats", "--format", "json"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
+    assert_eq!(stats["total"], truth.invalid_events, "{stats}");
+}
+
+/// The body of a 200 answer to `GET path`, or `None`.
+fn http_get(address: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
 }
 
 /// One broken setting of a working pipeline, what the error must say and what it must not.

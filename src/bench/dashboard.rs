@@ -77,7 +77,7 @@ pub async fn measure(
     let _ = stop.send(true);
     server.await??;
     times.sort_unstable();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    let at = |q: f64| super::quantile(&times, q);
     row(
         &format!("dashboard API, {CLIENTS} concurrent clients, tables of {events} events"),
         format!(

@@ -6,6 +6,7 @@
 
 mod dashboard;
 mod dlq;
+mod storage;
 mod window;
 
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ pub struct BenchOptions {
     pub window_events: usize,
     /// Dead letters for the DLQ tools measure (0 skips it).
     pub dlq_events: usize,
+    /// Events for the configured catalog and warehouse against the embedded default (0 skips
+    /// it).
+    pub storage_events: usize,
 }
 
 /// One line of the result table.
@@ -313,6 +317,9 @@ pub async fn run(
     if options.kafka_events > 0 {
         end_to_end(config, pipeline, options, &mut row).await?;
     }
+    if options.storage_events > 0 {
+        storage::measure(config, pipeline, options.storage_events, &mut row).await?;
+    }
     if options.dlq_events > 0 {
         let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
         dlq::measure(&client, options.dlq_events, &mut row).await?;
@@ -335,41 +342,14 @@ async fn end_to_end(
     let scratch = scratch_config(config, pipeline, dir.path(), &topic)?;
     let p = &scratch.pipelines[0];
     let client = client_config(&p.source.brokers, &p.source.properties);
-    let admin = TopicAdmin::new(&client)?;
-    for (name, partitions) in [(topic.clone(), 3), (p.dead_letter.topic.clone(), 1)] {
-        admin
-            .ensure_topic(&TopicSpec {
-                name,
-                partitions,
-                replication: 1,
-                configs: Default::default(),
-            })
-            .await?;
-    }
-    let producer = EventProducer::new(&client, &topic)?;
-    let generated = records(options.kafka_events);
-    let started = Instant::now();
-    for chunk in generated.chunks(20_000) {
-        producer
-            .send_records(
-                chunk
-                    .iter()
-                    .map(|r| (r.key.as_slice(), r.payload.as_slice())),
-            )
-            .await
-            .context("producing benchmark events")?;
-    }
+    let produced = fill_topic(p, options.kafka_events).await?;
     row(
         "events produced to the local broker",
-        format!(
-            "{} in {:.1}s",
-            generated.len(),
-            started.elapsed().as_secs_f64()
-        ),
+        format!("{} in {:.1}s", produced.count, produced.seconds),
     );
+    let events = produced.count;
 
-    let (count, plain) =
-        timed(async { plain_consume(&client, &topic, 3, generated.len()) }).await?;
+    let (count, plain) = timed(async { plain_consume(&client, &topic, 3, events) }).await?;
     row(
         "baseline: plain rdkafka consumer",
         per_second(count, plain.wall),
@@ -423,7 +403,7 @@ async fn end_to_end(
             &format!("{runners} runners in one group (end to end)"),
             format!(
                 "{}, {:.2}x the wall clock of one",
-                per_second(generated.len(), timed.wall),
+                per_second(events, timed.wall),
                 timed.wall.as_secs_f64() / run.wall.as_secs_f64().max(1e-9)
             ),
         );
@@ -431,7 +411,7 @@ async fn end_to_end(
             &format!("{runners} runners, CPU"),
             format!(
                 "{}, {:.2}x one runner's",
-                cpu_per_million(generated.len(), timed.cpu),
+                cpu_per_million(events, timed.cpu),
                 timed.cpu.as_secs_f64() / run.cpu.as_secs_f64().max(1e-9)
             ),
         );
@@ -450,6 +430,57 @@ async fn end_to_end(
         );
     }
     Ok(())
+}
+
+/// Events produced for a benchmark.
+struct Filled {
+    count: usize,
+    seconds: f64,
+}
+
+/// Creates the source topic (3 partitions) and dead letter topic of `p`, and produces `events`
+/// generated events to the source topic.
+async fn fill_topic(p: &PipelineConfig, events: usize) -> anyhow::Result<Filled> {
+    let client = client_config(&p.source.brokers, &p.source.properties);
+    let admin = TopicAdmin::new(&client)?;
+    for (name, partitions) in [
+        (p.source.topic.clone(), 3),
+        (p.dead_letter.topic.clone(), 1),
+    ] {
+        admin
+            .ensure_topic(&TopicSpec {
+                name,
+                partitions,
+                replication: 1,
+                configs: Default::default(),
+            })
+            .await?;
+    }
+    let producer = EventProducer::new(&client, &p.source.topic)?;
+    let generated = records(events);
+    let started = Instant::now();
+    for chunk in generated.chunks(20_000) {
+        producer
+            .send_records(
+                chunk
+                    .iter()
+                    .map(|r| (r.key.as_slice(), r.payload.as_slice())),
+            )
+            .await
+            .context("producing benchmark events")?;
+    }
+    Ok(Filled {
+        count: generated.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The `q` quantile (0..=1) of `sorted` durations, nearest rank; zero when there are none.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
 /// Commit conflicts (retried after validation) per table commit, over runs.

@@ -25,6 +25,11 @@ pub struct BenchArgs {
     /// Dead letters for the DLQ tools benchmark (stats, export) through the broker; 0 skips it.
     #[arg(long, default_value_t = 200_000)]
     pub dlq_events: usize,
+    /// Events for the comparison of the configured catalog and warehouse (REST or PostgreSQL,
+    /// S3) with the embedded default, end to end; 0 skips it (it is skipped anyway when the
+    /// configured catalog is the embedded default).
+    #[arg(long, default_value_t = 200_000)]
+    pub storage_events: usize,
 }
 
 /// Runs the benchmarks and prints the table.
@@ -37,6 +42,7 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
         batch_rows: pipeline.batch.max_rows,
         window_events: args.window_events,
         dlq_events: args.dlq_events,
+        storage_events: args.storage_events,
     };
     let rows = bench::run(&config, pipeline, &options).await?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);

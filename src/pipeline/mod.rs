@@ -153,6 +153,8 @@ pub struct RunSummary {
     pub fenced: u64,
     /// Offsets the events table holds at the end.
     pub offsets: Offsets,
+    /// How long each commit of both tables took, in commit order.
+    pub commit_times: Vec<Duration>,
 }
 
 /// How a commit of one table ended.
@@ -734,6 +736,9 @@ impl RunSummary {
             u64::from(committed.events.conflicts + committed.metrics.conflicts);
         self.rows += committed.events.rows;
         self.windows += committed.metrics.rows;
+        let millis = committed.events.millis + committed.metrics.millis;
+        self.commit_times
+            .push(Duration::from_millis(millis.try_into().unwrap_or(u64::MAX)));
     }
 }
 
