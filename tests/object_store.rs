@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use campaign_pipeline::generator::Truth;
 use common::seaweed::{seaweed, ACCESS_KEY, BUCKET, SECRET_KEY, TABLE_BUCKET};
-use common::windows::{assert_windows_equal, expected, windows};
 use common::{production, pyiceberg, scan_table, snapshot_properties, text, TestPipeline};
 
 fn on_rest_catalog() -> TestPipeline {
@@ -113,28 +111,7 @@ async fn every_event_once_across_a_sigkill(
     // Many commits to kill between.
     production::small_commits(pipeline);
     cli_ok(pipeline, &["setup"]);
-    let truth_path = pipeline.dir.path().join("truth.json");
-    cli_ok(
-        pipeline,
-        &[
-            "generate",
-            "--count",
-            "20000",
-            "--seed",
-            "81",
-            "--campaigns",
-            "5",
-            "--start-time",
-            "2026-01-01T00:00:00Z",
-            "--invalid-ratio",
-            "0.02",
-            "--out-of-order-ratio",
-            "0.05",
-            "--truth",
-            truth_path.to_str().unwrap(),
-        ],
-    );
-    let truth: Truth = serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
+    let truth = production::generate_20k(pipeline, 81);
     let killed = pipeline.kill_after_commits(&["run", "--until-caught-up"], 3, Duration::ZERO);
     assert!(killed, "the runner finished before it could be killed");
     // It was killed after committing part of the topic, not before.
@@ -154,21 +131,7 @@ async fn every_event_once_across_a_sigkill(
         &["run", "--until-caught-up", "--flush-open-windows"],
     );
 
-    let events = scan_table(&pipeline.config, "campaign_events").await;
-    assert_eq!(rows(&events) as u64, truth.valid_events);
-    let ids: BTreeSet<String> = events
-        .iter()
-        .flat_map(|b| {
-            let ids = b.column_by_name("event_id").unwrap().as_string::<i32>();
-            ids.iter().flatten().map(str::to_string).collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(ids.len() as u64, truth.valid_events, "every event once");
-    let metrics = windows(
-        &scan_table(&pipeline.config, "campaign_metrics").await,
-        None,
-    );
-    assert_windows_equal(&metrics, &expected(std::slice::from_ref(&truth)));
+    production::assert_every_event_once(pipeline, &truth).await;
     // The window state's checkpoints are in the object store.
     let properties = snapshot_properties(&pipeline.config, "campaign_metrics").await;
     let checkpoint = &properties["campaign-pipeline.checkpoint"];

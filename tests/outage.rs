@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use arrow::array::{AsArray, RecordBatch};
-use campaign_pipeline::generator::Truth;
-use common::production::{on_postgres_catalog, on_rest_catalog, small_commits};
+use common::production::{
+    assert_every_event_once, generate_20k, on_postgres_catalog, on_rest_catalog, small_commits,
+};
 use common::proxy::Proxy;
 use common::seaweed::proxied_seaweed;
-use common::windows::{assert_windows_equal, expected, windows};
-use common::{read_topic, scan_table, text, TestPipeline};
+use common::{read_topic, text, TestPipeline};
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -67,28 +66,7 @@ async fn survive(pipeline: TestPipeline, proxy: &Proxy) -> String {
     let _alone = ONE_OUTAGE_AT_A_TIME.lock().await;
     small_commits(&pipeline);
     cli_ok(&pipeline, &["setup"]);
-    let truth_path = pipeline.dir.path().join("truth.json");
-    cli_ok(
-        &pipeline,
-        &[
-            "generate",
-            "--count",
-            "20000",
-            "--seed",
-            "83",
-            "--campaigns",
-            "5",
-            "--start-time",
-            "2026-01-01T00:00:00Z",
-            "--invalid-ratio",
-            "0.02",
-            "--out-of-order-ratio",
-            "0.05",
-            "--truth",
-            truth_path.to_str().unwrap(),
-        ],
-    );
-    let truth: Truth = serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
+    let truth = generate_20k(&pipeline, 83);
 
     let started = Instant::now();
     let (mut runner, lines) =
@@ -128,29 +106,7 @@ async fn survive(pipeline: TestPipeline, proxy: &Proxy) -> String {
         log[cut_at..].join("\n")
     );
 
-    // Every valid event once in the events table.
-    let events = scan_table(&pipeline.config, "campaign_events").await;
-    let ids: Vec<String> = events
-        .iter()
-        .flat_map(|b| {
-            let ids = b.column_by_name("event_id").unwrap().as_string::<i32>();
-            ids.iter().flatten().map(str::to_string).collect::<Vec<_>>()
-        })
-        .collect();
-    let rows: usize = events.iter().map(RecordBatch::num_rows).sum();
-    assert_eq!(rows as u64, truth.valid_events, "rows in campaign_events");
-    let distinct: BTreeSet<&String> = ids.iter().collect();
-    assert_eq!(
-        distinct.len() as u64,
-        truth.valid_events,
-        "every event once"
-    );
-    // Every window equal to the truth.
-    let metrics = windows(
-        &scan_table(&pipeline.config, "campaign_metrics").await,
-        None,
-    );
-    assert_windows_equal(&metrics, &expected(std::slice::from_ref(&truth)));
+    assert_every_event_once(&pipeline, &truth).await;
     // Every rejected event dead-lettered once.
     let letters = read_topic(&pipeline.brokers, &pipeline.dlq_topic);
     let coordinates: BTreeSet<(i64, i64)> = letters

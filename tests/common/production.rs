@@ -1,8 +1,14 @@
 //! Test pipelines on production storage: the warehouse in SeaweedFS's S3 API, with its REST
 //! catalog or a PostgreSQL catalog.
 
+use std::collections::BTreeSet;
+
+use arrow::array::{AsArray, RecordBatch};
+use campaign_pipeline::generator::Truth;
+
 use super::seaweed::{Seaweed, ACCESS_KEY, BUCKET, SECRET_KEY, TABLE_BUCKET};
-use super::{unique, TestPipeline};
+use super::windows::{assert_windows_equal, expected, windows};
+use super::{scan_table, unique, TestPipeline};
 
 /// A pipeline with `catalog` (YAML lines of the `catalog:` block, given the namespace) and
 /// `server`'s S3 API as its object storage, in a namespace of its own.
@@ -49,4 +55,52 @@ pub fn small_commits(pipeline: &TestPipeline) {
             .replace("max_rows: 10000", "max_rows: 1000")
             .replace("max_rows: 500000", "max_rows: 2000")
     });
+}
+
+/// Produces 20,000 events of 5 campaigns from 2026-01-01 (2% invalid, 5% out of order) with
+/// `seed` to the pipeline's topic, and returns their truth.
+pub fn generate_20k(pipeline: &TestPipeline, seed: u64) -> Truth {
+    let truth_path = pipeline.dir.path().join("truth.json");
+    let seed = seed.to_string();
+    let output = pipeline.cli(&[
+        "generate",
+        "--count",
+        "20000",
+        "--seed",
+        &seed,
+        "--campaigns",
+        "5",
+        "--start-time",
+        "2026-01-01T00:00:00Z",
+        "--invalid-ratio",
+        "0.02",
+        "--out-of-order-ratio",
+        "0.05",
+        "--truth",
+        truth_path.to_str().expect("UTF-8 path"),
+    ]);
+    assert!(output.status.success(), "{}", super::text(&output));
+    serde_json::from_slice(&std::fs::read(&truth_path).expect("truth file")).expect("truth")
+}
+
+/// Both tables, read back through the pipeline's catalog, hold every valid event of `truth`
+/// exactly once and its windows.
+pub async fn assert_every_event_once(pipeline: &TestPipeline, truth: &Truth) {
+    let events = scan_table(&pipeline.config, "campaign_events").await;
+    let rows: usize = events.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows as u64, truth.valid_events, "rows in campaign_events");
+    let ids: BTreeSet<String> = events
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column_by_name("event_id").expect("event_id");
+            let ids = ids.as_string::<i32>();
+            ids.iter().flatten().map(str::to_string).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ids.len() as u64, truth.valid_events, "every event once");
+    let metrics = windows(
+        &scan_table(&pipeline.config, "campaign_metrics").await,
+        None,
+    );
+    assert_windows_equal(&metrics, &expected(std::slice::from_ref(truth)));
 }
