@@ -102,25 +102,9 @@ pub async fn open_catalog(
                 .await
                 .map_err(fail)
         }
-        CatalogConfig::Rest {
-            uri,
-            warehouse,
-            credential,
-            token,
-            properties,
-        } => {
+        CatalogConfig::Rest { uri, .. } => {
             let fail = |failure: Failure| failure.into_error("rest", uri.clone());
-            let mut props = merged(properties, &storage);
-            props.insert("uri".into(), uri.trim_end_matches('/').to_string());
-            if let Some(warehouse) = warehouse {
-                props.insert("warehouse".into(), warehouse.clone());
-            }
-            if let Some(credential) = credential {
-                props.insert("credential".into(), credential.expose().to_string());
-            }
-            if let Some(token) = token {
-                props.insert("token".into(), token.expose().to_string());
-            }
+            let props = rest_properties(&sink.catalog, &storage);
             let catalog = RestCatalogBuilder::default()
                 .with_client(http_client().map_err(fail)?)
                 .with_storage_factory(object_storage())
@@ -143,6 +127,39 @@ pub async fn open_catalog(
             Ok(Arc::new(catalog))
         }
     }
+}
+
+/// The REST catalog client's properties: the storage's FileIO properties, the catalog's own
+/// `properties` over them, and the named settings over both.
+fn rest_properties(
+    catalog: &CatalogConfig,
+    storage: &HashMap<String, String>,
+) -> HashMap<String, String> {
+    let CatalogConfig::Rest {
+        uri,
+        warehouse,
+        prefix,
+        credential,
+        token,
+        properties,
+    } = catalog
+    else {
+        return HashMap::new();
+    };
+    let mut props = merged(properties, storage);
+    props.insert("uri".into(), uri.trim_end_matches('/').to_string());
+    let named = [
+        ("warehouse", warehouse.as_deref()),
+        ("prefix", prefix.as_deref()),
+        ("credential", credential.as_ref().map(|c| c.expose())),
+        ("token", token.as_ref().map(|t| t.expose())),
+    ];
+    for (key, value) in named {
+        if let Some(value) = value {
+            props.insert(key.into(), value.to_string());
+        }
+    }
+    props
 }
 
 /// Connects to the PostgreSQL catalog once, with a deadline: the catalog's own pool retries a
@@ -380,4 +397,49 @@ fn absolute(path: &Path) -> Result<String, Failure> {
     std::path::absolute(path)
         .map(|p| p.display().to_string())
         .map_err(|e| Failure::of(format!("resolving {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_settings_become_client_properties_over_the_extra_ones() {
+        let catalog: CatalogConfig = serde_yaml::from_str(
+            "type: rest\nuri: https://catalog.example/\nwarehouse: analytics\nprefix: ws/analytics\n\
+             credential: id:secret\nproperties: { scope: 'PRINCIPAL_ROLE:ALL', prefix: other }\n",
+        )
+        .expect("a REST catalog");
+        let storage = HashMap::from([("s3.region".to_string(), "eu-west-1".to_string())]);
+        let props = rest_properties(&catalog, &storage);
+        let get = |key: &str| props.get(key).map(String::as_str);
+        assert_eq!(get("uri"), Some("https://catalog.example"));
+        assert_eq!(get("warehouse"), Some("analytics"));
+        assert_eq!(
+            get("prefix"),
+            Some("ws/analytics"),
+            "the named setting wins"
+        );
+        assert_eq!(get("credential"), Some("id:secret"));
+        assert_eq!(get("scope"), Some("PRINCIPAL_ROLE:ALL"));
+        assert_eq!(get("s3.region"), Some("eu-west-1"));
+        assert_eq!(get("token"), None);
+    }
+
+    #[tokio::test]
+    async fn the_rest_client_speaks_https() {
+        // Without a TLS feature reqwest refuses an `https://` URL before connecting; with one,
+        // a closed port is a connection error.
+        let client = http_client().ok().expect("a client");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let error = client
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("nothing listens");
+        assert!(error.is_connect() && !error.is_builder(), "{error:?}");
+    }
 }

@@ -281,6 +281,9 @@ pub enum CatalogConfig {
         /// Warehouse identifier passed to the REST catalog.
         #[serde(default, deserialize_with = "env::opt_string")]
         warehouse: Option<String>,
+        /// Path segment after `/v1/` in the catalog's URLs; most servers send their own.
+        #[serde(default, deserialize_with = "env::opt_string")]
+        prefix: Option<String>,
         /// OAuth2 client credentials, `client_id:client_secret` (write it as `${VAR}`).
         #[serde(default)]
         credential: Option<Secret>,
