@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use iceberg::io::{LocalFsStorageFactory, StorageFactory};
+use iceberg::io::{FileIO, LocalFsStorageFactory, StorageFactory};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent};
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
@@ -224,21 +224,29 @@ pub async fn check_warehouse(config: &Config, sink: &SinkConfig) -> Result<(), C
     let file_io = iceberg::io::FileIOBuilder::new(object_storage())
         .with_props(storage_properties(&sink.storage))
         .build();
-    let probe = format!("{root}/.campaign-pipeline-probe-{}", uuid::Uuid::now_v7());
-    let what = format!(
-        "writing a probe file to the warehouse {root} (check sink.catalog.warehouse and \
-         sink.storage)"
-    );
-    let written = match file_io.new_output(&probe) {
-        Ok(output) => output.write(bytes::Bytes::from_static(b"probe")).await,
-        Err(e) => Err(e),
-    };
-    written.map_err(|e| Failure::of(what, e).into_error(kind, location))?;
-    if let Err(err) = file_io.delete(&probe).await {
-        tracing::warn!(
-            file = probe,
-            "could not delete the warehouse probe file: {err}"
+    probe_writable(&file_io, &root).await.map_err(|e| {
+        let what = format!(
+            "writing a probe file to the warehouse {root} (check sink.catalog.warehouse and \
+             sink.storage)"
         );
+        Failure::of(what, e).into_error(kind, location)
+    })
+}
+
+/// Writes a small file into `folder` and deletes it again: whether the runner may write there,
+/// asked before anything is consumed. Failing to delete it only leaves the file, with a warning.
+pub async fn probe_writable(file_io: &FileIO, folder: &str) -> iceberg::Result<()> {
+    let probe = format!(
+        "{}/.campaign-pipeline-probe-{}",
+        folder.trim_end_matches('/'),
+        uuid::Uuid::now_v7()
+    );
+    file_io
+        .new_output(&probe)?
+        .write(bytes::Bytes::from_static(b"probe"))
+        .await?;
+    if let Err(err) = file_io.delete(&probe).await {
+        tracing::warn!(file = probe, "could not delete a probe file: {err}");
     }
     Ok(())
 }

@@ -57,18 +57,13 @@ fn folder(writer: &TableWriter, base: Option<&str>) -> String {
 /// write to is reported before anything is consumed, not at the first commit.
 pub async fn probe(writer: &TableWriter, base: Option<&str>) -> Result<(), SinkError> {
     let folder = folder(writer, base);
-    let path = format!("{folder}/.probe-{}", uuid::Uuid::now_v7());
-    let written = match writer.file_io().new_output(&path) {
-        Ok(output) => output.write(Bytes::from_static(b"probe")).await,
-        Err(e) => Err(e),
-    };
-    written.map_err(|source| SinkError::Checkpoints {
-        table: writer.label().to_string(),
-        folder,
-        source: Box::new(source),
-    })?;
-    remove(writer, &path).await;
-    Ok(())
+    crate::catalog::probe_writable(writer.file_io(), &folder)
+        .await
+        .map_err(|source| SinkError::Checkpoints {
+            table: writer.label().to_string(),
+            folder,
+            source: Box::new(source),
+        })
 }
 
 /// Reads the checkpoint at `path`.

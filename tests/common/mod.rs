@@ -302,6 +302,28 @@ impl TestPipeline {
     }
 }
 
+/// Where a tool installed by one of the repository's scripts lives: `env_var` when set, else
+/// what `scripts/<script> <query>` prints; the test stops with the install command when it is
+/// missing.
+pub fn installed(env_var: &str, script: &str, query: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env_var) {
+        return PathBuf::from(path);
+    }
+    let script = repo_root().join("scripts").join(script);
+    let output = Command::new(&script)
+        .arg(query)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    assert!(
+        path.exists(),
+        "{} is not installed: run `{} install`",
+        path.display(),
+        script.display()
+    );
+    path
+}
+
 /// Starts `command` with logs at info level; its stderr lines arrive on the receiver.
 fn spawn_logged(mut command: Command) -> (Child, mpsc::Receiver<String>) {
     let mut child = command

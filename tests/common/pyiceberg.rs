@@ -9,20 +9,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 
 fn python() -> PathBuf {
-    if let Ok(path) = std::env::var("PYICEBERG_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let output = Command::new(super::repo_root().join("scripts/pyiceberg.sh"))
-        .arg("python")
-        .output()
-        .expect("scripts/pyiceberg.sh python");
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(
-        path.exists(),
-        "PyIceberg is not installed at {}: run `scripts/pyiceberg.sh install`",
-        path.display()
-    );
-    path
+    super::installed("PYICEBERG_PYTHON", "pyiceberg.sh", "python")
 }
 
 /// The rows of `namespace.table` as PyIceberg reads them through a catalog with `properties`

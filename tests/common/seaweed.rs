@@ -77,20 +77,7 @@ struct Ports {
 }
 
 fn weed_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("WEED_BIN") {
-        return PathBuf::from(path);
-    }
-    let output = Command::new(super::repo_root().join("scripts/seaweedfs.sh"))
-        .arg("path")
-        .output()
-        .expect("scripts/seaweedfs.sh path");
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(
-        path.exists(),
-        "SeaweedFS is not installed at {}: run `scripts/seaweedfs.sh install`",
-        path.display()
-    );
-    path
+    super::installed("WEED_BIN", "seaweedfs.sh", "path")
 }
 
 /// A free port whose gRPC twin (port + 10000, SeaweedFS's default) is free too.
