@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PyIceberg, the independent reader the tests check the REST catalog's tables with: `install`
+# PyIceberg, the independent reader the tests check the tables with (REST and SQLite catalogs): `install`
 # puts pyiceberg (with pyarrow) of PyPI into its own virtual environment, once; `python` prints
 # the interpreter that has it.
 set -euo pipefail
@@ -9,10 +9,10 @@ PYTHON="$HOME_DIR/bin/python"
 
 case "${1:-}" in
   install)
-    if [ -x "$PYTHON" ] && "$PYTHON" -c 'import pyiceberg, pyarrow' 2>/dev/null; then exit 0; fi
+    if [ -x "$PYTHON" ] && "$PYTHON" -c 'import pyiceberg, pyarrow, sqlalchemy' 2>/dev/null; then exit 0; fi
     echo "installing pyiceberg $VERSION with pyarrow (PyPI) into $HOME_DIR"
     python3 -m venv "$HOME_DIR"
-    "$HOME_DIR/bin/pip" install --quiet --disable-pip-version-check "pyiceberg[pyarrow]==$VERSION"
+    "$HOME_DIR/bin/pip" install --quiet --disable-pip-version-check "pyiceberg[pyarrow,sql-sqlite]==$VERSION"
     "$PYTHON" -c 'import pyiceberg, pyarrow; print("pyiceberg", pyiceberg.__version__, "pyarrow", pyarrow.__version__)'
     ;;
   python)

@@ -10,6 +10,7 @@ pub mod dlq;
 pub mod engine;
 pub mod generator;
 pub mod kafka;
+pub mod maintain;
 pub mod pipeline;
 pub mod query;
 pub mod setup;

@@ -255,11 +255,20 @@ pub async fn probe_writable(file_io: &FileIO, folder: &str) -> iceberg::Result<(
 /// so that a catalog that stops answering fails the request (and the runner retries) instead
 /// of hanging the commit forever.
 fn http_client() -> Result<reqwest::Client, Failure> {
+    rest_http_client().map_err(|e| Failure::of("building the HTTP client", e))
+}
+
+/// The HTTP client every call to a REST catalog goes through (see [`http_client`]).
+pub fn rest_http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .timeout(std::time::Duration::from_secs(60))
         .build()
-        .map_err(|e| Failure::of("building the HTTP client", e))
+}
+
+/// The properties the REST catalog client of `sink` is opened with (empty for SQL catalogs).
+pub fn rest_client_properties(sink: &SinkConfig) -> HashMap<String, String> {
+    rest_properties(&sink.catalog, &storage_properties(&sink.storage))
 }
 
 /// The catalog properties with the storage's FileIO properties added (the catalog's own take

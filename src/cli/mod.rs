@@ -5,6 +5,7 @@ mod check;
 mod dashboard;
 mod dlq;
 mod generate;
+mod maintain;
 mod query;
 mod run;
 mod setup;
@@ -62,6 +63,9 @@ pub enum Command {
     Setup(setup::SetupArgs),
     /// Run the pipelines: Kafka to the Iceberg tables and the dead letter queue, exactly once.
     Run(run::RunArgs),
+    /// Keep the tables healthy: compact small files, merge manifests, expire old snapshots and
+    /// delete the files nothing references (`run` does this in the background too).
+    Maintain(maintain::MaintainArgs),
     /// Run read-only SQL over the Iceberg tables (`FROM campaign_events`, `FROM campaign_metrics`).
     Query(query::QueryArgs),
     /// List the Iceberg tables of the pipeline's namespace.
@@ -97,6 +101,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Setup(args) => setup::run(&cli.config, args).await,
             Command::Generate(args) => generate::run(&cli.config, args).await,
             Command::Run(args) => run::run(&cli.config, args).await,
+            Command::Maintain(args) => maintain::run(&cli.config, args).await,
             Command::Query(args) => query::run(&cli.config, args).await,
             Command::Tables(args) => query::tables(&cli.config, args).await,
             Command::Snapshots(args) => query::snapshots(&cli.config, args).await,

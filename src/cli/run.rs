@@ -56,6 +56,15 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
         }
         _ => None,
     };
+    let (maintenance_stop, maintenance_shutdown) = pipeline::shutdown_channel();
+    let maintenance: Vec<_> = pipelines
+        .iter()
+        .filter(|p| p.maintenance.enabled)
+        .map(|p| {
+            let (config, p, stop) = (config.clone(), (*p).clone(), maintenance_shutdown.clone());
+            tokio::spawn(crate::maintain::background(config, p, stop))
+        })
+        .collect();
     let runs = pipelines.iter().zip(&telemetry).map(|(p, t)| {
         let options = RunOptions {
             until_caught_up: args.until_caught_up,
@@ -67,6 +76,11 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
         pipeline::run(&config, p, options)
     });
     let results = futures::future::join_all(runs).await;
+    // A pass in progress finishes, so that it leaves no half-written files behind.
+    let _ = maintenance_stop.send(true);
+    for task in maintenance {
+        let _ = task.await;
+    }
     if let Some(server) = dashboard {
         let _ = dashboard_stop.send(true);
         match server.await {

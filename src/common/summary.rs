@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// What every key below starts with: table maintenance carries the keys with this prefix into
+/// the snapshots it writes.
+pub const PREFIX: &str = "campaign-pipeline.";
 /// Next Kafka offset per topic partition that the table has absorbed (JSON of
 /// [`crate::common::Offsets`]); it never goes back, and each commit records the full map.
 pub const OFFSETS: &str = "campaign-pipeline.offsets";

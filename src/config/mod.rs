@@ -1,6 +1,9 @@
 //! `pipelines.yaml`: the typed configuration and its one loader.
 
 pub mod env;
+mod maintenance;
+
+pub use maintenance::MaintenanceConfig;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -81,6 +84,9 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     /// Topic for rows that fail parsing or validation.
     pub dead_letter: DeadLetterConfig,
+    /// Compaction, manifest merging, snapshot expiry and file cleanup of both tables.
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
 }
 
 /// Kafka source settings.
@@ -525,6 +531,9 @@ impl Config {
                         humantime::format_duration(p.window.allowed_lateness)
                     ),
                 ));
+            }
+            if let Some((field, message)) = p.maintenance.problem(p.commit.retry_for) {
+                return Err(self.invalid(key(&format!("maintenance.{field}")), message));
             }
             if p.commit.max_rows == 0 {
                 return Err(self.invalid(key("commit.max_rows"), "must be at least 1"));

@@ -19,20 +19,10 @@ pub async fn save(
     partition: i32,
     state: Vec<u8>,
 ) -> Result<String, SinkError> {
-    let pipeline: String = writer
-        .pipeline()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
     let path = format!(
-        "{}/{pipeline}-p{partition}-{}.arrow",
+        "{}/{}{partition}-{}.arrow",
         folder(writer, base),
+        file_prefix(writer.pipeline()),
         uuid::Uuid::now_v7()
     );
     writer
@@ -47,10 +37,41 @@ pub async fn save(
 
 /// The folder checkpoints are written to: `base`, or the table's `checkpoints/` folder.
 fn folder(writer: &TableWriter, base: Option<&str>) -> String {
+    folder_of(writer.location(), base)
+}
+
+/// The checkpoint folder of the metrics table at `table_location`: `base`, or its
+/// `checkpoints/` folder.
+pub fn folder_of(table_location: &str, base: Option<&str>) -> String {
     match base {
         Some(base) => base.trim_end_matches('/').to_string(),
-        None => format!("{}/checkpoints", writer.location().trim_end_matches('/')),
+        None => format!("{}/checkpoints", table_location.trim_end_matches('/')),
     }
+}
+
+/// Whether `name` is the name of one of `pipeline`'s checkpoint files
+/// (`<pipeline>-p<partition>-<uuid>.arrow`): a folder may be shared by several pipelines.
+pub fn is_file_of(name: &str, pipeline: &str) -> bool {
+    let Some(rest) = name.strip_prefix(&file_prefix(pipeline)) else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && rest[digits..].starts_with('-') && rest.ends_with(".arrow")
+}
+
+/// How the names of `pipeline`'s checkpoint files begin (the partition number follows).
+fn file_prefix(pipeline: &str) -> String {
+    let safe: String = pipeline
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}-p")
 }
 
 /// Writes and deletes a small file where checkpoints go, so that a location the runner may not
@@ -94,5 +115,20 @@ pub async fn remove(writer: &TableWriter, path: &str) {
             checkpoint = path,
             "could not delete an old checkpoint: {err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_files_are_told_apart_by_pipeline() {
+        let name = "campaign-p2-0190a6f2-7c1e-7b3a-9c1e-2f0e4d5a6b7c.arrow";
+        assert!(is_file_of(name, "campaign"));
+        assert!(!is_file_of(name, "campaign-prod"));
+        assert!(!is_file_of("campaign-prod-p0-x.arrow", "campaign"));
+        assert!(is_file_of("campaign_eu-p0-x.arrow", "campaign eu"));
+        assert!(!is_file_of("campaign-p0-x.tmp", "campaign"));
     }
 }

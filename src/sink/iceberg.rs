@@ -360,10 +360,8 @@ impl TableWriter {
 
     fn new_writer(&self) -> Result<Writer, SinkError> {
         let metadata = self.table.metadata();
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
+        let parquet =
+            ParquetWriterBuilder::new(parquet_properties(), metadata.current_schema().clone());
         let location = DefaultLocationGenerator::new(metadata)
             .map_err(|e| SinkError::iceberg(&self.label, e))?;
         // A fresh prefix per commit: a crash may leave uncommitted files behind, and a restart
@@ -410,6 +408,13 @@ impl TableWriter {
             }
         })
     }
+}
+
+/// The Parquet settings of every data file the project writes (the sink and compaction).
+pub fn parquet_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build()
 }
 
 /// `pipeline`'s offsets and checkpoints in `table`: from the newest of its snapshots that

@@ -325,7 +325,7 @@ pub fn installed(env_var: &str, script: &str, query: &str) -> PathBuf {
 }
 
 /// Starts `command` with logs at info level; its stderr lines arrive on the receiver.
-fn spawn_logged(mut command: Command) -> (Child, mpsc::Receiver<String>) {
+pub fn spawn_logged(mut command: Command) -> (Child, mpsc::Receiver<String>) {
     let mut child = command
         .env(
             "RUST_LOG",

@@ -60,7 +60,12 @@ pub fn small_commits(pipeline: &TestPipeline) {
 /// Produces 20,000 events of 5 campaigns from 2026-01-01 (2% invalid, 5% out of order) with
 /// `seed` to the pipeline's topic, and returns their truth.
 pub fn generate_20k(pipeline: &TestPipeline, seed: u64) -> Truth {
-    let truth_path = pipeline.dir.path().join("truth.json");
+    generate_20k_from(pipeline, seed, "2026-01-01T00:00:00Z")
+}
+
+/// Same, with event times from `start_time`.
+pub fn generate_20k_from(pipeline: &TestPipeline, seed: u64, start_time: &str) -> Truth {
+    let truth_path = pipeline.dir.path().join(format!("truth-{seed}.json"));
     let seed = seed.to_string();
     let output = pipeline.cli(&[
         "generate",
@@ -71,7 +76,7 @@ pub fn generate_20k(pipeline: &TestPipeline, seed: u64) -> Truth {
         "--campaigns",
         "5",
         "--start-time",
-        "2026-01-01T00:00:00Z",
+        start_time,
         "--invalid-ratio",
         "0.02",
         "--out-of-order-ratio",
@@ -86,9 +91,16 @@ pub fn generate_20k(pipeline: &TestPipeline, seed: u64) -> Truth {
 /// Both tables, read back through the pipeline's catalog, hold every valid event of `truth`
 /// exactly once and its windows.
 pub async fn assert_every_event_once(pipeline: &TestPipeline, truth: &Truth) {
+    assert_every_event_once_of(pipeline, std::slice::from_ref(truth)).await
+}
+
+/// Both tables hold every valid event of `truths` (disjoint runs of the generator) exactly
+/// once, and their windows.
+pub async fn assert_every_event_once_of(pipeline: &TestPipeline, truths: &[Truth]) {
+    let valid: u64 = truths.iter().map(|t| t.valid_events).sum();
     let events = scan_table(&pipeline.config, "campaign_events").await;
     let rows: usize = events.iter().map(RecordBatch::num_rows).sum();
-    assert_eq!(rows as u64, truth.valid_events, "rows in campaign_events");
+    assert_eq!(rows as u64, valid, "rows in campaign_events");
     let ids: BTreeSet<String> = events
         .iter()
         .flat_map(|b| {
@@ -97,10 +109,10 @@ pub async fn assert_every_event_once(pipeline: &TestPipeline, truth: &Truth) {
             ids.iter().flatten().map(str::to_string).collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(ids.len() as u64, truth.valid_events, "every event once");
+    assert_eq!(ids.len() as u64, valid, "every event once");
     let metrics = windows(
         &scan_table(&pipeline.config, "campaign_metrics").await,
         None,
     );
-    assert_windows_equal(&metrics, &expected(std::slice::from_ref(truth)));
+    assert_windows_equal(&metrics, &expected(truths));
 }

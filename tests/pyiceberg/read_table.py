@@ -24,7 +24,8 @@ def comparable(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def main() -> None:
     properties, namespace, name = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-    catalog = load_catalog("independent", **properties)
+    # A SQL catalog's rows carry the name the catalog was opened under.
+    catalog = load_catalog(properties.pop("name", "independent"), **properties)
     rows = catalog.load_table((namespace, name)).scan().to_arrow()
     rows = pa.table({field.name: comparable(rows[field.name]) for field in rows.schema})
     for row in rows.to_pylist():

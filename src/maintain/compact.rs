@@ -1,0 +1,131 @@
+//! Data compaction: which small files to rewrite, and the rewrite itself (rows read through
+//! iceberg's Arrow reader, so files written under older schemas read as the current one, and
+//! written with the sink's Parquet settings into files near the target size).
+
+use std::collections::HashMap;
+
+use futures::{StreamExt, TryStreamExt};
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{DataFile, DataFileFormat, ManifestEntryRef, PartitionKey, Struct};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+
+use super::files::LiveEntry;
+
+/// The small files of one partition, rewritten together.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// The partition they share.
+    pub partition: Struct,
+    /// The files, as the current snapshot lists them.
+    pub inputs: Vec<ManifestEntryRef>,
+}
+
+impl Rewrite {
+    /// Rows the inputs hold (the output must hold as many).
+    pub fn rows(&self) -> u64 {
+        self.inputs.iter().map(|e| e.record_count()).sum()
+    }
+}
+
+/// Partitions of the default spec holding at least `min_files` files smaller than three
+/// quarters of `target_size`, with those files.
+pub fn plan(
+    alive: &[LiveEntry],
+    default_spec: i32,
+    target_size: u64,
+    min_files: usize,
+) -> Vec<Rewrite> {
+    let small = target_size / 4 * 3;
+    let mut partitions: HashMap<&Struct, Vec<ManifestEntryRef>> = HashMap::new();
+    for LiveEntry { entry, spec_id } in alive {
+        let file = entry.data_file();
+        if *spec_id == default_spec
+            && file.file_format() == DataFileFormat::Parquet
+            && file.file_size_in_bytes() < small
+        {
+            partitions
+                .entry(file.partition())
+                .or_default()
+                .push(entry.clone());
+        }
+    }
+    let mut rewrites: Vec<Rewrite> = partitions
+        .into_iter()
+        .filter(|(_, files)| files.len() >= min_files)
+        .map(|(partition, inputs)| Rewrite {
+            partition: partition.clone(),
+            inputs,
+        })
+        .collect();
+    // Oldest first, so that a pass cut short still made progress where files piled up longest.
+    rewrites.sort_by_key(|r| r.inputs.iter().filter_map(|e| e.sequence_number()).min());
+    rewrites
+}
+
+/// Reads `rewrite`'s files and writes their rows into new files of at most `target_size`.
+pub async fn rewrite(
+    table: &Table,
+    rewrite: &Rewrite,
+    target_size: u64,
+) -> iceberg::Result<Vec<DataFile>> {
+    let metadata = table.metadata();
+    let schema = metadata.current_schema().clone();
+    let spec = metadata.default_partition_spec().clone();
+    let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
+    let tasks: Vec<iceberg::Result<FileScanTask>> = rewrite
+        .inputs
+        .iter()
+        .map(|entry| {
+            Ok(FileScanTask::builder()
+                .with_file_size_in_bytes(entry.file_size_in_bytes())
+                .with_start(0)
+                .with_length(entry.file_size_in_bytes())
+                .with_record_count(Some(entry.record_count()))
+                .with_data_file_path(entry.file_path().to_string())
+                .with_data_file_format(DataFileFormat::Parquet)
+                .with_schema(schema.clone())
+                .with_project_field_ids(field_ids.clone())
+                // Without the partition, identity columns are read from the file (they are
+                // written there) as plain columns, not as run-end-encoded constants.
+                .with_case_sensitive(true)
+                .build())
+        })
+        .collect();
+    let batches = table
+        .reader_builder()
+        .build()
+        .read(futures::stream::iter(tasks).boxed())?
+        .stream();
+
+    let parquet =
+        ParquetWriterBuilder::new(crate::sink::iceberg::parquet_properties(), schema.clone());
+    let location = DefaultLocationGenerator::new(metadata)?;
+    // A fresh prefix per rewrite: files of a rewrite that never committed are orphans, and
+    // must never be overwritten by a later one.
+    let names = DefaultFileNameGenerator::new(
+        format!("compacted-{}", uuid::Uuid::now_v7()),
+        None,
+        DataFileFormat::Parquet,
+    );
+    let rolling = RollingFileWriterBuilder::new(
+        parquet,
+        usize::try_from(target_size).unwrap_or(usize::MAX),
+        table.file_io().clone(),
+        location,
+        names,
+    );
+    let key = PartitionKey::new(spec.as_ref().clone(), schema, rewrite.partition.clone());
+    let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await?;
+    let mut batches = batches;
+    while let Some(batch) = batches.try_next().await? {
+        writer.write(batch).await?;
+    }
+    writer.close().await
+}
