@@ -164,7 +164,87 @@ async fn every_event_once_across_a_sigkill(
         counted.contains(&format!("\n{}\n", truth.valid_events)),
         "{counted}"
     );
+    maintenance_compacts_and_cleans_up(pipeline, &truth).await;
     truth
+}
+
+/// `maintain` on this catalog: the replace commit lands through its compare-and-swap, the rows
+/// stay, one snapshot is kept and the small files it replaced are deleted from the object
+/// store; a second pass past the grace period leaves no unreferenced file in the tables' folders.
+async fn maintenance_compacts_and_cleans_up(pipeline: &TestPipeline, truth: &Truth) {
+    use campaign_pipeline::maintain::files::{manifests, LiveFiles};
+    use campaign_pipeline::maintain::listing::list;
+    pipeline.edit_config(|yaml| {
+        let yaml = yaml.replace("max_rows: 2000\n", "max_rows: 2000\n      retry_for: 1s\n");
+        format!("{yaml}    maintenance:\n      enabled: false\n      min_input_files: 2\n      keep_snapshots: 1\n      snapshot_max_age: 0s\n      orphan_grace: 2s\n")
+    });
+    let mut small_files = Vec::new();
+    for table in ["campaign_events", "campaign_metrics"] {
+        let loaded = common::load_table(&pipeline.config, table).await;
+        let live = LiveFiles::read(&loaded).await.unwrap().expect("a snapshot");
+        small_files.push(
+            live.entries
+                .iter()
+                .map(|e| e.entry.file_path().to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    let report = cli_ok(pipeline, &["maintain"]);
+    assert_eq!(
+        report.matches("small files rewritten into").count(),
+        2,
+        "{report}"
+    );
+    production::assert_every_event_once(pipeline, truth).await;
+    for (table, small) in ["campaign_events", "campaign_metrics"]
+        .iter()
+        .zip(&small_files)
+    {
+        let loaded = common::load_table(&pipeline.config, table).await;
+        assert_eq!(
+            loaded.metadata().snapshots().count(),
+            1,
+            "{table}: snapshots"
+        );
+        let live = LiveFiles::read(&loaded).await.unwrap().expect("a snapshot");
+        assert_eq!(live.data_manifests(), 1, "{table}: manifests");
+        for file in small {
+            assert!(
+                !loaded.file_io().exists(file).await.unwrap(),
+                "{table}: {file} was replaced and expired but remains"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    cli_ok(pipeline, &["maintain"]);
+    for table in ["campaign_events", "campaign_metrics"] {
+        let loaded = common::load_table(&pipeline.config, table).await;
+        let snapshot = loaded.metadata().current_snapshot().expect("a snapshot");
+        let mut referenced: std::collections::HashSet<String> =
+            [snapshot.manifest_list().to_string()].into();
+        referenced.insert(loaded.metadata_location().unwrap().to_string());
+        for manifest in manifests(&loaded, snapshot).await.unwrap() {
+            referenced.insert(manifest.manifest_path.clone());
+            let entries = manifest.load_manifest(loaded.file_io()).await.unwrap();
+            referenced.extend(
+                entries
+                    .entries()
+                    .iter()
+                    .filter(|e| e.is_alive())
+                    .map(|e| e.file_path().to_string()),
+            );
+        }
+        let listed = list(loaded.file_io(), loaded.metadata().location())
+            .await
+            .expect("listing the table's folder");
+        assert!(listed.len() >= referenced.len(), "{table}: {listed:?}");
+        for file in listed {
+            let kept = referenced.contains(&file.path)
+                || file.path.ends_with(".metadata.json")
+                || file.path.contains("/checkpoints/");
+            assert!(kept, "{table}: {} is referenced by nothing", file.path);
+        }
+    }
 }
 
 /// The standalone dashboard serves totals read through the catalog that equal the truth, and
