@@ -108,6 +108,36 @@ async fn referenced(config: &Path, table: &str) -> (HashSet<String>, HashSet<Str
     (all, live)
 }
 
+/// Files a table has after one compaction with `min_input_files: 2`: per partition, a file
+/// larger than all smaller ones together stays (size tiers), the others become one.
+fn expected_files(live: &LiveFiles) -> usize {
+    let mut sizes: std::collections::HashMap<_, Vec<u64>> = std::collections::HashMap::new();
+    for e in &live.entries {
+        let file = e.entry.data_file();
+        sizes
+            .entry(file.partition().clone())
+            .or_default()
+            .push(file.file_size_in_bytes());
+    }
+    sizes
+        .into_values()
+        .map(|mut sizes| {
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            let mut rest: u64 = sizes.iter().sum();
+            let mut kept = 0;
+            for size in &sizes {
+                rest -= size;
+                if *size <= rest {
+                    break;
+                }
+                kept += 1;
+            }
+            let merged = sizes.len() - kept;
+            kept + if merged >= 2 { 1 } else { merged }
+        })
+        .sum()
+}
+
 /// Data files (`.parquet`) under a table's folder.
 fn parquet_files(pipeline: &TestPipeline, table: &str) -> BTreeSet<String> {
     let folder = pipeline
@@ -150,7 +180,7 @@ async fn compaction_keeps_every_row_for_both_readers_and_expiry_deletes_only_the
             live.entries.len(),
             distinct.len()
         );
-        partitions.push(distinct.len());
+        partitions.push(expected_files(&live));
         let summary = common::snapshot_properties(&pipeline.config, table).await;
         state_before.push(summary);
     }
@@ -169,6 +199,15 @@ async fn compaction_keeps_every_row_for_both_readers_and_expiry_deletes_only_the
         let loaded = load_table(&pipeline.config, table).await;
         let live = LiveFiles::read(&loaded).await.unwrap().expect("a snapshot");
         assert_eq!(live.entries.len(), partitions[i], "{table}: data files");
+        let distinct: HashSet<_> = live
+            .entries
+            .iter()
+            .map(|e| e.entry.data_file().partition().clone())
+            .collect();
+        assert!(
+            live.entries.len() <= 2 * distinct.len(),
+            "{table}: at most 2 files a partition"
+        );
         assert_eq!(live.data_manifests(), 1, "{table}: manifests");
         assert!(
             loaded.metadata().snapshots().count() <= 3,
@@ -202,6 +241,26 @@ async fn compaction_keeps_every_row_for_both_readers_and_expiry_deletes_only_the
             }
         }
     }
+
+    // Time travel to the snapshot before the rewrite (kept) reads the same rows.
+    let events = load_table(&pipeline.config, "campaign_events").await;
+    let parent = events
+        .metadata()
+        .current_snapshot()
+        .and_then(|s| s.parent_snapshot_id())
+        .expect("the replace snapshot's parent is kept");
+    let counted = text(&pipeline.cli(&[
+        "query",
+        "--format",
+        "csv",
+        "--snapshot",
+        &parent.to_string(),
+        "SELECT count(*) AS n FROM campaign_events",
+    ]));
+    assert!(
+        counted.contains(&format!("\n{}\n", first.valid_events)),
+        "{counted}"
+    );
 
     // A restart resumes exactly where the replace snapshot says.
     let second = generate_20k_from(&pipeline, 42, "2026-01-02T00:00:00Z");
@@ -244,11 +303,19 @@ async fn maintenance_racing_running_pipelines_loses_and_doubles_nothing() {
     // again when it resumes.
     let (paused, lines) = maintain_paused(&pipeline, "staged", "3s");
     let second = generate_20k_from(&pipeline, 45, "2026-01-02T00:00:00Z");
-    let (mut runner, runner_lines) =
-        pipeline.spawn_logged(&["run", "--until-caught-up", "--flush-open-windows"]);
-    let status = runner.wait().expect("runner exit");
+    let mut command = pipeline.command(&["run", "--until-caught-up", "--flush-open-windows"]);
+    command.stdout(std::process::Stdio::piped());
+    let (runner, runner_lines) = common::spawn_logged(command);
+    let output = runner.wait_with_output().expect("runner exit");
+    let summary = String::from_utf8_lossy(&output.stdout).to_string();
     let log = rest_of(runner_lines);
-    assert!(status.success(), "run: {log}");
+    assert!(output.status.success(), "run: {log}");
+    // Every replace that lands while the runner still commits makes its next commit conflict
+    // (it was built on the table before the replace): decided again, never lost.
+    assert!(
+        !summary.contains("(0 commit conflicts"),
+        "the runner's commits never met a replace: {summary}"
+    );
     let output = paused.wait_with_output().expect("maintain exit");
     let report = format!(
         "{}{}",

@@ -411,3 +411,84 @@ async fn refused_before_consuming(pipeline: TestPipeline, case: Broken) {
     let rows = rows(&scan_table(&pipeline.config, "campaign_events").await);
     assert_eq!(rows, 0, "{}: events were written", case.what);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_commits_land_only_on_the_table_they_were_built_on_in_every_catalog() {
+    for pipeline in [
+        TestPipeline::new(),
+        on_postgres_catalog(),
+        on_rest_catalog(),
+    ] {
+        swap_is_a_compare_and_swap(&pipeline).await;
+    }
+}
+
+/// Maintenance's own commit path (`PointerSwap`): a commit built on a table state that another
+/// writer has moved on from is refused as a conflict, and nothing changes; built on the current
+/// state, it lands.
+async fn swap_is_a_compare_and_swap(pipeline: &TestPipeline) {
+    use campaign_pipeline::maintain::swap::{PointerSwap, SwapError};
+    use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+    use iceberg::{TableRequirement, TableUpdate};
+    cli_ok(pipeline, &["setup"]);
+    let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
+    let sink = &config.pipelines[0].sink;
+    let catalog = campaign_pipeline::catalog::open_catalog(&config, sink)
+        .await
+        .unwrap();
+    let swap = PointerSwap::open(&config, sink).await.unwrap();
+    let stale = common::load_table(&pipeline.config, "campaign_events").await;
+    let marker = |value: &str| TableUpdate::SetProperties {
+        updates: [("campaign-pipeline.test".to_string(), value.to_string())].into(),
+    };
+    let requirements = |table: &iceberg::table::Table| {
+        vec![
+            TableRequirement::UuidMatch {
+                uuid: table.metadata().uuid(),
+            },
+            TableRequirement::CurrentSchemaIdMatch {
+                current_schema_id: table.metadata().current_schema_id(),
+            },
+        ]
+    };
+    // Another writer moves the table on (a new schema).
+    let tx = Transaction::new(&stale);
+    let tx = tx
+        .update_schema()
+        .add_column(AddColumn::optional(
+            "added_by_another_writer",
+            iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Int),
+        ))
+        .apply(tx)
+        .unwrap();
+    tx.commit(catalog.as_ref()).await.unwrap();
+
+    let refused = swap
+        .swap(&stale, vec![marker("stale")], requirements(&stale))
+        .await;
+    assert!(
+        matches!(refused, Err(SwapError::Conflict { .. })),
+        "{}: {refused:?}",
+        sink.catalog.kind()
+    );
+    let current = common::load_table(&pipeline.config, "campaign_events").await;
+    assert!(!current
+        .metadata()
+        .properties()
+        .contains_key("campaign-pipeline.test"));
+
+    swap.swap(&current, vec![marker("landed")], requirements(&current))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:?}", sink.catalog.kind()));
+    let after = common::load_table(&pipeline.config, "campaign_events").await;
+    assert_eq!(
+        after
+            .metadata()
+            .properties()
+            .get("campaign-pipeline.test")
+            .map(String::as_str),
+        Some("landed"),
+        "{}",
+        sink.catalog.kind()
+    );
+}

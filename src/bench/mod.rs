@@ -5,6 +5,7 @@
 //! same topic.
 
 mod dashboard;
+mod day;
 mod dlq;
 mod storage;
 mod window;
@@ -45,6 +46,10 @@ pub struct BenchOptions {
     /// Events for the configured catalog and warehouse against the embedded default (0 skips
     /// it).
     pub storage_events: usize,
+    /// Commits of the simulated day with table maintenance on and off (0 skips it).
+    pub day_commits: usize,
+    /// Wall clock after which the simulated day without maintenance stops.
+    pub day_off_budget: Duration,
 }
 
 /// One line of the result table.
@@ -319,6 +324,16 @@ pub async fn run(
     }
     if options.storage_events > 0 {
         storage::measure(config, pipeline, options.storage_events, &mut row).await?;
+    }
+    if options.day_commits > 0 {
+        day::measure(
+            config,
+            pipeline,
+            options.day_commits,
+            options.day_off_budget,
+            &mut row,
+        )
+        .await?;
     }
     if options.dlq_events > 0 {
         let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);

@@ -30,6 +30,14 @@ pub struct BenchArgs {
     /// configured catalog is the embedded default).
     #[arg(long, default_value_t = 200_000)]
     pub storage_events: usize,
+    /// Commits of the simulated day of table maintenance (on, then off; 17,280 is a day of
+    /// 5 s commits; 0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub day_commits: usize,
+    /// Wall clock after which the simulated day without maintenance stops (its commits get
+    /// slower with every one).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub day_off_budget: std::time::Duration,
 }
 
 /// Runs the benchmarks and prints the table.
@@ -43,6 +51,8 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
         window_events: args.window_events,
         dlq_events: args.dlq_events,
         storage_events: args.storage_events,
+        day_commits: args.day_commits,
+        day_off_budget: args.day_off_budget,
     };
     let rows = bench::run(&config, pipeline, &options).await?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);

@@ -43,7 +43,7 @@ fn default_enabled() -> bool {
     true
 }
 fn default_interval() -> Duration {
-    Duration::from_secs(5 * 60)
+    Duration::from_secs(60)
 }
 fn default_target_file_mb() -> u64 {
     128
@@ -55,7 +55,7 @@ fn default_max_manifests() -> usize {
     20
 }
 fn default_snapshot_age() -> Duration {
-    Duration::from_secs(3600)
+    Duration::from_secs(15 * 60)
 }
 fn default_keep_snapshots() -> usize {
     20

@@ -58,10 +58,24 @@ pub fn plan(
     }
     let mut rewrites: Vec<Rewrite> = partitions
         .into_iter()
-        .filter(|(_, files)| files.len() >= min_files)
-        .map(|(partition, inputs)| Rewrite {
-            partition: partition.clone(),
-            inputs,
+        .filter_map(|(partition, mut inputs)| {
+            // Size tiers: a file larger than all the others together waits until they add up
+            // to it, so each row is rewritten a logarithmic number of times, not once a pass.
+            inputs.sort_by_key(|e| std::cmp::Reverse(e.file_size_in_bytes()));
+            let mut rest: u64 = inputs.iter().map(|e| e.file_size_in_bytes()).sum();
+            let mut start = 0;
+            while let Some(largest) = inputs.get(start) {
+                rest -= largest.file_size_in_bytes();
+                if largest.file_size_in_bytes() <= rest {
+                    break;
+                }
+                start += 1;
+            }
+            let inputs = inputs.split_off(start);
+            (inputs.len() >= min_files).then(|| Rewrite {
+                partition: partition.clone(),
+                inputs,
+            })
         })
         .collect();
     // Oldest first, so that a pass cut short still made progress where files piled up longest.

@@ -11,7 +11,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::Catalog;
 
-use super::files::{manifests, ManifestCache};
+use super::files::ManifestCache;
 use crate::common::summary::{self, Checkpoints};
 
 /// What expiry did to one table.
@@ -87,6 +87,7 @@ pub async fn expire(
     max_age: Duration,
     keep: usize,
     now: SystemTime,
+    cache: &mut ManifestCache,
 ) -> iceberg::Result<(Table, Expired)> {
     let keep = snapshots_to_keep(&table, keep);
     if expirable(&table, max_age, keep, now) == 0 {
@@ -100,7 +101,7 @@ pub async fn expire(
         .retain_last(keep)
         .apply(tx)?;
     let after = tx.commit(catalog.as_ref()).await?;
-    let files = delete_unreferenced(&after, &before).await?;
+    let files = delete_unreferenced(&after, &before, cache).await?;
     let snapshots = before
         .snapshots()
         .filter(|s| after.metadata().snapshot_by_id(s.snapshot_id()).is_none())
@@ -110,14 +111,17 @@ pub async fn expire(
 
 /// Deletes the files of snapshots in `before` that `after` no longer has, unless a snapshot of
 /// `after` still references them (a data file counts while alive in a retained manifest).
-async fn delete_unreferenced(after: &Table, before: &TableMetadata) -> iceberg::Result<usize> {
+async fn delete_unreferenced(
+    after: &Table,
+    before: &TableMetadata,
+    cache: &mut ManifestCache,
+) -> iceberg::Result<usize> {
     let kept = after.metadata();
     let expired: Vec<_> = before
         .snapshots()
         .filter(|s| kept.snapshot_by_id(s.snapshot_id()).is_none())
         .cloned()
         .collect();
-    let mut cache = ManifestCache::default();
     let mut kept_lists = HashSet::new();
     let mut kept_manifests = HashSet::new();
     let mut kept_files = HashSet::new();
@@ -125,9 +129,9 @@ async fn delete_unreferenced(after: &Table, before: &TableMetadata) -> iceberg::
     for snapshot in kept.snapshots() {
         kept_lists.insert(snapshot.manifest_list().to_string());
         kept_checkpoints.extend(checkpoint_files(snapshot.summary()));
-        for manifest in manifests(after, snapshot).await? {
+        for manifest in cache.list(after, snapshot).await?.iter() {
             if kept_manifests.insert(manifest.manifest_path.clone()) {
-                for entry in cache.entries(after, &manifest).await?.iter() {
+                for entry in cache.entries(after, manifest).await?.iter() {
                     if entry.is_alive() {
                         kept_files.insert(entry.file_path().to_string());
                     }
@@ -145,12 +149,12 @@ async fn delete_unreferenced(after: &Table, before: &TableMetadata) -> iceberg::
                 .into_iter()
                 .filter(|c| !kept_checkpoints.contains(c)),
         );
-        let Ok(listed) = manifests(after, snapshot).await else {
+        let Ok(listed) = cache.list(after, snapshot).await else {
             // A manifest list already gone (an earlier cleanup was cut short): its files are
             // left to the orphan sweep.
             continue;
         };
-        for manifest in listed {
+        for manifest in listed.iter().cloned() {
             if kept_manifests.contains(&manifest.manifest_path) {
                 continue;
             }

@@ -6,31 +6,57 @@ use std::sync::Arc;
 use iceberg::spec::{ManifestContentType, ManifestEntryRef, ManifestFile, SnapshotRef};
 use iceberg::table::Table;
 
-/// Manifests read once per maintenance pass, by path (snapshots share most of theirs).
+/// Manifest lists and manifests by path: they never change once written, and the snapshots
+/// of a table share most of theirs, so a maintainer reads each once, not once per snapshot and
+/// pass. [`Self::prune`] forgets what the last pass did not use.
 #[derive(Default)]
 pub struct ManifestCache {
-    entries: HashMap<String, Arc<Vec<ManifestEntryRef>>>,
+    lists: HashMap<String, (Arc<Vec<ManifestFile>>, bool)>,
+    entries: HashMap<String, (Arc<Vec<ManifestEntryRef>>, bool)>,
 }
 
 impl ManifestCache {
+    /// The manifests `snapshot`'s manifest list names.
+    pub async fn list(
+        &mut self,
+        table: &Table,
+        snapshot: &SnapshotRef,
+    ) -> iceberg::Result<Arc<Vec<ManifestFile>>> {
+        if let Some((list, used)) = self.lists.get_mut(snapshot.manifest_list()) {
+            *used = true;
+            return Ok(list.clone());
+        }
+        let list = Arc::new(manifests(table, snapshot).await?);
+        self.lists
+            .insert(snapshot.manifest_list().to_string(), (list.clone(), true));
+        Ok(list)
+    }
+
     /// The entries of `manifest` (every status), with inherited sequence numbers filled in.
     pub async fn entries(
         &mut self,
         table: &Table,
         manifest: &ManifestFile,
     ) -> iceberg::Result<Arc<Vec<ManifestEntryRef>>> {
-        if let Some(entries) = self.entries.get(&manifest.manifest_path) {
+        if let Some((entries, used)) = self.entries.get_mut(&manifest.manifest_path) {
+            *used = true;
             return Ok(entries.clone());
         }
         let loaded = manifest.load_manifest(table.file_io()).await?;
         let entries = Arc::new(loaded.into_parts().0);
         self.entries
-            .insert(manifest.manifest_path.clone(), entries.clone());
+            .insert(manifest.manifest_path.clone(), (entries.clone(), true));
         Ok(entries)
+    }
+
+    /// Forgets what was not used since the last prune (files of expired snapshots).
+    pub fn prune(&mut self) {
+        self.lists.retain(|_, (_, used)| std::mem::take(used));
+        self.entries.retain(|_, (_, used)| std::mem::take(used));
     }
 }
 
-/// The manifests a snapshot's manifest list names.
+/// The manifests a snapshot's manifest list names (read now, not cached).
 pub async fn manifests(
     table: &Table,
     snapshot: &SnapshotRef,
@@ -59,11 +85,18 @@ pub struct LiveFiles {
 impl LiveFiles {
     /// Reads the current snapshot's manifests; `None` for a table without snapshots.
     pub async fn read(table: &Table) -> iceberg::Result<Option<Self>> {
+        Self::read_with(table, &mut ManifestCache::default()).await
+    }
+
+    /// Same, through `cache`.
+    pub async fn read_with(
+        table: &Table,
+        cache: &mut ManifestCache,
+    ) -> iceberg::Result<Option<Self>> {
         let Some(current) = table.metadata().current_snapshot() else {
             return Ok(None);
         };
-        let manifests = manifests(table, current).await?;
-        let mut cache = ManifestCache::default();
+        let manifests = cache.list(table, current).await?.to_vec();
         let mut entries = Vec::new();
         for manifest in manifests
             .iter()

@@ -98,6 +98,8 @@ pub struct Report {
     pub manifests: usize,
     /// Snapshots in the metadata at the end.
     pub snapshots: usize,
+    /// Time spent compacting (planning, rewriting, committing), expiring and sweeping.
+    pub took: [Duration; 3],
 }
 
 impl std::fmt::Display for Report {
@@ -124,6 +126,11 @@ impl std::fmt::Display for Report {
             self.data_files,
             self.manifests,
             self.snapshots
+        )?;
+        let [compact, expire, sweep] = self.took.map(|d| d.as_secs_f64() * 1e3);
+        write!(
+            f,
+            " (compaction {compact:.0} ms, expiry {expire:.0} ms, sweep {sweep:.0} ms)"
         )
     }
 }
@@ -144,6 +151,8 @@ pub struct Maintainer {
     pipeline: String,
     targets: Vec<Target>,
     pause: Option<(Stage, Duration)>,
+    /// Manifest lists and manifests read by earlier passes (they never change).
+    cache: tokio::sync::Mutex<files::ManifestCache>,
 }
 
 impl Maintainer {
@@ -170,6 +179,7 @@ impl Maintainer {
                 ),
             ],
             pause: None,
+            cache: Default::default(),
         })
     }
 
@@ -183,13 +193,19 @@ impl Maintainer {
     /// One pass over both tables.
     pub async fn run_once(&self) -> Vec<Result<Report, MaintainError>> {
         let mut reports = Vec::new();
+        let mut cache = self.cache.lock().await;
         for target in &self.targets {
-            reports.push(self.maintain(target).await);
+            reports.push(self.maintain(target, &mut cache).await);
         }
+        cache.prune();
         reports
     }
 
-    async fn maintain(&self, target: &Target) -> Result<Report, MaintainError> {
+    async fn maintain(
+        &self,
+        target: &Target,
+        cache: &mut files::ManifestCache,
+    ) -> Result<Report, MaintainError> {
         let fail = |what: &'static str| {
             move |source| MaintainError::Iceberg {
                 table: target.label.clone(),
@@ -201,8 +217,11 @@ impl Maintainer {
             table: target.label.clone(),
             ..Report::default()
         };
-        self.compact(target, &mut report).await?;
+        let started = std::time::Instant::now();
+        self.compact(target, &mut report, cache).await?;
+        report.took[0] = started.elapsed();
         self.pause_if(Stage::Committed).await;
+        let started = std::time::Instant::now();
 
         let table = self.load(target).await?;
         let now = SystemTime::now();
@@ -212,10 +231,13 @@ impl Maintainer {
             self.settings.snapshot_max_age,
             self.settings.keep_snapshots,
             now,
+            cache,
         )
         .await
         .map_err(fail("expiring snapshots"))?;
         report.expired = expired;
+        report.took[1] = started.elapsed();
+        let started = std::time::Instant::now();
 
         let table = self.load(target).await.unwrap_or(table);
         let folder = target.checkpoints.as_ref().map(|base| {
@@ -228,15 +250,15 @@ impl Maintainer {
             grace: self.settings.orphan_grace,
             now,
         };
-        report.swept =
-            orphans::sweep(&table, &rules)
-                .await
-                .map_err(|source| MaintainError::Sweep {
-                    table: target.label.clone(),
-                    source,
-                })?;
+        report.swept = orphans::sweep(&table, &rules, cache)
+            .await
+            .map_err(|source| MaintainError::Sweep {
+                table: target.label.clone(),
+                source,
+            })?;
+        report.took[2] = started.elapsed();
 
-        let live = LiveFiles::read(&table)
+        let live = LiveFiles::read_with(&table, cache)
             .await
             .map_err(fail("reading the manifests"))?;
         if let Some(live) = live {
@@ -248,7 +270,12 @@ impl Maintainer {
     }
 
     /// Compacts small files and merges manifests in one replace commit, when either is due.
-    async fn compact(&self, target: &Target, report: &mut Report) -> Result<(), MaintainError> {
+    async fn compact(
+        &self,
+        target: &Target,
+        report: &mut Report,
+        cache: &mut files::ManifestCache,
+    ) -> Result<(), MaintainError> {
         let fail = |what: &'static str| {
             move |source| MaintainError::Iceberg {
                 table: target.label.clone(),
@@ -262,7 +289,7 @@ impl Maintainer {
             // grace period, a sweep elsewhere may delete them, so it must not commit then.
             let planned = std::time::Instant::now();
             let table = self.load(target).await?;
-            let Some(live) = LiveFiles::read(&table)
+            let Some(live) = LiveFiles::read_with(&table, cache)
                 .await
                 .map_err(fail("reading the manifests"))?
             else {
@@ -306,7 +333,7 @@ impl Maintainer {
             let (rewritten, written) = (removed.len(), added.len());
             let staged = ReplaceCommit::new(&table)
                 .replace(removed, added.clone())
-                .stage()
+                .stage(cache)
                 .await;
             let mut staged = match staged {
                 Ok(staged) => staged,
@@ -326,7 +353,7 @@ impl Maintainer {
                         grace: self.settings.orphan_grace,
                     });
                 }
-                let updates = match staged.on(&base).await {
+                let updates = match staged.on(&base, cache).await {
                     Ok(Some(updates)) => updates,
                     Ok(None) => break,
                     Err(source) => {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use iceberg::table::Table;
 
 use super::expire::checkpoint_files;
-use super::files::{manifests, ManifestCache};
+use super::files::ManifestCache;
 use super::listing::{list, Listed};
 
 /// What a sweep deleted.
@@ -36,17 +36,20 @@ pub struct SweepRules<'a> {
 
 /// Deletes what `table` (freshly loaded) no longer references under its folder and the
 /// checkpoint folder.
-pub async fn sweep(table: &Table, rules: &SweepRules<'_>) -> Result<Swept, SweepError> {
+pub async fn sweep(
+    table: &Table,
+    rules: &SweepRules<'_>,
+    cache: &mut ManifestCache,
+) -> Result<Swept, SweepError> {
     let metadata = table.metadata();
     let location = metadata.location().trim_end_matches('/');
     let mut referenced: HashSet<String> = HashSet::new();
-    let mut cache = ManifestCache::default();
     for snapshot in metadata.snapshots() {
         referenced.insert(snapshot.manifest_list().to_string());
         referenced.extend(checkpoint_files(snapshot.summary()));
-        for manifest in manifests(table, snapshot).await? {
+        for manifest in cache.list(table, snapshot).await?.iter() {
             if referenced.insert(manifest.manifest_path.clone()) {
-                for entry in cache.entries(table, &manifest).await?.iter() {
+                for entry in cache.entries(table, manifest).await?.iter() {
                     referenced.insert(entry.file_path().to_string());
                 }
             }

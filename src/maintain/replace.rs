@@ -22,7 +22,7 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use iceberg::{Error, ErrorKind, TableRequirement, TableUpdate};
 
-use super::files::{manifests, ManifestCache};
+use super::files::ManifestCache;
 use crate::common::summary;
 
 /// Entries per manifest written by a replace commit.
@@ -78,7 +78,7 @@ impl<'a> ReplaceCommit<'a> {
 
     /// Checks the rows, then writes the manifests: every data manifest of the current snapshot
     /// merged into as few as possible.
-    pub async fn stage(self) -> iceberg::Result<StagedReplace> {
+    pub async fn stage(self, cache: &mut ManifestCache) -> iceberg::Result<StagedReplace> {
         let table = self.table;
         let metadata = table.metadata();
         if metadata.format_version() != FormatVersion::V2 {
@@ -107,9 +107,8 @@ impl<'a> ReplaceCommit<'a> {
         let mut out = ManifestOut::new(table, snapshot_id, commit_id);
 
         let mut superseded = HashSet::new();
-        let mut cache = ManifestCache::default();
         let mut found = 0;
-        for manifest in manifests(table, &current).await? {
+        for manifest in cache.list(table, &current).await?.iter().cloned() {
             if manifest.content != ManifestContentType::Data {
                 continue;
             }
@@ -178,7 +177,11 @@ impl StagedReplace {
     /// Writes the manifest list for `base` (the state planned on, or a newer one that only
     /// appended to it) and returns the catalog updates; `None` when `base` changed in a way the
     /// commit cannot be rebased over.
-    pub async fn on(&mut self, base: &Table) -> iceberg::Result<Option<ReplaceUpdates>> {
+    pub async fn on(
+        &mut self,
+        base: &Table,
+        cache: &mut ManifestCache,
+    ) -> iceberg::Result<Option<ReplaceUpdates>> {
         let metadata = base.metadata();
         let Some(head) = metadata.current_snapshot().cloned() else {
             return Ok(None);
@@ -186,7 +189,7 @@ impl StagedReplace {
         if !only_appends_since(base, self.planned_on) {
             return Ok(None);
         }
-        let base_manifests = manifests(base, &head).await?;
+        let base_manifests = cache.list(base, &head).await?;
         let paths: HashSet<&str> = base_manifests
             .iter()
             .map(|m| m.manifest_path.as_str())

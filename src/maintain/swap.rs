@@ -180,7 +180,9 @@ pub struct RestCommits {
     client: reqwest::Client,
     uri: String,
     prefix: Option<String>,
-    token: Option<String>,
+    /// The client's properties, for a new token when the current one expires.
+    props: HashMap<String, String>,
+    token: tokio::sync::Mutex<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -218,8 +220,24 @@ impl RestCommits {
             client,
             uri: merged.get("uri").cloned().unwrap_or(uri),
             prefix: merged.get("prefix").cloned(),
-            token,
+            props: merged,
+            token: tokio::sync::Mutex::new(token),
         })
+    }
+
+    /// A new token from the credential, when there is one (a maintainer runs for months; its
+    /// first token expires).
+    async fn renew_token(&self) -> Result<bool, RestFailure> {
+        let Some(credential) = self
+            .props
+            .get("credential")
+            .filter(|_| !self.props.contains_key("token"))
+        else {
+            return Ok(false);
+        };
+        let token = exchange(&self.client, &self.uri, &self.props, credential).await?;
+        *self.token.lock().await = Some(token);
+        Ok(true)
     }
 
     async fn commit(
@@ -248,15 +266,30 @@ impl RestCommits {
             "requirements": requirements,
             "updates": updates,
         });
-        let mut request = self.client.post(url).json(&body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| SwapError::Rest {
-            table: label.clone(),
-            what: "sending".into(),
-            source: Some(e),
-        })?;
+        let mut renewed = false;
+        let response = loop {
+            let mut request = self.client.post(&url).json(&body);
+            if let Some(token) = self.token.lock().await.as_ref() {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.map_err(|e| SwapError::Rest {
+                table: label.clone(),
+                what: "sending".into(),
+                source: Some(e),
+            })?;
+            if response.status().as_u16() == 401 && !renewed {
+                renewed = true;
+                let rest_error = |(what, source)| SwapError::Rest {
+                    table: label.clone(),
+                    what,
+                    source,
+                };
+                if self.renew_token().await.map_err(rest_error)? {
+                    continue;
+                }
+            }
+            break response;
+        };
         match response.status().as_u16() {
             200 => Ok(()),
             409 => Err(SwapError::Conflict { table: label }),

@@ -1,0 +1,300 @@
+//! A simulated day of commits, with table maintenance on and off: the commit and query cost of
+//! the last 1,000 commits against the first 1,000, and the files, manifests and metadata size
+//! left at the end.
+//!
+//! Each simulated commit is one micro-batch of the real path (parse SQL, both tables written
+//! and committed with their offsets), at a compressed pace. Time-based retention cannot be
+//! compressed, so snapshots are kept by count: `maintenance.snapshot_max_age` over
+//! `commit.interval` commits (at least `keep_snapshots`), what the settings keep at full pace.
+//! With maintenance on, a pass starts every `maintenance.interval` of simulated time, beside
+//! the commits (not between them), as in `run`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::catalog::open_catalog;
+use crate::common::{Offsets, ERROR_COLUMN};
+use crate::config::{Config, PipelineConfig};
+use crate::dashboard::api::{Api, Range};
+use crate::engine::{new_session, split_rejected, SqlStage};
+use crate::maintain::files::LiveFiles;
+use crate::maintain::Maintainer;
+use crate::pipeline::plan::plan_pipeline;
+use crate::sink::iceberg::{SnapshotContent, TableWriter};
+
+/// Events per simulated commit.
+const EVENTS_PER_COMMIT: usize = 40;
+/// Commits compared at the start and at the end.
+const WINDOW: usize = 1_000;
+
+/// How the run with one setting ended.
+struct DayRun {
+    commits: usize,
+    latencies: Vec<Duration>,
+    first_queries: Duration,
+    last_queries: Duration,
+    data_files: usize,
+    manifests: usize,
+    snapshots: usize,
+    metadata_bytes: u64,
+    passes: usize,
+}
+
+/// Adds the simulated day's rows: `commits` with maintenance on, then the same with it off,
+/// which stops after `off_budget` of wall clock (its cost grows with every commit).
+pub async fn measure(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    commits: usize,
+    off_budget: Duration,
+    row: &mut impl FnMut(&str, String),
+) -> anyhow::Result<()> {
+    let commits = commits.max(2 * WINDOW);
+    let simulated = pipeline.commit.interval;
+    let settings = &pipeline.maintenance;
+    let per_pass = (settings.interval.as_secs_f64() / simulated.as_secs_f64().max(1e-3))
+        .round()
+        .max(1.0) as usize;
+    let keep = ((settings.snapshot_max_age.as_secs_f64() / simulated.as_secs_f64().max(1e-3))
+        as usize)
+        .max(settings.keep_snapshots);
+    row(
+        "simulated day: commits, events per commit",
+        format!(
+            "{commits} commits of {EVENTS_PER_COMMIT} events (a commit stands for {}); maintenance every {per_pass} commits, {keep} snapshots kept",
+            humantime::format_duration(simulated)
+        ),
+    );
+    let on = day(config, pipeline, commits, Some((per_pass, keep)), None).await?;
+    let off = day(config, pipeline, commits, None, Some(off_budget)).await?;
+    for (label, run) in [("maintenance on", &on), ("maintenance off", &off)] {
+        let (first, last) = (
+            &run.latencies[..WINDOW],
+            &run.latencies[run.latencies.len() - WINDOW..],
+        );
+        let (first, last) = (percentiles(first), percentiles(last));
+        row(
+            &format!("day, {label}: commits made"),
+            format!(
+                "{}{}",
+                run.commits,
+                if run.commits < commits {
+                    format!(
+                        " (stopped after {})",
+                        humantime::format_duration(off_budget)
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        row(
+            &format!("  {label}: commit p50/p99, first {WINDOW}"),
+            format!("{:.1} / {:.1} ms", ms(first.0), ms(first.1)),
+        );
+        row(
+            &format!("  {label}: commit p50/p99, last {WINDOW}"),
+            format!(
+                "{:.1} / {:.1} ms ({:.2}x / {:.2}x the first)",
+                ms(last.0),
+                ms(last.1),
+                ratio(last.0, first.0),
+                ratio(last.1, first.1)
+            ),
+        );
+        row(
+            &format!(
+                "  {label}: dashboard refresh + count(*), after {WINDOW} commits / at the end"
+            ),
+            format!(
+                "{:.0} / {:.0} ms ({:.2}x)",
+                ms(run.first_queries),
+                ms(run.last_queries),
+                ratio(run.last_queries, run.first_queries)
+            ),
+        );
+        row(
+            &format!("  {label}: events table at the end"),
+            format!(
+                "{} data files in {} manifests, {} snapshots, metadata file {:.1} KiB{}",
+                run.data_files,
+                run.manifests,
+                run.snapshots,
+                run.metadata_bytes as f64 / 1024.0,
+                if run.passes > 0 {
+                    format!(", {} maintenance passes", run.passes)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+    Ok(())
+}
+
+async fn day(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    commits: usize,
+    maintenance: Option<(usize, usize)>,
+    budget: Option<Duration>,
+) -> anyhow::Result<DayRun> {
+    let dir = tempfile::tempdir()?;
+    let mut scratch = super::scratch_config(config, pipeline, dir.path(), "bench_day")?;
+    let p = &mut scratch.pipelines[0];
+    p.maintenance = pipeline.maintenance.clone();
+    if let Some((_, keep)) = maintenance {
+        p.maintenance.keep_snapshots = keep;
+        p.maintenance.snapshot_max_age = Duration::ZERO;
+    }
+    let p = scratch.pipelines[0].clone();
+    let ctx = new_session();
+    let planned = plan_pipeline(&scratch, &p, &ctx)
+        .await
+        .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
+    let parse = SqlStage::new(&ctx, &planned.parse, planned.records_slot.clone()).await?;
+    let metrics = SqlStage::new(&ctx, &planned.metrics, planned.events_slot.clone()).await?;
+    crate::setup::ensure_tables(&scratch, &p, &planned).await?;
+    let catalog = open_catalog(&scratch, &p.sink).await?;
+    let open = |name: String, schema| {
+        let catalog = catalog.clone();
+        let (namespace, pipeline_name) = (p.sink.namespace.clone(), p.name.clone());
+        async move { TableWriter::open(catalog, &namespace, &name, &pipeline_name, &schema).await }
+    };
+    let mut events = open(
+        p.sink.events_table.name.clone(),
+        planned.parse_output.as_ref().clone(),
+    )
+    .await?;
+    let mut windows = open(
+        p.sink.metrics_table.name.clone(),
+        planned.metrics_schema.as_ref().clone(),
+    )
+    .await?;
+
+    let generated = super::records_spaced(
+        commits * EVENTS_PER_COMMIT,
+        chrono::TimeDelta::milliseconds(
+            (p.commit.interval.as_millis() as i64 / EVENTS_PER_COMMIT as i64).max(1),
+        ),
+    );
+    let batches = super::kafka_batches(&generated, EVENTS_PER_COMMIT)?;
+    let maintainer = match maintenance {
+        Some(_) => Some(Arc::new(Maintainer::open(&scratch, &p).await?)),
+        None => None,
+    };
+    let api = Api::open(&scratch, &p, None).await?;
+    let session = crate::query::session(&scratch, &p).await?;
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(commits);
+    let mut pass: Option<tokio::task::JoinHandle<()>> = None;
+    let mut passes = 0;
+    let mut first_queries = Duration::ZERO;
+    for (i, batch) in batches.iter().enumerate() {
+        if budget.is_some_and(|b| started.elapsed() > b) && i > 2 * WINDOW {
+            break;
+        }
+        if let (Some(maintainer), Some((every, _))) = (&maintainer, maintenance) {
+            if i > 0 && i % every == 0 && pass.as_ref().is_none_or(|p| p.is_finished()) {
+                let maintainer = maintainer.clone();
+                passes += 1;
+                pass = Some(tokio::spawn(async move {
+                    for result in maintainer.run_once().await {
+                        match result {
+                            Ok(report) => tracing::info!("bench maintenance: {report}"),
+                            Err(err) => tracing::warn!("bench maintenance pass: {err}"),
+                        }
+                    }
+                }));
+            }
+        }
+        let mut valid_rows = Vec::new();
+        for out in parse.run(vec![batch.clone()]).await? {
+            let (valid, _) = split_rejected(&out, ERROR_COLUMN)?;
+            valid_rows.push(valid);
+        }
+        let window_rows = metrics.run(valid_rows.clone()).await?;
+        let mut offsets = Offsets::new();
+        offsets.set("bench_day", 0, ((i + 1) * EVENTS_PER_COMMIT) as i64);
+        let content = SnapshotContent {
+            offsets,
+            checkpoints: None,
+        };
+        let t = Instant::now();
+        for valid in &valid_rows {
+            events.write(valid).await?;
+        }
+        events.commit(|_| Ok(content.clone())).await?;
+        for rows in &window_rows {
+            windows.write(rows).await?;
+        }
+        windows.commit(|_| Ok(content.clone())).await?;
+        latencies.push(t.elapsed());
+        if i + 1 == WINDOW {
+            first_queries = queries(&api, &session).await?;
+        }
+    }
+    if let Some(pass) = pass {
+        let _ = pass.await;
+    }
+    let last_queries = queries(&api, &session).await?;
+    let table = crate::sink::table::load_table(
+        catalog.as_ref(),
+        &p.sink.namespace,
+        &p.sink.events_table.name,
+    )
+    .await?;
+    let live = LiveFiles::read(&table).await?;
+    let metadata_bytes = match table.metadata_location() {
+        Some(location) => table.file_io().new_input(location)?.metadata().await?.size,
+        None => 0,
+    };
+    Ok(DayRun {
+        commits: latencies.len(),
+        first_queries,
+        last_queries,
+        data_files: live.as_ref().map_or(0, |l| l.entries.len()),
+        manifests: live.as_ref().map_or(0, |l| l.data_manifests()),
+        snapshots: table.metadata().snapshots().count(),
+        metadata_bytes,
+        latencies,
+        passes,
+    })
+}
+
+/// One dashboard refresh (campaigns, windows, totals, health) and a count over the events
+/// table, best of three.
+async fn queries(
+    api: &Api,
+    session: &datafusion::prelude::SessionContext,
+) -> anyhow::Result<Duration> {
+    let range = Range::default();
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        api.campaigns(&range).await?;
+        api.windows(&range).await?;
+        api.totals(&range).await?;
+        api.health().await?;
+        crate::query::run(session, "SELECT count(*) FROM campaign_events").await?;
+        best = best.min(t.elapsed());
+    }
+    Ok(best)
+}
+
+fn percentiles(times: &[Duration]) -> (Duration, Duration) {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    (
+        super::quantile(&sorted, 0.50),
+        super::quantile(&sorted, 0.99),
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
