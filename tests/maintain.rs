@@ -310,12 +310,9 @@ async fn maintenance_racing_running_pipelines_loses_and_doubles_nothing() {
     let summary = String::from_utf8_lossy(&output.stdout).to_string();
     let log = rest_of(runner_lines);
     assert!(output.status.success(), "run: {log}");
-    // Every replace that lands while the runner still commits makes its next commit conflict
-    // (it was built on the table before the replace): decided again, never lost.
-    assert!(
-        !summary.contains("(0 commit conflicts"),
-        "the runner's commits never met a replace: {summary}"
-    );
+    // Whether the runner's own commits met a replace depends on timing here; the test below
+    // makes that direction certain.
+    println!("runner: {summary}");
     let output = paused.wait_with_output().expect("maintain exit");
     let report = format!(
         "{}{}",
@@ -433,4 +430,66 @@ async fn killed_maintenance_leaves_complete_tables_and_the_next_pass_cleans_up()
     }
     assert_eq!(rows(&pipeline).await, before);
     assert_every_event_once(&pipeline, &truth).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ingest_commit_built_before_a_replace_is_decided_again_on_it() {
+    use campaign_pipeline::maintain::Maintainer;
+    use campaign_pipeline::sink::iceberg::{SnapshotContent, TableWriter};
+    let pipeline = maintained_pipeline(false);
+    assert!(pipeline.cli(&["setup"]).status.success());
+    let truth = generate_20k(&pipeline, 46);
+    run_until_caught_up(&pipeline, false);
+    let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
+    let p = &config.pipelines[0];
+    let ctx = campaign_pipeline::engine::new_session();
+    let planned = campaign_pipeline::pipeline::plan::plan_pipeline(&config, p, &ctx)
+        .await
+        .expect("planned SQL");
+    let catalog = campaign_pipeline::catalog::open_catalog(&config, &p.sink)
+        .await
+        .unwrap();
+    // A writer loads the table and writes rows (a copy of some rows already there)...
+    let mut writer = TableWriter::open(
+        catalog,
+        &p.sink.namespace,
+        &p.sink.events_table.name,
+        &p.name,
+        &planned.parse_output,
+    )
+    .await
+    .unwrap();
+    let before = writer.state().clone();
+    let extra = scan_table(&pipeline.config, "campaign_events").await;
+    let extra = &extra[0];
+    writer.write(extra).await.unwrap();
+    // ...a replace lands under it...
+    let maintainer = Maintainer::open(&config, p).await.unwrap();
+    let reports = maintainer.run_once().await;
+    let replaced = reports[0].as_ref().expect("maintenance").replace_snapshot;
+    assert!(replaced.is_some(), "{:?}", reports[0]);
+    // ...and its commit conflicts, finds the same state on the replace snapshot, and lands on it.
+    let stats = writer
+        .commit(|state| {
+            assert_eq!(
+                state, &before,
+                "the replace snapshot carries the pipeline's state"
+            );
+            Ok(SnapshotContent {
+                offsets: state.offsets.clone(),
+                checkpoints: None,
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(stats.conflicts, 1, "{stats:?}");
+    let table = load_table(&pipeline.config, "campaign_events").await;
+    let current = table.metadata().current_snapshot().unwrap();
+    assert_eq!(current.parent_snapshot_id(), replaced);
+    let rows: usize = scan_table(&pipeline.config, "campaign_events")
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows as u64, truth.valid_events + extra.num_rows() as u64);
 }
