@@ -40,6 +40,8 @@ echo; echo "== per-campaign totals, from the Iceberg table campaign_events"
   FROM campaign_events GROUP BY campaign_id ORDER BY campaign_id"
 echo; echo "== dlq stats: the dead letter queue by category, error pattern, partition and minute"
 "$bin" dlq stats
+echo; echo "== maintain: compaction, manifest merging, snapshot expiry, cleanup (run does it every minute)"
+"$bin" maintain
 
 cat <<'TXT'
 

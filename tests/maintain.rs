@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use campaign_pipeline::generator::Truth;
 use campaign_pipeline::maintain::files::{manifests, LiveFiles};
 use common::production::{
     assert_every_event_once, assert_every_event_once_of, generate_20k, generate_20k_from,
@@ -20,12 +21,7 @@ const TABLES: [&str; 2] = ["campaign_events", "campaign_metrics"];
 
 /// A pipeline with many small commits and maintenance settings that act at once: any two
 /// small files of a partition are rewritten, three snapshots are kept, and unreferenced files
-/// are swept after 2 s. `background` turns `run`'s own maintenance on (every second).
-fn maintained_pipeline(background: bool) -> TestPipeline {
-    maintained_pipeline_with_grace(background, "2s")
-}
-
-/// Same, with files swept after `grace`.
+/// are swept after `grace`. `background` turns `run`'s own maintenance on (every second).
 fn maintained_pipeline_with_grace(background: bool, grace: &str) -> TestPipeline {
     let pipeline = TestPipeline::new();
     small_commits(&pipeline);
@@ -36,6 +32,16 @@ fn maintained_pipeline_with_grace(background: bool, grace: &str) -> TestPipeline
         )
     });
     pipeline
+}
+
+/// A maintained pipeline (see [`maintained_pipeline_with_grace`]) set up, with 20,000 events
+/// of `seed` read into its tables (`flush`: and its windows all emitted).
+fn filled(background: bool, grace: &str, seed: u64, flush: bool) -> (TestPipeline, Truth) {
+    let pipeline = maintained_pipeline_with_grace(background, grace);
+    assert!(pipeline.cli(&["setup"]).status.success());
+    let truth = generate_20k(&pipeline, seed);
+    run_until_caught_up(&pipeline, flush);
+    (pipeline, truth)
 }
 
 /// Runs until caught up; `flush` also emits the windows still open at the end.
@@ -158,11 +164,8 @@ fn strip_scheme(path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compaction_keeps_every_row_for_both_readers_and_expiry_deletes_only_the_unreferenced() {
-    let pipeline = maintained_pipeline(false);
-    assert!(pipeline.cli(&["setup"]).status.success());
-    let first = generate_20k(&pipeline, 41);
     // Windows stay open: the replace snapshot must carry their checkpoints forward.
-    run_until_caught_up(&pipeline, false);
+    let (pipeline, first) = filled(false, "2s", 41, false);
     let before = rows(&pipeline).await;
     let mut partitions = Vec::new();
     let mut state_before = Vec::new();
@@ -294,10 +297,7 @@ fn rest_of(lines: std::sync::mpsc::Receiver<String>) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn maintenance_racing_running_pipelines_loses_and_doubles_nothing() {
     // The grace period outlasts the pause: a rewrite older than half of it is dropped.
-    let pipeline = maintained_pipeline_with_grace(true, "20s");
-    assert!(pipeline.cli(&["setup"]).status.success());
-    let first = generate_20k(&pipeline, 43);
-    run_until_caught_up(&pipeline, false);
+    let (pipeline, first) = filled(true, "20s", 43, false);
     // A `maintain` plans a rewrite and waits; meanwhile a runner appends (and maintains its
     // own tables every second, racing its own commits), so the rewrite must rebase or plan
     // again when it resumes.
@@ -391,10 +391,7 @@ async fn assert_nothing_unreferenced(pipeline: &TestPipeline, table: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_maintenance_leaves_complete_tables_and_the_next_pass_cleans_up() {
-    let pipeline = maintained_pipeline(false);
-    assert!(pipeline.cli(&["setup"]).status.success());
-    let truth = generate_20k(&pipeline, 44);
-    run_until_caught_up(&pipeline, true);
+    let (pipeline, truth) = filled(false, "2s", 44, true);
     let before = rows(&pipeline).await;
     for stage in ["rewritten", "staged", "committed"] {
         let (mut paused, _lines) = maintain_paused(&pipeline, stage, "24h");
@@ -436,10 +433,7 @@ async fn killed_maintenance_leaves_complete_tables_and_the_next_pass_cleans_up()
 async fn an_ingest_commit_built_before_a_replace_is_decided_again_on_it() {
     use campaign_pipeline::maintain::Maintainer;
     use campaign_pipeline::sink::iceberg::{SnapshotContent, TableWriter};
-    let pipeline = maintained_pipeline(false);
-    assert!(pipeline.cli(&["setup"]).status.success());
-    let truth = generate_20k(&pipeline, 46);
-    run_until_caught_up(&pipeline, false);
+    let (pipeline, truth) = filled(false, "2s", 46, false);
     let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
     let p = &config.pipelines[0];
     let ctx = campaign_pipeline::engine::new_session();

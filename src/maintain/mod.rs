@@ -111,7 +111,7 @@ impl std::fmt::Display for Report {
                 "{} small files rewritten into {} and {} manifests merged (replace snapshot {id})",
                 self.files_rewritten, self.files_written, self.manifests_before
             )?,
-            None => write!(f, "nothing to compact")?,
+            None => write!(f, "nothing compacted")?,
         }
         if self.conflicts > 0 {
             write!(f, " after {} conflicts with other writers", self.conflicts)?;
@@ -377,9 +377,14 @@ impl Maintainer {
                         log_rewrites(&target.label, &rewrites);
                         return Ok(());
                     }
-                    Err(SwapError::Conflict { .. }) if rebases < MAX_REBASES => {
-                        rebases += 1;
+                    Err(SwapError::Conflict { .. }) => {
                         report.conflicts += 1;
+                        if rebases == MAX_REBASES {
+                            // Writers commit faster than this pass can land: the next one tries.
+                            staged.abandon(&base).await;
+                            return Ok(());
+                        }
+                        rebases += 1;
                         base = self.load(target).await?;
                     }
                     // The pointer may have moved before the answer was lost: the files stay
