@@ -79,7 +79,7 @@ pub async fn open_catalog(
                 std::fs::create_dir_all(dir)
                     .map_err(|e| fail(Failure::of(format!("creating {}", dir.display()), e)))?;
             }
-            let url = format!("sqlite://{}", absolute(&db).map_err(fail)?);
+            let url = sqlite_url(config, path).map_err(|e| fail(Failure::of("resolving", e)))?;
             if !sqlx::Sqlite::database_exists(&url).await.unwrap_or(false) {
                 sqlx::Sqlite::create_database(&url)
                     .await
@@ -256,6 +256,13 @@ pub async fn probe_writable(file_io: &FileIO, folder: &str) -> iceberg::Result<(
 /// of hanging the commit forever.
 fn http_client() -> Result<reqwest::Client, Failure> {
     rest_http_client().map_err(|e| Failure::of("building the HTTP client", e))
+}
+
+/// The `sqlite://` URL of the embedded catalog's database file `path` (resolved against the
+/// configuration's folder): the catalog and maintenance's pointer swap open the same file.
+pub fn sqlite_url(config: &Config, path: &str) -> std::io::Result<String> {
+    let db = std::path::absolute(config.resolve(path))?;
+    Ok(format!("sqlite://{}", db.display()))
 }
 
 /// The HTTP client every call to a REST catalog goes through (see [`http_client`]).

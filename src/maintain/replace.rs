@@ -169,11 +169,6 @@ impl StagedReplace {
         self.snapshot_id
     }
 
-    /// Data files the commit replaces.
-    pub fn removed(&self) -> &[DataFile] {
-        &self.removed
-    }
-
     /// Writes the manifest list for `base` (the state planned on, or a newer one that only
     /// appended to it) and returns the catalog updates; `None` when `base` changed in a way the
     /// commit cannot be rebased over.

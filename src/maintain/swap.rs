@@ -66,9 +66,8 @@ impl PointerSwap {
         sqlx::any::install_default_drivers();
         match &sink.catalog {
             CatalogConfig::Sqlite { path, .. } => {
-                let db = config.resolve(path);
-                let db = std::path::absolute(&db).unwrap_or(db);
-                let url = format!("sqlite://{}", db.display());
+                let url = crate::catalog::sqlite_url(config, path)
+                    .map_err(|e| database(sqlx::Error::Configuration(Box::new(e))))?;
                 let pool = sqlx::any::AnyPoolOptions::new()
                     .max_connections(1)
                     .connect(&url)
