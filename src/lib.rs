@@ -16,5 +16,6 @@ pub mod query;
 pub mod setup;
 pub mod sink;
 pub mod source;
+pub mod sql_server;
 pub mod telemetry;
 pub mod window;

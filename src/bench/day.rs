@@ -7,7 +7,11 @@
 //! compressed, so snapshots are kept by count: `maintenance.snapshot_max_age` over
 //! `commit.interval` commits (at least `keep_snapshots`), what the settings keep at full pace.
 //! With maintenance on, a pass starts every `maintenance.interval` of simulated time, beside
-//! the commits (not between them), as in `run`.
+//! the commits (not between them), as in `run`. Only the idle time between commits is
+//! compressed: a pass runs at real speed, and while it runs the commits arrive at the real
+//! `commit.interval`, as they would in production (otherwise a 2 s pass would meet dozens of
+//! commits that a day at full pace spreads over minutes, and the queries would meet the small
+//! files they leave).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +50,18 @@ struct DayRun {
     snapshots: usize,
     metadata_bytes: u64,
     passes: usize,
+    /// With maintenance: median wall time of the passes started in the first and last window.
+    pass_times: Option<(Duration, Duration)>,
+}
+
+/// A maintenance pass running beside the commits.
+struct RunningPass {
+    started: Instant,
+    /// The commit it started before.
+    started_at: usize,
+    /// Commits made since it started: at most one per `commit.interval` of its run time.
+    commits: u32,
+    task: tokio::task::JoinHandle<Duration>,
 }
 
 /// Adds the simulated day's rows: `commits` with maintenance on, then the same with it off,
@@ -119,6 +135,19 @@ pub async fn measure(
                 ratio(run.last_queries, run.first_queries)
             ),
         );
+        if let Some((first, last)) = run.pass_times {
+            row(
+                &format!(
+                    "  {label}: maintenance pass (both tables), first / last {WINDOW} commits"
+                ),
+                format!(
+                    "{:.0} / {:.0} ms median ({:.2}x)",
+                    ms(first),
+                    ms(last),
+                    ratio(last, first)
+                ),
+            );
+        }
         if let Some(settled) = run.settled_queries {
             row(
                 &format!("  {label}: the same queries after one more pass at the end"),
@@ -203,26 +232,52 @@ async fn day(
     let session = crate::query::session(&scratch, &p).await?;
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(commits);
-    let mut pass: Option<tokio::task::JoinHandle<()>> = None;
+    let mut pass: Option<RunningPass> = None;
     let mut passes = 0;
+    let mut pass_times: Vec<(usize, Duration)> = Vec::new();
     let mut first_queries = Vec::new();
     let mut last_queries = Vec::new();
     for (i, batch) in batches.iter().enumerate() {
         if budget.is_some_and(|b| started.elapsed() > b) && i > 2 * WINDOW {
             break;
         }
+        if let Some(running) = &mut pass {
+            // The real pace while a pass runs: one commit per `commit.interval` of its time.
+            while !running.task.is_finished()
+                && running.commits
+                    > running
+                        .started
+                        .elapsed()
+                        .div_duration_f64(p.commit.interval) as u32
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            running.commits += 1;
+            if running.task.is_finished() {
+                pass_times.push((running.started_at, (&mut running.task).await?));
+                pass = None;
+            }
+        }
         if let (Some(maintainer), Some((every, _))) = (&maintainer, maintenance) {
-            if i > 0 && i % every == 0 && pass.as_ref().is_none_or(|p| p.is_finished()) {
+            if i > 0 && i % every == 0 && pass.is_none() {
                 let maintainer = maintainer.clone();
                 passes += 1;
-                pass = Some(tokio::spawn(async move {
-                    for result in maintainer.run_once().await {
-                        match result {
-                            Ok(report) => tracing::info!("bench maintenance: {report}"),
-                            Err(err) => tracing::warn!("bench maintenance pass: {err}"),
+                pass = Some(RunningPass {
+                    started: Instant::now(),
+                    started_at: i,
+                    // This iteration's commit is made while it runs.
+                    commits: 1,
+                    task: tokio::spawn(async move {
+                        let t = Instant::now();
+                        for result in maintainer.run_once().await {
+                            match result {
+                                Ok(report) => tracing::info!("bench maintenance: {report}"),
+                                Err(err) => tracing::warn!("bench maintenance pass: {err}"),
+                            }
                         }
-                    }
-                }));
+                        t.elapsed()
+                    }),
+                });
             }
         }
         let mut valid_rows = Vec::new();
@@ -255,9 +310,25 @@ async fn day(
             last_queries.push(queries(&api, &session).await?);
         }
     }
-    if let Some(pass) = pass {
-        let _ = pass.await;
+    if let Some(running) = pass {
+        pass_times.push((running.started_at, running.task.await?));
     }
+    let pass_times = (!pass_times.is_empty()).then(|| {
+        let total = latencies.len();
+        let window = |range: std::ops::Range<usize>| {
+            median(
+                pass_times
+                    .iter()
+                    .filter(|(at, _)| range.contains(at))
+                    .map(|(_, took)| *took)
+                    .collect(),
+            )
+        };
+        (
+            window(0..WINDOW),
+            window(total.saturating_sub(WINDOW)..total),
+        )
+    });
     if last_queries.is_empty() {
         last_queries.push(queries(&api, &session).await?);
     }
@@ -292,6 +363,7 @@ async fn day(
         metadata_bytes,
         latencies,
         passes,
+        pass_times,
     })
 }
 

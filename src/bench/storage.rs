@@ -106,6 +106,7 @@ fn scratch_in_configured_catalog(
         .map(|folder| format!("{}/{id}", folder.trim_end_matches('/')));
     Config {
         pipelines: vec![p],
+        sql_endpoint: config.sql_endpoint.clone(),
         base_dir: config.base_dir.clone(),
         file: config.file.clone(),
     }

@@ -2,12 +2,12 @@
 
 mod bench;
 mod check;
-mod dashboard;
 mod dlq;
 mod generate;
 mod maintain;
 mod query;
 mod run;
+mod serve;
 mod setup;
 
 use std::path::PathBuf;
@@ -72,8 +72,10 @@ pub enum Command {
     Tables(query::TablesArgs),
     /// List a table's snapshots with their summaries (Kafka offsets included).
     Snapshots(query::SnapshotsArgs),
-    /// Serve the campaign dashboard (CTR, CVR, revenue per campaign) over the tables.
-    Dashboard(dashboard::DashboardArgs),
+    /// Serve the tables: the campaign dashboard (CTR, CVR, revenue per campaign) over HTTP and a
+    /// read-only PostgreSQL-wire SQL endpoint for BI tools and psql.
+    #[command(alias = "dashboard")]
+    Serve(serve::ServeArgs),
     /// Dead letter tools: statistics, live monitor, export and replay.
     Dlq(dlq::DlqArgs),
     /// Measure throughput and CPU cost (build with --release for meaningful figures).
@@ -106,7 +108,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Tables(args) => query::tables(&cli.config, args).await,
             Command::Snapshots(args) => query::snapshots(&cli.config, args).await,
             Command::Bench(args) => bench::run(&cli.config, args).await,
-            Command::Dashboard(args) => dashboard::run(&cli.config, args).await,
+            Command::Serve(args) => serve::run(&cli.config, args).await,
             Command::Dlq(args) => dlq::run(&cli.config, args).await,
         }
     });

@@ -33,6 +33,13 @@ pub struct RunArgs {
     /// Where the dashboard listens.
     #[arg(long, default_value = crate::dashboard::DEFAULT_LISTEN, requires = "dashboard")]
     pub listen: std::net::SocketAddr,
+    /// Also serve the read-only PostgreSQL-wire SQL endpoint over the (first) pipeline's tables
+    /// (`sql_endpoint` in pipelines.yaml; the password comes from the environment).
+    #[arg(long)]
+    pub sql: bool,
+    /// Where the SQL endpoint listens (default: `sql_endpoint.listen`).
+    #[arg(long, requires = "sql")]
+    pub sql_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs the selected pipelines and prints what each did.
@@ -45,7 +52,14 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
         .iter()
         .map(|p| Arc::new(Telemetry::new(&p.name)))
         .collect();
+    // Bound before any event is consumed, so a missing password or a taken port stops the run
+    // before it starts.
+    let sql = match (args.sql, pipelines.first()) {
+        (true, Some(first)) => Some(super::serve::bind_sql(&config, first, args.sql_listen).await?),
+        _ => None,
+    };
     let (dashboard_stop, dashboard_shutdown) = pipeline::shutdown_channel();
+    let sql = sql.map(|server| tokio::spawn(server.serve(dashboard_shutdown.clone())));
     let dashboard = match (args.dashboard, pipelines.first(), telemetry.first()) {
         (true, Some(first), Some(t)) => {
             let (config, first, t, listen) =
@@ -81,8 +95,11 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
     for task in maintenance {
         let _ = task.await;
     }
+    let _ = dashboard_stop.send(true);
+    if let Some(server) = sql {
+        let _ = server.await;
+    }
     if let Some(server) = dashboard {
-        let _ = dashboard_stop.send(true);
         match server.await {
             Ok(Err(err)) => eprintln!("error: {}", Causes(&err)),
             Err(err) => eprintln!("error: dashboard task: {err}"),

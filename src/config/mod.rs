@@ -2,8 +2,10 @@
 
 pub mod env;
 mod maintenance;
+mod sql_endpoint;
 
 pub use maintenance::MaintenanceConfig;
+pub use sql_endpoint::SqlEndpointConfig;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -52,6 +54,9 @@ pub enum ConfigError {
 pub struct Config {
     /// One or more pipelines, each with a unique name.
     pub pipelines: Vec<PipelineConfig>,
+    /// The PostgreSQL-wire endpoint `serve` offers BI tools.
+    #[serde(default)]
+    pub sql_endpoint: SqlEndpointConfig,
     /// Directory of the configuration file; relative paths inside it resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -487,6 +492,9 @@ impl Config {
             return Err(self.invalid("pipelines", "at least one pipeline is required"));
         }
         let mut names = HashSet::new();
+        if let Some((field, message)) = self.sql_endpoint.problem() {
+            return Err(self.invalid(format!("sql_endpoint.{field}"), message));
+        }
         for (i, p) in self.pipelines.iter().enumerate() {
             let key = |field: &str| format!("pipelines[{i}].{field}");
             if p.name.trim().is_empty() {

@@ -21,8 +21,9 @@ use crate::query::QueryError;
 use crate::telemetry::Telemetry;
 use api::{Api, Range};
 
-/// Default address, as the seed's Superset.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
+/// Default address: 8088 belongs to Superset, which reads the same tables through the SQL
+/// endpoint.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 const PAGE: &str = include_str!("page.html");
 

@@ -34,6 +34,11 @@ impl Rewrite {
     }
 }
 
+/// Files of a partition that may wait for the smaller ones to add up to them: with sizes
+/// doubling from tier to tier, they cover a 16-fold range before a rewrite takes the
+/// smallest of them in.
+const MAX_WAITING: usize = 4;
+
 /// Partitions of the default spec holding at least `min_files` files smaller than three
 /// quarters of `target_size`, with those files.
 pub fn plan(
@@ -71,7 +76,9 @@ pub fn plan(
                 }
                 start += 1;
             }
-            let inputs = inputs.split_off(start);
+            // ...but at most MAX_WAITING wait, so a partition keeps a bounded number of files
+            // (and queries a flat cost) however long it grows: the smaller tiers join in.
+            let inputs = inputs.split_off(start.min(MAX_WAITING));
             (inputs.len() >= min_files).then(|| Rewrite {
                 partition: partition.clone(),
                 inputs,

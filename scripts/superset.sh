@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# Apache Superset over the pipeline's read-only PostgreSQL-wire SQL endpoint, all on 127.0.0.1.
+#
+#   scripts/superset.sh up                 # all of install, start and provision: the dashboard, ready
+#   scripts/superset.sh install            # venv + apache-superset (pinned), once; prints the time it took
+#   scripts/superset.sh start              # config, metadata DB upgrade, admin user, init, web server, wait for /health
+#   scripts/superset.sh provision [--out F] # database "Campaign pipeline", virtual dataset, charts, dashboard
+#   scripts/superset.sh chart-data NAME_OR_ID [--rows] [--cached] [--type query]   # a chart's saved query, as JSON
+#   scripts/superset.sh screenshot [--out PNG] [--campaign camp_001]...   # headless Chromium: log in, draw the dashboard
+#   scripts/superset.sh stop | status | url | python
+#
+# Environment:
+#   SUPERSET_HOME            state folder (venv, superset_config.py, secret, SQLite metadata DB, logs, pid)
+#                            default: $PWD/.superset
+#   SUPERSET_VENV            the virtual environment, installed once per machine:
+#                            default ${XDG_CACHE_HOME:-$HOME/.cache}/campaign-pipeline/superset-6.1.0
+#   SUPERSET_HOST / _PORT    default 127.0.0.1 / 8088
+#   SUPERSET_ADMIN_USER / SUPERSET_ADMIN_PASSWORD   required by start, provision, chart-data
+#   SUPERSET_SECRET_KEY      default: generated once into $SUPERSET_HOME/secret_key
+#   SUPERSET_METADATA_URI    metadata DB, default sqlite:///$SUPERSET_HOME/superset.db (e.g. postgresql+psycopg2://...)
+#   SUPERSET_WORKERS / SUPERSET_THREADS   gunicorn gthread workers and threads each (default 3 x 4)
+#   SUPERSET_START_TIMEOUT   seconds to wait for /health (default 180)
+#   SUPERSET_DATA_CACHE_SECONDS   how long chart results are shared between viewers (default 30; 0 = no cache)
+#   CAMPAIGN_SQL_URI         provision: the SQL endpoint, e.g. postgresql+psycopg2://user:pass@127.0.0.1:5433/campaigns;
+#                            default: built from CAMPAIGN_SQL_USER (campaign) and CAMPAIGN_SQL_PASSWORD, the
+#                            credentials `campaign-pipeline serve` reads, on 127.0.0.1:5433
+#   CAMPAIGN_SQL_SCHEMA      provision: schema of the tables (default campaigns)
+set -euo pipefail
+
+SUPERSET_VERSION=6.1.0
+# What apache-superset 6.1.0's own requirements leave out or let float to a version it can't use:
+#   rich              imported by `superset` CLI (superset/cli/test_db.py) but not declared
+#   flask-caching     2.3.1: from 2.4 on it passes ignore_delete_many_errors to SupersetMetastoreCache,
+#                     which fails app start with a TypeError
+#   cachetools        imported by superset/db_engine_specs/aws_iam.py (PostgreSQL/MySQL/Redshift specs)
+#   psycopg2-binary   the PostgreSQL driver (the SQL endpoint, optionally the metadata DB)
+PINS=(
+  "rich==15.0.0"
+  "cachetools==8.0.2"
+  "flask-caching==2.3.1"
+  "psycopg2-binary==2.9.13"
+)
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SUPERSET_HOME=$(realpath -m "${SUPERSET_HOME:-$PWD/.superset}")
+VENV=$(realpath -m "${SUPERSET_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/campaign-pipeline/superset-$SUPERSET_VERSION}")
+PY="$VENV/bin/python"
+HOST=${SUPERSET_HOST:-127.0.0.1}
+PORT=${SUPERSET_PORT:-8088}
+URL="http://$HOST:$PORT"
+CONFIG="$SUPERSET_HOME/superset_config.py"
+PIDFILE="$SUPERSET_HOME/superset.pid"
+LOGDIR="$SUPERSET_HOME/logs"
+SERVER_LOG="$LOGDIR/server.log"
+SETUP_LOG="$LOGDIR/setup.log"
+HELPER="$SCRIPT_DIR/superset_provision.py"
+
+# Superset reads SUPERSET_HOME as its data folder and SUPERSET_CONFIG_PATH as its config module.
+export SUPERSET_HOME SUPERSET_CONFIG_PATH="$CONFIG" SUPERSET_URL="$URL"
+export PYTHONUNBUFFERED=1
+
+die() { echo "superset.sh: $*" >&2; exit 1; }
+
+installed() {
+  [ -x "$PY" ] || return 1
+  "$PY" - "$SUPERSET_VERSION" "${PINS[@]}" <<'EOF' 2>/dev/null
+import sys
+from importlib.metadata import version, PackageNotFoundError
+want = {"apache-superset": sys.argv[1]}
+for pin in sys.argv[2:]:
+    name, _, v = pin.partition("==")
+    want[name] = v
+try:
+    bad = [n for n, v in want.items() if version(n) != v]
+except PackageNotFoundError:
+    sys.exit(1)
+sys.exit(1 if bad else 0)
+EOF
+}
+
+cmd_install() {
+  if installed; then
+    echo "apache-superset $SUPERSET_VERSION already installed in $VENV"
+    return 0
+  fi
+  local t0=$SECONDS
+  echo "installing apache-superset $SUPERSET_VERSION (${PINS[*]}) into $VENV"
+  mkdir -p "$(dirname "$VENV")"
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "apache-superset 6.1 needs Python >= 3.10, found " + sys.version)'
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "apache-superset==$SUPERSET_VERSION" "${PINS[@]}"
+  installed || die "the installed versions do not match apache-superset==$SUPERSET_VERSION ${PINS[*]}"
+  echo "installed in $((SECONDS - t0)) s ($(du -sh "$VENV" | cut -f1) in $VENV)"
+}
+
+running_pid() {
+  [ -f "$PIDFILE" ] || return 1
+  local pid
+  pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+healthy() {
+  "$PY" - "$URL/health" <<'EOF' 2>/dev/null
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+        sys.exit(0 if r.status == 200 else 1)
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+need_admin_env() {
+  [ -n "${SUPERSET_ADMIN_USER:-}" ] || die "SUPERSET_ADMIN_USER is not set (the Superset admin's user name)"
+  [ -n "${SUPERSET_ADMIN_PASSWORD:-}" ] || die "SUPERSET_ADMIN_PASSWORD is not set (the Superset admin's password)"
+}
+
+write_config() {
+  mkdir -p "$SUPERSET_HOME" "$LOGDIR"
+  if [ -z "${SUPERSET_SECRET_KEY:-}" ] && [ ! -s "$SUPERSET_HOME/secret_key" ]; then
+    (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(48))' > "$SUPERSET_HOME/secret_key")
+    echo "generated a SECRET_KEY into $SUPERSET_HOME/secret_key (keep it: it encrypts the stored DB passwords)"
+  fi
+  local metadata_uri=${SUPERSET_METADATA_URI:-"sqlite:///$SUPERSET_HOME/superset.db?check_same_thread=false"}
+  local tmp="$CONFIG.tmp"
+  (umask 077 && "$PY" - "$SUPERSET_HOME" "$metadata_uri" > "$tmp" <<'EOF'
+import sys
+home, uri = sys.argv[1], sys.argv[2]
+print(f'''# Written by scripts/superset.sh start; rewritten at every start (edit the script, not this file).
+import os
+
+_HOME = {home!r}
+
+# SUPERSET_SECRET_KEY from the environment, else the key generated once into SUPERSET_HOME/secret_key.
+SECRET_KEY = os.environ.get("SUPERSET_SECRET_KEY") or open(os.path.join(_HOME, "secret_key")).read().strip()
+
+SQLALCHEMY_DATABASE_URI = {uri!r}
+if SQLALCHEMY_DATABASE_URI.startswith("sqlite"):
+    # several gunicorn workers write the event log: wait for SQLite's lock instead of failing
+    SQLALCHEMY_ENGINE_OPTIONS = {{"connect_args": {{"timeout": 30}}}}
+
+# No FEATURE_FLAGS: native filters are always on in 6.x. CSRF stays on: the provisioning helper
+# fetches a token from /api/v1/security/csrf_token/ like the web UI does.
+ROW_LIMIT = 50000
+SUPERSET_WEBSERVER_TIMEOUT = 120
+
+# Chart results shared by the gunicorn workers for a short while, so that several people opening the
+# dashboard at once cost one query per chart; SUPERSET_DATA_CACHE_SECONDS=0 turns it off. A chart's
+# "force refresh" and `superset.sh chart-data` (force=true unless --cached) bypass it.
+_DATA_CACHE_SECONDS = int(os.environ.get("SUPERSET_DATA_CACHE_SECONDS", "30"))
+if _DATA_CACHE_SECONDS > 0:
+    DATA_CACHE_CONFIG = {{
+        "CACHE_TYPE": "FileSystemCache",
+        "CACHE_DIR": os.path.join(_HOME, "cache", "data"),
+        "CACHE_DEFAULT_TIMEOUT": _DATA_CACHE_SECONDS,
+        "CACHE_THRESHOLD": 2000,
+    }}
+''')
+EOF
+  )
+  mv "$tmp" "$CONFIG"
+}
+
+run_setup() {  # $1 = what, rest = command; output to the setup log, its tail on failure
+  local what=$1; shift
+  local t0=$SECONDS
+  echo "== $what" >> "$SETUP_LOG"
+  if ! "$@" >> "$SETUP_LOG" 2>&1; then
+    tail -n 40 "$SETUP_LOG" >&2
+    die "$what failed (log: $SETUP_LOG)"
+  fi
+  echo "  $what: $((SECONDS - t0)) s"
+}
+
+cmd_start() {
+  need_admin_env
+  local t0=$SECONDS pid
+  if pid=$(running_pid); then
+    if healthy; then echo "Superset already running (pid $pid) at $URL"; return 0; fi
+    die "a Superset process (pid $pid, $PIDFILE) is running but $URL/health does not answer; run '$0 stop' first"
+  fi
+  cmd_install
+  if healthy; then die "something else already answers at $URL (not our pid file $PIDFILE); set SUPERSET_PORT"; fi
+  write_config
+  : > "$SETUP_LOG"
+  run_setup "superset db upgrade" "$VENV/bin/superset" db upgrade
+  run_setup "superset init" "$VENV/bin/superset" init
+  run_setup "admin user $SUPERSET_ADMIN_USER" "$PY" "$HELPER" admin
+
+  echo "== start $(date -u +%FT%TZ)" >> "$SERVER_LOG"
+  if [ -x "$VENV/bin/gunicorn" ]; then
+    local workers=${SUPERSET_WORKERS:-3} threads=${SUPERSET_THREADS:-4}
+    local extra=()
+    # gunicorn >= 24 opens a control socket at ~/.gunicorn/gunicorn.ctl, shared by every instance
+    if "$VENV/bin/gunicorn" --help 2>/dev/null | grep -q -- '--no-control-socket'; then
+      extra+=(--no-control-socket)
+    fi
+    echo "starting gunicorn ($workers workers x $threads threads) on $URL"
+    setsid "$VENV/bin/gunicorn" \
+      --bind "$HOST:$PORT" --workers "$workers" --worker-class gthread --threads "$threads" \
+      --timeout 120 --graceful-timeout 20 --keep-alive 5 \
+      --limit-request-line 0 --limit-request-field_size 0 ${extra[@]+"${extra[@]}"} \
+      "superset.app:create_app()" >> "$SERVER_LOG" 2>&1 < /dev/null &
+  else
+    echo "starting 'superset run' (no gunicorn in the venv) on $URL"
+    setsid "$VENV/bin/superset" run --host "$HOST" --port "$PORT" --with-threads \
+      >> "$SERVER_LOG" 2>&1 < /dev/null &
+  fi
+  pid=$!
+  echo "$pid" > "$PIDFILE"
+
+  local timeout=${SUPERSET_START_TIMEOUT:-180} waited=0
+  until healthy; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 40 "$SERVER_LOG" >&2
+      rm -f "$PIDFILE"
+      die "the web server exited during start (log: $SERVER_LOG)"
+    fi
+    if [ "$waited" -ge "$timeout" ]; then
+      tail -n 40 "$SERVER_LOG" >&2
+      die "$URL/health did not answer within $timeout s (pid $pid still running; log: $SERVER_LOG; '$0 stop' ends it)"
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+  echo "Superset $SUPERSET_VERSION up at $URL (pid $pid, started in $((SECONDS - t0)) s; log $SERVER_LOG)"
+}
+
+cmd_stop() {
+  local pid
+  if ! pid=$(running_pid); then
+    rm -f "$PIDFILE"
+    echo "Superset is not running"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 40); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "pid $pid still running after 20 s: SIGKILL to its process group" >&2
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDFILE"
+  echo "Superset stopped (pid $pid)"
+}
+
+cmd_status() {
+  local pid
+  if pid=$(running_pid) && healthy; then echo "running (pid $pid) at $URL"; return 0; fi
+  if pid=$(running_pid); then echo "process $pid running, $URL/health not answering"; return 1; fi
+  echo "not running"
+  return 3
+}
+
+need_server() {
+  installed || die "Superset is not installed in $VENV: run '$0 install' and '$0 start' first"
+  healthy || die "Superset does not answer at $URL/health: run '$0 start' first"
+}
+
+default_sql_uri() {
+  if [ -z "${CAMPAIGN_SQL_URI:-}" ] && [ -n "${CAMPAIGN_SQL_PASSWORD:-}" ]; then
+    CAMPAIGN_SQL_URI=$("$PY" -c 'import os, urllib.parse as u
+q = lambda s: u.quote(s, safe="")
+print("postgresql+psycopg2://%s:%s@%s/%s" % (q(os.environ.get("CAMPAIGN_SQL_USER") or "campaign"),
+      q(os.environ["CAMPAIGN_SQL_PASSWORD"]), os.environ.get("CAMPAIGN_SQL_ADDRESS", "127.0.0.1:5433"),
+      os.environ.get("CAMPAIGN_SQL_SCHEMA", "campaigns")))')
+    export CAMPAIGN_SQL_URI
+  fi
+  [ -n "${CAMPAIGN_SQL_URI:-}" ] || die "set CAMPAIGN_SQL_PASSWORD (and CAMPAIGN_SQL_USER) as for 'campaign-pipeline serve', or CAMPAIGN_SQL_URI (e.g. postgresql+psycopg2://user:pass@127.0.0.1:5433/campaigns)"
+}
+
+sub=${1:-}
+[ $# -gt 0 ] && shift
+case "$sub" in
+  install) cmd_install ;;
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  url) echo "$URL" ;;
+  python) echo "$PY" ;;
+  up)
+    cmd_start
+    default_sql_uri
+    "$PY" "$HELPER" provision "$@"
+    ;;
+  provision)
+    need_admin_env
+    need_server
+    default_sql_uri
+    exec "$PY" "$HELPER" provision "$@"
+    ;;
+  chart-data|screenshot)
+    need_admin_env
+    need_server
+    exec "$PY" "$HELPER" "$sub" "$@"
+    ;;
+  *)
+    echo "usage: $0 up|install|start|provision [--out FILE] [--lookback-hours N]|chart-data NAME_OR_ID [--rows] [--cached]|screenshot [--out PNG] [--campaign ID]|stop|status|url|python" >&2
+    exit 2
+    ;;
+esac

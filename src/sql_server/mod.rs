@@ -1,0 +1,304 @@
+//! The read-only PostgreSQL-wire SQL endpoint over a pipeline's tables, for BI tools (Superset,
+//! Grafana, Metabase, DBeaver), psql and notebooks.
+//!
+//! datafusion-postgres speaks the protocol over the same DataFusion session `query` uses,
+//! with PostgreSQL's `pg_catalog` and functions for the catalog queries clients send on
+//! connect; this module adds what a shared, exposed endpoint needs: a login, refusal of
+//! anything but reads, per-statement limits and a cap on connections.
+
+pub mod auth;
+mod catalog;
+pub mod guard;
+pub mod limits;
+
+use datafusion_postgres::pgwire;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::SessionContext;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::{DfSessionService, QueryHook};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::catalog::CATALOG_NAME;
+use crate::config::{Config, PipelineConfig, SqlEndpointConfig};
+use crate::query::QueryError;
+
+pub use auth::Credentials;
+use catalog::ServedCatalog;
+use limits::{ApplyLimits, StatementLimits};
+
+/// Why the endpoint could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlServerError {
+    /// The login could not be read from the environment.
+    #[error(transparent)]
+    Credentials(#[from] auth::CredentialsError),
+    /// The tables' catalog could not be opened.
+    #[error("opening the tables for the SQL endpoint")]
+    Session(#[source] QueryError),
+    /// PostgreSQL's catalog tables could not be set up.
+    #[error("setting up pg_catalog: {0}")]
+    PgCatalog(String),
+    /// The address could not be bound.
+    #[error("SQL endpoint cannot listen on {address}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready SQL endpoint; [`SqlServer::serve`] accepts connections.
+pub struct SqlServer {
+    listener: TcpListener,
+    handlers: Arc<Handlers>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl SqlServer {
+    /// Reads the login, opens the tables and binds `listen`: every error surfaces here,
+    /// before any client is served.
+    pub async fn bind(
+        config: &Config,
+        pipeline: &PipelineConfig,
+        listen: SocketAddr,
+    ) -> Result<Self, SqlServerError> {
+        let settings = &config.sql_endpoint;
+        let credentials = Arc::new(Credentials::from_env(settings)?);
+        let ctx = session(config, pipeline, settings).await?;
+        let schema = pipeline.sink.namespace.clone();
+        let listener =
+            TcpListener::bind(listen)
+                .await
+                .map_err(|source| SqlServerError::Listen {
+                    address: listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            handlers: Arc::new(Handlers::new(ctx, credentials, schema)),
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            max_connections: settings.max_connections,
+        })
+    }
+
+    /// The user name clients log in with.
+    pub fn user(&self) -> &str {
+        self.handlers.credentials.user()
+    }
+
+    /// The address it listens on (the port, when bound to port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves clients, each on its own task, until `shutdown` turns true.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
+        let refuse = Arc::new(Handlers {
+            refuse: Some(format!(
+                "too many connections: the SQL endpoint serves {} at once \
+                 (sql_endpoint.max_connections)",
+                self.max_connections
+            )),
+            ..self.handlers.as_ref().clone()
+        });
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            let (socket, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!("SQL endpoint: accepting a connection: {err}");
+                    continue;
+                }
+            };
+            let permit = self.connections.clone().try_acquire_owned().ok();
+            let handlers = match permit {
+                Some(_) => self.handlers.clone(),
+                None => refuse.clone(),
+            };
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(err) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                    tracing::debug!("SQL endpoint: connection from {peer}: {err}");
+                }
+            });
+        }
+    }
+}
+
+/// The read-only session the endpoint serves: `query`'s session with `pg_catalog` beside the
+/// namespaces and the statement limits in every physical plan.
+async fn session(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    settings: &SqlEndpointConfig,
+) -> Result<Arc<SessionContext>, SqlServerError> {
+    let base = crate::query::session(config, pipeline)
+        .await
+        .map_err(SqlServerError::Session)?;
+    let limits = StatementLimits {
+        timeout: settings.statement_timeout,
+        max_rows: settings.max_result_rows,
+    };
+    let state = SessionStateBuilder::new_from_existing(base.state())
+        .with_physical_optimizer_rule(Arc::new(ApplyLimits(limits)))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    if let Some(iceberg) = ctx.catalog(CATALOG_NAME) {
+        ctx.register_catalog(CATALOG_NAME, Arc::new(ServedCatalog::new(iceberg)));
+    }
+    setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
+        .map_err(|e| SqlServerError::PgCatalog(e.to_string()))?;
+    ctx.register_udf(constant_udf("version", version()));
+    // The namespace is the session's default schema: unqualified names resolve in it.
+    ctx.register_udf(constant_udf(
+        "current_schema",
+        pipeline.sink.namespace.clone(),
+    ));
+    Ok(Arc::new(ctx))
+}
+
+/// `version()` in PostgreSQL's form: clients (SQLAlchemy's dialect, and so Superset) parse the
+/// server version out of it and refuse to connect when it does not start so.
+fn version() -> String {
+    format!(
+        "PostgreSQL {POSTGRES_VERSION} on campaign-pipeline {} (Apache DataFusion {}, read-only)",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    )
+}
+
+/// A function of no arguments that returns `value`.
+fn constant_udf(name: &str, value: String) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
+    use datafusion::scalar::ScalarValue;
+    create_udf(
+        name,
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                value.clone(),
+            ))))
+        }),
+    )
+}
+
+/// The PostgreSQL version the endpoint reports (pgwire's `server_version` parameter): what its
+/// SQL and catalog answer like, closely enough for clients' feature checks.
+const POSTGRES_VERSION: &str = "16.6";
+
+/// What serves one connection: login, then the read-only query handlers.
+#[derive(Clone)]
+struct Handlers {
+    service: Arc<DfSessionService>,
+    credentials: Arc<Credentials>,
+    parameters: Arc<DefaultServerParameterProvider>,
+    connections: Arc<ConnectionManager>,
+    cancel: Arc<DefaultCancelHandler>,
+    /// Set when the connection is over the limit: it is told so at startup.
+    refuse: Option<String>,
+}
+
+impl Handlers {
+    fn new(ctx: Arc<SessionContext>, credentials: Arc<Credentials>, schema: String) -> Self {
+        // The guard goes first so no later hook (SET's fallback runs DataFusion statements)
+        // sees a refused statement.
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(guard::ReadOnly),
+            Arc::new(CursorStatementHook),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.default_transaction_read_only = true;
+        parameters.is_superuser = false;
+        parameters.server_version = POSTGRES_VERSION.to_string();
+        parameters.search_path = schema;
+        let connections = Arc::new(ConnectionManager::new());
+        Self {
+            service: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            credentials,
+            parameters: Arc::new(parameters),
+            cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+            connections,
+            refuse: None,
+        }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        // One handler per connection: the SCRAM exchange keeps its state in it.
+        Arc::new(Startup {
+            login: SASLAuthStartupHandler::new(self.parameters.clone())
+                .with_scram(self.credentials.scram())
+                .with_connection_manager(self.connections.clone()),
+            refuse: self.refuse.clone(),
+        })
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// SCRAM login, or a refusal when the endpoint is full.
+struct Startup {
+    login: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+    refuse: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::PgWireFrontendMessage,
+    ) -> pgwire::error::PgWireResult<()>
+    where
+        C: pgwire::api::ClientInfo
+            + futures::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        if let Some(reason) = &self.refuse {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "53300".into(),
+                reason.clone(),
+            ))));
+        }
+        self.login.on_startup(client, message).await
+    }
+}
