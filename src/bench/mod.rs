@@ -7,6 +7,7 @@
 mod dashboard;
 mod day;
 mod dlq;
+mod sql_endpoint;
 mod storage;
 mod window;
 
@@ -404,6 +405,7 @@ async fn end_to_end(
         conflict_rate(std::slice::from_ref(&summary)),
     );
     dashboard::measure(&scratch, p, summary.messages, row).await?;
+    sql_endpoint::measure(&scratch, p, summary.messages, row).await?;
 
     // Scale-out: the same topic read by 2 and 3 runners of one fresh consumer group each, into
     // tables of their own. On a 2-core machine the broker bounds the wall clock: the ratios

@@ -74,8 +74,9 @@ pub enum Command {
     Snapshots(query::SnapshotsArgs),
     /// Serve the tables: the campaign dashboard (CTR, CVR, revenue per campaign) over HTTP and a
     /// read-only PostgreSQL-wire SQL endpoint for BI tools and psql.
-    #[command(alias = "dashboard")]
     Serve(serve::ServeArgs),
+    /// Serve only the campaign dashboard (`serve --no-sql`).
+    Dashboard(serve::ServeArgs),
     /// Dead letter tools: statistics, live monitor, export and replay.
     Dlq(dlq::DlqArgs),
     /// Measure throughput and CPU cost (build with --release for meaningful figures).
@@ -108,7 +109,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Tables(args) => query::tables(&cli.config, args).await,
             Command::Snapshots(args) => query::snapshots(&cli.config, args).await,
             Command::Bench(args) => bench::run(&cli.config, args).await,
-            Command::Serve(args) => serve::run(&cli.config, args).await,
+            Command::Serve(args) => serve::run(&cli.config, args, true).await,
+            Command::Dashboard(args) => serve::run(&cli.config, args, false).await,
             Command::Dlq(args) => dlq::run(&cli.config, args).await,
         }
     });

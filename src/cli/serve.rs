@@ -28,11 +28,11 @@ pub struct ServeArgs {
     pub pipeline: Option<String>,
 }
 
-/// Serves until SIGINT/SIGTERM.
-pub async fn run(config_path: &Path, args: &ServeArgs) -> anyhow::Result<bool> {
+/// Serves until SIGINT/SIGTERM; the SQL endpoint only with `with_sql` (not for `dashboard`).
+pub async fn run(config_path: &Path, args: &ServeArgs, with_sql: bool) -> anyhow::Result<bool> {
     let config = super::load_config(config_path)?;
     let pipeline = config.pipeline(args.pipeline.as_deref())?;
-    let sql = match config.sql_endpoint.enabled && !args.no_sql {
+    let sql = match with_sql && config.sql_endpoint.enabled && !args.no_sql {
         true => Some(bind_sql(&config, pipeline, args.sql_listen).await?),
         false => None,
     };

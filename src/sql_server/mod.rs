@@ -77,8 +77,19 @@ impl SqlServer {
         pipeline: &PipelineConfig,
         listen: SocketAddr,
     ) -> Result<Self, SqlServerError> {
+        let credentials = Credentials::from_env(&config.sql_endpoint)?;
+        Self::bind_with(config, pipeline, listen, credentials).await
+    }
+
+    /// [`SqlServer::bind`] with the login given (the bench's own).
+    pub async fn bind_with(
+        config: &Config,
+        pipeline: &PipelineConfig,
+        listen: SocketAddr,
+        credentials: Credentials,
+    ) -> Result<Self, SqlServerError> {
         let settings = &config.sql_endpoint;
-        let credentials = Arc::new(Credentials::from_env(settings)?);
+        let credentials = Arc::new(credentials);
         let ctx = session(config, pipeline, settings).await?;
         let schema = pipeline.sink.namespace.clone();
         let listener =
