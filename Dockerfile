@@ -22,4 +22,4 @@ COPY --chown=campaign sql /app/sql
 WORKDIR /app
 USER 10001
 ENTRYPOINT ["campaign-pipeline", "--config", "/app/pipelines.yaml"]
-CMD ["run", "--dashboard", "--listen", "0.0.0.0:8088"]
+CMD ["run", "--dashboard", "--listen", "0.0.0.0:8080"]

