@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of campaign-pipeline on a fresh machine: installs what the tests need
 # (OpenSSL headers for librdkafka, the tansu broker, SeaweedFS for the S3 warehouse and the REST
-# catalog, PyIceberg as an independent reader of its tables, Debian's PostgreSQL 15 for the
-# PostgreSQL catalog, Debian's Chromium and ChromeDriver for the dashboard's browser test), then
+# catalog, PyIceberg as an independent reader of its tables, Apache Superset 6.1.0 for the SQL
+# endpoint's dashboard (its venv also gives the tests psycopg2), Debian's PostgreSQL 15 for the
+# PostgreSQL catalog and psql, Debian's Chromium and ChromeDriver for the dashboard's browser test), then
 # `cargo test` with one target dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ scripts/deps.sh
 scripts/broker.sh install
 scripts/seaweedfs.sh install
 scripts/pyiceberg.sh install
+scripts/superset.sh install
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   echo "installing postgresql (the PostgreSQL catalog's tests run a private server)"
   sudo_cmd=()

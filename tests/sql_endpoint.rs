@@ -5,140 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, installed, text, TestPipeline};
-
-const PASSWORD: &str = "s3cret-for-tests";
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `;`-separated fields with numbers in one form (PostgreSQL prints the float 0 as `0`, the
-/// CSV of `query` as `0.0`).
-fn normalized(row: &str) -> String {
-    row.split(';')
-        .map(|field| match field.parse::<f64>() {
-            Ok(number) => number.to_string(),
-            Err(_) => field.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(";")
-}
-
-/// A pipeline whose tables hold 20,000 generated events, and `serve` over them.
-struct Served {
-    pipeline: TestPipeline,
-    sql_port: u16,
-    _server: KillOnDrop,
-}
-
-impl Served {
-    fn start() -> Self {
-        let pipeline = TestPipeline::new();
-        pipeline.edit_config(|yaml| {
-            format!(
-                "{yaml}sql_endpoint:\n  statement_timeout: 3s\n  max_result_rows: 5000\n  max_connections: 12\n"
-            )
-        });
-        assert!(pipeline.cli(&["setup"]).status.success());
-        let generate = pipeline.cli(&[
-            "generate",
-            "--count",
-            "20000",
-            "--seed",
-            "15",
-            "--campaigns",
-            "4",
-        ]);
-        assert!(generate.status.success(), "{}", text(&generate));
-        let run = pipeline.cli(&["run", "--until-caught-up", "--flush-open-windows"]);
-        assert!(run.status.success(), "{}", text(&run));
-
-        let sql_port = free_port();
-        let server = KillOnDrop(
-            pipeline
-                .command(&[
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{}", free_port()),
-                    "--sql-listen",
-                    &format!("127.0.0.1:{sql_port}"),
-                ])
-                .env("CAMPAIGN_SQL_USER", "analyst")
-                .env("CAMPAIGN_SQL_PASSWORD", PASSWORD)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start serve"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", sql_port)).is_err() {
-            assert!(Instant::now() < deadline, "the SQL endpoint did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            pipeline,
-            sql_port,
-            _server: server,
-        }
-    }
-
-    fn url(&self, password: &str) -> String {
-        format!(
-            "postgresql://analyst:{password}@127.0.0.1:{}/campaigns",
-            self.sql_port
-        )
-    }
-
-    /// psql's unaligned, tuples-only output of `sql` (`;`-separated columns).
-    fn psql(&self, sql: &str) -> Output {
-        Command::new("psql")
-            .args([
-                &self.url(PASSWORD),
-                "--no-psqlrc",
-                "-X",
-                "-A",
-                "-t",
-                "-F",
-                ";",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()
-            .expect("psql (Debian package postgresql-client)")
-    }
-
-    fn psql_rows(&self, sql: &str) -> Vec<String> {
-        let out = self.psql(sql);
-        assert!(out.status.success(), "psql {sql}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(normalized)
-            .collect()
-    }
-
-    /// The same statement through `query`, as `;`-separated rows.
-    fn query_rows(&self, sql: &str) -> Vec<String> {
-        let out = self.pipeline.cli(&["query", "--format", "csv", sql]);
-        assert!(out.status.success(), "query {sql}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter(|line| !line.is_empty())
-            .map(|line| normalized(&line.replace(',', ";")))
-            .collect()
-    }
-}
+use common::sql::{normalized, Served, PASSWORD};
+use common::{installed, text};
 
 /// Statements a dashboard runs, each returning a few rows of plain numbers and names.
 const DASHBOARD: [&str; 4] = [
@@ -198,6 +69,37 @@ fn psql_and_psycopg_read_what_query_reads_and_nothing_else_gets_in() {
          WHERE n.nspname = 'campaigns' ORDER BY c.relname",
     );
     assert_eq!(in_pg_class, listed);
+
+    // Time travel, as `query --snapshot` reads it, and before the first commit: empty.
+    let first = served.psql_rows(
+        "SELECT snapshot_id FROM \"campaign_metrics$snapshots\" ORDER BY committed_at LIMIT 1",
+    );
+    let at_first = served.psql_rows(&format!(
+        "SELECT count(*), sum(impressions) FROM table_at_snapshot('campaign_metrics', {})",
+        first[0]
+    ));
+    let out = served.pipeline.cli(&[
+        "query",
+        "--format",
+        "csv",
+        "--snapshot",
+        &first[0],
+        "SELECT count(*), sum(impressions) FROM campaign_metrics",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let want: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| normalized(&l.replace(',', ";")))
+        .collect();
+    assert_eq!(at_first, want);
+    assert_eq!(
+        served.psql_rows(
+            "SELECT count(*) FROM table_as_of('campaign_events', '2000-01-01T00:00:00Z')"
+        ),
+        ["0"]
+    );
 
     // Writes and DDL are refused with PostgreSQL's read-only error, and change nothing.
     for sql in [

@@ -3,6 +3,7 @@
 
 pub mod catalog_info;
 pub mod format;
+pub mod time_travel;
 
 pub use catalog_info::{snapshots, tables};
 pub use format::{render, OutputFormat};
@@ -13,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::config::Dialect;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
+use iceberg_datafusion::IcebergCatalogProvider;
 
 use crate::catalog::CatalogError;
 use crate::catalog::{open_catalog, CATALOG_NAME};
@@ -72,38 +73,21 @@ pub async fn session_at(
             .load_table(&ident)
             .await
             .map_err(|e| CatalogError::iceberg(format!("table {}", ident.name()), e))?;
-        let metadata = table.metadata();
-        let snapshot_id = match as_of {
-            AsOf::Snapshot(id) if metadata.snapshot_by_id(id).is_some() => {
+        // `--snapshot` names one table's snapshot: the others read as they are now.
+        let snapshot = match as_of {
+            AsOf::Snapshot(id) if table.metadata().snapshot_by_id(id).is_none() => {
+                time_travel::snapshot_of(&table, AsOf::Current)?
+            }
+            AsOf::Snapshot(_) => {
                 found_snapshot = true;
-                Some(id)
+                time_travel::snapshot_of(&table, as_of)?
             }
-            AsOf::Time(at) => {
-                let millis = at.timestamp_millis();
-                let id = metadata
-                    .history()
-                    .iter()
-                    .rfind(|entry| entry.timestamp_ms <= millis)
-                    .map(|entry| entry.snapshot_id);
-                if id.is_none() {
-                    // The table had no snapshot yet: it was empty then.
-                    let schema = iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
-                        .map_err(|e| CatalogError::iceberg(format!("table {}", ident.name()), e))?;
-                    let empty =
-                        datafusion::datasource::MemTable::try_new(Arc::new(schema), vec![vec![]])?;
-                    ctx.register_table(ident.name(), Arc::new(empty))?;
-                    continue;
-                }
-                id
-            }
-            _ => None,
+            _ => time_travel::snapshot_of(&table, as_of)?,
         };
-        let provider = match snapshot_id {
-            Some(id) => IcebergStaticTableProvider::try_new_from_table_snapshot(table, id).await,
-            None => IcebergStaticTableProvider::try_new_from_table(table).await,
-        }
-        .map_err(|e| CatalogError::iceberg(format!("table {}", ident.name()), e))?;
-        ctx.register_table(ident.name(), Arc::new(provider))?;
+        ctx.register_table(
+            ident.name(),
+            time_travel::provider_at(table, snapshot).await?,
+        )?;
     }
     if let AsOf::Snapshot(id) = as_of {
         if !found_snapshot {
@@ -122,7 +106,7 @@ pub async fn session(
     pipeline: &PipelineConfig,
 ) -> Result<SessionContext, QueryError> {
     let catalog = open_catalog(config, &pipeline.sink).await?;
-    let provider = IcebergCatalogProvider::try_new(catalog)
+    let provider = IcebergCatalogProvider::try_new(catalog.clone())
         .await
         .map_err(|e| CatalogError::iceberg("listing the catalog", e))?;
     let session_config = SessionConfig::new()
@@ -130,6 +114,10 @@ pub async fn session(
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(session_config);
     ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
+    let namespace = crate::catalog::namespace_ident(&pipeline.sink.namespace)?;
+    for (name, function) in time_travel::TimeTravel::functions(catalog, namespace) {
+        ctx.register_udtf(name, function);
+    }
     Ok(ctx)
 }
 

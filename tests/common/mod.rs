@@ -7,6 +7,7 @@ pub mod production;
 pub mod proxy;
 pub mod pyiceberg;
 pub mod seaweed;
+pub mod sql;
 pub mod windows;
 
 use std::net::{TcpListener, TcpStream};
