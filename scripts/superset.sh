@@ -4,10 +4,54 @@
 #   scripts/superset.sh up                 # all of install, start and provision: the dashboard, ready
 #   scripts/superset.sh install            # venv + apache-superset (pinned), once; prints the time it took
 #   scripts/superset.sh start              # config, metadata DB upgrade, admin user, init, web server, wait for /health
-#   scripts/superset.sh provision [--out F] # database "Campaign pipeline", virtual dataset, charts, dashboard
+#   scripts/superset.sh provision [--out F] # database "Campaign pipeline", virtual dataset, 5 charts, dashboard
 #   scripts/superset.sh chart-data NAME_OR_ID [--rows] [--cached] [--type query]   # a chart's saved query, as JSON
 #   scripts/superset.sh screenshot [--out PNG] [--campaign camp_001]...   # headless Chromium: log in, draw the dashboard
+#   scripts/superset.sh load [--users 10] [--rounds 3] [--cached] [--out F.json]   # what a dashboard view costs
 #   scripts/superset.sh stop | status | url | python
+#
+# The dashboard "Campaign performance" (slug campaign-performance) has five charts, each one
+# /api/v1/chart/data request per view: "Totals" (a table, one row: Impressions, Clicks, Conversions,
+# Revenue, CTR %, CVR %; the percentages are ratios of sums), "CTR % per campaign", "CVR % per campaign",
+# "Revenue per campaign" (lines per one-minute window) and "Top campaigns by revenue" (bars); a native
+# filter on campaign_id applies to all five. `provision` is idempotent and deletes the charts on its
+# dataset that earlier versions made and the list no longer has (e.g. the six big numbers Totals replaced).
+#
+# chart-data NAME --rows prints a JSON array, one object per row, keys = the saved query's columns:
+#   window_start                 (time series) an ISO 8601 UTC string, "2026-11-27T13:24:00Z", the form
+#                                `campaign-pipeline query --format json` prints (".250Z" only for sub-second parts)
+#   campaign_id                  a string
+#   total_impressions, total_clicks, total_conversions   JSON integers (sums of BIGINT columns)
+#   total_revenue, ctr_pct, cvr_pct   JSON numbers, IEEE doubles as the endpoint computed them (shortest
+#                                round-trip form, not rounded to the charts' 2 decimals); compare with a
+#                                relative tolerance (1e-9): the endpoint sums in parallel, so the last digit of
+#                                a sum can change between runs; ctr_pct/cvr_pct are null where the divisor is 0
+#   row order                    the chart's ORDER BY (metric descending; Top campaigns: revenue descending,
+#                                at most 10); sort before comparing. Without --rows: Superset's whole answer.
+#   Column names per chart: Totals = the six metrics; the lines = window_start, campaign_id, one metric
+#   (ctr_pct | cvr_pct | total_revenue); Top campaigns = campaign_id, total_revenue.
+#
+# screenshot prints ONE JSON object on stdout (progress and errors of the script itself go to stderr):
+#   {"ok": bool, "url", "screenshot": PNG path | null, "render_seconds",
+#    "charts": [{"id", "name", "viz_type", "state": "rendered"|"no_results"|"error"|"loading"|"pending"|"missing",
+#                "error": null | text shown}, ...]    (one per chart on the page, plus "missing" ones),
+#    "totals": {"total_impressions": 88206, "total_clicks": ..., "total_conversions": ...,
+#               "total_revenue": 249480.62, "ctr_pct": 11.17, "cvr_pct": 19.69} | null
+#               (the Totals row as drawn, parsed from its formats: integers, and 2 decimals for the rest),
+#    "totals_text": {"total_impressions": {"header": "Impressions", "text": "88,206"}, ...},
+#    "errors": [...]}  and with --campaign: "filter", "filtered_render_seconds", "unfiltered_totals".
+#   Exit status 1 when a chart shows an error, a chart is missing or never finished (ok=false), else 0.
+#
+# load: each of N users logs in through /login/ with its own session; one view = GET the dashboard page,
+#   GET /api/v1/dashboard/<id>, .../charts and .../datasets (in parallel), then POST /api/v1/chart/data
+#   for every chart with its saved query_context, up to 6 at once per user (a browser's limit), with
+#   force=true (the SQL endpoint answers every call). All users start each round together; R rounds.
+#   Prints a markdown table (users, rounds, views, view time p50/p95/max, chart-data calls and their
+#   p50/p95, cache hits, errors) for 1 user and for N users; --cached adds a second table without force,
+#   after one view that fills the cache (entries live SUPERSET_DATA_CACHE_SECONDS, 30 s by default: the
+#   "cache hits" column shows how many calls the cache answered). Percentiles are nearest-rank. Logins
+#   and reading the saved queries are not timed. Exit 1 if any request failed. The client shares the
+#   machine with Superset and the endpoint: its threads cost CPU too.
 #
 # Environment:
 #   SUPERSET_HOME            state folder (venv, superset_config.py, secret, SQLite metadata DB, logs, pid)
@@ -15,7 +59,7 @@
 #   SUPERSET_VENV            the virtual environment, installed once per machine:
 #                            default ${XDG_CACHE_HOME:-$HOME/.cache}/campaign-pipeline/superset-6.1.0
 #   SUPERSET_HOST / _PORT    default 127.0.0.1 / 8088
-#   SUPERSET_ADMIN_USER / SUPERSET_ADMIN_PASSWORD   required by start, provision, chart-data
+#   SUPERSET_ADMIN_USER / SUPERSET_ADMIN_PASSWORD   required by start, provision, chart-data, screenshot, load
 #   SUPERSET_SECRET_KEY      default: generated once into $SUPERSET_HOME/secret_key
 #   SUPERSET_METADATA_URI    metadata DB, default sqlite:///$SUPERSET_HOME/superset.db (e.g. postgresql+psycopg2://...)
 #   SUPERSET_WORKERS / SUPERSET_THREADS   gunicorn gthread workers and threads each (default 3 x 4)
@@ -23,8 +67,9 @@
 #   SUPERSET_DATA_CACHE_SECONDS   how long chart results are shared between viewers (default 30; 0 = no cache)
 #   CAMPAIGN_SQL_URI         provision: the SQL endpoint, e.g. postgresql+psycopg2://user:pass@127.0.0.1:5433/campaigns;
 #                            default: built from CAMPAIGN_SQL_USER (campaign) and CAMPAIGN_SQL_PASSWORD, the
-#                            credentials `campaign-pipeline serve` reads, on 127.0.0.1:5433
+#                            credentials `campaign-pipeline serve` reads, on CAMPAIGN_SQL_ADDRESS (127.0.0.1:5433)
 #   CAMPAIGN_SQL_SCHEMA      provision: schema of the tables (default campaigns)
+#   CHROMIUM / CHROMEDRIVER  screenshot: the browser and its driver (default: chromium, chromedriver on PATH)
 set -euo pipefail
 
 SUPERSET_VERSION=6.1.0
@@ -294,13 +339,13 @@ case "$sub" in
     default_sql_uri
     exec "$PY" "$HELPER" provision "$@"
     ;;
-  chart-data|screenshot)
+  chart-data|screenshot|load)
     need_admin_env
     need_server
     exec "$PY" "$HELPER" "$sub" "$@"
     ;;
   *)
-    echo "usage: $0 up|install|start|provision [--out FILE] [--lookback-hours N]|chart-data NAME_OR_ID [--rows] [--cached]|screenshot [--out PNG] [--campaign ID]|stop|status|url|python" >&2
+    echo "usage: $0 up|install|start|provision [--out FILE] [--lookback-hours N]|chart-data NAME_OR_ID [--rows] [--cached] [--type query]|screenshot [--out PNG] [--campaign ID]...|load [--users N] [--rounds R] [--cached] [--out JSON]|stop|status|url|python" >&2
     exit 2
     ;;
 esac

@@ -3,17 +3,24 @@
 
   provision [--out FILE] [--lookback-hours N]
                              database "Campaign pipeline" (CAMPAIGN_SQL_URI), one virtual dataset over
-                             campaigns.campaign_metrics, ten charts and the dashboard "Campaign performance"
-                             (slug campaign-performance) with a native filter on campaign_id; idempotent
-                             (everything is found by name, or the dashboard by slug, and updated)
+                             campaigns.campaign_metrics, five charts (Totals, CTR % per campaign, CVR % per
+                             campaign, Revenue per campaign, Top campaigns by revenue) and the dashboard
+                             "Campaign performance" (slug campaign-performance) with a native filter on
+                             campaign_id over all of them; idempotent (found by name, the dashboard by slug,
+                             and updated); charts on the dataset that earlier runs made and CHARTS no longer
+                             has are deleted
   chart-data NAME_OR_ID      the chart's data from /api/v1/chart/{id}/data/ (its saved query_context) as JSON
-             [--rows]        only the rows of the first query
+             [--rows]        only the rows of the first query, normalized (see normalize_rows / superset.sh)
              [--cached]      allow Superset's cache (default: force=true, the rows come from the endpoint)
              [--type query]  the generated SQL instead of the rows
   screenshot [--out PNG] [--campaign ID]...
                              log in through /login/, open the dashboard in headless Chromium (selenium,
                              a Superset dependency, with Debian's chromium + chromedriver), wait for every
-                             chart, optionally apply the campaign filter, save a PNG, print what it shows
+                             chart, optionally apply the campaign filter, save a PNG, print one JSON object
+                             (the charts seen and their state, the Totals row); exit 1 on a chart error
+  load [--users N] [--rounds R] [--cached] [--out JSON]
+                             N users (own logged-in sessions) view the dashboard at once, R times; prints
+                             markdown tables of view and chart-data times for 1 and N users
   admin                      create or update the admin user from SUPERSET_ADMIN_USER / SUPERSET_ADMIN_PASSWORD
                              (needs SUPERSET_CONFIG_PATH; run by `superset.sh start`)
 
@@ -64,23 +71,28 @@ METRICS = [
     ("cvr_pct", "CVR %", "100.0 * SUM(conversions) / NULLIF(SUM(clicks), 0)", ",.2f"),
 ]
 
-# The charts: (name, kind, metric). kind: line = per campaign over time, bar = top campaigns, big = total.
+# The charts: (name, kind, metrics). kind: totals = one table row of every total (one query instead
+# of one per number: each chart is one /api/v1/chart/data request per viewer), line = per campaign
+# over time, bar = top campaigns.
 CHARTS = [
-    ("Impressions", "big", "total_impressions"),
-    ("Clicks", "big", "total_clicks"),
-    ("Conversions", "big", "total_conversions"),
-    ("Revenue", "big", "total_revenue"),
-    ("CTR %", "big", "ctr_pct"),
-    ("CVR %", "big", "cvr_pct"),
-    ("CTR % per campaign", "line", "ctr_pct"),
-    ("CVR % per campaign", "line", "cvr_pct"),
-    ("Revenue per campaign", "line", "total_revenue"),
-    ("Top campaigns by revenue", "bar", "total_revenue"),
+    ("Totals", "totals", [m[0] for m in METRICS]),
+    ("CTR % per campaign", "line", ["ctr_pct"]),
+    ("CVR % per campaign", "line", ["cvr_pct"]),
+    ("Revenue per campaign", "line", ["total_revenue"]),
+    ("Top campaigns by revenue", "bar", ["total_revenue"]),
 ]
+
+# Charts on DATASET_NAME that earlier versions of this file created and that are no longer in CHARTS:
+# provisioning deletes them, and any other chart on the dataset whose description starts with
+# CHART_MARKER that it did not just create or update (e.g. a duplicate of a name in CHARTS), so
+# re-provisioning an existing Superset leaves exactly CHARTS on the dashboard. Charts people made on the
+# dataset themselves stay (off the dashboard: its layout is rewritten).
+RETIRED_CHARTS = ("Impressions", "Clicks", "Conversions", "Revenue", "CTR %", "CVR %")
+CHART_MARKER = "Provisioned by campaign-pipeline's scripts/superset.sh"
 
 # Dashboard rows: (height in grid units of 8 px, [(chart name, width of 12)]).
 LAYOUT = [
-    (20, [(name, 2) for name, kind, _ in CHARTS if kind == "big"]),
+    (20, [("Totals", 12)]),
     (60, [("CTR % per campaign", 6), ("CVR % per campaign", 6)]),
     (60, [("Revenue per campaign", 7), ("Top campaigns by revenue", 5)]),
 ]
@@ -113,11 +125,15 @@ class Superset:
 
         self.base = base_url.rstrip("/")
         self.http = requests.Session()
-        r = self.http.post(
-            f"{self.base}/api/v1/security/login",
-            json={"username": user, "password": password, "provider": "db", "refresh": False},
-            timeout=60,
-        )
+        for _ in range(10):  # Superset limits logins (AUTH_RATE_LIMIT, 5 per second): wait, again
+            r = self.http.post(
+                f"{self.base}/api/v1/security/login",
+                json={"username": user, "password": password, "provider": "db", "refresh": False},
+                timeout=60,
+            )
+            if r.status_code != 429:
+                break
+            time.sleep(1)
         if r.status_code != 200:
             raise ApiError(f"login as {user!r} at {self.base} failed: HTTP {r.status_code} {r.text[:300]}")
         self.http.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
@@ -251,7 +267,7 @@ def time_range_filter() -> dict:
     return {"clause": "WHERE", "comparator": "No filter", "expressionType": "SIMPLE", "operator": "TEMPORAL_RANGE", "subject": TIME_COL}
 
 
-def chart_definition(kind: str, metric: str, ds_id: int, lookback_hours: int = 0) -> tuple[str, dict, dict]:
+def chart_definition(kind: str, metrics: list[str], ds_id: int, lookback_hours: int = 0) -> tuple[str, dict, dict]:
     """(viz_type, form_data, the query object saved in query_context).
 
     The saved query returns long rows (one per time/campaign) without the front end's post-processing
@@ -268,7 +284,7 @@ def chart_definition(kind: str, metric: str, ds_id: int, lookback_hours: int = 0
         "extras": {"having": "", "where": ""},
         "applied_time_extras": {},
         "columns": [],
-        "metrics": [metric],
+        "metrics": list(metrics),
         "orderby": [],
         "annotation_layers": [],
         "series_limit": 0,
@@ -279,17 +295,38 @@ def chart_definition(kind: str, metric: str, ds_id: int, lookback_hours: int = 0
         "time_offsets": [],
         "post_processing": [],
     }
-    if kind == "big":
+    metric = metrics[0]
+    if kind == "totals":
+        # A table in aggregate mode without grouping: one row, one column per metric (headers are the
+        # metrics' verbose names, numbers in their d3 formats). No totals row, no pagination, no search:
+        # the front end sends exactly one query for it.
+        d3formats = {m[0]: m[3] for m in METRICS}
         form = {
             **base_form,
-            "viz_type": "big_number_total",
-            "metric": metric,
-            "header_font_size": 0.4,
-            "subheader_font_size": 0.15,
-            "y_axis_format": dict((m[0], m[3]) for m in METRICS)[metric],
-            "time_format": "smart_date",
+            "viz_type": "table",
+            "query_mode": "aggregate",
+            "groupby": [],
+            "metrics": list(metrics),
+            "all_columns": [],
+            "percent_metrics": [],
+            "order_by_cols": [],
+            "timeseries_limit_metric": None,
+            "row_limit": 10,
+            "server_page_length": 10,
+            "server_pagination": False,
+            "order_desc": True,
+            "table_timestamp_format": "smart_date",
+            "show_totals": False,
+            "show_cell_bars": False,
+            "color_pn": False,
+            "include_search": False,
+            "allow_rearrange_columns": False,
+            "allow_render_html": False,
+            "conditional_formatting": [],
+            "column_config": {m: {"d3NumberFormat": d3formats[m], "showCellBars": False} for m in metrics},
         }
-        return "big_number_total", form, {**base_query, "row_limit": 1}
+        # as the table's front end asks: ordered by the first metric (one row either way)
+        return "table", form, {**base_query, "orderby": [[metric, False]], "row_limit": 10}
     if kind == "line":
         form = {
             **base_form,
@@ -400,10 +437,43 @@ def ensure_dashboard(api: Superset, owner: int) -> int:
     return dash_id
 
 
+def charts_on_dataset(api: Superset, ds_id: int) -> list[dict]:
+    """Every chart whose datasource is the dataset ds_id (all pages of /api/v1/chart/)."""
+    import prison
+
+    out, page = [], 0
+    while True:
+        q = prison.dumps(
+            {
+                "columns": ["id", "slice_name", "datasource_id", "datasource_type", "description"],
+                "filters": [{"col": "datasource_id", "opr": "eq", "value": ds_id}],
+                "order_column": "slice_name",
+                "order_direction": "asc",
+                "page": page,
+                "page_size": 100,
+            }
+        )
+        rows = api.call("GET", "/api/v1/chart/", params={"q": q})["result"]
+        out += [c for c in rows if c.get("datasource_id") == ds_id and c.get("datasource_type") == "table"]
+        if len(rows) < 100:
+            return out
+        page += 1
+
+
 def ensure_chart(
-    api: Superset, name: str, kind: str, metric: str, ds_id: int, dash_id: int, owner: int, lookback_hours: int
+    api: Superset,
+    name: str,
+    kind: str,
+    metrics: list[str],
+    ds_id: int,
+    dash_id: int,
+    owner: int,
+    lookback_hours: int,
+    existing: list[dict],
 ) -> int:
-    viz_type, form, query = chart_definition(kind, metric, ds_id, lookback_hours)
+    """Create or update the chart `name` on the dataset; `existing` = charts_on_dataset (the first one of
+    that name is updated, later duplicates are left to delete_stale_charts)."""
+    viz_type, form, query = chart_definition(kind, metrics, ds_id, lookback_hours)
     form["slice_name"] = name
     form["dashboards"] = [dash_id]
     query_context = {
@@ -422,16 +492,31 @@ def ensure_chart(
         "params": json.dumps(form),
         "query_context": json.dumps(query_context),
         "query_context_generation": False,
+        "description": f"{CHART_MARKER}; re-provisioning overwrites it.",
         "dashboards": [dash_id],
         "owners": [owner],
     }
-    found = api.find("chart", "slice_name", name)
+    found = [c for c in existing if c["slice_name"] == name]
     if found:
         chart_id = found[0]["id"]
         api.call("PUT", f"/api/v1/chart/{chart_id}", json=payload)
     else:
         chart_id = api.call("POST", "/api/v1/chart/", json=payload)["id"]
     return chart_id
+
+
+def delete_stale_charts(api: Superset, ds_id: int, keep: set[int]) -> list[str]:
+    """Delete the charts on the dataset that provisioning made earlier and no longer wants: names in
+    RETIRED_CHARTS or a description starting with CHART_MARKER (duplicates of a name in CHARTS
+    included), and not kept. Charts other people made on the dataset stay."""
+    deleted = []
+    for c in charts_on_dataset(api, ds_id):
+        if c["id"] in keep:
+            continue
+        if c["slice_name"] in RETIRED_CHARTS or (c.get("description") or "").startswith(CHART_MARKER):
+            api.call("DELETE", f"/api/v1/chart/{c['id']}")
+            deleted.append(f"{c['slice_name']} (id {c['id']})")
+    return deleted
 
 
 def layout(chart_ids: dict[str, int]) -> dict:
@@ -499,8 +584,9 @@ def provision(args: argparse.Namespace) -> None:
     ds_id = ensure_dataset(api, db_id, args.schema, owner)
     dash_id = ensure_dashboard(api, owner)
     chart_ids = {}
-    for name, kind, metric in CHARTS:
-        chart_ids[name] = ensure_chart(api, name, kind, metric, ds_id, dash_id, owner, args.lookback_hours)
+    existing = charts_on_dataset(api, ds_id)
+    for name, kind, metrics in CHARTS:
+        chart_ids[name] = ensure_chart(api, name, kind, metrics, ds_id, dash_id, owner, args.lookback_hours, existing)
         print(f"chart {name!r}: id {chart_ids[name]}", file=sys.stderr)
     positions = layout(chart_ids)
     ids = list(chart_ids.values())
@@ -532,11 +618,13 @@ def provision(args: argparse.Namespace) -> None:
             "json_metadata": json.dumps(metadata),
         },
     )
+    # the dashboard no longer shows them: delete what earlier provisioning made and CHARTS lost
+    for gone in delete_stale_charts(api, ds_id, set(chart_ids.values())):
+        print(f"chart {gone}: deleted (no longer provisioned)", file=sys.stderr)
     # check what Superset stored
     on_dash = {c["id"] for c in api.call("GET", f"/api/v1/dashboard/{dash_id}/charts")["result"]}
-    missing = [n for n, i in chart_ids.items() if i not in on_dash]
-    if missing:
-        raise ApiError(f"charts not on the dashboard after the update: {missing}")
+    if on_dash != set(chart_ids.values()):
+        raise ApiError(f"the dashboard's charts are {sorted(on_dash)} after the update, expected {chart_ids}")
     stored = json.loads(api.call("GET", f"/api/v1/dashboard/{dash_id}")["result"]["json_metadata"])
     if [f["id"] for f in stored.get("native_filter_configuration", [])] != [NATIVE_FILTER_ID]:
         raise ApiError("the native filter on campaign_id was not stored")
@@ -572,6 +660,44 @@ def resolve_chart(api: Superset, name_or_id: str) -> int:
     return found[0]["id"]
 
 
+# Superset's GenericDataType codes in a result's "coltypes"
+TEMPORAL = 2
+# columns and metrics that are sums or counts of BIGINT columns: printed as JSON integers
+INTEGER_COLUMNS = {"impressions", "clicks", "conversions", "total_impressions", "total_clicks", "total_conversions"}
+
+
+def iso_utc(ms: float) -> str:
+    """Epoch milliseconds (Superset's JSON form of a timestamp) as `campaign-pipeline query --format json`
+    prints a timestamptz: 2026-11-27T13:24:00Z (milliseconds only when not zero: ...:00.250Z)."""
+    import datetime
+
+    t = datetime.datetime.fromtimestamp(ms / 1000.0, tz=datetime.timezone.utc)
+    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if t.microsecond:
+        text += f".{t.microsecond // 1000:03d}"
+    return text + "Z"
+
+
+def normalize_rows(result: dict) -> list[dict]:
+    """A query result's rows in the documented form (superset.sh's header, chart-data --rows): temporal
+    columns as ISO 8601 UTC strings, INTEGER_COLUMNS as integers, other numbers as they came (doubles),
+    NULL (and NaN, which Superset sends as null) as null; keys and row order as Superset answered."""
+    colnames = result.get("colnames") or []
+    coltypes = result.get("coltypes") or []
+    temporal = {n for n, t in zip(colnames, coltypes) if t == TEMPORAL}
+    rows = []
+    for row in result.get("data", []):
+        out = {}
+        for k, v in row.items():
+            if k in temporal and isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = iso_utc(v)
+            elif k in INTEGER_COLUMNS and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            out[k] = v
+        rows.append(out)
+    return rows
+
+
 def chart_data(args: argparse.Namespace) -> None:
     api = Superset(env("SUPERSET_URL", "http://127.0.0.1:8088"), env("SUPERSET_ADMIN_USER"), env("SUPERSET_ADMIN_PASSWORD"))
     chart_id = resolve_chart(api, args.chart)
@@ -580,7 +706,12 @@ def chart_data(args: argparse.Namespace) -> None:
         params["force"] = "true"
     body = api.call("GET", f"/api/v1/chart/{chart_id}/data/", params=params)
     if args.rows:
-        body = body["result"][0].get("data", [])
+        if args.type != "full":
+            sys.exit("superset_provision.py: --rows goes with --type full")
+        result = body["result"][0]
+        if result.get("status") not in (None, "success") or result.get("error"):
+            sys.exit(f"superset_provision.py: chart {chart_id}: {result.get('status')}: {result.get('error')}")
+        body = normalize_rows(result)
     try:
         json.dump(body, sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
@@ -589,16 +720,321 @@ def chart_data(args: argparse.Namespace) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+# ---------------------------------------------------------------- load
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p95 of 3 values = the largest)."""
+    import math
+
+    if not values:
+        return None
+    v = sorted(values)
+    return v[max(0, math.ceil(p / 100.0 * len(v)) - 1)]
+
+
+class Viewer:
+    """One user: an own requests session logged in through the /login/ form (the browser's cookie
+    session), at most 6 connections at once (a browser's limit per host)."""
+
+    def __init__(self, base: str, user: str, password: str):
+        import re
+
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self.base = base
+        self.http = requests.Session()
+        self.http.mount(base, HTTPAdapter(pool_connections=1, pool_maxsize=6, pool_block=True))
+        self.csrf_re = re.compile(r'name="csrf_token"\s+id="csrf_token"\s+value="([^"]+)"')
+        r = self.http.get(f"{base}/login/", timeout=60)
+        m = self.csrf_re.search(r.text)
+        if r.status_code != 200 or not m:
+            raise ApiError(f"GET /login/: HTTP {r.status_code}, no csrf_token in the form")
+        for _ in range(10):  # Superset limits logins (AUTH_RATE_LIMIT, 5 per second): wait, again
+            r = self.http.post(
+                f"{base}/login/",
+                data={"username": user, "password": password, "csrf_token": m.group(1)},
+                allow_redirects=False,
+                timeout=60,
+            )
+            if r.status_code != 429:
+                break
+            time.sleep(1)
+        if r.status_code not in (302, 303) or "/login" in r.headers.get("Location", "/login"):
+            raise ApiError(f"login as {user!r} through /login/ failed: HTTP {r.status_code}")
+
+        self.retries = 0
+
+    def request(self, method: str, path: str, **kw):
+        """One request; a connection error is retried once, as a browser does when a kept-alive
+        connection was closed by the server (gunicorn --keep-alive 5) just as the request went out."""
+        import requests
+
+        for attempt in (1, 2):
+            try:
+                return self.http.request(method, f"{self.base}{path}", timeout=300, **kw)
+            except requests.ConnectionError as e:
+                if attempt == 2:
+                    raise ApiError(f"{method} {path}: {e}") from e
+                self.retries += 1
+            except requests.RequestException as e:
+                raise ApiError(f"{method} {path}: {e}") from e
+
+    def get(self, path: str):
+        r = self.request("GET", path)
+        if r.status_code != 200:
+            raise ApiError(f"GET {path}: HTTP {r.status_code} {r.text[:300]}")
+        return r
+
+
+def load(args: argparse.Namespace) -> None:
+    """What one dashboard view costs for 1 and for N concurrent users (see superset.sh's header)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = env("SUPERSET_URL", "http://127.0.0.1:8088").rstrip("/")
+    user, password = env("SUPERSET_ADMIN_USER"), env("SUPERSET_ADMIN_PASSWORD")
+    api = Superset(base, user, password)
+    r = api.http.get(f"{api.base}/api/v1/dashboard/{DASHBOARD_SLUG}", timeout=60)
+    if r.status_code != 200:
+        raise ApiError(f"dashboard {DASHBOARD_SLUG!r}: HTTP {r.status_code} (run provision first)")
+    dash_id = r.json()["result"]["id"]
+    # each chart's saved query_context, as the browser would send it (read once, outside the timing)
+    contexts: dict[int, dict] = {}
+    for c in api.call("GET", f"/api/v1/dashboard/{dash_id}/charts")["result"]:
+        qc = api.call("GET", f"/api/v1/chart/{c['id']}")["result"].get("query_context")
+        if not qc:
+            raise ApiError(f"chart {c['id']} ({c['slice_name']}) has no saved query_context (run provision)")
+        contexts[c["id"]] = json.loads(qc)
+    page = f"/superset/dashboard/{DASHBOARD_SLUG}/"
+    print(
+        f"load: {base}{page} (dashboard {dash_id}, {len(contexts)} charts), {args.rounds} rounds, "
+        f"1 and {args.users} users",
+        file=sys.stderr,
+    )
+
+    def view(v: Viewer, pool: ThreadPoolExecutor, force: bool) -> dict:
+        """One dashboard view as the browser makes it: the page, then the dashboard, its charts and
+        datasets (in parallel), then every chart's data (up to 6 at once)."""
+        t0 = time.perf_counter()
+        html = v.get(page).text
+        m = v.csrf_re.search(html)
+        if not m:
+            raise ApiError(f"GET {page}: no csrf_token in the page")
+        csrf = m.group(1)
+        t_page = time.perf_counter()
+        meta = list(
+            pool.map(v.get, [f"/api/v1/dashboard/{dash_id}", f"/api/v1/dashboard/{dash_id}/charts", f"/api/v1/dashboard/{dash_id}/datasets"])
+        )
+        ids = [c["id"] for c in meta[1].json()["result"]]
+        t_meta = time.perf_counter()
+
+        def chart(cid: int) -> tuple[float, bool, str | None]:
+            body = dict(contexts[cid], force=force)
+            c0 = time.perf_counter()
+            try:
+                r = v.request(
+                    "POST", "/api/v1/chart/data", json=body, headers={"X-CSRFToken": csrf, "Referer": f"{base}{page}"}
+                )
+            except ApiError as e:
+                return time.perf_counter() - c0, False, f"chart {cid}: {e}"
+            took = time.perf_counter() - c0
+            if r.status_code != 200:
+                return took, False, f"chart {cid}: HTTP {r.status_code} {r.text[:300]}"
+            res = r.json()["result"][0]
+            if res.get("status") not in (None, "success") or res.get("error"):
+                return took, False, f"chart {cid}: {res.get('status')}: {str(res.get('error'))[:300]}"
+            return took, bool(res.get("is_cached")), None
+
+        calls = list(pool.map(chart, ids))
+        t_end = time.perf_counter()
+        return {
+            "seconds": t_end - t0,
+            "phases": {"page": t_page - t0, "dashboard_api": t_meta - t_page, "chart_data": t_end - t_meta},
+            "calls": calls,
+        }
+
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    def scenario(users: int, force: bool) -> dict:
+        viewers = [Viewer(base, user, password) for _ in range(users)]  # logins: not timed
+        pools = [ThreadPoolExecutor(6) for _ in range(users)]
+        if not force:  # fill the cache first (not timed)
+            view(viewers[0], pools[0], False)
+        barrier = threading.Barrier(users)
+        views: list[dict] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def run(i: int) -> None:
+            for _ in range(args.rounds):
+                barrier.wait()  # the users open the dashboard at the same moment, every round
+                try:
+                    out = view(viewers[i], pools[i], force)
+                except Exception as e:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(f"user {i + 1}: {e}"[:400])
+                    continue
+                with lock:
+                    views.append(out)
+                    errors.extend(err for _, _, err in out["calls"] if err)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(users)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        for p in pools:
+            p.shutdown()
+        view_s = [x["seconds"] for x in views]
+        call_s = [c[0] for x in views for c in x["calls"]]
+        cached = sum(1 for x in views for c in x["calls"] if c[1])
+        row = {
+            "users": users,
+            "rounds": args.rounds,
+            "cached": not force,
+            "views": len(views),
+            "view_p50": percentile(view_s, 50),
+            "view_p95": percentile(view_s, 95),
+            "view_max": max(view_s) if view_s else None,
+            "chart_data_calls": len(call_s),
+            "chart_data_p50": percentile(call_s, 50),
+            "chart_data_p95": percentile(call_s, 95),
+            "cache_hits": cached,
+            "errors": len(errors),
+            "wall_seconds": wall,
+            "connection_retries": sum(v.retries for v in viewers),
+            # median seconds of each part of a view: the page, the 3 dashboard API calls, the chart data
+            "phase_p50": {
+                k: percentile([x["phases"][k] for x in views], 50) for k in ("page", "dashboard_api", "chart_data")
+            },
+            "error_samples": errors[:5],
+        }
+        print(
+            f"  {users} user(s), {'cached' if not force else 'force=true'}: {len(views)} views in {wall:.1f} s, "
+            f"{len(errors)} errors, {row['connection_retries']} requests retried after a connection error; "
+            f"median view = page {f(row['phase_p50']['page'])} s + dashboard API {f(row['phase_p50']['dashboard_api'])} s "
+            f"+ chart data {f(row['phase_p50']['chart_data'])} s",
+            file=sys.stderr,
+        )
+        for e in errors[:5]:
+            print(f"    {e}", file=sys.stderr)
+        return row
+
+    user_counts = [1] if args.users == 1 else [1, args.users]
+    tables = [("uncached (force=true: every chart-data call queries the SQL endpoint)", True)]
+    if args.cached:
+        tables.append(("cached (Superset's data cache, filled by one view first)", False))
+    results = []
+    for title, force in tables:
+        rows = [scenario(n, force) for n in user_counts]
+        results.append({"title": title, "rows": rows})
+
+    lines = [f"Dashboard view: GET {page}, GET /api/v1/dashboard/{dash_id}[/charts,/datasets], POST /api/v1/chart/data x {len(contexts)} (6 at once per user)", ""]
+    for t in results:
+        lines += [
+            f"{t['title'][0].upper()}{t['title'][1:]}:",
+            "",
+            "| users | rounds | views | view p50 s | view p95 s | view max s | chart-data calls | chart-data p50 s | chart-data p95 s | cache hits | errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in t["rows"]:
+            lines.append(
+                f"| {r['users']} | {r['rounds']} | {r['views']} | {f(r['view_p50'])} | {f(r['view_p95'])} | {f(r['view_max'])} "
+                f"| {r['chart_data_calls']} | {f(r['chart_data_p50'])} | {f(r['chart_data_p95'])} | {r['cache_hits']} | {r['errors']} |"
+            )
+        lines.append("")
+    print("\n".join(lines).rstrip())
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"superset_url": base, "dashboard_id": dash_id, "charts": len(contexts), "tables": results}, fh, indent=1)
+            fh.write("\n")
+    if any(r["errors"] for t in results for r in t["rows"]):
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------- browser check
+
+
+# What the dashboard shows, read in one call: every chart's id, name, viz type and state
+# (error / loading / rendered / empty), and the table cells (header id `header-<metric>` -> text).
+PAGE_STATE_JS = r"""
+return Array.from(document.querySelectorAll('[data-test="chart-grid-component"]')).map(function (el) {
+  var out = {
+    id: Number(el.getAttribute('data-test-chart-id')),
+    name: el.getAttribute('data-test-chart-name'),
+    viz_type: el.getAttribute('data-test-viz-type'),
+    state: 'pending',
+    error: null,
+    cells: null
+  };
+  var err = el.querySelector('.ant-alert-error');
+  if (err) {
+    out.state = 'error';
+    out.error = err.innerText.replace(/\s+See more\s*$/, '').trim().slice(0, 500);
+    return out;
+  }
+  if (el.querySelector('.loading')) { out.state = 'loading'; return out; }
+  var heads = el.querySelectorAll('table thead th');
+  var rows = el.querySelectorAll('table tbody tr');
+  if (heads.length && rows.length) {
+    out.state = 'rendered';
+    out.cells = {};
+    var first = rows[0].querySelectorAll('td');
+    heads.forEach(function (th, i) {
+      var key = (th.id || '').replace(/^header-/, '') || th.innerText.trim();
+      out.cells[key] = { header: th.innerText.trim(), text: first[i] ? first[i].innerText.trim() : null };
+    });
+    return out;
+  }
+  if (el.querySelector('canvas')) { out.state = 'rendered'; return out; }
+  var body = el.querySelector('.dashboard-chart');
+  if (body && /no results/i.test(body.innerText)) out.state = 'no_results';
+  return out;
+});
+"""
+
+
+def shown_number(text: str | None):
+    """A number as a d3 format shows it (',d' or ',.2f': 249,480.62) as int or float; None if not one."""
+    if text is None:
+        return None
+    t = text.replace(",", "").replace("\u2212", "-").strip()
+    try:
+        return int(t) if t.lstrip("-").isdigit() else float(t)
+    except ValueError:
+        return None
 
 
 def screenshot(args: argparse.Namespace) -> None:
     """Log in through the form at /login/ (fields #username, #password), open the dashboard in headless
-    Chromium, wait until every chart has drawn, optionally pick campaigns in the native filter and apply
-    it, save a PNG and print what the page shows as JSON. Exit 1 when a chart shows an error."""
+    Chromium, wait until every chart has drawn or failed, optionally pick campaigns in the native filter
+    and apply it, save a PNG and print one JSON object on stdout (nothing else goes to stdout):
+
+      {"ok": true,                      false when a chart shows an error, is missing, or never finished
+       "url": ..., "screenshot": PNG path or null (not taken),
+       "render_seconds": 5.9,           load until every chart finished
+       "filter": ["campaign_001"],      only with --campaign; then "filtered_render_seconds" too
+       "charts": [{"id": 11, "name": "Totals", "viz_type": "table",
+                   "state": "rendered" | "no_results" | "error" | "loading" | "pending" | "missing",
+                   "error": null or the error shown}, ...],
+       "totals": {"total_impressions": 88206, "total_clicks": 9854, "total_conversions": 1940,
+                  "total_revenue": 249480.62, "ctr_pct": 11.17, "cvr_pct": 19.69},
+                                        the Totals row as shown (after the filter, if any), parsed from its
+                                        d3 formats, so 2 decimals for revenue and the percentages
+       "totals_text": {"total_impressions": {"header": "Impressions", "text": "88,206"}, ...},
+       "unfiltered_totals": {...},      with --campaign: the Totals row before the filter
+       "errors": ["CTR % per campaign: DB engine Error ..."]}
+
+    Exit status 0 when ok, 1 otherwise (the JSON is printed either way)."""
     import shutil
 
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException, WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -610,37 +1046,82 @@ def screenshot(args: argparse.Namespace) -> None:
     driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
     if not chromium or not driver:
         sys.exit("superset_provision.py: screenshot needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
+    expected = [name for name, *_ in CHARTS]
+    report: dict = {
+        "ok": False,
+        "url": f"{base}/superset/dashboard/{DASHBOARD_SLUG}/",
+        "screenshot": None,
+        "render_seconds": None,
+        "charts": [],
+        "totals": None,
+        "totals_text": None,
+        "errors": [],
+    }
+
+    def finished(states: list[dict]) -> bool:
+        names = {c["name"] for c in states}
+        if any(c["state"] == "error" for c in states):
+            return True  # one error is enough to fail; the others get a moment below
+        return all(n in names for n in expected) and all(c["state"] in ("rendered", "no_results") for c in states)
+
+    def wait_charts(d, timeout: int) -> list[dict]:
+        states: list[dict] = []
+
+        def poll(drv) -> bool:
+            nonlocal states
+            states = drv.execute_script(PAGE_STATE_JS) or []
+            return finished(states)
+
+        try:
+            WebDriverWait(d, timeout, poll_frequency=0.25).until(poll)
+            if any(c["state"] == "error" for c in states):
+                time.sleep(2)  # let the others finish so the report shows all of them
+                states = d.execute_script(PAGE_STATE_JS) or []
+        except TimeoutException:
+            report["errors"].append(f"not every chart finished within {timeout} s")
+        return states
+
+    def totals_of(states: list[dict]):
+        for c in states:
+            if c["name"] == "Totals" and c.get("cells"):
+                order = [m[0] for m in METRICS]
+                cells = dict(sorted(c["cells"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+                return {k: shown_number(v["text"]) for k, v in cells.items()}, cells
+        return None, None
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1500"):
         opts.add_argument(a)
-    d = webdriver.Chrome(service=Service(driver), options=opts)
-    n_charts = len(CHARTS)
-    n_echarts = sum(1 for _, kind, _ in CHARTS if kind != "big")
-
-    def rendered(drv) -> bool:
-        holders = drv.find_elements(By.CSS_SELECTOR, ".dashboard-component-chart-holder")
-        errors = drv.find_elements(By.CSS_SELECTOR, ".dashboard-component-chart-holder .ant-alert-error")
-        if errors:
-            return True
-        return (
-            len(holders) >= n_charts
-            and not drv.find_elements(By.CSS_SELECTOR, ".dashboard-component-chart-holder .loading")
-            and len(drv.find_elements(By.CSS_SELECTOR, ".dashboard-component-chart-holder canvas")) >= n_echarts
-        )
-
-    report: dict = {"url": f"{base}/superset/dashboard/{DASHBOARD_SLUG}/", "screenshot": args.out}
+    d = None
+    states: list[dict] = []
+    step = "starting chromium"
     try:
-        d.get(f"{base}/login/")
-        WebDriverWait(d, 60).until(EC.presence_of_element_located((By.ID, "username")))
-        d.find_element(By.ID, "username").send_keys(env("SUPERSET_ADMIN_USER"))
-        d.find_element(By.ID, "password").send_keys(env("SUPERSET_ADMIN_PASSWORD") + "\n")
-        WebDriverWait(d, 60).until(lambda drv: "/login" not in drv.current_url)
+        d = webdriver.Chrome(service=Service(driver), options=opts)
+        for attempt in (1, 2, 3):
+            # the form is drawn by the front end; a submit it drops (rarely, under load) is tried again
+            step = "the login form"
+            d.get(f"{base}/login/")
+            WebDriverWait(d, 60).until(EC.element_to_be_clickable((By.ID, "password")))
+            d.find_element(By.ID, "username").clear()
+            d.find_element(By.ID, "username").send_keys(env("SUPERSET_ADMIN_USER"))
+            d.find_element(By.ID, "password").send_keys(env("SUPERSET_ADMIN_PASSWORD") + "\n")
+            step = f"logging in (still on /login/ after {attempt} attempts of 20 s: wrong password?)"
+            try:
+                WebDriverWait(d, 20).until(lambda drv: "/login" not in drv.current_url)
+                break
+            except TimeoutException:
+                if attempt == 3:
+                    raise
+                print(f"superset_provision.py: login attempt {attempt} did not leave /login/, again", file=sys.stderr)
+        step = "the dashboard"
         t0 = time.monotonic()
         d.get(report["url"])
-        WebDriverWait(d, args.timeout).until(rendered)
+        states = wait_charts(d, args.timeout)
         report["render_seconds"] = round(time.monotonic() - t0, 2)
-        if args.campaign:
+        if args.campaign and not report["errors"] and not any(c["state"] == "error" for c in states):
+            step = "the campaign filter"
+            report["unfiltered_totals"] = totals_of(states)[0]
             box = WebDriverWait(d, 30).until(
                 EC.element_to_be_clickable((By.CSS_SELECTOR, "[data-test='filter-bar'] .ant-select-selector"))
             )
@@ -657,21 +1138,46 @@ def screenshot(args: argparse.Namespace) -> None:
             ).click()
             report["filter"] = args.campaign
             t0 = time.monotonic()
-            time.sleep(1)
-            WebDriverWait(d, args.timeout).until(rendered)
+            before = totals_of(states)[1]
+            try:  # the charts start over: wait for the Totals row to change (up to 10 s: it may not)
+                WebDriverWait(d, 10, poll_frequency=0.25).until(
+                    lambda drv: totals_of(drv.execute_script(PAGE_STATE_JS) or [])[1] not in (before, None)
+                )
+            except TimeoutException:
+                pass
+            states = wait_charts(d, args.timeout)
             report["filtered_render_seconds"] = round(time.monotonic() - t0, 2)
         time.sleep(1.5)  # animations
-        holders = d.find_elements(By.CSS_SELECTOR, ".dashboard-component-chart-holder")
-        report["charts_on_page"] = len(holders)
-        report["big_numbers"] = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".header-line")]
-        report["errors"] = [
-            e.text[:300] for e in d.find_elements(By.CSS_SELECTOR, ".dashboard-component-chart-holder .ant-alert-error")
-        ]
+        states = d.execute_script(PAGE_STATE_JS) or states
         d.save_screenshot(args.out)
+        report["screenshot"] = args.out
+    except (WebDriverException, TimeoutException, ApiError) as e:
+        detail = (e.msg or "" if isinstance(e, WebDriverException) else str(e)).strip()[:500]
+        report["errors"].append(f"{step}: {type(e).__name__}" + (f": {detail}" if detail else ""))
+        if d is not None:
+            try:  # what the browser showed when it failed
+                d.save_screenshot(args.out)
+                report["screenshot"] = args.out
+            except WebDriverException:
+                pass
     finally:
-        d.quit()
+        if d is not None:
+            d.quit()
+    seen = {c["name"] for c in states}
+    report["charts"] = [
+        {k: c.get(k) for k in ("id", "name", "viz_type", "state", "error")} for c in states
+    ] + [{"id": None, "name": n, "viz_type": None, "state": "missing", "error": None} for n in expected if n not in seen]
+    report["totals"], report["totals_text"] = totals_of(states)
+    report["errors"] += [f"{c['name']}: {c['error']}" for c in report["charts"] if c["state"] == "error"]
+    report["errors"] += [
+        f"{c['name']}: {c['state']}" for c in report["charts"] if c["state"] in ("missing", "loading", "pending")
+    ]
+    report["ok"] = not report["errors"] and report["totals"] is not None
+    if report["totals"] is None and not report["errors"]:
+        report["errors"].append("Totals: no table row shown")
     print(json.dumps(report, indent=1))
-    if report["errors"] or report["charts_on_page"] < n_charts:
+    sys.stdout.flush()
+    if not report["ok"]:
         sys.exit(1)
 
 
@@ -725,10 +1231,19 @@ def main() -> None:
     ps.add_argument("--out", default="dashboard.png", help="PNG file (default dashboard.png)")
     ps.add_argument("--campaign", action="append", help="pick this campaign_id in the native filter (repeatable)")
     ps.add_argument("--timeout", type=int, default=120, help="seconds to wait for the charts")
+    pl = sub.add_parser("load")
+    pl.add_argument("--users", type=int, default=10, help="concurrent users, each with its own session (default 10)")
+    pl.add_argument("--rounds", type=int, default=3, help="views per user, all users at once each round (default 3)")
+    pl.add_argument("--cached", action="store_true", help="also measure with Superset's data cache (second table)")
+    pl.add_argument("--out", help="also write the figures as JSON to this file")
     sub.add_parser("admin")
     args = p.parse_args()
+    if args.cmd == "load" and (args.users < 1 or args.rounds < 1):
+        p.error("--users and --rounds must be at least 1")
     try:
-        {"provision": provision, "chart-data": chart_data, "screenshot": screenshot, "admin": admin}[args.cmd](args)
+        {"provision": provision, "chart-data": chart_data, "screenshot": screenshot, "load": load, "admin": admin}[
+            args.cmd
+        ](args)
     except ApiError as e:
         sys.exit(f"superset_provision.py: {e}")
 
