@@ -16,49 +16,46 @@ const CLIENTS: usize = 10;
 /// Dashboard loads per client.
 const ROUNDS: usize = 5;
 
-/// Superset's queries for one dashboard view (its virtual dataset inlined as it sends it).
-const DASHBOARD: [(&str, &str); 5] = [
-    (
-        "totals",
-        "SELECT SUM(impressions) AS total_impressions, SUM(clicks) AS total_clicks, \
-         SUM(conversions) AS total_conversions, SUM(revenue) AS total_revenue, \
-         100.0 * SUM(clicks) / NULLIF(SUM(impressions), 0) AS ctr_pct, \
-         100.0 * SUM(conversions) / NULLIF(SUM(clicks), 0) AS cvr_pct \
-         FROM (SELECT campaign_id, window_start, impressions, clicks, conversions, revenue \
-         FROM campaign_metrics) AS virtual_table LIMIT 50000",
-    ),
-    (
-        "CTR % per campaign",
-        "SELECT DATE_TRUNC('MINUTE', window_start) AS window_start, campaign_id AS campaign_id, \
-         100.0 * SUM(clicks) / NULLIF(SUM(impressions), 0) AS ctr_pct \
-         FROM (SELECT campaign_id, window_start, impressions, clicks, conversions, revenue \
-         FROM campaign_metrics) AS virtual_table \
-         GROUP BY DATE_TRUNC('MINUTE', window_start), campaign_id ORDER BY ctr_pct DESC LIMIT 50000",
-    ),
-    (
-        "CVR % per campaign",
-        "SELECT DATE_TRUNC('MINUTE', window_start) AS window_start, campaign_id AS campaign_id, \
-         100.0 * SUM(conversions) / NULLIF(SUM(clicks), 0) AS cvr_pct \
-         FROM (SELECT campaign_id, window_start, impressions, clicks, conversions, revenue \
-         FROM campaign_metrics) AS virtual_table \
-         GROUP BY DATE_TRUNC('MINUTE', window_start), campaign_id ORDER BY cvr_pct DESC LIMIT 50000",
-    ),
-    (
-        "revenue per campaign",
-        "SELECT DATE_TRUNC('MINUTE', window_start) AS window_start, campaign_id AS campaign_id, \
-         SUM(revenue) AS total_revenue \
-         FROM (SELECT campaign_id, window_start, impressions, clicks, conversions, revenue \
-         FROM campaign_metrics) AS virtual_table \
-         GROUP BY DATE_TRUNC('MINUTE', window_start), campaign_id ORDER BY total_revenue DESC LIMIT 50000",
-    ),
-    (
-        "top campaigns by revenue",
-        "SELECT campaign_id AS campaign_id, SUM(revenue) AS total_revenue \
-         FROM (SELECT campaign_id, window_start, impressions, clicks, conversions, revenue \
-         FROM campaign_metrics) AS virtual_table \
-         GROUP BY campaign_id ORDER BY total_revenue DESC LIMIT 10",
-    ),
-];
+/// The virtual dataset Superset's queries read, inlined as it sends it.
+const DATASET: &str = "(SELECT campaign_id, window_start, impressions, clicks, conversions, \
+     revenue FROM campaign_metrics) AS virtual_table";
+
+/// Superset's queries for one dashboard view: the Totals table, three time series per
+/// campaign at minute grain, the top campaigns by revenue.
+fn dashboard() -> Vec<(&'static str, String)> {
+    let series = |metric: &str, alias: &str| {
+        format!(
+            "SELECT DATE_TRUNC('MINUTE', window_start) AS window_start, campaign_id AS campaign_id, \
+             {metric} AS {alias} FROM {DATASET} \
+             GROUP BY DATE_TRUNC('MINUTE', window_start), campaign_id ORDER BY {alias} DESC LIMIT 50000"
+        )
+    };
+    let ctr = "100.0 * SUM(clicks) / NULLIF(SUM(impressions), 0)";
+    let cvr = "100.0 * SUM(conversions) / NULLIF(SUM(clicks), 0)";
+    vec![
+        (
+            "totals",
+            format!(
+                "SELECT SUM(impressions) AS total_impressions, SUM(clicks) AS total_clicks, \
+                 SUM(conversions) AS total_conversions, SUM(revenue) AS total_revenue, \
+                 {ctr} AS ctr_pct, {cvr} AS cvr_pct FROM {DATASET} LIMIT 50000"
+            ),
+        ),
+        ("CTR % per campaign", series(ctr, "ctr_pct")),
+        ("CVR % per campaign", series(cvr, "cvr_pct")),
+        (
+            "revenue per campaign",
+            series("SUM(revenue)", "total_revenue"),
+        ),
+        (
+            "top campaigns by revenue",
+            format!(
+                "SELECT campaign_id AS campaign_id, SUM(revenue) AS total_revenue FROM {DATASET} \
+                 GROUP BY campaign_id ORDER BY total_revenue DESC LIMIT 10"
+            ),
+        ),
+    ]
+}
 
 /// Adds the latency rows to the table.
 pub async fn measure(
@@ -68,10 +65,11 @@ pub async fn measure(
     row: &mut impl FnMut(&str, String),
 ) -> anyhow::Result<()> {
     // The baseline: the same statements in process, one at a time (after one warm-up run).
+    let queries = dashboard();
     let session = crate::query::session(config, pipeline).await?;
-    let mut baseline = vec![Vec::new(); DASHBOARD.len()];
+    let mut baseline = vec![Vec::new(); queries.len()];
     for round in 0..=ROUNDS {
-        for (i, (_, sql)) in DASHBOARD.iter().enumerate() {
+        for (i, (_, sql)) in queries.iter().enumerate() {
             let t = Instant::now();
             crate::query::run(&session, sql).await?;
             if round > 0 {
@@ -105,7 +103,7 @@ pub async fn measure(
         })
         .map(|client| async move { client.await? })
         .collect();
-    let mut times = vec![Vec::new(); DASHBOARD.len()];
+    let mut times = vec![Vec::new(); queries.len()];
     let mut views = Vec::new();
     for client in futures::future::join_all(clients).await {
         let (per_query, per_view) = client?;
@@ -125,14 +123,13 @@ pub async fn measure(
         format!(
             "{} views of {} queries in {:.1}s; a whole view p50 {:.0} ms, p95 {:.0} ms",
             views.len(),
-            DASHBOARD.len(),
+            queries.len(),
             wall.as_secs_f64(),
             ms(p(&mut views, 0.50)),
             ms(p(&mut views, 0.95)),
         ),
     );
-    for ((name, _), (mut served, mut local)) in
-        DASHBOARD.iter().zip(times.into_iter().zip(baseline))
+    for ((name, _), (mut served, mut local)) in queries.iter().zip(times.into_iter().zip(baseline))
     {
         let local_p50 = p(&mut local, 0.50);
         let served_p50 = p(&mut served, 0.50);
@@ -153,14 +150,15 @@ pub async fn measure(
 /// One client: `rounds` dashboard views on one connection; the time of each query (by query)
 /// and of each whole view.
 async fn view(url: &str, rounds: usize) -> anyhow::Result<(Vec<Vec<Duration>>, Vec<Duration>)> {
+    let queries = dashboard();
     let mut connection = sqlx::postgres::PgConnection::connect(url).await?;
-    let mut per_query = vec![Vec::new(); DASHBOARD.len()];
+    let mut per_query = vec![Vec::new(); queries.len()];
     let mut per_view = Vec::new();
     for _ in 0..rounds {
         let view_started = Instant::now();
-        for (i, (name, sql)) in DASHBOARD.iter().enumerate() {
+        for (i, (name, sql)) in queries.iter().enumerate() {
             let t = Instant::now();
-            let rows = sqlx::query(sql).fetch_all(&mut connection).await;
+            let rows = sqlx::query(sql.as_str()).fetch_all(&mut connection).await;
             let rows = rows.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             anyhow::ensure!(!rows.is_empty(), "{name} returned no rows");
             per_query[i].push(t.elapsed());

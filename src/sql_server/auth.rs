@@ -1,11 +1,11 @@
 //! Who may connect: one user and password from the environment, checked with SCRAM-SHA-256
 //! (the password never crosses the wire, and PostgreSQL clients use it by default).
 
-use datafusion_postgres::pgwire;
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion_postgres::pgwire;
 use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, SCRAM_ITERATIONS};
 use pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use pgwire::error::{PgWireError, PgWireResult};

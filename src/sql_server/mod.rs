@@ -11,7 +11,6 @@ mod catalog;
 pub mod guard;
 pub mod limits;
 
-use datafusion_postgres::pgwire;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,6 +21,7 @@ use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
@@ -50,8 +50,8 @@ pub enum SqlServerError {
     #[error("opening the tables for the SQL endpoint")]
     Session(#[source] QueryError),
     /// PostgreSQL's catalog tables could not be set up.
-    #[error("setting up pg_catalog: {0}")]
-    PgCatalog(String),
+    #[error("setting up pg_catalog")]
+    PgCatalog(#[source] Box<datafusion::error::DataFusionError>),
     /// The address could not be bound.
     #[error("SQL endpoint cannot listen on {address}")]
     Listen {
@@ -176,7 +176,7 @@ async fn session(
         ctx.register_catalog(CATALOG_NAME, Arc::new(ServedCatalog::new(iceberg)));
     }
     setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
-        .map_err(|e| SqlServerError::PgCatalog(e.to_string()))?;
+        .map_err(SqlServerError::PgCatalog)?;
     ctx.register_udf(constant_udf("version", version()));
     // The namespace is the session's default schema: unqualified names resolve in it.
     ctx.register_udf(constant_udf(
