@@ -59,10 +59,11 @@ if [ -n "${DEMO_NO_DASHBOARD:-}" ]; then
   exit 0
 fi
 listen=${DASHBOARD_LISTEN:-127.0.0.1:8080}
+sql_listen=${SQL_LISTEN:-127.0.0.1:5433}
 export CAMPAIGN_SQL_USER=${CAMPAIGN_SQL_USER:-campaign} CAMPAIGN_SQL_PASSWORD=${CAMPAIGN_SQL_PASSWORD:-demo}
 echo; echo "== dashboard: open http://$listen/ in a browser (Ctrl-C stops it)"
 echo "   (for live lag and dead-letter counts, run the pipeline with: $bin run --dashboard)"
-echo "== SQL for BI tools: psql postgresql://$CAMPAIGN_SQL_USER:$CAMPAIGN_SQL_PASSWORD@127.0.0.1:5433/campaigns"
+echo "== SQL for BI tools: psql postgresql://$CAMPAIGN_SQL_USER:$CAMPAIGN_SQL_PASSWORD@$sql_listen/campaigns"
 echo "   Superset's Campaign performance dashboard on http://127.0.0.1:8088/ (in another terminal):"
-echo "   SUPERSET_ADMIN_USER=admin SUPERSET_ADMIN_PASSWORD=admin CAMPAIGN_SQL_PASSWORD=$CAMPAIGN_SQL_PASSWORD scripts/superset.sh up"
-exec "$bin" serve --listen "$listen"
+echo "   SUPERSET_ADMIN_USER=admin SUPERSET_ADMIN_PASSWORD=admin CAMPAIGN_SQL_PASSWORD=$CAMPAIGN_SQL_PASSWORD CAMPAIGN_SQL_ADDRESS=$sql_listen scripts/superset.sh up"
+exec "$bin" serve --listen "$listen" --sql-listen "$sql_listen"
