@@ -242,19 +242,13 @@ async fn day(
             break;
         }
         if let Some(running) = &mut pass {
-            // The real pace while a pass runs: one commit per `commit.interval` of its time.
-            while !running.task.is_finished()
-                && running.commits
-                    > running
-                        .started
-                        .elapsed()
-                        .div_duration_f64(p.commit.interval) as u32
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            // The real pace while a pass runs: its n-th commit waits for n commit intervals of
+            // its run time, unless it ends first.
+            let due = running.started + p.commit.interval * running.commits;
+            let ended = tokio::time::timeout_at(due.into(), &mut running.task).await;
             running.commits += 1;
-            if running.task.is_finished() {
-                pass_times.push((running.started_at, (&mut running.task).await?));
+            if let Ok(took) = ended {
+                pass_times.push((running.started_at, took?));
                 pass = None;
             }
         }

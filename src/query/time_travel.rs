@@ -172,7 +172,8 @@ impl TableFunctionImpl for TimeTravel {
                 "time travel functions need the multi-threaded runtime".into(),
             ));
         }
+        // The whole cause chain in the message: clients see only the text.
         tokio::task::block_in_place(|| handle.block_on(self.provider(table, as_of)))
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+            .map_err(|e| DataFusionError::Plan(crate::common::error::Causes(&e).to_string()))
     }
 }
