@@ -148,6 +148,34 @@ async fn dashboard_in_chromium_shows_the_tables_totals_and_metrics_match_the_run
         "closed windows exist: {want}"
     );
 
+    // A range shorter than the history: the API's newest 2 windows are the table's.
+    let newest = pipeline.cli(&[
+        "query",
+        "--format",
+        "json",
+        "SELECT count(DISTINCT window_start) AS windows, sum(impressions) AS impressions, \
+         sum(clicks) AS clicks FROM campaign_metrics \
+         WHERE window_start IN (SELECT DISTINCT window_start FROM campaign_metrics \
+         ORDER BY window_start DESC LIMIT 2)",
+    ]);
+    assert!(newest.status.success(), "{}", text(&newest));
+    let newest: Vec<serde_json::Value> = serde_json::from_slice(&newest.stdout).unwrap();
+    let (status, body) = get(port, "/api/totals?windows=2").expect("totals of 2 windows");
+    assert!(status.contains("200"), "{status}: {body}");
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        newest[0]["windows"], 2,
+        "the history is longer than 2 windows"
+    );
+    for field in ["windows", "impressions", "clicks"] {
+        assert_eq!(
+            api[field].as_f64(),
+            newest[0][field].as_f64(),
+            "{field}: {api} vs {}",
+            newest[0]
+        );
+    }
+
     let driver_port = free_port();
     let _driver = KillOnDrop(
         Command::new("/usr/bin/chromedriver")

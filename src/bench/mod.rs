@@ -177,6 +177,20 @@ fn kafka_batches(
     generated: &[GeneratedRecord],
     batch_rows: usize,
 ) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
+    Ok(micro_batches(generated, batch_rows)?
+        .into_iter()
+        .map(|batch| batch.records)
+        .collect())
+}
+
+/// Topic the generated records come from (3 partitions, keyed by campaign).
+const RECORDS_TOPIC: &str = "campaign_events";
+
+/// `generated` as the source hands it on: micro-batches of `batch_rows` with their offsets.
+fn micro_batches(
+    generated: &[GeneratedRecord],
+    batch_rows: usize,
+) -> anyhow::Result<Vec<crate::source::MicroBatch>> {
     let mut batches = Vec::new();
     let mut next = [0_i64; 3];
     for chunk in generated.chunks(batch_rows) {
@@ -189,7 +203,7 @@ fn kafka_batches(
                 .fold(0_u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
             let partition = (hash % 3) as usize;
             builder.push(
-                "campaign_events",
+                RECORDS_TOPIC,
                 partition as i32,
                 next[partition],
                 Some(0),
@@ -198,7 +212,7 @@ fn kafka_batches(
             );
             next[partition] += 1;
         }
-        batches.push(builder.finish(false, Default::default(), 0)?.records);
+        batches.push(builder.finish(false, Default::default(), 0)?);
     }
     Ok(batches)
 }
