@@ -7,6 +7,7 @@
 mod dashboard;
 mod day;
 mod dlq;
+mod freshness;
 mod sql_endpoint;
 mod storage;
 mod window;
@@ -30,6 +31,7 @@ use crate::pipeline::plan::plan_pipeline;
 use crate::pipeline::{self, RunOptions, RunSummary};
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::source::batch::BatchBuilder;
+pub use freshness::FreshnessOptions;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct BenchOptions {
     pub day_commits: usize,
     /// Wall clock after which the simulated day without maintenance stops.
     pub day_off_budget: Duration,
+    /// Event to queryable at steady rates (no rates or no seconds skips it).
+    pub freshness: FreshnessOptions,
 }
 
 /// One line of the result table.
@@ -107,7 +111,14 @@ fn records(count: usize) -> Vec<GeneratedRecord> {
 
 /// Generated records whose event times advance by `spacing`.
 fn records_spaced(count: usize, spacing: chrono::TimeDelta) -> Vec<GeneratedRecord> {
-    let mut generator = EventGenerator::new(GeneratorOptions {
+    let mut generator = generator(count, spacing);
+    (0..count).map(|_| generator.next_record()).collect()
+}
+
+/// The benchmarks' generator: `count` events `spacing` apart ending now, 10 campaigns, 2%
+/// invalid.
+fn generator(count: usize, spacing: chrono::TimeDelta) -> EventGenerator {
+    EventGenerator::new(GeneratorOptions {
         campaigns: 10,
         invalid_ratio: 0.02,
         out_of_order_ratio: 0.0,
@@ -117,8 +128,7 @@ fn records_spaced(count: usize, spacing: chrono::TimeDelta) -> Vec<GeneratedReco
         spacing,
         window: chrono::TimeDelta::minutes(1),
         allowed_lateness: chrono::TimeDelta::seconds(10),
-    });
-    (0..count).map(|_| generator.next_record()).collect()
+    })
 }
 
 /// A copy of `pipeline` writing to a fresh catalog and warehouse under `dir`, reading `topic`.
@@ -337,6 +347,9 @@ pub async fn run(
     if options.kafka_events > 0 {
         end_to_end(config, pipeline, options, &mut row).await?;
     }
+    if options.freshness.seconds > 0 {
+        freshness::measure(config, pipeline, &options.freshness, &mut row).await?;
+    }
     if options.storage_events > 0 {
         storage::measure(config, pipeline, options.storage_events, &mut row).await?;
     }
@@ -472,21 +485,8 @@ struct Filled {
 /// Creates the source topic (3 partitions) and dead letter topic of `p`, and produces `events`
 /// generated events to the source topic.
 async fn fill_topic(p: &PipelineConfig, events: usize) -> anyhow::Result<Filled> {
+    create_topics(p).await?;
     let client = client_config(&p.source.brokers, &p.source.properties);
-    let admin = TopicAdmin::new(&client)?;
-    for (name, partitions) in [
-        (p.source.topic.clone(), 3),
-        (p.dead_letter.topic.clone(), 1),
-    ] {
-        admin
-            .ensure_topic(&TopicSpec {
-                name,
-                partitions,
-                replication: 1,
-                configs: Default::default(),
-            })
-            .await?;
-    }
     let producer = EventProducer::new(&client, &p.source.topic)?;
     let generated = records(events);
     let started = Instant::now();
@@ -504,6 +504,26 @@ async fn fill_topic(p: &PipelineConfig, events: usize) -> anyhow::Result<Filled>
         count: generated.len(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Creates the source topic (3 partitions) and the dead letter topic (1) of `p`.
+async fn create_topics(p: &PipelineConfig) -> anyhow::Result<()> {
+    let client = client_config(&p.source.brokers, &p.source.properties);
+    let admin = TopicAdmin::new(&client)?;
+    for (name, partitions) in [
+        (p.source.topic.clone(), 3),
+        (p.dead_letter.topic.clone(), 1),
+    ] {
+        admin
+            .ensure_topic(&TopicSpec {
+                name,
+                partitions,
+                replication: 1,
+                configs: Default::default(),
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 /// The `q` quantile (0..=1) of `sorted` durations, nearest rank; zero when there are none.

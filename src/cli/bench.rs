@@ -38,6 +38,18 @@ pub struct BenchArgs {
     /// slower with every one).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub day_off_budget: std::time::Duration,
+    /// Steady rates (events/s) at which event-to-queryable latency is measured.
+    #[arg(long, value_delimiter = ',', default_value = "5000,50000")]
+    pub freshness_rates: Vec<u64>,
+    /// Seconds each freshness rate is produced (after a 5 s warm-up); 0 skips the rows.
+    #[arg(long, default_value_t = 20)]
+    pub freshness_seconds: u64,
+    /// The runner's `commit.interval` in the freshness rows.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub freshness_commit_interval: std::time::Duration,
+    /// The runner's `batch.max_wait` in the freshness rows.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub freshness_batch_wait: std::time::Duration,
 }
 
 /// Runs the benchmarks and prints the table.
@@ -53,6 +65,12 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
         storage_events: args.storage_events,
         day_commits: args.day_commits,
         day_off_budget: args.day_off_budget,
+        freshness: bench::FreshnessOptions {
+            rates: args.freshness_rates.clone(),
+            seconds: args.freshness_seconds,
+            commit_interval: args.freshness_commit_interval,
+            batch_wait: args.freshness_batch_wait,
+        },
     };
     let rows = bench::run(&config, pipeline, &options).await?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);

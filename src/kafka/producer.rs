@@ -78,6 +78,34 @@ impl EventProducer {
         Ok(())
     }
 
+    /// Queues one raw record without waiting for it: the returned future resolves to the
+    /// partition and offset it landed at. Dropping the future does not cancel the delivery.
+    pub fn queue_record(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<impl std::future::Future<Output = Result<(i32, i64), KafkaError>>, KafkaError> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        let topic = self.topic.clone();
+        let delivery =
+            self.producer
+                .send_result(record)
+                .map_err(|(source, _)| KafkaError::Delivery {
+                    topic: topic.clone(),
+                    source,
+                })?;
+        Ok(async move {
+            match delivery.await {
+                Ok(Ok(delivered)) => Ok((delivered.partition, delivered.offset)),
+                Ok(Err((source, _))) => Err(KafkaError::Delivery { topic, source }),
+                Err(_) => Err(KafkaError::Delivery {
+                    topic,
+                    source: rdkafka::error::KafkaError::Canceled,
+                }),
+            }
+        })
+    }
+
     /// Waits until every queued message is delivered.
     pub fn flush(&self) -> Result<(), KafkaError> {
         self.producer
