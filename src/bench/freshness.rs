@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 
 use super::{create_topics, generator, quantile, scratch_config};
 use crate::catalog::open_catalog;
@@ -18,6 +20,7 @@ use crate::common::Offsets;
 use crate::config::{Config, PipelineConfig};
 use crate::kafka::client_config;
 use crate::kafka::producer::EventProducer;
+use crate::kafka::KafkaError;
 use crate::pipeline::{self, RunOptions};
 use crate::sink::iceberg::load_state;
 
@@ -136,9 +139,12 @@ async fn one_rate(
         }
     }
     latencies.sort_unstable();
+    let landed = summary.rows + summary.dead_letters.values().sum::<u64>();
     anyhow::ensure!(
-        summary.messages as usize >= total,
-        "the runner consumed {} of the {total} events produced",
+        landed as usize == total,
+        "of the {total} events produced, the runner wrote {} rows and {} dead letters ({} messages consumed)",
+        summary.rows,
+        summary.dead_letters.values().sum::<u64>(),
         summary.messages
     );
     let interval = humantime::format_duration(options.commit_interval);
@@ -182,27 +188,36 @@ async fn drive(
     measured: Duration,
     stop: tokio::sync::watch::Sender<bool>,
 ) -> anyhow::Result<Vec<Sample>> {
-    let produced = produce(&p, rate, total, measured).await;
-    if produced.is_ok() {
-        let catalog = open_catalog(&scratch, &p.sink).await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let state = load_state(
-                catalog.as_ref(),
-                &p.sink.namespace,
-                &p.sink.events_table.name,
-                &p.name,
-            )
-            .await?;
-            let committed: i64 = state.offsets.iter().map(|(_, _, next)| next).sum();
-            if committed >= total as i64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let produced = match produce(&p, rate, total, measured).await {
+        Ok(samples) => wait_for_all(&scratch, &p, total).await.map(|()| samples),
+        Err(err) => Err(err),
+    };
     let _ = stop.send(true);
     produced
+}
+
+/// Waits until the events table's offsets cover `total` events (at most a minute).
+async fn wait_for_all(scratch: &Config, p: &PipelineConfig, total: usize) -> anyhow::Result<()> {
+    let catalog = open_catalog(scratch, &p.sink).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = load_state(
+            catalog.as_ref(),
+            &p.sink.namespace,
+            &p.sink.events_table.name,
+            &p.name,
+        )
+        .await?;
+        let committed: i64 = state.offsets.iter().map(|(_, _, next)| next).sum();
+        if committed >= total as i64 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "a minute after producing, the events table's offsets cover {committed} of the {total} events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Produces `total` generated events at `rate` per second; after the warm-up, one event in
@@ -219,7 +234,23 @@ async fn produce(
     let mut events = generator(total, spacing);
     let every = (rate / SAMPLES_PER_SECOND).max(1) as usize;
     let started = Instant::now();
-    let mut pending = Vec::new();
+    // Every delivery is awaited (a failed one would look like a lost event); the samples'
+    // also say where their event landed.
+    let mut deliveries = FuturesUnordered::new();
+    let mut samples = Vec::new();
+    let mut failed = Vec::new();
+    let mut landed =
+        |(sampled, delivered): (Option<Instant>, Result<(i32, i64), KafkaError>)| match (
+            sampled, delivered,
+        ) {
+            (Some(sent), Ok((partition, offset))) => samples.push(Sample {
+                sent,
+                partition,
+                offset,
+            }),
+            (None, Ok(_)) => {}
+            (_, Err(err)) => failed.push(err),
+        };
     let mut sent = 0usize;
     let mut tick = tokio::time::interval(TICK);
     while sent < total {
@@ -229,27 +260,28 @@ async fn produce(
         while sent < due {
             let record = events.next_record();
             let delivery = producer.queue_record(&record.key, &record.payload)?;
-            let sampling = started.elapsed() >= WARM_UP;
-            if sampling && sent % every == 0 {
-                pending.push((Instant::now(), delivery));
-            }
+            let sampled = (started.elapsed() >= WARM_UP && sent % every == 0).then(Instant::now);
+            deliveries.push(async move { (sampled, delivery.await) });
             sent += 1;
         }
+        while let Some(Some(done)) = deliveries.next().now_or_never() {
+            landed(done);
+        }
+    }
+    let took = started.elapsed();
+    while let Some(done) = deliveries.next().await {
+        landed(done);
     }
     anyhow::ensure!(
-        started.elapsed() < WARM_UP + measured + Duration::from_secs(5),
-        "producing {total} events at {rate}/s took {:?}: the machine cannot keep the rate",
-        started.elapsed()
+        failed.is_empty(),
+        "{} of {total} events were not delivered; the first: {}",
+        failed.len(),
+        failed[0]
     );
-    let mut samples = Vec::with_capacity(pending.len());
-    for (at, delivery) in pending {
-        let (partition, offset) = delivery.await?;
-        samples.push(Sample {
-            sent: at,
-            partition,
-            offset,
-        });
-    }
+    anyhow::ensure!(
+        took < WARM_UP + measured + Duration::from_secs(5),
+        "producing {total} events at {rate}/s took {took:?}: the machine cannot keep the rate"
+    );
     Ok(samples)
 }
 

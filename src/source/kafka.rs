@@ -274,7 +274,8 @@ impl KafkaSource {
         // times out, so a restart waits that long: keep it short unless the user says otherwise.
         config
             .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", super::quirks::FETCH_WAIT_MAX_MS);
         for (key, value) in client.config_map().iter() {
             config.set(*key, *value);
         }
