@@ -297,8 +297,19 @@ fn rest_of(lines: std::sync::mpsc::Receiver<String>) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn maintenance_racing_running_pipelines_loses_and_doubles_nothing() {
-    // The grace period outlasts the pause: a rewrite older than half of it is dropped.
-    let (pipeline, first) = filled(true, "20s", 43, false);
+    // The grace period outlasts the pause: a rewrite older than half of it is dropped. The
+    // first run does not maintain: on a loaded machine its passes could compact everything,
+    // leaving the paused `maintain` nothing to stage.
+    let (pipeline, first) = filled(false, "20s", 43, false);
+    pipeline.edit_config(|yaml| {
+        yaml.replace(
+            "maintenance:\n      enabled: false",
+            "maintenance:\n      enabled: true",
+        )
+    });
+    assert!(std::fs::read_to_string(&pipeline.config)
+        .unwrap()
+        .contains("maintenance:\n      enabled: true"));
     // A `maintain` plans a rewrite and waits; meanwhile a runner appends (and maintains its
     // own tables every second, racing its own commits), so the rewrite must rebase or plan
     // again when it resumes.

@@ -600,14 +600,20 @@ async fn a_runner_without_partitions_says_so_and_until_caught_up_gives_up() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     let second_log = second.kill();
+    // The group gave the partition to the newcomer: the first runner was left idle, and says
+    // so once its hand has stayed empty a while (the newcomer may have caught up sooner).
+    let first_idle = status.success()
+        && first.wait_for(
+            &["this runner holds no partition", "member(s)"],
+            std::time::Duration::from_secs(30),
+        );
     let first_log = first.stop();
     let idle = |log: &[String]| {
         log.iter()
             .any(|l| l.contains("this runner holds no partition") && l.contains("member(s)"))
     };
     if status.success() {
-        // The group gave the partition to the newcomer: the first runner was left idle.
-        assert!(idle(&first_log), "{}", first_log.join("\n"));
+        assert!(first_idle, "{}", first_log.join("\n"));
     } else {
         assert!(idle(&second_log), "{}", second_log.join("\n"));
         let error = second_log.join("\n");
