@@ -414,8 +414,16 @@ impl TableWriter {
 pub fn parquet_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        // A column's dictionary grows until its page passes this size, then the column falls
+        // back to plain encoding. Identifiers (a new value per event) paid for hashing every
+        // value into a dictionary that could never help until it reached the default 1 MiB;
+        // columns of few values (campaign, event type, country) keep theirs far below 64 KiB.
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_LIMIT)
         .build()
 }
+
+/// Largest dictionary page a column keeps before it falls back to plain encoding.
+const DICTIONARY_PAGE_LIMIT: usize = 64 * 1024;
 
 /// `pipeline`'s offsets and checkpoints in `table`: from the newest of its snapshots that
 /// carries them (each commit records the full maps), walking the ancestry from the current.

@@ -56,6 +56,10 @@ impl MicroBatch {
 
 /// Appends messages column by column; one allocation per column per batch, not per row.
 pub struct BatchBuilder {
+    /// Messages each batch's builders are sized for.
+    capacity: usize,
+    /// Payload bytes per message reserved, learnt from the last batch.
+    value_bytes: usize,
     topic: StringBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
@@ -69,15 +73,22 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// A builder sized for `capacity` messages of about 256 bytes.
+    /// A builder sized for `capacity` messages of about 256 bytes (later batches: the size
+    /// the last one's payloads had).
     pub fn new(capacity: usize) -> Self {
+        Self::sized(capacity, 256)
+    }
+
+    fn sized(capacity: usize, value_bytes: usize) -> Self {
         Self {
+            capacity,
+            value_bytes,
             topic: StringBuilder::with_capacity(capacity, capacity * 16),
             partition: Int32Builder::with_capacity(capacity),
             offset: Int64Builder::with_capacity(capacity),
             timestamp: TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"),
             key: BinaryBuilder::with_capacity(capacity, capacity * 16),
-            value: StringBuilder::with_capacity(capacity, capacity * 256),
+            value: StringBuilder::with_capacity(capacity, capacity * value_bytes),
             not_utf8: Vec::new(),
             next_offsets: Offsets::new(),
             rows: 0,
@@ -140,22 +151,29 @@ impl BatchBuilder {
         at_end: std::collections::BTreeSet<i32>,
         epoch: u64,
     ) -> Result<MicroBatch, ArrowError> {
+        // Arrow's builders hand their buffers over and start again from nothing, so each batch
+        // after the first grew every column by doubling (copying, and faulting in fresh pages
+        // each time): fresh builders sized like this batch instead.
+        let value_bytes = match self.rows {
+            0 => self.value_bytes,
+            rows => (self.value.values_slice().len() / rows) * 9 / 8 + 1,
+        };
+        let mut done = std::mem::replace(self, Self::sized(self.capacity, value_bytes));
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.topic.finish()),
-            Arc::new(self.partition.finish()),
-            Arc::new(self.offset.finish()),
-            Arc::new(self.timestamp.finish()),
-            Arc::new(self.key.finish()),
-            Arc::new(self.value.finish()),
+            Arc::new(done.topic.finish()),
+            Arc::new(done.partition.finish()),
+            Arc::new(done.offset.finish()),
+            Arc::new(done.timestamp.finish()),
+            Arc::new(done.key.finish()),
+            Arc::new(done.value.finish()),
         ];
-        self.rows = 0;
         Ok(MicroBatch {
             records: RecordBatch::try_new(kafka_records_schema(), columns)?,
-            not_utf8: std::mem::take(&mut self.not_utf8),
-            next_offsets: std::mem::take(&mut self.next_offsets),
+            not_utf8: done.not_utf8,
+            next_offsets: done.next_offsets,
             caught_up,
             at_end,
-            replayed: std::mem::take(&mut self.replayed),
+            replayed: done.replayed,
             epoch,
         })
     }
