@@ -51,6 +51,8 @@ async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() 
             "0",
             "--storage-events",
             "6000",
+            "--freshness-seconds",
+            "0",
         ],
     );
     let uri = &seaweed().catalog_uri;

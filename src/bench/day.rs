@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::open_catalog;
-
 use crate::common::{Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dashboard::api::{Api, Range};
@@ -39,8 +38,9 @@ const EVENTS_PER_COMMIT: usize = 40;
 const WINDOW: usize = 1_000;
 /// With maintenance on, the queries run every this many commits inside both windows: the file
 /// count rises and falls between passes (every 12 commits at the defaults) and between the
-/// metrics table's compactions (every 10 windows), and 25 is prime to both, so each window's
-/// 40 samples meet every phase of the two cycles and the medians compare like with like.
+/// metrics table's compactions (every 10 windows, 120 commits). 25 is prime to 12 and meets 24
+/// phases of the 120, so each window's 40 samples spread over both cycles alike and the medians
+/// compare like with like.
 const QUERY_EVERY: usize = 25;
 
 /// How the run with one setting ended.
@@ -293,7 +293,6 @@ async fn day(
         }
         // The real path from here: events written, window state absorbed and closed windows
         // written, checkpoints saved, both tables committed with their offsets.
-        let t = Instant::now();
         let now = Instant::now();
         for valid in &valid_rows {
             events.take(valid, &Offsets::new()).await?;
@@ -311,7 +310,7 @@ async fn day(
                 anyhow::bail!("a bench commit was fenced: {fenced}");
             }
         }
-        latencies.push(t.elapsed());
+        latencies.push(now.elapsed());
         let done = i + 1;
         let sampled = maintenance.is_some() && done % QUERY_EVERY == 0;
         if (sampled && done <= WINDOW) || done == WINDOW {
@@ -360,10 +359,7 @@ async fn day(
     )
     .await?;
     let live = LiveFiles::read(&table).await?;
-    let metadata_bytes = match table.metadata_location() {
-        Some(location) => table.file_io().new_input(location)?.metadata().await?.size,
-        None => 0,
-    };
+    let metadata_bytes = metadata_size(&table).await?;
     Ok(DayRun {
         commits: latencies.len(),
         first_queries: Refresh::median(&first_queries),
@@ -457,10 +453,7 @@ async fn log_shape(
                 .len();
             manifest_bytes += manifest.manifest_length;
         }
-        let metadata_bytes = match table.metadata_location() {
-            Some(location) => table.file_io().new_input(location)?.metadata().await?.size,
-            None => 0,
-        };
+        let metadata_bytes = metadata_size(&table).await?;
         tracing::info!(
             "bench shape at commit {done}: {name}: {} live files, {} manifests ({} entries, {} KiB), {} snapshots, metadata {} KiB",
             live.entries.len(),
@@ -472,6 +465,14 @@ async fn log_shape(
         );
     }
     Ok(())
+}
+
+/// Size of the table's current metadata file.
+async fn metadata_size(table: &iceberg::table::Table) -> anyhow::Result<u64> {
+    Ok(match table.metadata_location() {
+        Some(location) => table.file_io().new_input(location)?.metadata().await?.size,
+        None => 0,
+    })
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

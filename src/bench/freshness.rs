@@ -201,14 +201,8 @@ async fn wait_for_all(scratch: &Config, p: &PipelineConfig, total: usize) -> any
     let catalog = open_catalog(scratch, &p.sink).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let state = load_state(
-            catalog.as_ref(),
-            &p.sink.namespace,
-            &p.sink.events_table.name,
-            &p.name,
-        )
-        .await?;
-        let committed: i64 = state.offsets.iter().map(|(_, _, next)| next).sum();
+        let offsets = events_offsets(catalog.as_ref(), p).await?;
+        let committed: i64 = offsets.iter().map(|(_, _, next)| next).sum();
         if committed >= total as i64 {
             return Ok(());
         }
@@ -298,21 +292,30 @@ async fn read_offsets(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow_and_update() {
         tick.tick().await;
-        let state = load_state(
-            catalog.as_ref(),
-            &p.sink.namespace,
-            &p.sink.events_table.name,
-            &p.name,
-        )
-        .await?;
-        if seen.last().is_none_or(|s| s.offsets != state.offsets) {
+        let offsets = events_offsets(catalog.as_ref(), &p).await?;
+        if seen.last().is_none_or(|s| s.offsets != offsets) {
             seen.push(Seen {
                 at: Instant::now(),
-                offsets: state.offsets,
+                offsets,
             });
         }
     }
     Ok(seen)
+}
+
+/// The offsets the events table's current snapshot records for `p`, loaded now.
+async fn events_offsets(
+    catalog: &dyn iceberg::Catalog,
+    p: &PipelineConfig,
+) -> anyhow::Result<Offsets> {
+    let state = load_state(
+        catalog,
+        &p.sink.namespace,
+        &p.sink.events_table.name,
+        &p.name,
+    )
+    .await?;
+    Ok(state.offsets)
 }
 
 fn visible(offsets: &Offsets, topic: &str, sample: &Sample) -> bool {

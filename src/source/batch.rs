@@ -54,6 +54,10 @@ impl MicroBatch {
     }
 }
 
+/// Payload bytes per message a batch reserves at most: a batch of a few huge messages must not
+/// make the next one reserve gigabytes for `capacity` of them (bigger ones grow the buffer).
+const MAX_RESERVED_PER_MESSAGE: usize = 4096;
+
 /// Appends messages column by column; one allocation per column per batch, not per row.
 pub struct BatchBuilder {
     /// Messages each batch's builders are sized for.
@@ -156,7 +160,9 @@ impl BatchBuilder {
         // each time): fresh builders sized like this batch instead.
         let value_bytes = match self.rows {
             0 => self.value_bytes,
-            rows => (self.value.values_slice().len() / rows) * 9 / 8 + 1,
+            rows => {
+                ((self.value.values_slice().len() / rows) * 9 / 8 + 1).min(MAX_RESERVED_PER_MESSAGE)
+            }
         };
         let mut done = std::mem::replace(self, Self::sized(self.capacity, value_bytes));
         let columns: Vec<ArrayRef> = vec![
@@ -183,5 +189,36 @@ impl BatchBuilder {
         if !self.is_empty() {
             let _ = self.finish(false, Default::default(), 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray};
+
+    use super::*;
+
+    #[test]
+    fn each_batch_starts_sized_like_the_last_and_bounded() {
+        let mut builder = BatchBuilder::new(100);
+        let huge = vec![b'x'; 1 << 20];
+        builder.push("t", 0, 0, Some(1), Some(b"k"), Some(&huge));
+        let first = builder.finish(false, Default::default(), 0).unwrap();
+        assert_eq!(first.records.num_rows(), 1);
+        // A megabyte message must not make the next batch reserve 100 of them.
+        assert_eq!(builder.value_bytes, MAX_RESERVED_PER_MESSAGE);
+        for offset in 1..=10 {
+            builder.push("t", 1, offset, None, None, Some(b"{\"a\":1}"));
+        }
+        builder.push("t", 1, 11, None, None, Some(b"\xff"));
+        let second = builder.finish(false, Default::default(), 0).unwrap();
+        let values = second.records.column(5).as_string::<i32>();
+        assert_eq!(values.len(), 10);
+        assert!(values.iter().all(|v| v == Some("{\"a\":1}")));
+        assert_eq!(second.not_utf8.len(), 1);
+        assert_eq!(second.next_offsets.get("t", 1), Some(12));
+        assert_eq!(second.next_offsets.get("t", 0), None);
+        // 7-byte payloads: about 8 bytes a message reserved next.
+        assert_eq!(builder.value_bytes, 8);
     }
 }
