@@ -79,7 +79,8 @@ impl EventProducer {
     }
 
     /// Queues one raw record without waiting for it: the returned future resolves to the
-    /// partition and offset it landed at. Dropping the future does not cancel the delivery.
+    /// partition and offset it landed at. Dropping the future does not cancel the delivery, but
+    /// dropping the producer does: await the deliveries (or [`Self::flush`]) first.
     pub fn queue_record(
         &self,
         key: &[u8],
