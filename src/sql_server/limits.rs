@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -64,6 +65,21 @@ impl PhysicalOptimizerRule for ApplyLimits {
         if plan.as_any().is::<LimitedExec>() {
             return Ok(plan);
         }
+        // The deadline is checked under every operator too, not only at the root: an operator
+        // that consumes its input in one poll (an aggregate over an in-memory cross join) never
+        // returns to the root until it is done, so a root-only check let such a statement run
+        // on for good (seen once in the test suite).
+        let timed_only = StatementLimits {
+            max_rows: usize::MAX,
+            ..self.0
+        };
+        let plan = plan
+            .transform_up(|node| {
+                Ok(Transformed::yes(
+                    Arc::new(LimitedExec::new(node, timed_only)) as Arc<dyn ExecutionPlan>,
+                ))
+            })?
+            .data;
         Ok(Arc::new(LimitedExec::new(plan, self.0)))
     }
 
@@ -188,7 +204,9 @@ impl Stream for LimitedStream {
         if self.done {
             return Poll::Ready(None);
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        // The clock as well as the timer: a worker busy inside the plan may not have fired it.
+        if Instant::now() >= self.deadline.deadline() || self.deadline.as_mut().poll(cx).is_ready()
+        {
             let timeout = self.limits.timeout;
             return self.fail(LimitExceeded::Timeout(timeout));
         }
