@@ -294,10 +294,12 @@ async fn day(
         // The real path from here: events written, window state absorbed and closed windows
         // written, checkpoints saved, both tables committed with their offsets.
         let now = Instant::now();
+        // One runner holds every partition from the start: no table is ahead of the source.
+        let none_absorbed = Offsets::new();
         for valid in &valid_rows {
-            events.take(valid, &Offsets::new()).await?;
+            events.take(valid, &none_absorbed).await?;
             windows
-                .take(valid, &Offsets::new(), TimeLimits::UNBOUNDED, now)
+                .take(valid, &none_absorbed, TimeLimits::UNBOUNDED, now)
                 .await?;
         }
         progress.handed_on(&batch.next_offsets);

@@ -139,12 +139,11 @@ async fn one_rate(
         }
     }
     latencies.sort_unstable();
-    let landed = summary.rows + summary.dead_letters.values().sum::<u64>();
+    let dead_letters: u64 = summary.dead_letters.values().sum();
     anyhow::ensure!(
-        landed as usize == total,
-        "of the {total} events produced, the runner wrote {} rows and {} dead letters ({} messages consumed)",
+        (summary.rows + dead_letters) as usize == total,
+        "of the {total} events produced, the runner wrote {} rows and {dead_letters} dead letters ({} messages consumed)",
         summary.rows,
-        summary.dead_letters.values().sum::<u64>(),
         summary.messages
     );
     let interval = humantime::format_duration(options.commit_interval);

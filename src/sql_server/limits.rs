@@ -69,18 +69,21 @@ impl PhysicalOptimizerRule for ApplyLimits {
         // that consumes its input in one poll (an aggregate over an in-memory cross join) never
         // returns to the root until it is done, so a root-only check let such a statement run
         // on for good (seen once in the test suite).
+        // All the wrappers of one statement share its start, so one deadline holds throughout.
+        let started = Arc::new(OnceLock::new());
         let timed_only = StatementLimits {
             max_rows: usize::MAX,
             ..self.0
         };
         let plan = plan
-            .transform_up(|node| {
-                Ok(Transformed::yes(
-                    Arc::new(LimitedExec::new(node, timed_only)) as Arc<dyn ExecutionPlan>,
-                ))
+            .map_children(|child| {
+                child.transform_up(|node| {
+                    let limited = LimitedExec::sharing(node, timed_only, started.clone());
+                    Ok(Transformed::yes(Arc::new(limited) as Arc<dyn ExecutionPlan>))
+                })
             })?
             .data;
-        Ok(Arc::new(LimitedExec::new(plan, self.0)))
+        Ok(Arc::new(LimitedExec::sharing(plan, self.0, started)))
     }
 
     fn name(&self) -> &str {
@@ -97,18 +100,27 @@ impl PhysicalOptimizerRule for ApplyLimits {
 pub struct LimitedExec {
     input: Arc<dyn ExecutionPlan>,
     limits: StatementLimits,
-    /// When the first partition started: the deadline holds for all of them.
-    started: OnceLock<Instant>,
+    /// When the statement's first partition started: the deadline holds for all of them.
+    started: Arc<OnceLock<Instant>>,
     rows: Arc<AtomicUsize>,
 }
 
 impl LimitedExec {
     /// Limits `input`.
     pub fn new(input: Arc<dyn ExecutionPlan>, limits: StatementLimits) -> Self {
+        Self::sharing(input, limits, Arc::new(OnceLock::new()))
+    }
+
+    /// Limits `input`, timed from `started`, which other wrappers of the statement share.
+    fn sharing(
+        input: Arc<dyn ExecutionPlan>,
+        limits: StatementLimits,
+        started: Arc<OnceLock<Instant>>,
+    ) -> Self {
         Self {
             input,
             limits,
-            started: OnceLock::new(),
+            started,
             rows: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -155,7 +167,11 @@ impl ExecutionPlan for LimitedExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(LimitedExec::new(input, self.limits))),
+            (Some(input), true) => Ok(Arc::new(LimitedExec::sharing(
+                input,
+                self.limits,
+                self.started.clone(),
+            ))),
             _ => Err(DataFusionError::Internal(
                 "LimitedExec takes exactly one child".into(),
             )),
