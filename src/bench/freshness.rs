@@ -27,7 +27,7 @@ use crate::sink::iceberg::load_state;
 /// How often the reader loads the table.
 const POLL: Duration = Duration::from_millis(10);
 /// Events produced before sampling starts: the runner joins its group and commits once.
-const WARM_UP: Duration = Duration::from_secs(5);
+pub(super) const WARM_UP: Duration = Duration::from_secs(5);
 /// Sampled events per second of producing.
 const SAMPLES_PER_SECOND: u64 = 100;
 /// How often the producer sends the events due.
@@ -47,7 +47,7 @@ pub struct FreshnessOptions {
 }
 
 /// An event whose latency is measured.
-struct Sample {
+pub(super) struct Sample {
     sent: Instant,
     partition: i32,
     offset: i64,
@@ -196,7 +196,11 @@ async fn drive(
 }
 
 /// Waits until the events table's offsets cover `total` events (at most a minute).
-async fn wait_for_all(scratch: &Config, p: &PipelineConfig, total: usize) -> anyhow::Result<()> {
+pub(super) async fn wait_for_all(
+    scratch: &Config,
+    p: &PipelineConfig,
+    total: usize,
+) -> anyhow::Result<()> {
     let catalog = open_catalog(scratch, &p.sink).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -215,7 +219,7 @@ async fn wait_for_all(scratch: &Config, p: &PipelineConfig, total: usize) -> any
 
 /// Produces `total` generated events at `rate` per second; after the warm-up, one event in
 /// `rate / SAMPLES_PER_SECOND` is a sample.
-async fn produce(
+pub(super) async fn produce(
     p: &PipelineConfig,
     rate: u64,
     total: usize,

@@ -8,6 +8,7 @@ mod dashboard;
 mod day;
 mod dlq;
 mod freshness;
+mod memory;
 mod sql_endpoint;
 mod storage;
 mod window;
@@ -32,6 +33,7 @@ use crate::pipeline::{self, RunOptions, RunSummary};
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::source::batch::BatchBuilder;
 pub use freshness::FreshnessOptions;
+pub use memory::SteadyOptions;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -55,6 +57,8 @@ pub struct BenchOptions {
     pub day_off_budget: Duration,
     /// Event to queryable at steady rates (no rates or no seconds skips it).
     pub freshness: FreshnessOptions,
+    /// The runner process's resident memory over a steady run (no seconds skips it).
+    pub steady: SteadyOptions,
 }
 
 /// One line of the result table.
@@ -149,13 +153,38 @@ fn scratch_config_in_group(
     topic: &str,
     group: &str,
 ) -> anyhow::Result<Config> {
+    let shape = ScratchShape {
+        batch_rows: pipeline.batch.max_rows,
+        commit_rows: 1_000_000,
+        commit_interval: Duration::from_secs(5),
+    };
+    scratch_config_shaped(config, pipeline, dir, topic, group, &shape)
+}
+
+/// The batch and commit settings of a scratch pipeline.
+struct ScratchShape {
+    batch_rows: usize,
+    commit_rows: usize,
+    commit_interval: Duration,
+}
+
+/// [`scratch_config_in_group`] with the batch and commit settings of `shape`, written to
+/// `dir/pipelines.yaml` (which a runner process can read).
+fn scratch_config_shaped(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    dir: &std::path::Path,
+    topic: &str,
+    group: &str,
+    shape: &ScratchShape,
+) -> anyhow::Result<Config> {
     let yaml = format!(
         r#"pipelines:
   - name: bench
     source: {{ brokers: "{brokers}", topic: {topic}, group_id: {group} }}
     sql: {{ parse: "{parse}", metrics: "{metrics}" }}
     batch: {{ max_rows: {rows}, max_wait: 200ms }}
-    commit: {{ interval: 5s, max_rows: 1000000 }}
+    commit: {{ interval: {interval}, max_rows: {commit_rows} }}
     sink:
       catalog: {{ type: sqlite, path: catalog.db, warehouse: warehouse }}
       namespace: bench
@@ -172,7 +201,9 @@ fn scratch_config_in_group(
             .resolve(&pipeline.sql.metrics)
             .canonicalize()?
             .display(),
-        rows = pipeline.batch.max_rows,
+        rows = shape.batch_rows,
+        interval = humantime::format_duration(shape.commit_interval),
+        commit_rows = shape.commit_rows,
         events_parts = pipeline.sink.events_table.partition_by.join(", "),
         metrics_parts = pipeline.sink.metrics_table.partition_by.join(", "),
     );
@@ -350,6 +381,9 @@ pub async fn run(
     if options.freshness.seconds > 0 {
         freshness::measure(config, pipeline, &options.freshness, &mut row).await?;
     }
+    if options.steady.seconds > 0 {
+        memory::steady(config, pipeline, &options.steady, &mut row).await?;
+    }
     if options.storage_events > 0 {
         storage::measure(config, pipeline, options.storage_events, &mut row).await?;
     }
@@ -473,6 +507,7 @@ async fn end_to_end(
             summary.rows
         );
     }
+    memory::catch_up(config, pipeline, &topic, events, row).await?;
     Ok(())
 }
 

@@ -50,6 +50,12 @@ pub struct BenchArgs {
     /// The runner's `batch.max_wait` in the freshness rows.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub freshness_batch_wait: std::time::Duration,
+    /// Events per second of the steady run whose runner memory is sampled.
+    #[arg(long, default_value_t = 5_000)]
+    pub steady_rate: u64,
+    /// Seconds of the steady run (after a 5 s warm-up; 600 is the 10-minute check); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub steady_seconds: u64,
 }
 
 /// Runs the benchmarks and prints the table.
@@ -70,6 +76,10 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
             seconds: args.freshness_seconds,
             commit_interval: args.freshness_commit_interval,
             batch_wait: args.freshness_batch_wait,
+        },
+        steady: bench::SteadyOptions {
+            rate: args.steady_rate,
+            seconds: args.steady_seconds,
         },
     };
     let rows = bench::run(&config, pipeline, &options).await?;

@@ -2,6 +2,7 @@
 //! queue, and owns the commit loop.
 
 pub mod events;
+pub mod memory;
 pub mod metrics;
 pub mod outage;
 pub mod plan;
@@ -211,14 +212,16 @@ pub async fn run(
 
     let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
     let admin = TopicAdmin::new(&client).map_err(kafka_err)?;
-    for topic in [&pipeline.source.topic, &pipeline.dead_letter.topic] {
-        if admin.partition_count(topic).map_err(kafka_err)?.is_none() {
-            return Err(kafka_err(KafkaError::Admin {
+    let partitions_of = |topic: &String| {
+        admin
+            .partition_count(topic)?
+            .ok_or_else(|| KafkaError::Admin {
                 topic: topic.clone(),
                 message: "does not exist; run `campaign-pipeline setup` first".into(),
-            }));
-        }
-    }
+            })
+    };
+    let topic_partitions = partitions_of(&pipeline.source.topic).map_err(kafka_err)?;
+    partitions_of(&pipeline.dead_letter.topic).map_err(kafka_err)?;
     let dlq = DeadLetterWriter::new(&client, &pipeline.dead_letter.topic).map_err(kafka_err)?;
     let topic = pipeline.source.topic.clone();
     let source = KafkaSource::start(
@@ -233,6 +236,7 @@ pub async fn run(
         resume_lookup(pipeline, catalog.clone()),
     )
     .map_err(source_err)?;
+    tracing::info!(pipeline = %name, bound = %memory::MemoryBound::of(pipeline), "peak memory bound of this configuration");
 
     let mut runner = Runner {
         pipeline,
@@ -252,6 +256,8 @@ pub async fn run(
         window: CommitWindow::new(),
         assigned: BTreeSet::new(),
         unassigned_since: Some(Instant::now()),
+        topic_partitions,
+        caught_up_since: None,
         outage: None,
     };
     let mut shutdown = options.shutdown.clone();
@@ -292,6 +298,14 @@ pub async fn run(
     Ok(summary)
 }
 
+/// How long a runner that holds only some of the partitions stays caught up before it stops
+/// (`--until-caught-up`). Another runner leaving the group moves partitions around, and the
+/// move reaches each member at its next heartbeat (every second): a runner that stopped the
+/// moment its own partitions were done could leave, with the one that left, a partition that
+/// was on its way to it, unread by anyone (seen in `bench`: 3 runners, 1 partition never
+/// finished, every runner reporting success).
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// What the run loop does after a source event.
 enum Flow {
     /// Read on.
@@ -316,6 +330,11 @@ struct Runner<'a> {
     assigned: BTreeSet<i32>,
     /// Since when the runner has held no partition.
     unassigned_since: Option<Instant>,
+    /// Partitions of the source topic when the run started.
+    topic_partitions: usize,
+    /// Since when every held partition has been read to its end and committed, with nothing
+    /// assigned or revoked since (`--until-caught-up`).
+    caught_up_since: Option<Instant>,
     /// The object store or catalog failure being ridden out, until a commit lands again.
     outage: Option<Outage>,
 }
@@ -333,12 +352,14 @@ impl Runner<'_> {
         self.assigned.clear();
         tracing::info!(pipeline = %self.name(), dropped_rows = dropped, "partitions revoked: dropped what was not committed");
         self.unassigned_since = Some(Instant::now());
+        self.caught_up_since = None;
     }
 
     /// The group gave this runner `partitions`: they are taken over from the tables.
     async fn assigned(&mut self, partitions: BTreeSet<i32>) -> Result<Flow, PipelineError> {
         self.assigned = partitions;
         self.unassigned_since = self.assigned.is_empty().then(Instant::now);
+        self.caught_up_since = None;
         self.take_over().await?;
         tracing::info!(pipeline = %self.name(), partitions = ?self.assigned, resume = %self.progress.resume().to_json(), "holding partitions");
         Ok(Flow::Next)
@@ -444,8 +465,13 @@ impl Runner<'_> {
             self.window = CommitWindow::new();
         }
         if caught_up && options.until_caught_up && !self.progress.progressed() {
-            tracing::info!(pipeline = %self.name(), "caught up");
-            return Ok(Flow::Stop);
+            let since = *self.caught_up_since.get_or_insert_with(Instant::now);
+            if self.assigned.len() >= self.topic_partitions || since.elapsed() >= SETTLE {
+                tracing::info!(pipeline = %self.name(), "caught up");
+                return Ok(Flow::Stop);
+            }
+        } else {
+            self.caught_up_since = None;
         }
         Ok(Flow::Next)
     }

@@ -1,5 +1,6 @@
-//! Writing a SQL stage's output to an Iceberg table: Parquet files fanned out by the partition
-//! spec, committed with `fast_append` and the absorbed Kafka offsets in the snapshot summary.
+//! Writing a SQL stage's output to an Iceberg table: rows buffered by partition value, encoded
+//! into Parquet files one partition at a time at the commit, committed with `fast_append` and
+//! the absorbed Kafka offsets in the snapshot summary.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,12 +20,12 @@ use iceberg::writer::file_writer::location_generator::{
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::Catalog;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use super::buffer::BufferedRows;
 use super::commit::{is_conflict, PinnedCatalog};
 use super::evolve::columns_to_add;
 use super::partition::PartitionSplitter;
@@ -40,9 +41,8 @@ const MAX_COMMIT_ATTEMPTS: u32 = 50;
 /// Target size of one data file before it rolls over.
 const TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
 
-type Writer = FanoutWriter<
-    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
->;
+type FileWriterBuilder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
 /// What one commit wrote.
 #[derive(Debug, Clone, Default)]
@@ -85,8 +85,7 @@ pub struct TableWriter {
     pipeline: String,
     arrow_schema: SchemaRef,
     splitter: PartitionSplitter,
-    writer: Option<Writer>,
-    buffered_rows: u64,
+    buffered: BufferedRows,
     /// What `table` holds for this pipeline.
     state: TableState,
     /// Files closed for a commit that was fenced, waiting for [`Self::discard`].
@@ -154,8 +153,7 @@ impl TableWriter {
             pipeline: pipeline.to_string(),
             arrow_schema,
             splitter,
-            writer: None,
-            buffered_rows: 0,
+            buffered: BufferedRows::default(),
             state: TableState::default(),
             fenced_files: Vec::new(),
         };
@@ -206,35 +204,30 @@ impl TableWriter {
 
     /// Rows written since the last commit.
     pub fn buffered_rows(&self) -> u64 {
-        self.buffered_rows
+        self.buffered.rows()
     }
 
-    /// Writes SQL output rows (columns matched by name, `_` columns ignored) into open data files.
+    /// Bytes of the Arrow arrays written since the last commit.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered.bytes()
+    }
+
+    /// Takes SQL output rows (columns matched by name, `_` columns ignored) for the next commit.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let batch = self.conform(batch)?;
-        let parts = self
+        let groups = self
             .splitter
-            .split(&batch)
+            .groups(&batch)
             .map_err(|e| SinkError::iceberg(&self.label, e))?;
-        let writer = match self.writer.take() {
-            Some(writer) => writer,
-            None => self.new_writer()?,
-        };
-        let writer = self.writer.insert(writer);
-        for (key, part) in parts {
-            writer
-                .write(key, part)
-                .await
-                .map_err(|e| SinkError::iceberg(&self.label, e))?;
-        }
-        self.buffered_rows += batch.num_rows() as u64;
+        self.buffered.push(batch, groups);
         Ok(())
     }
 
-    /// Closes the open data files and commits them in one snapshot whose offsets and
+    /// Writes the rows taken since the last commit into data files and commits them in one
+    /// snapshot whose offsets and
     /// checkpoints `decide` derives from the exact table state the snapshot lands on. When
     /// another writer committed first, the table is reloaded and `decide` asked again; when
     /// `decide` finds that partitions moved on, nothing is committed ([`SinkError::Fenced`]) and
@@ -244,14 +237,9 @@ impl TableWriter {
         mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
     ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
-        let files: Vec<DataFile> = match self.writer.take() {
-            Some(writer) => {
-                let closing = || format!("{}: writing the data files", self.label);
-                waiting::logged(closing, writer.close())
-                    .await
-                    .map_err(|e| SinkError::iceberg(&self.label, e))?
-            }
-            None => Vec::new(),
+        let files = {
+            let writing = || format!("{}: writing the data files", self.label);
+            waiting::logged(writing, self.write_files()).await?
         };
         let file_count = files.len();
         let mut base = self.table.clone();
@@ -261,6 +249,8 @@ impl TableWriter {
             let content = match decide(&state) {
                 Ok(content) => content,
                 Err(fenced) => {
+                    // The rows are in these files now, which `discard` deletes.
+                    self.buffered = BufferedRows::default();
                     self.fenced_files = files;
                     self.table = base;
                     self.state = state;
@@ -321,8 +311,7 @@ impl TableWriter {
                 }
             }
         }
-        let rows = self.buffered_rows;
-        self.buffered_rows = 0;
+        let rows = std::mem::take(&mut self.buffered).rows();
         Ok(CommitStats {
             rows,
             files: file_count,
@@ -333,32 +322,47 @@ impl TableWriter {
     }
 
     /// Drops the rows written since the last commit (their partitions moved to another runner
-    /// or were moved on by one): the open files are closed and deleted, never committed.
+    /// or were moved on by one), and deletes the files of a fenced commit, never committed.
     pub async fn discard(&mut self) -> u64 {
-        let mut files = std::mem::take(&mut self.fenced_files);
-        if let Some(writer) = self.writer.take() {
-            match writer.close().await {
-                Ok(closed) => files.extend(closed),
-                Err(err) => tracing::warn!(table = %self.label, "closing discarded files: {err}"),
-            }
-        }
+        let files = std::mem::take(&mut self.fenced_files);
+        let rows = files.iter().map(|f| f.record_count()).sum::<u64>() + self.abandon();
         for file in files {
             if let Err(err) = self.table.file_io().delete(file.file_path()).await {
                 tracing::warn!(table = %self.label, file = file.file_path(), "deleting a discarded file: {err}");
             }
         }
-        std::mem::take(&mut self.buffered_rows)
+        rows
     }
 
-    /// Forgets the rows written since the last commit without closing their files: after the
-    /// object store failed, closing would only upload what is dropped anyway (the open files
-    /// were never completed, so nothing references them).
+    /// Forgets the rows written since the last commit without touching the object store.
     pub fn abandon(&mut self) -> u64 {
-        self.writer = None;
-        std::mem::take(&mut self.buffered_rows)
+        std::mem::take(&mut self.buffered).rows()
     }
 
-    fn new_writer(&self) -> Result<Writer, SinkError> {
+    /// Encodes the buffered rows into data files, one partition at a time, so that only one
+    /// file's Parquet writer is open at any moment.
+    async fn write_files(&self) -> Result<Vec<DataFile>, SinkError> {
+        let builder = self.file_writer_builder()?;
+        let iceberg_err = |e| SinkError::iceberg(&self.label, e);
+        let mut files = Vec::new();
+        for (value, chunks) in self.buffered.partitions() {
+            let mut writer = builder
+                .build(Some(self.splitter.key(value.clone())))
+                .await
+                .map_err(iceberg_err)?;
+            for n in 0..chunks.len() {
+                let rows = chunks.chunk(n).map_err(|source| SinkError::Arrow {
+                    table: self.label.clone(),
+                    source,
+                })?;
+                writer.write(rows).await.map_err(iceberg_err)?;
+            }
+            files.extend(writer.close().await.map_err(iceberg_err)?);
+        }
+        Ok(files)
+    }
+
+    fn file_writer_builder(&self) -> Result<FileWriterBuilder, SinkError> {
         let metadata = self.table.metadata();
         let parquet =
             ParquetWriterBuilder::new(parquet_properties(), metadata.current_schema().clone());
@@ -378,7 +382,7 @@ impl TableWriter {
             location,
             names,
         );
-        Ok(FanoutWriter::new(DataFileWriterBuilder::new(rolling)))
+        Ok(DataFileWriterBuilder::new(rolling))
     }
 
     /// The batch in the table's Arrow schema: columns by name, cast to the table's types, and

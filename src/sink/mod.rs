@@ -1,5 +1,6 @@
 //! The Iceberg sink: the tables the pipeline writes.
 
+pub mod buffer;
 pub mod checkpoint;
 pub mod commit;
 pub mod evolve;

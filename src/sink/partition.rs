@@ -6,14 +6,13 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::row::{RowConverter, SortField};
 use iceberg::arrow::{arrow_struct_to_literal, PartitionValueCalculator};
-use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef, StructType};
+use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef, Struct, StructType};
 use iceberg::{Error, ErrorKind, Result};
 
-/// Splits batches of a table's rows into one batch per partition value.
+/// Groups the rows of a table's batches by partition value.
 pub struct PartitionSplitter {
     spec: PartitionSpecRef,
     schema: SchemaRef,
@@ -39,11 +38,18 @@ impl PartitionSplitter {
         })
     }
 
-    /// The batch's rows grouped by partition, each group with its partition key.
-    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, RecordBatch)>> {
-        let key = |data| PartitionKey::new((*self.spec).clone(), self.schema.clone(), data);
+    /// The partition key of rows whose partition value is `value`.
+    pub fn key(&self, value: Struct) -> PartitionKey {
+        PartitionKey::new((*self.spec).clone(), self.schema.clone(), value)
+    }
+
+    /// The batch's row numbers grouped by partition value.
+    pub fn groups(&self, batch: &RecordBatch) -> Result<Vec<(Struct, Vec<u32>)>> {
         let Some((calculator, partition_type)) = &self.calculator else {
-            return Ok(vec![(key(iceberg::spec::Struct::empty()), batch.clone())]);
+            return Ok(vec![(
+                Struct::empty(),
+                (0..batch.num_rows() as u32).collect(),
+            )]);
         };
         let values = calculator.calculate(batch)?;
         let columns = values.as_struct().columns().to_vec();
@@ -69,18 +75,13 @@ impl PartitionSplitter {
         for indices in groups.into_values() {
             let first = indices[0] as usize;
             let literal = arrow_struct_to_literal(&values.slice(first, 1), partition_type)?;
-            let Some(Some(Literal::Struct(data))) = literal.into_iter().next() else {
+            let Some(Some(Literal::Struct(value))) = literal.into_iter().next() else {
                 return Err(Error::new(
                     ErrorKind::DataInvalid,
                     "partition value is not a struct",
                 ));
             };
-            let part = if indices.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                take_record_batch(batch, &UInt32Array::from(indices)).map_err(arrow_err)?
-            };
-            parts.push((key(data), part));
+            parts.push((value, indices));
         }
         Ok(parts)
     }
