@@ -7,7 +7,9 @@
 --         reason go to the dead letter queue; columns starting with _ are never written.
 --
 -- Edit the CASE below to change the validation rules; the first rule that matches gives
--- the reason. The limits are plain numbers in it:
+-- the reason. The runner checks all the rules at once first and hands the CASE only the rows
+-- some rule matches, as long as no rule can fail (no division, no CAST that can fail: use
+-- try_cast); otherwise the CASE copies what it reads after every rule that matches. The limits are plain numbers in it:
 --   65536 bytes  largest message accepted (`too large`; the payload is kept in the DLQ)
 --   256 chars    longest identifier (event_id, user_id, campaign_id)
 --   64 chars     longest platform, country or device_type
@@ -32,8 +34,8 @@ typed AS (
     _partition,
     _offset,
     _bytes,
-    -- The rules below read this flag rather than f itself: DataFusion copies every column a
-    -- CASE reads for each rule that matches some rows, and f holds every field.
+    -- The rules below read this flag rather than f itself: the rows some rule matches are
+    -- copied with every column the CASE reads, and f holds every field.
     f IS NULL                                    AS _broken,
     f['$type']                                   AS t,
     f['event_id']                                AS event_id,

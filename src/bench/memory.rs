@@ -154,16 +154,29 @@ pub async fn steady(
             peak as f64 / bound.total() as f64
         ),
     );
+    let minutes: Vec<String> = (1..=span / 60)
+        .map(|minute| format!("{:.0}", at(minute * 60)))
+        .collect();
+    row(
+        "  steady run: runner RSS at the end of each minute",
+        format!("{} MB", minutes.join(" / ")),
+    );
     let after: Vec<(f64, f64)> = samples
         .iter()
         .filter(|(t, _)| t.as_secs() >= first_minute)
         .map(|(t, rss)| (t.as_secs_f64() / 60.0, *rss as f64 / MB))
         .collect();
+    let second_half: Vec<(f64, f64)> = after
+        .iter()
+        .copied()
+        .filter(|(minute, _)| *minute * 60.0 >= span as f64 / 2.0)
+        .collect();
     row(
-        "  steady run: RSS growth after the first minute (least squares)",
+        "  steady run: RSS growth after the first minute / in the second half (least squares)",
         format!(
-            "{:+.2} MB per minute over {} samples (highest {:.0} MB, lowest {:.0} MB)",
+            "{:+.2} / {:+.2} MB per minute over {} samples (highest {:.0} MB, lowest {:.0} MB)",
             slope(&after),
+            slope(&second_half),
             after.len(),
             after.iter().map(|s| s.1).fold(f64::MIN, f64::max),
             after.iter().map(|s| s.1).fold(f64::MAX, f64::min),
