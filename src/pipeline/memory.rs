@@ -73,6 +73,17 @@ impl std::fmt::Display for MemoryBound {
     }
 }
 
+/// Hands the memory the allocator holds free back to the system, after a commit has freed the
+/// rows it held: glibc keeps freed pages in its arenas (up to 8 per core), and a steady runner's
+/// resident memory grew 43 MB in 3 minutes that way while its live heap grew 13 MB.
+pub fn release_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -540,6 +540,7 @@ impl Runner<'_> {
         self.source.commit_group_offsets(&resume);
         self.dlq.settle(&resume);
         self.summary.add(&committed);
+        memory::release_freed();
         if let Some(outage) = self.outage.take() {
             tracing::info!(pipeline = %pipeline.name, "committed again after {:.1} s of failures ({} attempt(s))", outage.since.elapsed().as_secs_f64(), outage.attempts());
         }
