@@ -207,11 +207,6 @@ impl TableWriter {
         self.buffered.rows()
     }
 
-    /// Bytes of the Arrow arrays written since the last commit.
-    pub fn buffered_bytes(&self) -> usize {
-        self.buffered.bytes()
-    }
-
     /// Takes SQL output rows (columns matched by name, `_` columns ignored) for the next commit.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         if batch.num_rows() == 0 {

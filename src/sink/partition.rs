@@ -1,4 +1,4 @@
-//! Splitting a batch by the table's partition spec, with work per partition, not per row.
+//! Grouping a batch's rows by the table's partition spec, with work per partition, not per row.
 //!
 //! iceberg's `RecordBatchPartitionSplitter` builds a `Struct` of `Literal`s for every row (two
 //! string allocations per event here); grouping rows by Arrow's row format and converting one
