@@ -222,11 +222,10 @@ impl TableWriter {
     }
 
     /// Writes the rows taken since the last commit into data files and commits them in one
-    /// snapshot whose offsets and
-    /// checkpoints `decide` derives from the exact table state the snapshot lands on. When
-    /// another writer committed first, the table is reloaded and `decide` asked again; when
-    /// `decide` finds that partitions moved on, nothing is committed ([`SinkError::Fenced`]) and
-    /// the files stay buffered for [`Self::discard`].
+    /// snapshot whose offsets and checkpoints `decide` derives from the exact table state the
+    /// snapshot lands on. When another writer committed first, the table is reloaded and
+    /// `decide` asked again; when `decide` finds that partitions moved on, nothing is committed
+    /// ([`SinkError::Fenced`]) and the files are kept for [`Self::discard`].
     pub async fn commit(
         &mut self,
         mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
