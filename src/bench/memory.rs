@@ -249,11 +249,12 @@ impl RunnerProcess {
     /// memory (the high-water mark read last before it exited, at most [`PEAK_POLL`] before);
     /// an exit that is not a success is an error carrying the end of its log.
     async fn finish(mut self, stop: bool) -> anyhow::Result<u64> {
+        // Read before the signal too: a runner that exits at once would leave nothing to read.
+        let mut peak = self.status_bytes("VmHWM:").unwrap_or(0);
         if stop {
             // SAFETY: signals our own child, which has not been waited for yet.
             unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         }
-        let mut peak = 0;
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
