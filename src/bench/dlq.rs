@@ -19,11 +19,7 @@ pub async fn measure(
     count: usize,
     row: &mut impl FnMut(&str, String),
 ) -> anyhow::Result<()> {
-    let topic = format!(
-        "bench_dlq_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp()
-    );
+    let topic = super::scratch_topic("bench_dlq");
     TopicAdmin::new(client)?
         .ensure_topic(&TopicSpec {
             name: topic.clone(),

@@ -81,11 +81,7 @@ async fn one_rate(
     rate: u64,
     row: &mut impl FnMut(&str, String),
 ) -> anyhow::Result<()> {
-    let topic = format!(
-        "bench_fresh_{rate}_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp()
-    );
+    let topic = super::scratch_topic(&format!("bench_fresh_{rate}"));
     let dir = tempfile::tempdir()?;
     let mut scratch = scratch_config(config, pipeline, dir.path(), &topic)?;
     scratch.pipelines[0].commit.interval = options.commit_interval;

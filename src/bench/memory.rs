@@ -84,11 +84,7 @@ pub async fn steady(
     options: &SteadyOptions,
     row: &mut impl FnMut(&str, String),
 ) -> anyhow::Result<()> {
-    let topic = format!(
-        "bench_steady_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp()
-    );
+    let topic = super::scratch_topic("bench_steady");
     let dir = tempfile::tempdir()?;
     // The pipeline's own batch and commit settings: what a production runner would hold.
     let shape = ScratchShape {

@@ -410,11 +410,7 @@ async fn end_to_end(
     options: &BenchOptions,
     row: &mut impl FnMut(&str, String),
 ) -> anyhow::Result<()> {
-    let topic = format!(
-        "bench_events_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp()
-    );
+    let topic = scratch_topic("bench_events");
     let dir = tempfile::tempdir()?;
     let scratch = scratch_config(config, pipeline, dir.path(), &topic)?;
     let p = &scratch.pipelines[0];
@@ -509,6 +505,15 @@ async fn end_to_end(
     }
     memory::catch_up(config, pipeline, &topic, events, row).await?;
     Ok(())
+}
+
+/// A topic name no earlier bench run used: `prefix`, this process and the second.
+fn scratch_topic(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp()
+    )
 }
 
 /// Events produced for a benchmark.
