@@ -153,10 +153,12 @@ pub async fn steady(
     let minutes: Vec<String> = (1..=span / 60)
         .map(|minute| format!("{:.0}", at(minute * 60)))
         .collect();
-    row(
-        "  steady run: runner RSS at the end of each minute",
-        format!("{} MB", minutes.join(" / ")),
-    );
+    if !minutes.is_empty() {
+        row(
+            "  steady run: runner RSS at the end of each minute",
+            format!("{} MB", minutes.join(" / ")),
+        );
+    }
     let after: Vec<(f64, f64)> = samples
         .iter()
         .filter(|(t, _)| t.as_secs() >= first_minute)
