@@ -29,5 +29,8 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 
 scripts/compose.sh
+# The tests' servers keep their folders for the logs a failure names; drop the ones of runs that
+# ended long ago (a run takes well under 6 hours), so repeated runs do not fill the disk.
+find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'campaign-pipeline-server-*' -mmin +360 -exec rm -rf {} + 2>/dev/null || true
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo test --locked --all-targets "$@"

@@ -110,6 +110,41 @@ fn start_broker_on(address: &str, advertised: &str) -> Broker {
     Broker { address }
 }
 
+/// Name prefix of the folders the tests' servers keep after their process ends (for the logs a
+/// failure message points at); `scripts/test.sh` removes the ones older than a test run.
+pub const SERVER_DIR_PREFIX: &str = "campaign-pipeline-server-";
+
+/// A folder for a server's data and logs that outlives the test process, on a disk with room to
+/// write: SeaweedFS refuses every write when its disk has less than 1% free, which otherwise shows
+/// up as S3 timeouts minutes later.
+pub fn server_dir(server: &str) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{SERVER_DIR_PREFIX}{server}-"))
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let (free, total) = disk_space(&dir);
+    assert!(
+        free > total / 100 + (256 << 20),
+        "{server}: {} has {} MiB free of {} MiB; SeaweedFS refuses writes below 1% free: free some space",
+        dir.display(),
+        free >> 20,
+        total >> 20
+    );
+    dir
+}
+
+/// (free bytes for unprivileged users, total bytes) of the file system holding `path`.
+fn disk_space(path: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    assert_eq!(rc, 0, "statvfs {}", path.display());
+    let block = stat.f_frsize as u64;
+    (stat.f_bavail as u64 * block, stat.f_blocks as u64 * block)
+}
+
 /// Spawns a server that dies with this test process: it is spawned from a thread that lives as
 /// long as the process and asks the kernel to kill the child when that thread dies, so no server
 /// outlives its tests.

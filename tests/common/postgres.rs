@@ -43,7 +43,7 @@ fn as_postgres(program: PathBuf) -> Command {
 }
 
 fn start() -> Postgres {
-    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let dir = super::server_dir("postgres");
     let data = dir.join("data");
     if unsafe { libc::geteuid() } == 0 {
         let status = Command::new("chown")

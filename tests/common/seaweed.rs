@@ -91,7 +91,7 @@ fn free_pair() -> u16 {
 }
 
 fn start(ports: Option<Ports>) -> Seaweed {
-    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let dir = super::server_dir("seaweedfs");
     let [master, volume, filer, admin] = [(); 4].map(|_| free_pair());
     let ports = ports.unwrap_or_else(|| {
         let s3 = free_pair();
