@@ -131,11 +131,7 @@ async fn delete_unreferenced(
         kept_checkpoints.extend(checkpoint_files(snapshot.summary()));
         for manifest in cache.list(after, snapshot).await?.iter() {
             if kept_manifests.insert(manifest.manifest_path.clone()) {
-                for entry in cache.entries(after, manifest).await?.iter() {
-                    if entry.is_alive() {
-                        kept_files.insert(entry.file_path().to_string());
-                    }
-                }
+                kept_files.extend(cache.paths(after, manifest).await?.alive.iter().cloned());
             }
         }
     }
@@ -159,13 +155,8 @@ async fn delete_unreferenced(
                 continue;
             }
             if manifest.content == ManifestContentType::Data {
-                if let Ok(entries) = cache.entries(after, &manifest).await {
-                    doomed.extend(
-                        entries
-                            .iter()
-                            .map(|e| e.file_path().to_string())
-                            .filter(|p| !kept_files.contains(p)),
-                    );
+                if let Ok(paths) = cache.paths(after, &manifest).await {
+                    doomed.extend(paths.all().filter(|p| !kept_files.contains(*p)).cloned());
                 }
             }
             doomed.insert(manifest.manifest_path);

@@ -9,10 +9,49 @@ use iceberg::table::Table;
 /// Manifest lists and manifests by path: they never change once written, and the snapshots
 /// of a table share most of theirs, so a maintainer reads each once, not once per snapshot and
 /// pass. [`Self::prune`] forgets what the last pass did not use.
+///
+/// Whole manifest entries (their column statistics make them ~3 KB each) are kept only for
+/// what the passes rewrite, the current snapshot's manifests; for the retained older
+/// snapshots, which the cleanup only needs the paths of, the cache keeps [`FilePaths`]. A
+/// runner's memory then no longer grows with the snapshots `snapshot_max_age` retains.
 #[derive(Default)]
 pub struct ManifestCache {
-    lists: HashMap<String, (Arc<Vec<ManifestFile>>, bool)>,
-    entries: HashMap<String, (Arc<Vec<ManifestEntryRef>>, bool)>,
+    lists: HashMap<String, Cached<Vec<ManifestFile>>>,
+    entries: HashMap<String, Cached<Vec<ManifestEntryRef>>>,
+    paths: HashMap<String, Cached<FilePaths>>,
+}
+
+/// A cached value and whether a pass used it since the last prune.
+type Cached<T> = (Arc<T>, bool);
+
+/// The data files a manifest lists, by whether its entry is alive (added or existing) or
+/// records a deletion.
+#[derive(Debug, Default)]
+pub struct FilePaths {
+    /// Files the manifest's snapshot holds.
+    pub alive: Vec<String>,
+    /// Files the manifest records as deleted.
+    pub deleted: Vec<String>,
+}
+
+impl FilePaths {
+    fn of(entries: &[ManifestEntryRef]) -> Self {
+        let mut paths = Self::default();
+        for entry in entries {
+            let path = entry.file_path().to_string();
+            if entry.is_alive() {
+                paths.alive.push(path);
+            } else {
+                paths.deleted.push(path);
+            }
+        }
+        paths
+    }
+
+    /// Every file the manifest names.
+    pub fn all(&self) -> impl Iterator<Item = &String> {
+        self.alive.iter().chain(&self.deleted)
+    }
 }
 
 impl ManifestCache {
@@ -22,9 +61,8 @@ impl ManifestCache {
         table: &Table,
         snapshot: &SnapshotRef,
     ) -> iceberg::Result<Arc<Vec<ManifestFile>>> {
-        if let Some((list, used)) = self.lists.get_mut(snapshot.manifest_list()) {
-            *used = true;
-            return Ok(list.clone());
+        if let Some(list) = used(&mut self.lists, snapshot.manifest_list()) {
+            return Ok(list);
         }
         let list = Arc::new(manifests(table, snapshot).await?);
         self.lists
@@ -38,22 +76,57 @@ impl ManifestCache {
         table: &Table,
         manifest: &ManifestFile,
     ) -> iceberg::Result<Arc<Vec<ManifestEntryRef>>> {
-        if let Some((entries, used)) = self.entries.get_mut(&manifest.manifest_path) {
-            *used = true;
-            return Ok(entries.clone());
+        if let Some(entries) = used(&mut self.entries, &manifest.manifest_path) {
+            return Ok(entries);
         }
-        let loaded = manifest.load_manifest(table.file_io()).await?;
-        let entries = Arc::new(loaded.into_parts().0);
+        let entries = Arc::new(load_entries(table, manifest).await?);
         self.entries
             .insert(manifest.manifest_path.clone(), (entries.clone(), true));
         Ok(entries)
     }
 
-    /// Forgets what was not used since the last prune (files of expired snapshots).
+    /// The paths of the data files `manifest` lists.
+    pub async fn paths(
+        &mut self,
+        table: &Table,
+        manifest: &ManifestFile,
+    ) -> iceberg::Result<Arc<FilePaths>> {
+        if let Some(paths) = used(&mut self.paths, &manifest.manifest_path) {
+            return Ok(paths);
+        }
+        let paths = match self.entries.get(&manifest.manifest_path) {
+            Some((entries, _)) => FilePaths::of(entries),
+            None => FilePaths::of(&load_entries(table, manifest).await?),
+        };
+        let paths = Arc::new(paths);
+        self.paths
+            .insert(manifest.manifest_path.clone(), (paths.clone(), true));
+        Ok(paths)
+    }
+
+    /// Forgets what was not used since the last prune (files of expired snapshots, entries of
+    /// manifests no longer current).
     pub fn prune(&mut self) {
         self.lists.retain(|_, (_, used)| std::mem::take(used));
         self.entries.retain(|_, (_, used)| std::mem::take(used));
+        self.paths.retain(|_, (_, used)| std::mem::take(used));
     }
+}
+
+/// The value cached under `key`, marked used.
+fn used<T>(cache: &mut HashMap<String, Cached<T>>, key: &str) -> Option<Arc<T>> {
+    let (value, used) = cache.get_mut(key)?;
+    *used = true;
+    Some(value.clone())
+}
+
+/// Reads `manifest`'s entries (not cached).
+async fn load_entries(
+    table: &Table,
+    manifest: &ManifestFile,
+) -> iceberg::Result<Vec<ManifestEntryRef>> {
+    let loaded = manifest.load_manifest(table.file_io()).await?;
+    Ok(loaded.into_parts().0)
 }
 
 /// The manifests a snapshot's manifest list names (read now, not cached).

@@ -49,9 +49,7 @@ pub async fn sweep(
         referenced.extend(checkpoint_files(snapshot.summary()));
         for manifest in cache.list(table, snapshot).await?.iter() {
             if referenced.insert(manifest.manifest_path.clone()) {
-                for entry in cache.entries(table, manifest).await?.iter() {
-                    referenced.insert(entry.file_path().to_string());
-                }
+                referenced.extend(cache.paths(table, manifest).await?.all().cloned());
             }
         }
     }
