@@ -150,37 +150,66 @@ pub async fn steady(
             peak as f64 / bound.total() as f64
         ),
     );
-    let minutes: Vec<String> = (1..=span / 60)
-        .map(|minute| format!("{:.0}", at(minute * 60)))
-        .collect();
+    // Per minute, the median says where the runner's memory sits and the highest what a commit
+    // or a maintenance pass briefly took on top (freed pages return to the system seconds
+    // later); growth is the trend of the medians, which one spike at the end does not tilt.
+    let minutes = per_minute(&samples, span / 60);
     if !minutes.is_empty() {
+        let list = |pick: fn(&Minute) -> f64| {
+            let values: Vec<String> = minutes.iter().map(|m| format!("{:.0}", pick(m))).collect();
+            format!("{} MB", values.join(" / "))
+        };
         row(
-            "  steady run: runner RSS at the end of each minute",
-            format!("{} MB", minutes.join(" / ")),
+            "  steady run: runner RSS each minute, median of its samples",
+            list(|m| m.median),
+        );
+        row(
+            "  steady run: runner RSS each minute, highest sample",
+            list(|m| m.highest),
         );
     }
-    let after: Vec<(f64, f64)> = samples
+    let trend: Vec<(f64, f64)> = minutes
         .iter()
-        .filter(|(t, _)| t.as_secs() >= first_minute)
-        .map(|(t, rss)| (t.as_secs_f64() / 60.0, *rss as f64 / MB))
+        .enumerate()
+        .map(|(i, m)| (i as f64 + 1.0, m.median))
         .collect();
-    let second_half: Vec<(f64, f64)> = after
-        .iter()
-        .copied()
-        .filter(|(minute, _)| *minute * 60.0 >= span as f64 / 2.0)
-        .collect();
+    let after_first = trend.get(1..).unwrap_or_default();
+    let second_half = &trend[trend.len() / 2..];
     row(
-        "  steady run: RSS growth after the first minute / in the second half (least squares)",
+        "  steady run: growth of the minute medians after the first minute / in the second half (least squares)",
         format!(
-            "{:+.2} / {:+.2} MB per minute over {} samples (highest {:.0} MB, lowest {:.0} MB)",
-            slope(&after),
-            slope(&second_half),
-            after.len(),
-            after.iter().map(|s| s.1).fold(f64::MIN, f64::max),
-            after.iter().map(|s| s.1).fold(f64::MAX, f64::min),
+            "{:+.2} / {:+.2} MB per minute over {} minutes ({} samples)",
+            slope(after_first),
+            slope(second_half),
+            minutes.len(),
+            samples.len()
         ),
     );
     Ok(())
+}
+
+/// The resident memory samples of one minute of a steady run.
+struct Minute {
+    median: f64,
+    highest: f64,
+}
+
+/// The first `count` whole minutes of `samples` (time since start, RSS bytes), in MB.
+fn per_minute(samples: &[(Duration, u64)], count: u64) -> Vec<Minute> {
+    (0..count)
+        .filter_map(|minute| {
+            let mut values: Vec<f64> = samples
+                .iter()
+                .filter(|(t, _)| t.as_secs() / 60 == minute)
+                .map(|(_, rss)| *rss as f64 / MB)
+                .collect();
+            values.sort_by(f64::total_cmp);
+            Some(Minute {
+                median: *values.get(values.len() / 2)?,
+                highest: *values.last()?,
+            })
+        })
+        .collect()
 }
 
 /// The least-squares slope of `points` (x, y); zero for fewer than two.
@@ -274,7 +303,8 @@ impl RunnerProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::slope;
+    use super::{per_minute, slope, MB};
+    use std::time::Duration;
 
     #[test]
     fn slope_of_a_line_and_of_a_flat_course() {
@@ -283,5 +313,25 @@ mod tests {
         let flat: Vec<(f64, f64)> = (0..10).map(|x| (x as f64, 7.0)).collect();
         assert_eq!(slope(&flat), 0.0);
         assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
+    }
+
+    #[test]
+    fn a_minute_is_summed_up_by_its_median_and_its_highest_sample() {
+        let mb = |n: f64| (n * MB) as u64;
+        // Minute 0: 100, 100, 300 (a spike); minute 1: 110, 120; the partial minute 2 is left out.
+        let samples: Vec<(Duration, u64)> = [
+            (1, 100.0),
+            (30, 300.0),
+            (59, 100.0),
+            (60, 110.0),
+            (119, 120.0),
+            (121, 500.0),
+        ]
+        .into_iter()
+        .map(|(secs, rss)| (Duration::from_secs(secs), mb(rss)))
+        .collect();
+        let minutes = per_minute(&samples, 2);
+        let summary: Vec<(f64, f64)> = minutes.iter().map(|m| (m.median, m.highest)).collect();
+        assert_eq!(summary, vec![(100.0, 300.0), (120.0, 120.0)]);
     }
 }

@@ -456,13 +456,16 @@ impl Runner<'_> {
             || self.branches.events.buffered_rows() >= self.pipeline.commit.max_rows as u64
             || (caught_up && options.until_caught_up);
         if self.pending() && due {
+            let started = Instant::now();
             let Some(committed) = self.commit().await? else {
                 self.summary.fenced += 1;
                 self.take_over().await?;
                 return Ok(Flow::Next);
             };
             self.log_commit(&committed);
-            self.window = CommitWindow::new();
+            // The next commit is due an interval after this one started, not after it ended:
+            // `commit.interval` is how often rows become queryable, whatever a commit takes.
+            self.window = CommitWindow::since(started);
         }
         if caught_up && options.until_caught_up && !self.progress.progressed() {
             let since = *self.caught_up_since.get_or_insert_with(Instant::now);
@@ -540,7 +543,6 @@ impl Runner<'_> {
         self.source.commit_group_offsets(&resume);
         self.dlq.settle(&resume);
         self.summary.add(&committed);
-        memory::release_freed();
         if let Some(outage) = self.outage.take() {
             tracing::info!(pipeline = %pipeline.name, "committed again after {:.1} s of failures ({} attempt(s))", outage.since.elapsed().as_secs_f64(), outage.attempts());
         }
@@ -779,8 +781,12 @@ struct CommitWindow {
 
 impl CommitWindow {
     fn new() -> Self {
+        Self::since(Instant::now())
+    }
+
+    fn since(opened: Instant) -> Self {
         Self {
-            opened: Instant::now(),
+            opened,
             messages: 0,
             dead_letters: 0,
             late: 0,
