@@ -3,7 +3,8 @@
 //! The terms and their coefficients were measured (`bench`'s peak-RSS rows repeat the check on
 //! every run): catching up a backlog of 1M generated events (about 200 bytes each) on a 2-core
 //! machine, with `batch.max_rows` from 2,000 to 50,000 and `commit.max_rows` from 100,000 to
-//! 1,000,000, the peak was within 2% of the bound.
+//! 1,000,000, the peak was within 2% of the bound (glibc's allocator; with jemalloc the fixed
+//! term grew by 15 MB, and three runs of three shapes peaked at 0.80–0.99x).
 
 use crate::config::PipelineConfig;
 
