@@ -13,9 +13,9 @@ use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, Int8Array, StringArray, StringBuilder, StructArray,
+    Array, ArrayRef, AsArray, DictionaryArray, Int8Array, StringArray, StructArray,
 };
-use arrow::buffer::NullBuffer;
+use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::{exec_err, plan_err, ScalarValue};
 use datafusion::error::Result;
@@ -150,93 +150,153 @@ impl ScalarUDFImpl for JsonFields {
         let input = arrow::compute::cast(&input, &DataType::Utf8)?;
         let input = input.as_string::<i32>();
         let rows = input.len();
-        let mut builders: Vec<StringBuilder> = keys
+        // Every extracted value is a part of its document at most as long (decoding escapes only
+        // shortens), so the input's bytes bound what all columns together hold.
+        let per_column = input.values().len() / keys.len().max(1);
+        let mut columns: Vec<FieldColumn> = keys
             .iter()
-            .map(|_| StringBuilder::with_capacity(rows, rows * 16))
+            .map(|_| FieldColumn::with_capacity(rows, per_column))
             .collect();
-        let mut type_keys: Vec<Vec<Option<i8>>> =
-            keys.iter().map(|_| Vec::with_capacity(rows)).collect();
         let mut valid = Vec::with_capacity(rows);
-        // Reused across rows: one buffer per key, so the loop allocates nothing per row.
-        let mut values: Vec<String> = keys.iter().map(|_| String::with_capacity(64)).collect();
-        let mut types: Vec<Option<i8>> = vec![None; keys.len()];
         for row in 0..rows {
-            types.iter_mut().for_each(|t| *t = None);
-            let ok = input.is_valid(row)
-                && extract(input.value(row).as_bytes(), &keys, &mut values, &mut types).is_ok();
+            let ok = input.is_valid(row) && extract(input.value(row), &keys, &mut columns).is_ok();
             valid.push(ok);
-            for (i, (builder, type_keys)) in builders.iter_mut().zip(&mut type_keys).enumerate() {
-                let kind = types[i].filter(|_| ok);
-                match kind {
-                    Some(_) => builder.append_value(&values[i]),
-                    None => builder.append_null(),
-                }
-                type_keys.push(kind);
+            for column in &mut columns {
+                column.end_row(ok)?;
             }
         }
-        let mut columns: Vec<ArrayRef> = builders
-            .into_iter()
-            .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
         let names: ArrayRef = Arc::new(StringArray::from(TYPE_NAMES.to_vec()));
-        let type_columns = type_keys
-            .into_iter()
-            .map(|keys| {
-                DictionaryArray::try_new(Int8Array::from(keys), names.clone())
-                    .map(|array| Arc::new(array) as ArrayRef)
-            })
-            .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+        let mut texts = Vec::with_capacity(keys.len() + 1);
+        let mut types = Vec::with_capacity(keys.len());
+        for column in columns {
+            let (text, kind) = column.finish(&names)?;
+            texts.push(text);
+            types.push(kind);
+        }
         let DataType::Struct(type_fields) = fields[keys.len()].data_type() else {
             return exec_err!("json_fields: unexpected return type");
         };
-        columns.push(Arc::new(StructArray::try_new(
+        texts.push(Arc::new(StructArray::try_new(
             type_fields.clone(),
-            type_columns,
+            types,
             None,
         )?));
-        let array = StructArray::try_new(fields.clone(), columns, Some(NullBuffer::from(valid)))?;
+        let array = StructArray::try_new(fields.clone(), texts, Some(NullBuffer::from(valid)))?;
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
 }
 
-/// Fills `values[i]` and `types[i]` for each wanted key found at the top level of `json` (a
-/// null value leaves `types[i]` as `None`).
-fn extract(
-    json: &[u8],
-    keys: &[&str],
-    values: &mut [String],
-    types: &mut [Option<i8>],
-) -> JiterResult<()> {
-    let mut jiter = Jiter::new(json);
-    let mut key = jiter
-        .next_object()?
-        .map(|k| keys.iter().position(|w| *w == k));
+/// One key's text and type columns as they are built, straight from the parser. Unlike a
+/// `StringBuilder` it can take back the value of the row being read: a key given twice (the
+/// last one counts) and a document found broken after some of its fields was read need that.
+struct FieldColumn {
+    offsets: Vec<i32>,
+    bytes: Vec<u8>,
+    /// The JSON type of each row's value, as an index into [`TYPE_NAMES`] (0 where null).
+    types: Vec<i8>,
+    valid: Vec<bool>,
+    /// Where the row being read starts in `bytes`.
+    row_start: usize,
+    /// The JSON type of the value the row being read holds (`None`: absent or null so far).
+    current: Option<i8>,
+}
+
+impl FieldColumn {
+    fn with_capacity(rows: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self {
+            offsets,
+            bytes: Vec::with_capacity(bytes),
+            types: Vec::with_capacity(rows),
+            valid: Vec::with_capacity(rows),
+            row_start: 0,
+            current: None,
+        }
+    }
+
+    /// The row's value is `text`, of JSON type `kind` (replacing an earlier one of the row).
+    fn set(&mut self, text: &str, kind: i8) {
+        self.bytes.truncate(self.row_start);
+        self.bytes.extend_from_slice(text.as_bytes());
+        self.current = Some(kind);
+    }
+
+    /// The row's value is null (replacing an earlier one of the row).
+    fn set_null(&mut self) {
+        self.bytes.truncate(self.row_start);
+        self.current = None;
+    }
+
+    /// Closes the row: with the value read, or null when the document was `ok` not.
+    fn end_row(&mut self, ok: bool) -> Result<()> {
+        if !ok {
+            self.set_null();
+        }
+        let Ok(end) = i32::try_from(self.bytes.len()) else {
+            return exec_err!("json_fields: more than 2 GiB of text in one batch");
+        };
+        self.offsets.push(end);
+        self.types.push(self.current.unwrap_or(0));
+        self.valid.push(self.current.is_some());
+        self.row_start = self.bytes.len();
+        self.current = None;
+        Ok(())
+    }
+
+    /// The text column and the type column (dictionary-encoded over `names`).
+    fn finish(self, names: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
+        let nulls = NullBuffer::from(self.valid);
+        let text = StringArray::try_new(
+            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
+            Buffer::from_vec(self.bytes),
+            Some(nulls.clone()),
+        )?;
+        let kinds = Int8Array::new(ScalarBuffer::from(self.types), Some(nulls));
+        let kinds = DictionaryArray::try_new(kinds, names.clone())?;
+        Ok((Arc::new(text), Arc::new(kinds)))
+    }
+}
+
+/// The index of `key` in `keys`, trying `guess` first: documents tend to list their fields in
+/// one order, and the call's keys usually follow it, so most lookups take one comparison.
+fn position(keys: &[&str], key: &str, guess: usize) -> Option<usize> {
+    if keys.get(guess) == Some(&key) {
+        return Some(guess);
+    }
+    keys.iter().position(|k| *k == key)
+}
+
+/// Sets the value of each wanted key found at the top level of `json` in its column (a null
+/// value leaves the column's row null).
+fn extract(json: &str, keys: &[&str], columns: &mut [FieldColumn]) -> JiterResult<()> {
+    let mut jiter = Jiter::new(json.as_bytes());
+    let mut next = 0;
+    let mut key = jiter.next_object()?.map(|k| position(keys, k, next));
     while let Some(wanted) = key {
         match wanted {
             Some(i) => {
-                let peek = jiter.peek()?;
-                let value = &mut values[i];
-                value.clear();
-                match peek {
+                let column = &mut columns[i];
+                next = i + 1;
+                match jiter.peek()? {
                     Peek::Null => {
                         jiter.known_null()?;
-                        types[i] = None;
+                        column.set_null();
                     }
-                    Peek::String => {
-                        value.push_str(jiter.known_str()?);
-                        types[i] = Some(type_of(peek));
-                    }
-                    _ => {
+                    Peek::String => column.set(jiter.known_str()?, type_of(Peek::String)),
+                    peek => {
                         let start = jiter.current_index();
                         jiter.known_skip(peek)?;
-                        value.push_str(&String::from_utf8_lossy(jiter.slice_to_current(start)));
-                        types[i] = Some(type_of(peek));
+                        // A value other than a string begins and ends with ASCII bytes, so
+                        // its slice of the (UTF-8) document is UTF-8 too.
+                        let text = json.get(start..jiter.current_index()).unwrap_or_default();
+                        column.set(text, type_of(peek));
                     }
                 }
             }
             None => jiter.next_skip()?,
         }
-        key = jiter.next_key()?.map(|k| keys.iter().position(|w| *w == k));
+        key = jiter.next_key()?.map(|k| position(keys, k, next));
     }
     jiter.finish()
 }
@@ -249,16 +309,52 @@ mod tests {
         typed(json).map(|fields| fields.into_iter().map(|f| f.map(|(v, _)| v)).collect())
     }
 
-    fn typed(json: &str) -> Option<Vec<Option<(String, &'static str)>>> {
+    /// A document's fields `a`, `b`, `c`: value and JSON type, `None` where absent or null.
+    type Fields = Vec<Option<(String, &'static str)>>;
+
+    /// Each document's fields `a`, `b`, `c` (value and JSON type), or `None` for a broken one,
+    /// read as one batch through the columns the function builds.
+    fn batch(docs: &[&str]) -> Vec<Option<Fields>> {
         let keys = ["a", "b", "c"];
-        let mut values = vec![String::new(); 3];
-        let mut types = vec![None; 3];
-        extract(json.as_bytes(), &keys, &mut values, &mut types).ok()?;
-        Some(
-            (0..3)
-                .map(|i| types[i].map(|t| (values[i].clone(), TYPE_NAMES[t as usize])))
-                .collect(),
-        )
+        let mut columns: Vec<FieldColumn> = keys
+            .iter()
+            .map(|_| FieldColumn::with_capacity(docs.len(), 16))
+            .collect();
+        let mut valid = Vec::new();
+        for doc in docs {
+            let ok = extract(doc, &keys, &mut columns).is_ok();
+            valid.push(ok);
+            for column in &mut columns {
+                column.end_row(ok).unwrap();
+            }
+        }
+        let names: ArrayRef = Arc::new(StringArray::from(TYPE_NAMES.to_vec()));
+        let finished: Vec<(ArrayRef, ArrayRef)> = columns
+            .into_iter()
+            .map(|c| c.finish(&names).unwrap())
+            .collect();
+        (0..docs.len())
+            .map(|row| {
+                valid[row].then(|| {
+                    finished
+                        .iter()
+                        .map(|(text, kind)| {
+                            let text = text.as_string::<i32>();
+                            let kind = kind.as_dictionary::<arrow::datatypes::Int8Type>();
+                            assert_eq!(text.is_valid(row), kind.is_valid(row));
+                            text.is_valid(row).then(|| {
+                                let name = TYPE_NAMES[kind.keys().value(row) as usize];
+                                (text.value(row).to_string(), name)
+                            })
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
+    fn typed(json: &str) -> Option<Fields> {
+        batch(&[json]).remove(0)
     }
 
     #[test]
@@ -303,5 +399,25 @@ mod tests {
         assert_eq!(run(r#"{"a": "x"}}"#), None);
         assert_eq!(run("[1]"), None);
         assert_eq!(run(""), None);
+    }
+
+    #[test]
+    fn a_broken_document_or_a_repeated_key_leaves_no_trace_in_other_rows() {
+        let rows = batch(&[
+            r#"{"a": "first", "b": 1}"#,
+            r#"{"a": "long enough to notice", "b": 2, "c": "x" "#,
+            r#"{"c": "c1", "a": "a1", "a": "a2", "c": null}"#,
+            r#"{"b": true}"#,
+        ]);
+        let value = |v: &str, t| Some((v.to_string(), t));
+        assert_eq!(
+            rows,
+            vec![
+                Some(vec![value("first", "string"), value("1", "number"), None]),
+                None,
+                Some(vec![value("a2", "string"), None, None]),
+                Some(vec![None, value("true", "boolean"), None]),
+            ]
+        );
     }
 }
