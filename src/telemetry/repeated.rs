@@ -108,7 +108,10 @@ impl RepeatedErrors {
     /// A client just worked: ends every episode whose errors stopped at least [`QUIET`] ago,
     /// logging for each how long it lasted.
     pub fn recovered(&self) {
-        self.recovered_at(Instant::now());
+        // Called for every message read: the usual case (nothing failing) reads no clock.
+        if self.open.load(Ordering::Relaxed) > 0 {
+            self.recovered_at(Instant::now());
+        }
     }
 
     fn recovered_at(&self, now: Instant) {
