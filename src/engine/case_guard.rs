@@ -22,7 +22,6 @@ use datafusion::physical_expr::expressions::{
     NotExpr, TryCastExpr,
 };
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
-use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::ExecutionPlan;
 
 /// A `CASE` with fewer branches is left as planned: the copies it can save are few.
@@ -48,28 +47,7 @@ const INFALLIBLE_FUNCTIONS: &[&str] = &[
 
 /// `plan` with a guard in front of every long, guardable `CASE` of its projections.
 pub fn guard_long_cases(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        let Some(projection) = node.as_any().downcast_ref::<ProjectionExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let schema = projection.input().schema();
-        let mut changed = false;
-        let mut exprs = Vec::with_capacity(projection.expr().len());
-        for projected in projection.expr() {
-            let rewritten = guard_expr(projected.expr.clone(), &schema)?;
-            changed |= rewritten.transformed;
-            exprs.push(ProjectionExpr {
-                expr: rewritten.data,
-                alias: projected.alias.clone(),
-            });
-        }
-        if !changed {
-            return Ok(Transformed::no(node));
-        }
-        let guarded = ProjectionExec::try_new(exprs, projection.input().clone())?;
-        Ok(Transformed::yes(Arc::new(guarded) as Arc<dyn ExecutionPlan>))
-    })
-    .map(|t| t.data)
+    super::projections::rewrite_projections(plan, guard_expr)
 }
 
 /// `expr` with its long, guardable `CASE`s guarded.
@@ -162,6 +140,7 @@ mod tests {
     use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::Field;
     use datafusion::physical_plan::collect;
+    use datafusion::physical_plan::projection::ProjectionExec;
     use datafusion::prelude::SessionContext;
 
     use super::*;

@@ -4,7 +4,9 @@ pub mod case_guard;
 pub mod json_fields;
 pub mod now;
 pub mod problem;
+pub mod projections;
 pub mod stage;
+pub mod utc_timestamps;
 
 use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;

@@ -77,6 +77,7 @@ impl SqlStage {
     ) -> Result<Self> {
         let plan = ctx.state().create_physical_plan(logical).await?;
         let plan = super::case_guard::guard_long_cases(plan)?;
+        let plan = super::utc_timestamps::read_utc_text_directly(plan)?;
         Ok(Self::from_physical(ctx, plan, slot))
     }
 
