@@ -65,7 +65,21 @@ fn start() -> Postgres {
         String::from_utf8_lossy(&init.stderr)
     );
     let port = super::free_port();
-    let mut command = as_postgres(bin("postgres"));
+    // The server itself is spawned as the `postgres` user (not through `runuser`, which would
+    // leave it a grandchild): only a direct child gets the parent-death signal that stops it
+    // with the test binary; through `runuser`, every run left two servers behind.
+    let mut command = Command::new(bin("postgres"));
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: getpwnam returns a pointer to static storage, read before any other call.
+        let user = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+        assert!(
+            !user.is_null(),
+            "no `postgres` user (Debian package postgresql)"
+        );
+        let (uid, gid) = unsafe { ((*user).pw_uid, (*user).pw_gid) };
+        command.uid(uid).gid(gid);
+    }
     command
         .arg("-D")
         .arg(&data)
