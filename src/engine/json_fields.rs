@@ -188,15 +188,13 @@ impl ScalarUDFImpl for JsonFields {
 
 /// One key's text and type columns as they are built, straight from the parser. Unlike a
 /// `StringBuilder` it can take back the value of the row being read: a key given twice (the
-/// last one counts) and a document found broken after some of its fields was read need that.
+/// last one counts) and a document found broken after some of its fields were read need that.
 struct FieldColumn {
     offsets: Vec<i32>,
     bytes: Vec<u8>,
     /// The JSON type of each row's value, as an index into [`TYPE_NAMES`] (0 where null).
     types: Vec<i8>,
     valid: Vec<bool>,
-    /// Where the row being read starts in `bytes`.
-    row_start: usize,
     /// The JSON type of the value the row being read holds (`None`: absent or null so far).
     current: Option<i8>,
 }
@@ -210,25 +208,29 @@ impl FieldColumn {
             bytes: Vec::with_capacity(bytes),
             types: Vec::with_capacity(rows),
             valid: Vec::with_capacity(rows),
-            row_start: 0,
             current: None,
         }
     }
 
+    /// Where the row being read starts in `bytes`: the end of the last row closed.
+    fn row_start(&self) -> usize {
+        self.offsets.last().map_or(0, |&end| end as usize)
+    }
+
     /// The row's value is `text`, of JSON type `kind` (replacing an earlier one of the row).
     fn set(&mut self, text: &str, kind: i8) {
-        self.bytes.truncate(self.row_start);
+        self.bytes.truncate(self.row_start());
         self.bytes.extend_from_slice(text.as_bytes());
         self.current = Some(kind);
     }
 
     /// The row's value is null (replacing an earlier one of the row).
     fn set_null(&mut self) {
-        self.bytes.truncate(self.row_start);
+        self.bytes.truncate(self.row_start());
         self.current = None;
     }
 
-    /// Closes the row: with the value read, or null when the document was `ok` not.
+    /// Closes the row: with the value read when the document was `ok`, else null.
     fn end_row(&mut self, ok: bool) -> Result<()> {
         if !ok {
             self.set_null();
@@ -239,7 +241,6 @@ impl FieldColumn {
         self.offsets.push(end);
         self.types.push(self.current.unwrap_or(0));
         self.valid.push(self.current.is_some());
-        self.row_start = self.bytes.len();
         self.current = None;
         Ok(())
     }

@@ -104,20 +104,11 @@ impl PhysicalExpr for UtcText {
             return value.cast_to(&self.cast_type, Some(&SAFE));
         };
         let tz: Tz = zone.as_deref().unwrap_or("+00:00").parse()?;
-        let zone = zone.clone();
-        let cast: ArrayRef = match unit {
-            TimeUnit::Second => {
-                Arc::new(cast::<TimestampSecondType>(text, &tz).with_timezone_opt(zone))
-            }
-            TimeUnit::Millisecond => {
-                Arc::new(cast::<TimestampMillisecondType>(text, &tz).with_timezone_opt(zone))
-            }
-            TimeUnit::Microsecond => {
-                Arc::new(cast::<TimestampMicrosecondType>(text, &tz).with_timezone_opt(zone))
-            }
-            TimeUnit::Nanosecond => {
-                Arc::new(cast::<TimestampNanosecondType>(text, &tz).with_timezone_opt(zone))
-            }
+        let cast = match unit {
+            TimeUnit::Second => cast::<TimestampSecondType>(text, &tz, zone),
+            TimeUnit::Millisecond => cast::<TimestampMillisecondType>(text, &tz, zone),
+            TimeUnit::Microsecond => cast::<TimestampMicrosecondType>(text, &tz, zone),
+            TimeUnit::Nanosecond => cast::<TimestampNanosecondType>(text, &tz, zone),
         };
         Ok(ColumnarValue::Array(cast))
     }
@@ -156,10 +147,11 @@ const SAFE: CastOptions = CastOptions {
     format_options: DEFAULT_FORMAT_OPTIONS,
 };
 
-/// Each text as a timestamp of `T`: read directly when it is RFC 3339 UTC, else by Arrow's
-/// parser in `tz` as Arrow's cast does it (NULL where that fails).
-fn cast<T: ArrowTimestampType>(text: &StringArray, tz: &Tz) -> PrimitiveArray<T> {
-    text.iter()
+/// Each text as a timestamp of `T` in `zone`: read directly when it is RFC 3339 UTC, else by
+/// Arrow's parser in `tz` as Arrow's cast does it (NULL where that fails).
+fn cast<T: ArrowTimestampType>(text: &StringArray, tz: &Tz, zone: &Option<Arc<str>>) -> ArrayRef {
+    let cast: PrimitiveArray<T> = text
+        .iter()
         .map(|value| {
             let value = value?;
             let naive = match utc(value) {
@@ -168,7 +160,8 @@ fn cast<T: ArrowTimestampType>(text: &StringArray, tz: &Tz) -> PrimitiveArray<T>
             };
             T::from_naive_datetime(naive, None)
         })
-        .collect()
+        .collect();
+    Arc::new(cast.with_timezone_opt(zone.clone()))
 }
 
 /// The instant `text` names when it is exactly `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, with 1 to
