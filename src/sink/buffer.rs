@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 
-use arrow::compute::interleave_record_batch;
+use arrow::array::UInt32Array;
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use iceberg::spec::Struct;
@@ -18,30 +19,50 @@ use iceberg::spec::Struct;
 /// into its file.
 pub const ENCODE_CHUNK_ROWS: usize = 8192;
 
-/// Where a buffered row is: its batch and its row in that batch.
-type RowRef = (u32, u32);
-
-/// Rows since the last commit: the batches as written, and per partition value where its rows
-/// are, in arrival order.
+/// Rows since the last commit: per partition value, its rows as slices of the batches written,
+/// in arrival order.
 #[derive(Default)]
 pub struct BufferedRows {
-    batches: Vec<RecordBatch>,
-    partitions: HashMap<Struct, Vec<RowRef>>,
+    partitions: HashMap<Struct, Vec<RecordBatch>>,
     rows: u64,
 }
 
 impl BufferedRows {
     /// Keeps `batch`, whose rows `groups` lists by partition value.
-    pub fn push(&mut self, batch: RecordBatch, groups: Vec<(Struct, Vec<u32>)>) {
-        let index = self.batches.len() as u32;
-        for (value, rows) in groups {
-            self.partitions
-                .entry(value)
-                .or_default()
-                .extend(rows.into_iter().map(|row| (index, row)));
-        }
+    ///
+    /// The rows are put in partition order now, while the batch the SQL just produced is still
+    /// in the CPU's cache: gathering them at the commit instead read each row back from
+    /// wherever it lay among everything buffered (`interleave` was 31% of the commit's time).
+    pub fn push(
+        &mut self,
+        batch: RecordBatch,
+        groups: Vec<(Struct, Vec<u32>)>,
+    ) -> Result<(), ArrowError> {
         self.rows += batch.num_rows() as u64;
-        self.batches.push(batch);
+        let in_order = match groups.as_slice() {
+            // One group that lists every row in order: the batch as it is.
+            [(_, rows)] => {
+                rows.len() == batch.num_rows()
+                    && rows.iter().enumerate().all(|(i, &row)| row as usize == i)
+            }
+            _ => false,
+        };
+        let grouped = if in_order {
+            batch
+        } else {
+            let indices: UInt32Array = groups
+                .iter()
+                .flat_map(|(_, rows)| rows.iter().copied())
+                .collect();
+            take_record_batch(&batch, &indices)?
+        };
+        let mut start = 0;
+        for (value, rows) in groups {
+            let slice = grouped.slice(start, rows.len());
+            start += rows.len();
+            self.partitions.entry(value).or_default().push(slice);
+        }
+        Ok(())
     }
 
     /// Rows held.
@@ -52,56 +73,52 @@ impl BufferedRows {
     /// The partition values held, each with its rows in chunks of at most
     /// [`ENCODE_CHUNK_ROWS`], built only when asked for.
     pub fn partitions(&self) -> impl Iterator<Item = (&Struct, PartitionChunks<'_>)> {
-        self.partitions.iter().map(|(value, rows)| {
+        self.partitions.iter().map(|(value, slices)| {
             (
                 value,
                 PartitionChunks {
-                    batches: &self.batches,
-                    rows,
+                    slices,
+                    next: 0,
+                    offset: 0,
                 },
             )
         })
     }
 }
 
-/// One partition's buffered rows.
+/// One partition's buffered rows, as batches of at most [`ENCODE_CHUNK_ROWS`] rows.
 pub struct PartitionChunks<'a> {
-    batches: &'a [RecordBatch],
-    rows: &'a [RowRef],
+    slices: &'a [RecordBatch],
+    /// The slice the next chunk starts in, and its first row there.
+    next: usize,
+    offset: usize,
 }
 
-impl PartitionChunks<'_> {
-    /// Number of chunks.
-    pub fn len(&self) -> usize {
-        self.rows.len().div_ceil(ENCODE_CHUNK_ROWS)
-    }
+impl Iterator for PartitionChunks<'_> {
+    type Item = Result<RecordBatch, ArrowError>;
 
-    /// Whether the partition holds no rows.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// Chunk `n`'s rows as one batch.
-    pub fn chunk(&self, n: usize) -> Result<RecordBatch, ArrowError> {
-        let start = n * ENCODE_CHUNK_ROWS;
-        let end = (start + ENCODE_CHUNK_ROWS).min(self.rows.len());
-        let rows = &self.rows[start.min(end)..end];
-        if let [(batch, first), ..] = rows {
-            // Consecutive rows of one batch: a slice of it, no copy.
-            let consecutive = rows
-                .iter()
-                .enumerate()
-                .all(|(i, &(b, row))| b == *batch && row as usize == *first as usize + i);
-            if consecutive {
-                return Ok(self.batches[*batch as usize].slice(*first as usize, rows.len()));
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut parts = Vec::new();
+        let mut rows = 0;
+        while rows < ENCODE_CHUNK_ROWS {
+            let Some(slice) = self.slices.get(self.next) else {
+                break;
+            };
+            let taken = (slice.num_rows() - self.offset).min(ENCODE_CHUNK_ROWS - rows);
+            parts.push(slice.slice(self.offset, taken));
+            rows += taken;
+            self.offset += taken;
+            if self.offset == slice.num_rows() {
+                self.next += 1;
+                self.offset = 0;
             }
         }
-        let sources: Vec<&RecordBatch> = self.batches.iter().collect();
-        let indices: Vec<(usize, usize)> = rows
-            .iter()
-            .map(|&(batch, row)| (batch as usize, row as usize))
-            .collect();
-        interleave_record_batch(&sources, &indices)
+        match parts.as_slice() {
+            [] => None,
+            // Rows of one written batch: a slice of it, no copy.
+            [one] => Some(Ok(one.clone())),
+            [first, ..] => Some(concat_batches(&first.schema(), &parts)),
+        }
     }
 }
 
@@ -125,10 +142,10 @@ mod tests {
         Struct::from_iter([Some(Literal::string(name))])
     }
 
-    fn values(chunks: &PartitionChunks<'_>) -> Vec<i64> {
-        (0..chunks.len())
-            .flat_map(|n| {
-                let chunk = chunks.chunk(n).expect("chunk");
+    fn values(chunks: PartitionChunks<'_>) -> Vec<i64> {
+        chunks
+            .flat_map(|chunk| {
+                let chunk = chunk.expect("chunk");
                 chunk
                     .column(0)
                     .as_primitive::<Int64Type>()
@@ -141,20 +158,27 @@ mod tests {
     #[test]
     fn each_partition_gets_its_rows_across_batches_in_arrival_order() {
         let mut buffered = BufferedRows::default();
-        buffered.push(
-            batch(&[1, 2, 3, 4]),
-            vec![(partition("a"), vec![0, 2]), (partition("b"), vec![1, 3])],
-        );
-        buffered.push(batch(&[5, 6]), vec![(partition("a"), vec![1, 0])]);
-        assert_eq!(buffered.rows(), 6);
+        buffered
+            .push(
+                batch(&[1, 2, 3, 4]),
+                vec![(partition("a"), vec![0, 2]), (partition("b"), vec![1, 3])],
+            )
+            .expect("push");
+        buffered
+            .push(batch(&[5, 6]), vec![(partition("a"), vec![1, 0])])
+            .expect("push");
+        buffered
+            .push(batch(&[7, 8]), vec![(partition("b"), vec![0, 1])])
+            .expect("push");
+        assert_eq!(buffered.rows(), 8);
         let mut seen: Vec<(String, Vec<i64>)> = buffered
             .partitions()
-            .map(|(value, chunks)| (format!("{value:?}"), values(&chunks)))
+            .map(|(value, chunks)| (format!("{value:?}"), values(chunks)))
             .collect();
         seen.sort();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].1, vec![1, 3, 6, 5]);
-        assert_eq!(seen[1].1, vec![2, 4]);
+        assert_eq!(seen[1].1, vec![2, 4, 7, 8]);
     }
 
     #[test]
@@ -162,29 +186,48 @@ mod tests {
         let rows = ENCODE_CHUNK_ROWS * 2 + 5;
         let all: Vec<i64> = (0..rows as i64).collect();
         let mut buffered = BufferedRows::default();
-        // Every other row of the first batch (copied), all of the second (sliced).
-        buffered.push(
-            batch(&all),
-            vec![
-                (partition("even"), (0..rows as u32).step_by(2).collect()),
-                (partition("odd"), (1..rows as u32).step_by(2).collect()),
-            ],
-        );
-        buffered.push(
-            batch(&all),
-            vec![(partition("even"), (0..rows as u32).collect())],
-        );
+        // Every other row of the first batch (gathered), all of the second (kept as it is).
+        buffered
+            .push(
+                batch(&all),
+                vec![
+                    (partition("even"), (0..rows as u32).step_by(2).collect()),
+                    (partition("odd"), (1..rows as u32).step_by(2).collect()),
+                ],
+            )
+            .expect("push");
+        buffered
+            .push(
+                batch(&all),
+                vec![(partition("even"), (0..rows as u32).collect())],
+            )
+            .expect("push");
         for (value, chunks) in buffered.partitions() {
-            let sizes: Vec<usize> = (0..chunks.len())
-                .map(|n| chunks.chunk(n).expect("chunk").num_rows())
-                .collect();
+            let even = *value == partition("even");
+            let chunks: Vec<RecordBatch> = chunks.map(|c| c.expect("chunk")).collect();
+            let sizes: Vec<usize> = chunks.iter().map(RecordBatch::num_rows).collect();
             assert!(sizes.iter().all(|&s| s <= ENCODE_CHUNK_ROWS), "{sizes:?}");
-            let expected = if *value == partition("even") {
-                rows.div_ceil(2) + rows
+            // Only the last chunk is short: the others span the two batches' rows.
+            assert!(
+                sizes[..sizes.len() - 1]
+                    .iter()
+                    .all(|&s| s == ENCODE_CHUNK_ROWS),
+                "{sizes:?}"
+            );
+            let got: Vec<i64> = chunks
+                .iter()
+                .flat_map(|c| c.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect();
+            let expected: Vec<i64> = if even {
+                all.iter()
+                    .copied()
+                    .step_by(2)
+                    .chain(all.iter().copied())
+                    .collect()
             } else {
-                rows / 2
+                all.iter().copied().skip(1).step_by(2).collect()
             };
-            assert_eq!(sizes.iter().sum::<usize>(), expected, "{value:?}");
+            assert_eq!(got, expected, "{value:?}");
         }
     }
 }

@@ -217,8 +217,12 @@ impl TableWriter {
             .splitter
             .groups(&batch)
             .map_err(|e| SinkError::iceberg(&self.label, e))?;
-        self.buffered.push(batch, groups);
-        Ok(())
+        self.buffered
+            .push(batch, groups)
+            .map_err(|source| SinkError::Arrow {
+                table: self.label.clone(),
+                source,
+            })
     }
 
     /// Writes the rows taken since the last commit into data files and commits them in one
@@ -344,8 +348,8 @@ impl TableWriter {
                 .build(Some(self.splitter.key(value.clone())))
                 .await
                 .map_err(iceberg_err)?;
-            for n in 0..chunks.len() {
-                let rows = chunks.chunk(n).map_err(|source| SinkError::Arrow {
+            for rows in chunks {
+                let rows = rows.map_err(|source| SinkError::Arrow {
                     table: self.label.clone(),
                     source,
                 })?;
