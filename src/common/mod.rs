@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod event;
+pub mod hashing;
 pub mod offsets;
 pub mod summary;
 

@@ -1,11 +1,10 @@
 //! Rejected rows to dead letter records: the SQL's reason plus the raw message it came from.
 
-use std::collections::HashMap;
-
 use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMillisecondType};
 
+use crate::common::hashing::FastMap;
 use crate::common::ERROR_COLUMN;
 use crate::dlq::{DeadLetter, SourceCoordinates};
 use crate::source::RawRecord;
@@ -61,7 +60,7 @@ pub fn from_rejected_rows(
     let in_keys: &BinaryArray = input.column(4).as_binary::<i32>();
     let in_values: &StringArray = input.column(5).as_string::<i32>();
     let in_topics: &StringArray = input.column(0).as_string::<i32>();
-    let rows: HashMap<(i32, i64), usize> = (0..input.num_rows())
+    let rows: FastMap<(i32, i64), usize> = (0..input.num_rows())
         .map(|i| ((in_partitions.value(i), in_offsets.value(i)), i))
         .collect();
 

@@ -4,13 +4,13 @@
 //! string allocations per event here); grouping rows by Arrow's row format and converting one
 //! row per group gives the same split at a fraction of the cost on the per-event hot path.
 
-use std::collections::HashMap;
-
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::row::{RowConverter, SortField};
 use iceberg::arrow::{arrow_struct_to_literal, PartitionValueCalculator};
 use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef, Struct, StructType};
 use iceberg::{Error, ErrorKind, Result};
+
+use crate::common::hashing::FastMap;
 
 /// Groups the rows of a table's batches by partition value.
 pub struct PartitionSplitter {
@@ -67,7 +67,7 @@ impl PartitionSplitter {
         )
         .map_err(arrow_err)?;
         let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
-        let mut groups: HashMap<arrow::row::Row<'_>, Vec<u32>> = HashMap::new();
+        let mut groups: FastMap<arrow::row::Row<'_>, Vec<u32>> = FastMap::default();
         for i in 0..rows.num_rows() {
             groups.entry(rows.row(i)).or_default().push(i as u32);
         }

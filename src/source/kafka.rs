@@ -1,7 +1,7 @@
 //! The rdkafka consumer in the pipeline's group, run on its own thread so that reading the next
 //! micro-batch overlaps with processing the current one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::batch::{BatchBuilder, MicroBatch};
 use super::quirks::{Rejoin, ResumeCheck};
 use super::SourceError;
+use crate::common::hashing::{FastMap, FastSet};
 use crate::common::Offsets;
 use crate::config::StartFrom;
 use crate::telemetry::repeated::repeated_errors;
@@ -434,7 +435,7 @@ const UNASSIGNED_REPORT: Duration = Duration::from_secs(10);
 impl Reader {
     /// The assigned partitions and their resume offsets, as the last rebalance or rewind left
     /// them.
-    fn assignment(&self) -> (BTreeSet<i32>, HashMap<i32, i64>) {
+    fn assignment(&self) -> (BTreeSet<i32>, FastMap<i32, i64>) {
         let assigned = lock(&self.shared.assigned).clone();
         let resume = lock(&self.shared.resume);
         let offsets = assigned
@@ -471,17 +472,17 @@ impl Reader {
 
     fn run(self) {
         let mut builder = BatchBuilder::new(self.options.max_rows);
-        let mut at_end: HashSet<i32> = HashSet::new();
+        let mut at_end: FastSet<i32> = FastSet::default();
         let mut resumes = ResumeCheck::default();
         // Next offset this reader has handed on, per partition: a seek back (the broker
         // workaround below) re-reads messages already handed on, which must not be handed on
         // twice. Cleared when the pipeline drops what it holds (rebalance, rewind).
-        let mut handed_on: HashMap<i32, i64> = HashMap::new();
+        let mut handed_on: FastMap<i32, i64> = FastMap::default();
         // The first offset handed on per partition since it was assigned: where a partition the
         // tables hold nothing from is rewound to (seeking to `start_from` again would let
         // messages fetched before the seek through, and the hand-on check above would then drop
         // everything before them).
-        let mut first_handed: HashMap<i32, i64> = HashMap::new();
+        let mut first_handed: FastMap<i32, i64> = FastMap::default();
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
         let mut opened = Instant::now();
         let mut epoch = 0;

@@ -1,8 +1,10 @@
 //! Workarounds for the local broker, tansu 0.6, kept here so that the rest of the source reads
 //! as plain Kafka. Each is harmless on Apache Kafka.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use crate::common::hashing::{FastMap, FastSet};
 
 /// librdkafka's longest wait of a fetch for new data, in milliseconds (a user's
 /// `fetch.wait.max.ms` in `source.properties` wins). Kafka answers a waiting fetch as soon as
@@ -25,7 +27,7 @@ pub const FETCH_WAIT_MAX_MS: &str = "50";
 #[derive(Default)]
 pub struct ResumeCheck {
     /// Partitions whose resume offset was confirmed since the last assignment.
-    confirmed: HashSet<i32>,
+    confirmed: FastSet<i32>,
     /// Current seek-back distance per partition.
     distance: BTreeMap<i32, i64>,
     /// Partitions not yet confirmed, with when they were last (re)positioned.
@@ -57,7 +59,7 @@ impl ResumeCheck {
     }
 
     /// Partitions silent for too long since they were positioned, with where to seek them.
-    pub fn stalled(&mut self, resume_at: &HashMap<i32, i64>, now: Instant) -> Vec<(i32, i64)> {
+    pub fn stalled(&mut self, resume_at: &FastMap<i32, i64>, now: Instant) -> Vec<(i32, i64)> {
         let silent: Vec<i32> = self
             .waiting
             .iter()
@@ -175,11 +177,12 @@ mod tests {
 
     #[test]
     fn a_silent_resumed_partition_is_sought_back_too() {
-        use std::collections::HashMap;
         use std::time::{Duration, Instant};
+
+        use crate::common::hashing::{FastMap, FastSet};
         let start = Instant::now();
         let mut check = ResumeCheck::default();
-        let resume_at = HashMap::from([(2, 14_000), (0, 50)]);
+        let resume_at: FastMap<i32, i64> = [(2, 14_000), (0, 50)].into_iter().collect();
         check.expect([0, 2], start);
         check.reached_end(0);
         assert!(
@@ -204,6 +207,8 @@ mod tests {
     fn rejoins_after_holding_nothing_for_twice_the_session_timeout_then_backs_off() {
         use super::Rejoin;
         use std::time::{Duration, Instant};
+
+        use crate::common::hashing::{FastMap, FastSet};
         let start = Instant::now();
         let s = Duration::from_secs(1);
         let mut rejoin = Rejoin::new(6 * s);
