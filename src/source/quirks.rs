@@ -179,7 +179,7 @@ mod tests {
     fn a_silent_resumed_partition_is_sought_back_too() {
         use std::time::{Duration, Instant};
 
-        use crate::common::hashing::{FastMap, FastSet};
+        use crate::common::hashing::FastMap;
         let start = Instant::now();
         let mut check = ResumeCheck::default();
         let resume_at: FastMap<i32, i64> = [(2, 14_000), (0, 50)].into_iter().collect();
@@ -207,8 +207,6 @@ mod tests {
     fn rejoins_after_holding_nothing_for_twice_the_session_timeout_then_backs_off() {
         use super::Rejoin;
         use std::time::{Duration, Instant};
-
-        use crate::common::hashing::{FastMap, FastSet};
         let start = Instant::now();
         let s = Duration::from_secs(1);
         let mut rejoin = Rejoin::new(6 * s);
