@@ -31,15 +31,24 @@ fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// `command` as the `postgres` user when this process is root.
+/// `program` run as the `postgres` user when this process is root. The uid and gid are set on
+/// the process itself, not through `runuser`: only a direct child gets the parent-death signal
+/// that stops the server with the test binary (through `runuser`, every run left two servers
+/// behind).
 fn as_postgres(program: PathBuf) -> Command {
+    let mut command = Command::new(program);
     if unsafe { libc::geteuid() } == 0 {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
+        use std::os::unix::process::CommandExt;
+        // SAFETY: getpwnam returns a pointer to static storage, read before any other call.
+        let user = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+        assert!(
+            !user.is_null(),
+            "no `postgres` user (Debian package postgresql)"
+        );
+        let (uid, gid) = unsafe { ((*user).pw_uid, (*user).pw_gid) };
+        command.uid(uid).gid(gid);
     }
+    command
 }
 
 fn start() -> Postgres {
@@ -65,21 +74,7 @@ fn start() -> Postgres {
         String::from_utf8_lossy(&init.stderr)
     );
     let port = super::free_port();
-    // The server itself is spawned as the `postgres` user (not through `runuser`, which would
-    // leave it a grandchild): only a direct child gets the parent-death signal that stops it
-    // with the test binary; through `runuser`, every run left two servers behind.
-    let mut command = Command::new(bin("postgres"));
-    if unsafe { libc::geteuid() } == 0 {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: getpwnam returns a pointer to static storage, read before any other call.
-        let user = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
-        assert!(
-            !user.is_null(),
-            "no `postgres` user (Debian package postgresql)"
-        );
-        let (uid, gid) = unsafe { ((*user).pw_uid, (*user).pw_gid) };
-        command.uid(uid).gid(gid);
-    }
+    let mut command = as_postgres(bin("postgres"));
     command
         .arg("-D")
         .arg(&data)
