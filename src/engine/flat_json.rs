@@ -1,0 +1,238 @@
+//! A reader for the common shape of an event: one JSON object whose values are plain strings
+//! (no escapes), numbers, booleans or null.
+//!
+//! `json_fields` spends most of the parsing SQL's time in the JSON parse, and nearly every event
+//! has this shape. This reader only answers when it is sure: the moment it meets anything else
+//! (an escape or a control character in a string, a nested value, a byte out of place) it
+//! gives up on the document and the caller hands it to the full parser, which decides whether it
+//! is well formed and what it holds. So it never has to tell a broken document, and what it
+//! reads is the same as what the full parser reads (a test holds the two equal).
+
+/// A value of a flat object, as its text in the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlatValue<'a> {
+    /// `null`.
+    Null,
+    /// A string without escapes, its quotes removed.
+    String(&'a str),
+    /// A number, as written.
+    Number(&'a str),
+    /// `true` or `false`.
+    Boolean(&'a str),
+}
+
+/// Bytes that end the fast read of a string: its closing quote, or what the full parser must
+/// see (an escape, or a control character, which JSON does not allow unescaped).
+static STRING_STOP: [bool; 256] = {
+    let mut stop = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        stop[byte] = true;
+        byte += 1;
+    }
+    stop[b'"' as usize] = true;
+    stop[b'\\' as usize] = true;
+    stop
+};
+
+/// Reads `json` when it is a flat object, calling `field` with each key and value in document
+/// order (a repeated key is given each time). `None` when the document is not of that shape or
+/// not well formed: then `field` may have been called for some of its fields, and the caller must
+/// throw those away and ask the full parser.
+pub fn read_flat<'a>(json: &'a str, mut field: impl FnMut(&'a str, FlatValue<'a>)) -> Option<()> {
+    let mut reader = Reader {
+        text: json,
+        bytes: json.as_bytes(),
+        at: 0,
+    };
+    reader.skip_space();
+    reader.expect(b'{')?;
+    reader.skip_space();
+    if reader.peek() == Some(b'}') {
+        reader.at += 1;
+    } else {
+        loop {
+            reader.expect(b'"')?;
+            let key = reader.string()?;
+            reader.skip_space();
+            reader.expect(b':')?;
+            reader.skip_space();
+            field(key, reader.value()?);
+            reader.skip_space();
+            match reader.next()? {
+                b',' => reader.skip_space(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    reader.skip_space();
+    (reader.at == reader.bytes.len()).then_some(())
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
+    }
+
+    fn skip_space(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// The text up to the closing quote (the opening one already read).
+    fn string(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        let length = self.bytes[start..]
+            .iter()
+            .position(|&b| STRING_STOP[usize::from(b)])?;
+        let end = start + length;
+        if self.bytes[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        // Both ends sit next to an ASCII quote, so the slice of the UTF-8 text is UTF-8 too.
+        self.text.get(start..end)
+    }
+
+    fn value(&mut self) -> Option<FlatValue<'a>> {
+        match self.peek()? {
+            b'"' => {
+                self.at += 1;
+                self.string().map(FlatValue::String)
+            }
+            b'-' | b'0'..=b'9' => self.number().map(FlatValue::Number),
+            b't' => self.literal("true").map(FlatValue::Boolean),
+            b'f' => self.literal("false").map(FlatValue::Boolean),
+            b'n' => self.literal("null").map(|_| FlatValue::Null),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &'static str) -> Option<&'a str> {
+        let end = self.at + word.len();
+        let text = self.text.get(self.at..end)?;
+        if text != word {
+            return None;
+        }
+        self.at = end;
+        Some(text)
+    }
+
+    /// A number as JSON's grammar has it: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.some_digits()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            self.some_digits()?;
+        }
+        self.text.get(start..self.at)
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Option<()> {
+        let start = self.at;
+        self.digits();
+        (self.at > start).then_some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(json: &str) -> Option<Vec<(&str, FlatValue<'_>)>> {
+        let mut fields = Vec::new();
+        read_flat(json, |key, value| fields.push((key, value)))?;
+        Some(fields)
+    }
+
+    #[test]
+    fn reads_a_compact_event() {
+        let json = r#"{"event_id":"e-1","revenue":12.5,"ok":true,"gone":null,"n":-0.5e+3}"#;
+        assert_eq!(
+            read(json),
+            Some(vec![
+                ("event_id", FlatValue::String("e-1")),
+                ("revenue", FlatValue::Number("12.5")),
+                ("ok", FlatValue::Boolean("true")),
+                ("gone", FlatValue::Null),
+                ("n", FlatValue::Number("-0.5e+3")),
+            ])
+        );
+        assert_eq!(read(" {\n} \t"), Some(vec![]));
+        assert_eq!(
+            read(r#"{ "a" : "hé" , "a" : false }"#),
+            Some(vec![
+                ("a", FlatValue::String("hé")),
+                ("a", FlatValue::Boolean("false")),
+            ])
+        );
+    }
+
+    #[test]
+    fn leaves_everything_else_to_the_full_parser() {
+        for json in [
+            r#"{"a":"x\"y"}"#,
+            r#"{"a\u0062":1}"#,
+            "{\"a\":\"tab\there\"}",
+            r#"{"a":[1]}"#,
+            r#"{"a":{"b":1}}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":-}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":nul}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1"#,
+            r#"{"a" 1}"#,
+            r#"{"a":1}}"#,
+            r#"{"a":1} x"#,
+            r#"[1]"#,
+            "",
+            r#"{"a":"x"#,
+        ] {
+            assert_eq!(read(json), None, "{json}");
+        }
+    }
+}
