@@ -155,3 +155,22 @@ fn cooperative_rebalancing_is_refused_naming_the_property() {
     );
     parse(&eager).expect("an eager assignor is fine");
 }
+
+#[test]
+fn a_topic_name_kafka_would_not_take_or_would_read_as_a_pattern_is_refused() {
+    let pattern = shipped().replace("topic: campaign_events", "topic: ^campaign_.*");
+    let err = parse(&pattern).unwrap_err();
+    assert!(err.contains("pipelines[0].source.topic"), "{err}");
+    assert!(err.contains("`^` is not allowed"), "{err}");
+    let spaced = shipped().replace("topic: dead_letter_queue", "topic: dead letters");
+    let err = parse(&spaced).unwrap_err();
+    assert!(err.contains("pipelines[0].dead_letter.topic"), "{err}");
+    assert!(err.contains("` ` is not allowed"), "{err}");
+    let long = shipped().replace(
+        "topic: campaign_events",
+        &format!("topic: {}", "t".repeat(250)),
+    );
+    assert!(parse(&long).unwrap_err().contains("1 to 249 characters"));
+    let legal = shipped().replace("topic: campaign_events", "topic: Campaign.events-v2_eu");
+    parse(&legal).expect("letters, digits, dots, underscores and dashes are fine");
+}

@@ -549,6 +549,14 @@ impl Config {
             if p.source.brokers.trim().is_empty() {
                 return Err(self.invalid(key("source.brokers"), "must not be empty"));
             }
+            for (field, topic) in [
+                ("source.topic", &p.source.topic),
+                ("dead_letter.topic", &p.dead_letter.topic),
+            ] {
+                if let Some(problem) = topic_name_problem(topic) {
+                    return Err(self.invalid(key(field), problem));
+                }
+            }
             if p.source.topic == p.dead_letter.topic {
                 return Err(self.invalid(
                     key("dead_letter.topic"),
@@ -573,5 +581,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Why `topic` is not a Kafka topic name (1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`),
+/// if it is not. librdkafka would read a name starting with `^` as a pattern and subscribe to
+/// every topic it matches, while the runner keeps offsets for the one topic it names.
+fn topic_name_problem(topic: &str) -> Option<String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > 249 {
+        Some(format!(
+            "`{topic}` is not a Kafka topic name: it must be 1 to 249 characters long"
+        ))
+    } else if let Some(bad) = topic.chars().find(|c| !legal(*c)) {
+        Some(format!(
+            "`{topic}` is not a Kafka topic name: `{bad}` is not allowed (letters, digits, `.`, `_` and `-` are)"
+        ))
+    } else if topic == "." || topic == ".." {
+        Some(format!("`{topic}` is not a Kafka topic name"))
+    } else {
+        None
     }
 }

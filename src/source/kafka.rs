@@ -595,8 +595,10 @@ impl Reader {
                         if builder.is_empty() {
                             opened = now;
                         }
+                        // The topic subscribed to: `message.topic()` measures and checks the
+                        // name's C string on every message (4% of this thread).
                         builder.push(
-                            message.topic(),
+                            &self.options.topic,
                             partition,
                             offset,
                             message.timestamp().to_millis(),
