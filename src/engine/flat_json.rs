@@ -35,11 +35,44 @@ static STRING_STOP: [bool; 256] = {
     stop
 };
 
-/// Reads `json` when it is a flat object, calling `field` with each key and value in document
-/// order (a repeated key is given each time). `None` when the document is not of that shape or
-/// not well formed: then `field` may have been called for some of its fields, and the caller must
-/// throw those away and ask the full parser.
-pub fn read_flat<'a>(json: &'a str, mut field: impl FnMut(&'a str, FlatValue<'a>)) -> Option<()> {
+/// The keys a caller wants from each document, prepared once for every document of a batch.
+pub struct WantedKeys<'k> {
+    names: &'k [&'k str],
+    /// Whether each name can be matched against a document's bytes as they stand: one without a
+    /// quote, backslash or control character is written the same in every document that has it
+    /// without escapes.
+    literal: Vec<bool>,
+}
+
+impl<'k> WantedKeys<'k> {
+    /// The keys `names`, in the order the caller numbers them.
+    pub fn new(names: &'k [&'k str]) -> Self {
+        let literal = names
+            .iter()
+            .map(|name| !name.bytes().any(|b| STRING_STOP[usize::from(b)]))
+            .collect();
+        Self { names, literal }
+    }
+
+    /// The index of `key`, trying `guess` first: documents tend to list their fields in one
+    /// order, and the caller's keys usually follow it, so most lookups take one comparison.
+    pub fn position(&self, key: &str, guess: usize) -> Option<usize> {
+        if self.names.get(guess) == Some(&key) {
+            return Some(guess);
+        }
+        self.names.iter().position(|k| *k == key)
+    }
+}
+
+/// Reads `json` when it is a flat object, calling `field` with the index in `keys` and the value
+/// of each wanted key, in document order (a repeated key is given each time). `None` when the
+/// document is not of that shape or not well formed: then `field` may have been called for some
+/// of its fields, and the caller must throw those away and ask the full parser.
+pub fn read_flat<'a>(
+    json: &'a str,
+    keys: &WantedKeys<'_>,
+    mut field: impl FnMut(usize, FlatValue<'a>),
+) -> Option<()> {
     let mut reader = Reader {
         text: json,
         bytes: json.as_bytes(),
@@ -51,13 +84,18 @@ pub fn read_flat<'a>(json: &'a str, mut field: impl FnMut(&'a str, FlatValue<'a>
     if reader.peek() == Some(b'}') {
         reader.at += 1;
     } else {
+        let mut next = 0;
         loop {
             reader.expect(b'"')?;
-            let key = reader.string()?;
+            let wanted = reader.key(keys, next)?;
             reader.skip_space();
             reader.expect(b':')?;
             reader.skip_space();
-            field(key, reader.value()?);
+            let value = reader.value()?;
+            if let Some(i) = wanted {
+                next = i + 1;
+                field(i, value);
+            }
             reader.skip_space();
             match reader.next()? {
                 b',' => reader.skip_space(),
@@ -95,6 +133,24 @@ impl<'a> Reader<'a> {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.at += 1;
         }
+    }
+
+    /// The key whose opening quote was just read, as its index in `keys` (`None`: not wanted),
+    /// trying the one after the last found first.
+    fn key(&mut self, keys: &WantedKeys<'_>, guess: usize) -> Option<Option<usize>> {
+        // The expected key and its closing quote, byte for byte: no need to look for the end
+        // of the string and compare it apart.
+        if let (Some(name), Some(true)) = (keys.names.get(guess), keys.literal.get(guess)) {
+            let end = self.at + name.len();
+            if self.bytes.get(self.at..end) == Some(name.as_bytes())
+                && self.bytes.get(end) == Some(&b'"')
+            {
+                self.at = end + 1;
+                return Some(Some(guess));
+            }
+        }
+        let key = self.string()?;
+        Some(keys.position(key, guess))
     }
 
     /// The text up to the closing quote (the opening one already read).
@@ -178,9 +234,13 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    const KEYS: [&str; 7] = ["event_id", "revenue", "ok", "gone", "n", "a", "q\"uote"];
+
     fn read(json: &str) -> Option<Vec<(&str, FlatValue<'_>)>> {
         let mut fields = Vec::new();
-        read_flat(json, |key, value| fields.push((key, value)))?;
+        read_flat(json, &WantedKeys::new(&KEYS), |key, value| {
+            fields.push((KEYS[key], value))
+        })?;
         Some(fields)
     }
 
@@ -199,6 +259,13 @@ mod tests {
         );
         assert_eq!(read(" {\n} \t"), Some(vec![]));
         assert_eq!(
+            read(r#"{"x":1,"n":2,"event_idx":"no","event_id":"yes"}"#),
+            Some(vec![
+                ("n", FlatValue::Number("2")),
+                ("event_id", FlatValue::String("yes")),
+            ])
+        );
+        assert_eq!(
             read(r#"{ "a" : "hé" , "a" : false }"#),
             Some(vec![
                 ("a", FlatValue::String("hé")),
@@ -211,6 +278,8 @@ mod tests {
     fn leaves_everything_else_to_the_full_parser() {
         for json in [
             r#"{"a":"x\"y"}"#,
+            r#"{"q"uote":1}"#,
+            r#"{"q\"uote":1}"#,
             r#"{"a\u0062":1}"#,
             "{\"a\":\"tab\there\"}",
             r#"{"a":[1]}"#,

@@ -24,7 +24,7 @@ use datafusion::logical_expr::{
 };
 use jiter::{Jiter, JiterResult, Peek};
 
-use super::flat_json::{read_flat, FlatValue};
+use super::flat_json::{read_flat, FlatValue, WantedKeys};
 
 /// The `json_fields` scalar function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -167,8 +167,10 @@ impl ScalarUDFImpl for JsonFields {
             .map(|_| FieldColumn::with_capacity(rows, per_column))
             .collect();
         let mut valid = Vec::with_capacity(rows);
+        let wanted = WantedKeys::new(&keys);
         for row in 0..rows {
-            let ok = input.is_valid(row) && extract(input.value(row), &keys, &mut columns).is_ok();
+            let ok =
+                input.is_valid(row) && extract(input.value(row), &wanted, &mut columns).is_ok();
             valid.push(ok);
             for column in &mut columns {
                 column.end_row(ok)?;
@@ -268,26 +270,12 @@ impl FieldColumn {
     }
 }
 
-/// The index of `key` in `keys`, trying `guess` first: documents tend to list their fields in
-/// one order, and the call's keys usually follow it, so most lookups take one comparison.
-fn position(keys: &[&str], key: &str, guess: usize) -> Option<usize> {
-    if keys.get(guess) == Some(&key) {
-        return Some(guess);
-    }
-    keys.iter().position(|k| *k == key)
-}
-
 /// Sets the value of each wanted key found at the top level of `json` in its column (a null
 /// value leaves the column's row null). An error when `json` is not a well-formed object.
-fn extract(json: &str, keys: &[&str], columns: &mut [FieldColumn]) -> JiterResult<()> {
+fn extract(json: &str, keys: &WantedKeys<'_>, columns: &mut [FieldColumn]) -> JiterResult<()> {
     // Nearly every event is a flat object, which the flat reader takes at a fraction of the full
     // parser's cost; it gives up on anything else, and the full parser starts the row over.
-    let mut next = 0;
-    let flat = read_flat(json, |key, value| {
-        let Some(i) = position(keys, key, next) else {
-            return;
-        };
-        next = i + 1;
+    let flat = read_flat(json, keys, |i, value| {
         let column = &mut columns[i];
         match value {
             FlatValue::Null => column.set_null(),
@@ -306,10 +294,10 @@ fn extract(json: &str, keys: &[&str], columns: &mut [FieldColumn]) -> JiterResul
 }
 
 /// [`extract`] with the full parser alone: any JSON document.
-fn extract_full(json: &str, keys: &[&str], columns: &mut [FieldColumn]) -> JiterResult<()> {
+fn extract_full(json: &str, keys: &WantedKeys<'_>, columns: &mut [FieldColumn]) -> JiterResult<()> {
     let mut jiter = Jiter::new(json.as_bytes());
     let mut next = 0;
-    let mut key = jiter.next_object()?.map(|k| position(keys, k, next));
+    let mut key = jiter.next_object()?.map(|k| keys.position(k, next));
     while let Some(wanted) = key {
         match wanted {
             Some(i) => {
@@ -333,7 +321,7 @@ fn extract_full(json: &str, keys: &[&str], columns: &mut [FieldColumn]) -> Jiter
             }
             None => jiter.next_skip()?,
         }
-        key = jiter.next_key()?.map(|k| position(keys, k, next));
+        key = jiter.next_key()?.map(|k| keys.position(k, next));
     }
     jiter.finish()
 }
@@ -355,7 +343,7 @@ mod tests {
         batch_of(docs, &["a", "b", "c"], extract)
     }
 
-    type Extractor = fn(&str, &[&str], &mut [FieldColumn]) -> JiterResult<()>;
+    type Extractor = fn(&str, &WantedKeys<'_>, &mut [FieldColumn]) -> JiterResult<()>;
 
     /// [`batch`] for any keys and either reader.
     fn batch_of(docs: &[&str], keys: &[&str], extract: Extractor) -> Vec<Option<Fields>> {
@@ -364,8 +352,9 @@ mod tests {
             .map(|_| FieldColumn::with_capacity(docs.len(), 16))
             .collect();
         let mut valid = Vec::new();
+        let wanted = WantedKeys::new(keys);
         for doc in docs {
-            let ok = extract(doc, keys, &mut columns).is_ok();
+            let ok = extract(doc, &wanted, &mut columns).is_ok();
             valid.push(ok);
             for column in &mut columns {
                 column.end_row(ok).unwrap();
@@ -558,8 +547,24 @@ mod tests {
         for ((doc, flat), full) in docs.iter().zip(&flat).zip(&full) {
             assert_eq!(flat, full, "{doc}");
         }
+        // Keys the flat reader cannot match byte for byte, and one that is not ASCII.
+        let odd_keys = ["a\"b", "a\\b", "é", "event_id"];
+        let odd_docs = [
+            r#"{"a\"b":1,"a\\b":2,"é":3,"event_id":"x"}"#,
+            r#"{"a"b":1}"#,
+            r#"{"a\b":1}"#,
+            r#"{"\u00e9":"e","event_id":"y"}"#,
+            r#"{"é":"e","a":"b"}"#,
+        ];
+        assert_eq!(
+            batch_of(&odd_docs, &odd_keys, extract),
+            batch_of(&odd_docs, &odd_keys, extract_full)
+        );
         let broken = full.iter().filter(|row| row.is_none()).count();
-        let read_flat = docs.iter().filter(|d| read_flat(d, |_, _| ()).is_some());
+        let wanted = WantedKeys::new(&keys);
+        let read_flat = docs
+            .iter()
+            .filter(|d| read_flat(d, &wanted, |_, _| ()).is_some());
         let read_flat = read_flat.count();
         assert!(
             broken > 1000 && broken < docs.len() - 1000,
