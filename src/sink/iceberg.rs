@@ -339,7 +339,8 @@ impl TableWriter {
     }
 
     /// Encodes the buffered rows into data files, one partition at a time, so that only one
-    /// file's Parquet writer is open at any moment.
+    /// file's Parquet writer is being filled at any moment (and at most [`CLOSING_AT_ONCE`]
+    /// more are closing).
     async fn write_files(&self) -> Result<Vec<DataFile>, SinkError> {
         let builder = self.file_writer_builder()?;
         let iceberg_err = |e| SinkError::iceberg(&self.label, e);
