@@ -361,25 +361,26 @@ impl TableWriter {
                 writer.write(rows).await.map_err(iceberg_err)?;
             }
             if closing.len() >= CLOSING_AT_ONCE {
-                files.extend(self.closed(closing.join_next().await)?);
+                if let Some(ended) = closing.join_next().await {
+                    files.extend(self.closed(ended)?);
+                }
             }
             closing.spawn(async move { writer.close().await });
         }
-        while !closing.is_empty() {
-            files.extend(self.closed(closing.join_next().await)?);
+        while let Some(ended) = closing.join_next().await {
+            files.extend(self.closed(ended)?);
         }
         Ok(files)
     }
 
-    /// The files of a writer whose close ended (`None`: none was closing).
+    /// The files of a writer whose close ended.
     fn closed(
         &self,
-        ended: Option<Result<iceberg::Result<Vec<DataFile>>, JoinError>>,
+        ended: Result<iceberg::Result<Vec<DataFile>>, JoinError>,
     ) -> Result<Vec<DataFile>, SinkError> {
         match ended {
-            None => Ok(Vec::new()),
-            Some(Ok(closed)) => closed.map_err(|e| SinkError::iceberg(&self.label, e)),
-            Some(Err(failed)) => Err(SinkError::iceberg(
+            Ok(closed) => closed.map_err(|e| SinkError::iceberg(&self.label, e)),
+            Err(failed) => Err(SinkError::iceberg(
                 &self.label,
                 iceberg::Error::new(ErrorKind::Unexpected, "closing a data file")
                     .with_source(failed),
