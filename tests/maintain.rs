@@ -13,7 +13,7 @@ use campaign_pipeline::generator::Truth;
 use campaign_pipeline::maintain::files::{manifests, LiveFiles};
 use common::production::{
     assert_every_event_once, assert_every_event_once_of, generate_20k, generate_20k_from,
-    small_commits,
+    small_commits, sweep_only_after_2s, LONG_GRACE,
 };
 use common::{load_table, pyiceberg, scan_table, text, TestPipeline};
 
@@ -175,7 +175,7 @@ fn strip_scheme(path: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn compaction_keeps_every_row_for_both_readers_and_expiry_deletes_only_the_unreferenced() {
     // Windows stay open: the replace snapshot must carry their checkpoints forward.
-    let (pipeline, first) = filled(false, "2s", 41, false);
+    let (pipeline, first) = filled(false, LONG_GRACE, 41, false);
     let before = rows(&pipeline).await;
     let mut partitions = Vec::new();
     let mut state_before = Vec::new();
@@ -403,7 +403,7 @@ async fn assert_nothing_unreferenced(pipeline: &TestPipeline, table: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_maintenance_leaves_complete_tables_and_the_next_pass_cleans_up() {
-    let (pipeline, truth) = filled(false, "2s", 44, true);
+    let (pipeline, truth) = filled(false, LONG_GRACE, 44, true);
     let before = rows(&pipeline).await;
     for stage in ["rewritten", "staged", "committed"] {
         let (mut paused, _lines) = maintain_paused(&pipeline, stage, "24h");
@@ -427,6 +427,7 @@ async fn killed_maintenance_leaves_complete_tables_and_the_next_pass_cleans_up()
     );
     // The kills left rewritten files and manifests no snapshot references: the next pass
     // (past the grace period) deletes them.
+    sweep_only_after_2s(&pipeline);
     std::thread::sleep(Duration::from_secs(3));
     let report = maintain(&pipeline);
     let events = report
@@ -445,7 +446,7 @@ async fn killed_maintenance_leaves_complete_tables_and_the_next_pass_cleans_up()
 async fn an_ingest_commit_built_before_a_replace_is_decided_again_on_it() {
     use campaign_pipeline::maintain::Maintainer;
     use campaign_pipeline::sink::iceberg::{SnapshotContent, TableWriter};
-    let (pipeline, truth) = filled(false, "2s", 46, false);
+    let (pipeline, truth) = filled(false, LONG_GRACE, 46, false);
     let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
     let p = &config.pipelines[0];
     let ctx = campaign_pipeline::engine::new_session();

@@ -178,7 +178,7 @@ async fn maintenance_compacts_and_cleans_up(pipeline: &TestPipeline, truth: &Tru
     use campaign_pipeline::maintain::listing::list;
     pipeline.edit_config(|yaml| {
         let yaml = yaml.replace("max_rows: 2000\n", "max_rows: 2000\n      retry_for: 1s\n");
-        format!("{yaml}    maintenance:\n      enabled: false\n      min_input_files: 2\n      keep_snapshots: 1\n      snapshot_max_age: 0s\n      orphan_grace: 2s\n")
+        format!("{yaml}    maintenance:\n      enabled: false\n      min_input_files: 2\n      keep_snapshots: 1\n      snapshot_max_age: 0s\n      orphan_grace: {}\n", production::LONG_GRACE)
     });
     let mut small_files = Vec::new();
     for table in ["campaign_events", "campaign_metrics"] {
@@ -224,6 +224,7 @@ async fn maintenance_compacts_and_cleans_up(pipeline: &TestPipeline, truth: &Tru
             );
         }
     }
+    production::sweep_only_after_2s(pipeline);
     std::thread::sleep(Duration::from_secs(3));
     cli_ok(pipeline, &["maintain"]);
     for table in ["campaign_events", "campaign_metrics"] {

@@ -57,6 +57,30 @@ pub fn small_commits(pipeline: &TestPipeline) {
     });
 }
 
+/// The grace period `maintain` gives unreferenced files before deleting them in the tests.
+pub const LONG_GRACE: &str = "10m";
+
+/// Turns the pipeline's maintenance (block written with `orphan_grace`, `min_input_files` and
+/// perhaps `max_manifests`) into expiry and the sweep only, with a 2 s grace period: a pass
+/// then deletes what is left unreferenced 2 s after it was written. A pass that compacts must
+/// not run under so short a grace: a rewrite slower than half of it is dropped on purpose, and
+/// a debug build on a busy machine can take that long.
+pub fn sweep_only_after_2s(pipeline: &TestPipeline) {
+    pipeline.edit_config(|yaml| {
+        let lines = yaml.lines().map(|line| {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            match line.trim_start().split(':').next() {
+                Some("orphan_grace") => format!("{indent}orphan_grace: 2s"),
+                Some(key @ ("min_input_files" | "max_manifests")) => {
+                    format!("{indent}{key}: 1000000")
+                }
+                _ => line.to_string(),
+            }
+        });
+        lines.collect::<Vec<_>>().join("\n") + "\n"
+    });
+}
+
 /// Produces 20,000 events of 5 campaigns from 2026-01-01 (2% invalid, 5% out of order) with
 /// `seed` to the pipeline's topic, and returns their truth.
 pub fn generate_20k(pipeline: &TestPipeline, seed: u64) -> Truth {
