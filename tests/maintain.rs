@@ -300,7 +300,7 @@ async fn maintenance_racing_running_pipelines_loses_and_doubles_nothing() {
     // The grace period outlasts the pause: a rewrite older than half of it is dropped. The
     // first run does not maintain: on a loaded machine its passes could compact everything,
     // leaving the paused `maintain` nothing to stage.
-    let (pipeline, first) = filled(false, "20s", 43, false);
+    let (pipeline, first) = filled(false, LONG_GRACE, 43, false);
     pipeline.edit_config(|yaml| {
         yaml.replace(
             "maintenance:\n      enabled: false",
