@@ -500,3 +500,81 @@ async fn an_ingest_commit_built_before_a_replace_is_decided_again_on_it() {
         .sum();
     assert_eq!(rows as u64, truth.valid_events + extra.num_rows() as u64);
 }
+
+/// `(partitions compacted, partitions left)` by `table`'s line of a `maintain` report, or `None`
+/// when the pass compacted nothing there.
+fn compacted(report: &str, table: &str) -> Option<usize> {
+    let line = report
+        .lines()
+        .find(|l| l.contains(&format!(".{table}:")))
+        .unwrap_or_else(|| panic!("no line for {table}: {report}"));
+    if line.contains("nothing compacted") {
+        return None;
+    }
+    assert!(line.contains("small files rewritten into"), "{line}");
+    let left = line
+        .split(" partitions left for the next pass")
+        .next()
+        .filter(|before| before.len() < line.len())
+        .and_then(|before| before.rsplit(' ').next())
+        .map_or(0, |n| n.parse().expect("a count"));
+    Some(left)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_out_of_time_commits_what_it_rewrote_and_the_next_passes_go_on() {
+    let (pipeline, truth) = filled(false, LONG_GRACE, 47, true);
+    let before = rows(&pipeline).await;
+    let mut expected = Vec::new();
+    for table in TABLES {
+        let loaded = load_table(&pipeline.config, table).await;
+        let live = LiveFiles::read(&loaded).await.unwrap().expect("a snapshot");
+        expected.push(expected_files(&live));
+    }
+    // With no time for more, each pass rewrites one partition (the one waiting longest), commits
+    // it and names how many it left; the next pass goes on from there.
+    let mut left: Vec<Option<usize>> = vec![None; TABLES.len()];
+    let mut passes = vec![0; TABLES.len()];
+    for pass in 1.. {
+        assert!(pass <= 40, "passes never ended: {left:?}");
+        let output = pipeline.cli(&["maintain", "--rewrite-for", "0s"]);
+        let report = text(&output);
+        assert!(output.status.success(), "maintain: {report}");
+        let now: Vec<Option<usize>> = TABLES.iter().map(|t| compacted(&report, t)).collect();
+        for (i, table) in TABLES.iter().enumerate() {
+            match (left[i], now[i]) {
+                (Some(before), Some(after)) => {
+                    assert_eq!(after + 1, before, "{table}, pass {pass}: {report}")
+                }
+                // Done: the pass before left nothing.
+                (Some(before), None) => assert_eq!(before, 0, "{table}, pass {pass}: {report}"),
+                (None, Some(_)) => assert!(passes[i] == 0, "{table} again: {report}"),
+                (None, None) => {}
+            }
+            passes[i] += usize::from(now[i].is_some());
+        }
+        if pass == 1 {
+            assert_eq!(rows(&pipeline).await, before, "rows after the first pass");
+        }
+        if now.iter().all(Option::is_none) {
+            break;
+        }
+        left = now;
+    }
+    for (i, table) in TABLES.iter().enumerate() {
+        assert!(
+            passes[i] >= 2,
+            "{table}: one pass compacted every partition, or none was due ({} passes)",
+            passes[i]
+        );
+        let loaded = load_table(&pipeline.config, table).await;
+        let live = LiveFiles::read(&loaded).await.unwrap().expect("a snapshot");
+        assert_eq!(
+            live.entries.len(),
+            expected[i],
+            "{table}: the passes together compact as one pass would"
+        );
+    }
+    assert_eq!(rows(&pipeline).await, before, "rows after every pass");
+    assert_every_event_once(&pipeline, &truth).await;
+}

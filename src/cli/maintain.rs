@@ -20,6 +20,9 @@ pub struct MaintainArgs {
     /// How long the pause lasts.
     #[arg(long, hide = true, default_value = "24h", value_parser = humantime::parse_duration)]
     pub pause_for: std::time::Duration,
+    /// How long the pass starts new partition rewrites (default: a quarter of orphan_grace).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub rewrite_for: Option<std::time::Duration>,
 }
 
 /// Runs one pass and prints what it did per table.
@@ -29,7 +32,8 @@ pub async fn run(config_path: &Path, args: &MaintainArgs) -> anyhow::Result<bool
     for pipeline in config.selected(args.pipeline.as_deref())? {
         let maintainer = Maintainer::open(&config, pipeline)
             .await?
-            .pause_at(args.pause_at, args.pause_for);
+            .pause_at(args.pause_at, args.pause_for)
+            .rewrite_for(args.rewrite_for);
         for result in maintainer.run_once().await {
             match result {
                 Ok(report) => println!("pipeline {}: {report}", pipeline.name),

@@ -86,6 +86,8 @@ pub struct Report {
     pub manifests_before: usize,
     /// The replace snapshot, when one landed.
     pub replace_snapshot: Option<i64>,
+    /// Partitions due for compaction that this pass left to the next (its time ran out).
+    pub partitions_left: usize,
     /// Rebases over other writers' appends, and plans redone after other changes.
     pub conflicts: u32,
     /// What expiry removed.
@@ -112,6 +114,13 @@ impl std::fmt::Display for Report {
                 self.files_rewritten, self.files_written, self.manifests_before
             )?,
             None => write!(f, "nothing compacted")?,
+        }
+        if self.partitions_left > 0 {
+            write!(
+                f,
+                ", {} partitions left for the next pass",
+                self.partitions_left
+            )?;
         }
         if self.conflicts > 0 {
             write!(f, " after {} conflicts with other writers", self.conflicts)?;
@@ -151,6 +160,8 @@ pub struct Maintainer {
     pipeline: String,
     targets: Vec<Target>,
     pause: Option<(Stage, Duration)>,
+    /// How long a pass starts new partition rewrites (see [`Self::rewrite_for`]).
+    rewrite_budget: Duration,
     /// Manifest lists and manifests read by earlier passes (they never change).
     cache: tokio::sync::Mutex<files::ManifestCache>,
 }
@@ -179,6 +190,7 @@ impl Maintainer {
                 ),
             ],
             pause: None,
+            rewrite_budget: pipeline.maintenance.orphan_grace / 4,
             cache: Default::default(),
         })
     }
@@ -187,6 +199,17 @@ impl Maintainer {
     /// under it.
     pub fn pause_at(mut self, stage: Option<Stage>, pause: Duration) -> Self {
         self.pause = stage.map(|stage| (stage, pause));
+        self
+    }
+
+    /// Starts no further partition rewrite once a pass has rewritten for `budget` (a quarter
+    /// of `orphan_grace` unless set here, for tests), and commits what it has: a rewrite not
+    /// committed within half of `orphan_grace` is dropped, so a backlog larger than one pass
+    /// can rewrite in time would otherwise never be compacted.
+    pub fn rewrite_for(mut self, budget: Option<Duration>) -> Self {
+        if let Some(budget) = budget {
+            self.rewrite_budget = budget;
+        }
         self
     }
 
@@ -308,7 +331,13 @@ impl Maintainer {
             let mut removed = Vec::new();
             let mut added = Vec::new();
             let mut failed = None;
+            let mut done = 0;
             for rewrite in &rewrites {
+                // The oldest partitions come first (see `compact::plan`): the rest wait.
+                if done > 0 && planned.elapsed() >= self.rewrite_budget {
+                    break;
+                }
+                done += 1;
                 match compact::rewrite(&table, rewrite, target_size).await {
                     Ok(files) => {
                         removed.extend(rewrite.inputs.iter().cloned());
@@ -329,6 +358,7 @@ impl Maintainer {
                 }
                 return Err(fail("rewriting small files")(source));
             }
+            let (rewrites, left) = rewrites.split_at(done);
             self.pause_if(Stage::Rewritten).await;
             let (rewritten, written) = (removed.len(), added.len());
             let staged = ReplaceCommit::new(&table)
@@ -374,7 +404,8 @@ impl Maintainer {
                         report.files_rewritten = rewritten;
                         report.files_written = written;
                         report.replace_snapshot = Some(staged.snapshot_id());
-                        log_rewrites(&target.label, &rewrites);
+                        report.partitions_left = left.len();
+                        log_rewrites(&target.label, rewrites);
                         return Ok(());
                     }
                     Err(SwapError::Conflict { .. }) => {
