@@ -39,8 +39,14 @@ impl Rewrite {
 /// smallest of them in.
 const MAX_WAITING: usize = 4;
 
+/// Most files one rewrite reads.
+const MAX_REWRITE_FILES: usize = 2_000;
+/// Most bytes one rewrite reads, in target file sizes.
+const MAX_REWRITE_TARGETS: u64 = 8;
+
 /// Partitions of the default spec holding at least `min_files` files smaller than three
-/// quarters of `target_size`, with those files.
+/// quarters of `target_size`, with those files: the oldest of them, when they are more than one
+/// rewrite reads ([`MAX_REWRITE_FILES`], [`MAX_REWRITE_TARGETS`]).
 pub fn plan(
     alive: &[LiveEntry],
     default_spec: i32,
@@ -78,8 +84,25 @@ pub fn plan(
             }
             // ...but at most MAX_WAITING wait, so a partition keeps a bounded number of files
             // (and queries a flat cost) however long it grows: the smaller tiers join in.
-            let inputs = inputs.split_off(start.min(MAX_WAITING));
-            (inputs.len() >= min_files).then(|| Rewrite {
+            let mut inputs = inputs.split_off(start.min(MAX_WAITING));
+            if inputs.len() < min_files {
+                return None;
+            }
+            // A partition whose backlog one pass could not rewrite in time (see
+            // `Maintainer::rewrite_for`) would never be compacted: it goes oldest first, a
+            // bounded part a rewrite, the rest in the next passes.
+            inputs.sort_by_key(|e| e.sequence_number());
+            let mut bytes = 0;
+            let fits = inputs
+                .iter()
+                .take(MAX_REWRITE_FILES)
+                .take_while(|e| {
+                    bytes += e.file_size_in_bytes();
+                    bytes <= MAX_REWRITE_TARGETS * target_size
+                })
+                .count();
+            inputs.truncate(fits.max(2));
+            Some(Rewrite {
                 partition: partition.clone(),
                 inputs,
             })
@@ -149,4 +172,69 @@ pub async fn rewrite(
         writer.write(batch).await?;
     }
     writer.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use iceberg::spec::{DataContentType, DataFileBuilder, Literal, ManifestEntry, ManifestStatus};
+
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    /// A live Parquet file of partition `p`, `size` bytes, added at sequence number `sequence`.
+    fn file(p: &str, size: u64, sequence: i64) -> LiveEntry {
+        let data_file = DataFileBuilder::default()
+            .content(DataContentType::Data)
+            .file_path(format!("{p}/{sequence}.parquet"))
+            .file_format(DataFileFormat::Parquet)
+            .partition(Struct::from_iter([Some(Literal::string(p))]))
+            .record_count(1)
+            .file_size_in_bytes(size)
+            .build()
+            .expect("a data file");
+        let entry = ManifestEntry::builder()
+            .status(ManifestStatus::Added)
+            .sequence_number(sequence)
+            .data_file(data_file)
+            .build();
+        LiveEntry {
+            entry: Arc::new(entry),
+            spec_id: 0,
+        }
+    }
+
+    fn sequences(rewrite: &Rewrite) -> Vec<i64> {
+        let mut seen: Vec<i64> = rewrite
+            .inputs
+            .iter()
+            .filter_map(|e| e.sequence_number())
+            .collect();
+        seen.sort_unstable();
+        seen
+    }
+
+    #[test]
+    fn a_backlog_is_rewritten_oldest_first_in_bounded_parts() {
+        let target = 128 * MB;
+        // Newest first in the listing: the plan must not rely on its order.
+        let many: Vec<LiveEntry> = (0..5_000).rev().map(|s| file("a", 10_000, s)).collect();
+        let rewrites = plan(&many, 0, target, 10);
+        assert_eq!(rewrites.len(), 1);
+        let expected: Vec<i64> = (0..MAX_REWRITE_FILES as i64).collect();
+        assert_eq!(sequences(&rewrites[0]), expected);
+
+        // 90 MB files: eight targets' worth is eleven of them.
+        let large: Vec<LiveEntry> = (0..40).rev().map(|s| file("b", 90 * MB, s)).collect();
+        let rewrites = plan(&large, 0, target, 10);
+        assert_eq!(sequences(&rewrites[0]), (0..11).collect::<Vec<_>>());
+
+        // A backlog within bounds is rewritten whole, as before.
+        let few: Vec<LiveEntry> = (0..12).map(|s| file("c", MB, s)).collect();
+        let rewrites = plan(&few, 0, target, 10);
+        assert_eq!(sequences(&rewrites[0]), (0..12).collect::<Vec<_>>());
+        assert!(plan(&few[..9], 0, target, 10).is_empty(), "below min_files");
+    }
 }
