@@ -299,19 +299,21 @@ fn rest_of(lines: std::sync::mpsc::Receiver<String>) -> String {
 async fn maintenance_racing_running_pipelines_loses_and_doubles_nothing() {
     // The grace period outlasts the pause: a rewrite older than half of it is dropped. The
     // first run does not maintain: on a loaded machine its passes could compact everything,
-    // leaving the paused `maintain` nothing to stage.
+    // leaving the paused `maintain` nothing to stage. The second passes every 100 ms: it reads
+    // the 20,000 events in about half a second, and its first pass must start before it is
+    // done (a pass in progress then finishes).
     let (pipeline, first) = filled(false, LONG_GRACE, 43, false);
     pipeline.edit_config(|yaml| {
         yaml.replace(
-            "maintenance:\n      enabled: false",
-            "maintenance:\n      enabled: true",
+            "maintenance:\n      enabled: false\n      interval: 1s\n",
+            "maintenance:\n      enabled: true\n      interval: 100ms\n",
         )
     });
     assert!(std::fs::read_to_string(&pipeline.config)
         .unwrap()
-        .contains("maintenance:\n      enabled: true"));
+        .contains("maintenance:\n      enabled: true\n      interval: 100ms"));
     // A `maintain` plans a rewrite and waits; meanwhile a runner appends (and maintains its
-    // own tables every second, racing its own commits), so the rewrite must rebase or plan
+    // own tables every 100 ms, racing its own commits), so the rewrite must rebase or plan
     // again when it resumes.
     let (paused, lines) = maintain_paused(&pipeline, "staged", "3s");
     let second = generate_20k_from(&pipeline, 45, "2026-01-02T00:00:00Z");
