@@ -503,8 +503,8 @@ async fn an_ingest_commit_built_before_a_replace_is_decided_again_on_it() {
     assert_eq!(rows as u64, truth.valid_events + extra.num_rows() as u64);
 }
 
-/// `(partitions compacted, partitions left)` by `table`'s line of a `maintain` report, or `None`
-/// when the pass compacted nothing there.
+/// The partitions `table`'s line of a `maintain` report says the pass left for the next one
+/// (0 when it names none), or `None` when the pass compacted nothing there.
 fn compacted(report: &str, table: &str) -> Option<usize> {
     let line = report
         .lines()
