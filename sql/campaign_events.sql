@@ -13,6 +13,9 @@
 --   65536 bytes  largest message accepted (`too large`; the payload is kept in the DLQ)
 --   256 chars    longest identifier (event_id, user_id, campaign_id)
 --   64 chars     longest platform, country or device_type
+-- Required fields: event_id, user_id, campaign_id, event_type. Optional: platform, country,
+-- device_type (NULL when absent), revenue (0 when absent) and timestamp (the Kafka record's
+-- timestamp, the producer's CreateTime, when absent or null).
 -- Event times further than window.max_future ahead of the runner's clock are rejected by
 -- the runner itself (`future timestamp: ...`), whatever this file says.
 WITH fields AS (
@@ -20,6 +23,7 @@ WITH fields AS (
     _topic,
     _partition,
     _offset,
+    _timestamp,
     octet_length(value)                          AS _bytes,
     -- One parse for all fields: strings come decoded, other values as their JSON text, and
     -- the whole struct is NULL when value is not a well-formed JSON object. f['$type'][key]
@@ -47,7 +51,14 @@ typed AS (
     f['device_type']                             AS device_type,
     f['timestamp']                               AS _timestamp_text,
     f['revenue']                                 AS _revenue_json,
-    try_cast(f['timestamp'] AS TIMESTAMPTZ)      AS _event_time,
+    -- Event time: the event's own `timestamp`; an event that carries none (absent or null)
+    -- takes its Kafka record's timestamp (the producer's CreateTime), so apps that send no
+    -- clock of their own still count. A timestamp that is present but unreadable stays NULL
+    -- here and is rejected below.
+    CASE
+      WHEN f['timestamp'] IS NULL THEN CAST(_timestamp AS TIMESTAMPTZ)
+      ELSE try_cast(f['timestamp'] AS TIMESTAMPTZ)
+    END                                          AS _event_time,
     try_cast(f['revenue'] AS DOUBLE)             AS _revenue
   FROM fields
 )
@@ -94,7 +105,10 @@ SELECT
     WHEN event_type IS NULL                          THEN 'missing event_type'
     WHEN event_type NOT IN ('impression', 'click', 'conversion')
                                                      THEN 'unknown event_type: ' || event_type
-    WHEN _timestamp_text IS NULL                     THEN 'missing timestamp'
+    -- Without a timestamp of its own an event has its record's; only a record without one
+    -- (a producer that sets none) leaves it missing.
+    WHEN _timestamp_text IS NULL AND _event_time IS NULL
+                                                     THEN 'missing timestamp'
     WHEN _event_time IS NULL                         THEN 'bad timestamp: ' || _timestamp_text
     WHEN _revenue < 0                                THEN 'negative revenue: ' || _revenue_json
   END AS _error

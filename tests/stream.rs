@@ -879,3 +879,89 @@ fn a_broker_outage_is_logged_in_a_few_lines_and_loses_nothing() {
         "no colour codes in a log that is not a terminal"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_products_example_event_takes_its_record_time_and_lands_in_both_tables() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let pipeline = TestPipeline::new();
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    // What the product description shows an app sending: no timestamp, platform, country or
+    // device_type. Its event time is the record's CreateTime, set here by the producer.
+    let example = |id: &str, kind: &str| {
+        format!(
+            r#"{{"event_id": "{id}", "user_id": "user_456", "campaign_id": "camp_789", "event_type": "{kind}", "revenue": 0.0}}"#
+        )
+    };
+    let minute = chrono::DurationRound::duration_trunc(
+        chrono::Utc::now() - chrono::TimeDelta::minutes(5),
+        chrono::TimeDelta::minutes(1),
+    )
+    .unwrap();
+    let created_ms = (minute + chrono::TimeDelta::seconds(7)).timestamp_millis();
+    let payloads = [
+        (example("evt_123", "click"), "evt_123"),
+        (example("evt_124", "impression"), "evt_124"),
+        (example("evt_125", "impression"), "evt_125"),
+        // A JSON null is no timestamp either.
+        (
+            r#"{"event_id": "evt_126", "user_id": "user_456", "campaign_id": "camp_789", "event_type": "impression", "timestamp": null}"#.to_string(),
+            "evt_126",
+        ),
+        // A timestamp that is present but unreadable is still refused.
+        (
+            r#"{"event_id": "evt_127", "user_id": "user_456", "campaign_id": "camp_789", "event_type": "click", "timestamp": "yesterday"}"#.to_string(),
+            "evt_127",
+        ),
+    ];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.brokers)
+        .create()
+        .unwrap();
+    for (payload, _) in &payloads {
+        producer
+            .send(
+                BaseRecord::to(&pipeline.topic)
+                    .partition(0)
+                    .key("camp_789")
+                    .timestamp(created_ms)
+                    .payload(payload),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let output = pipeline.cli(&["run", "--until-caught-up", "--flush-open-windows"]);
+    assert!(output.status.success(), "{}", text(&output));
+
+    let events = scan_table(&pipeline.config, "campaign_events").await;
+    let rows = by_event_id(rows(&events));
+    let ids: Vec<&str> = rows.keys().map(String::as_str).collect();
+    assert_eq!(ids, ["evt_123", "evt_124", "evt_125", "evt_126"]);
+    for row in rows.values() {
+        assert_eq!(row.timestamp_micros, created_ms * 1000, "{row:?}");
+        assert_eq!(row.revenue, 0.0);
+    }
+    // The descriptive fields the app left out are NULL, not empty text.
+    for batch in &events {
+        for name in ["platform", "country", "device_type"] {
+            let column = batch.column_by_name(name).unwrap();
+            assert_eq!(column.null_count(), batch.num_rows(), "{name}");
+        }
+    }
+    let letters = dead_letters(&pipeline);
+    let reasons: Vec<&str> = letters.iter().map(|(_, l)| l.error.as_str()).collect();
+    assert_eq!(reasons, ["bad timestamp: yesterday"]);
+    assert_eq!(letters[0].1.source.offset, 4);
+
+    let metrics = scan_table(&pipeline.config, "campaign_metrics").await;
+    let windows = common::windows::windows(&metrics, None);
+    let window = &windows[&("camp_789".to_string(), minute.timestamp_micros())];
+    assert_eq!(
+        (window.impressions, window.clicks, window.conversions),
+        (3, 1, 0),
+        "{windows:?}"
+    );
+    assert_eq!(windows.len(), 1, "{windows:?}");
+}
