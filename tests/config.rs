@@ -174,3 +174,23 @@ fn a_topic_name_kafka_would_not_take_or_would_read_as_a_pattern_is_refused() {
     let legal = shipped().replace("topic: campaign_events", "topic: Campaign.events-v2_eu");
     parse(&legal).expect("letters, digits, dots, underscores and dashes are fine");
 }
+
+#[test]
+fn the_query_memory_bounds_read_as_sizes_and_a_share_over_the_whole_is_refused() {
+    use campaign_pipeline::config::ByteSize;
+    let config = parse(&shipped()).expect("loads");
+    assert_eq!(config.sql_endpoint.max_memory, ByteSize::gib(2));
+    assert_eq!(config.sql_endpoint.statement_memory, ByteSize::mib(512));
+    assert_eq!(config.sql_endpoint.max_spill, ByteSize::gib(8));
+    assert!(config.sql_endpoint.tls.is_none());
+    let over = shipped().replace("statement_memory: 512MiB", "statement_memory: 4GiB");
+    assert!(parse(&over)
+        .unwrap_err()
+        .contains("sql_endpoint.statement_memory: 4GiB is more than max_memory (2GiB)"));
+    let unit = shipped().replace("max_memory: 2GiB", "max_memory: 2 gallons");
+    let err = parse(&unit).unwrap_err();
+    assert!(
+        err.contains("unknown unit `gallons`") && err.contains("line"),
+        "{err}"
+    );
+}

@@ -2,10 +2,12 @@
 
 pub mod env;
 mod maintenance;
+mod size;
 mod sql_endpoint;
 
 pub use maintenance::MaintenanceConfig;
-pub use sql_endpoint::SqlEndpointConfig;
+pub use size::ByteSize;
+pub use sql_endpoint::{SqlEndpointConfig, TlsConfig};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

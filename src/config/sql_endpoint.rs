@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::ByteSize;
+
 /// Settings of the PostgreSQL-wire SQL endpoint; the credentials come from the environment.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +32,33 @@ pub struct SqlEndpointConfig {
     /// Connections served at once; more are refused until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Memory all ad-hoc statements of the process hold at once (the endpoint's, the
+    /// dashboard's and `query`'s); sorts, joins and aggregations spill to disk before they fail.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: ByteSize,
+    /// Memory one statement may hold: its share of `max_memory`.
+    #[serde(default = "default_statement_memory")]
+    pub statement_memory: ByteSize,
+    /// Temporary disk space the statements' spill files may take together.
+    #[serde(default = "default_max_spill")]
+    pub max_spill: ByteSize,
+    /// TLS for the endpoint (`sslmode=require`); without it the connections are plain text.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
+
+/// The endpoint's certificate and private key, PEM files (relative paths: from this file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, the server's own certificate first.
+    pub certificate: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// Below this, even catalog queries of BI tools fail.
+const MIN_STATEMENT_MEMORY: ByteSize = ByteSize::mib(16);
 
 fn default_enabled() -> bool {
     true
@@ -53,6 +81,15 @@ fn default_max_result_rows() -> usize {
 fn default_max_connections() -> usize {
     64
 }
+fn default_max_memory() -> ByteSize {
+    ByteSize::gib(2)
+}
+fn default_statement_memory() -> ByteSize {
+    ByteSize::mib(512)
+}
+fn default_max_spill() -> ByteSize {
+    ByteSize::gib(8)
+}
 
 impl Default for SqlEndpointConfig {
     fn default() -> Self {
@@ -64,6 +101,10 @@ impl Default for SqlEndpointConfig {
             statement_timeout: default_statement_timeout(),
             max_result_rows: default_max_result_rows(),
             max_connections: default_max_connections(),
+            max_memory: default_max_memory(),
+            statement_memory: default_statement_memory(),
+            max_spill: default_max_spill(),
+            tls: None,
         }
     }
 }
@@ -79,6 +120,21 @@ impl SqlEndpointConfig {
         }
         if self.max_connections == 0 {
             return Some(("max_connections", "must be at least 1".into()));
+        }
+        if self.statement_memory > self.max_memory {
+            return Some((
+                "statement_memory",
+                format!(
+                    "{} is more than max_memory ({}): one statement's share cannot exceed the whole",
+                    self.statement_memory, self.max_memory
+                ),
+            ));
+        }
+        if self.statement_memory.0 < MIN_STATEMENT_MEMORY.0 {
+            return Some((
+                "statement_memory",
+                format!("must be at least {MIN_STATEMENT_MEMORY}"),
+            ));
         }
         if self.password_env.trim().is_empty() {
             return Some(("password_env", "must name an environment variable".into()));

@@ -3,6 +3,7 @@
 
 pub mod catalog_info;
 pub mod format;
+pub mod memory;
 pub mod time_travel;
 
 pub use catalog_info::{snapshots, tables};
@@ -66,7 +67,10 @@ pub async fn session_at(
     let idents = catalog.list_tables(&namespace).await.map_err(|e| {
         CatalogError::iceberg(format!("listing namespace {}", pipeline.sink.namespace), e)
     })?;
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    let ctx = memory::bounded_session(
+        SessionConfig::new().with_information_schema(true),
+        memory::MemoryBounds::from_settings(&config.sql_endpoint),
+    )?;
     let mut found_snapshot = false;
     for ident in idents {
         let table = catalog
@@ -112,7 +116,10 @@ pub async fn session(
     let session_config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG_NAME, &pipeline.sink.namespace)
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config(session_config);
+    let ctx = memory::bounded_session(
+        session_config,
+        memory::MemoryBounds::from_settings(&config.sql_endpoint),
+    )?;
     ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
     let namespace = crate::catalog::namespace_ident(&pipeline.sink.namespace)?;
     for (name, function) in time_travel::TimeTravel::functions(catalog, namespace) {

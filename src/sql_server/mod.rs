@@ -8,8 +8,11 @@
 
 pub mod auth;
 mod catalog;
+pub mod errors;
 pub mod guard;
 pub mod limits;
+mod pg_compat;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use pgwire::api::{ConnectionManager, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -52,6 +55,12 @@ pub enum SqlServerError {
     /// PostgreSQL's catalog tables could not be set up.
     #[error("setting up pg_catalog")]
     PgCatalog(#[source] Box<datafusion::error::DataFusionError>),
+    /// The TLS certificate or key cannot serve.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The threads that run the statements could not be started.
+    #[error("starting the SQL endpoint's statement threads")]
+    Threads(#[source] std::io::Error),
     /// The address could not be bound.
     #[error("SQL endpoint cannot listen on {address}")]
     Listen {
@@ -64,6 +73,12 @@ pub enum SqlServerError {
 /// A bound, ready SQL endpoint; [`SqlServer::serve`] accepts connections.
 pub struct SqlServer {
     listener: TcpListener,
+    /// Set when `sql_endpoint.tls` is: clients may then ask for TLS (`sslmode=require`).
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+    /// Where connections and their statements run: threads of their own, below the
+    /// pipeline's priority, so that in `run --sql` a heavy statement takes CPU the pipeline
+    /// leaves over, never the pipeline's own.
+    statements: StatementThreads,
     handlers: Arc<Handlers>,
     connections: Arc<Semaphore>,
     max_connections: usize,
@@ -90,6 +105,11 @@ impl SqlServer {
     ) -> Result<Self, SqlServerError> {
         let settings = &config.sql_endpoint;
         let credentials = Arc::new(credentials);
+        let tls = match &settings.tls {
+            Some(tls) => Some(tls::acceptor(config, tls)?),
+            None => None,
+        };
+        let require_tls = tls.is_some();
         let ctx = session(config, pipeline, settings).await?;
         let schema = pipeline.sink.namespace.clone();
         let listener =
@@ -101,7 +121,9 @@ impl SqlServer {
                 })?;
         Ok(Self {
             listener,
-            handlers: Arc::new(Handlers::new(ctx, credentials, schema)),
+            tls,
+            statements: statement_threads().map_err(SqlServerError::Threads)?,
+            handlers: Arc::new(Handlers::new(ctx, credentials, schema, require_tls)),
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             max_connections: settings.max_connections,
         })
@@ -130,7 +152,7 @@ impl SqlServer {
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => break,
             };
             let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -144,14 +166,66 @@ impl SqlServer {
                 Some(_) => self.handlers.clone(),
                 None => refuse.clone(),
             };
-            tokio::spawn(async move {
+            let tls = self.tls.clone();
+            self.statements.spawn(async move {
                 let _permit = permit;
-                if let Err(err) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                if let Err(err) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!("SQL endpoint: connection from {peer}: {err}");
                 }
             });
         }
     }
+}
+
+/// The statements' runtime; dropped without waiting for its threads, which an async context
+/// (where the server ends) must not do.
+struct StatementThreads(Option<tokio::runtime::Runtime>);
+
+impl StatementThreads {
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(runtime) = &self.0 {
+            runtime.spawn(task);
+        }
+    }
+}
+
+impl Drop for StatementThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// How much lower than the pipeline the statements' threads run (`nice` steps): the kernel
+/// then gives a busy pipeline thread about ten times the CPU of a busy statement thread.
+const STATEMENT_NICENESS: libc::c_int = 10;
+
+/// A runtime for the endpoint's connections and their statements, on threads that yield the
+/// CPU to the process's other threads.
+fn statement_threads() -> std::io::Result<StatementThreads> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sql-endpoint")
+        .enable_all()
+        .on_thread_start(|| {
+            // On Linux a thread's nice value is its own: `who` is the thread id.
+            // SAFETY: plain system calls on the calling thread, no memory passed.
+            let outcome = unsafe {
+                let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, thread, STATEMENT_NICENESS)
+            };
+            if outcome != 0 {
+                tracing::debug!(
+                    "SQL endpoint: lowering a statement thread's priority: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        })
+        .build()?;
+    Ok(StatementThreads(Some(runtime)))
 }
 
 /// The read-only session the endpoint serves: `query`'s session with `pg_catalog` beside the
@@ -170,6 +244,7 @@ async fn session(
     };
     let state = SessionStateBuilder::new_from_existing(base.state())
         .with_physical_optimizer_rule(Arc::new(ApplyLimits(limits)))
+        .with_analyzer_rules(pg_compat::BooleanLiterals::with_default_rules())
         .build();
     let ctx = SessionContext::new_with_state(state);
     if let Some(iceberg) = ctx.catalog(CATALOG_NAME) {
@@ -177,6 +252,9 @@ async fn session(
     }
     setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
         .map_err(SqlServerError::PgCatalog)?;
+    pg_compat::extend(&ctx, CATALOG_NAME)
+        .await
+        .map_err(|e| SqlServerError::PgCatalog(Box::new(e)))?;
     ctx.register_udf(constant_udf("version", version()));
     // The namespace is the session's default schema: unqualified names resolve in it.
     ctx.register_udf(constant_udf(
@@ -228,14 +306,22 @@ struct Handlers {
     cancel: Arc<DefaultCancelHandler>,
     /// Set when the connection is over the limit: it is told so at startup.
     refuse: Option<String>,
+    /// Whether connections without TLS are refused (TLS is configured).
+    require_tls: bool,
 }
 
 impl Handlers {
-    fn new(ctx: Arc<SessionContext>, credentials: Arc<Credentials>, schema: String) -> Self {
+    fn new(
+        ctx: Arc<SessionContext>,
+        credentials: Arc<Credentials>,
+        schema: String,
+        require_tls: bool,
+    ) -> Self {
         // The guard goes first so no later hook (SET's fallback runs DataFusion statements)
         // sees a refused statement.
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(guard::ReadOnly),
+            Arc::new(pg_compat::PgCompat),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
@@ -253,6 +339,7 @@ impl Handlers {
             cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
             connections,
             refuse: None,
+            require_tls,
         }
     }
 }
@@ -273,18 +360,25 @@ impl PgWireServerHandlers for Handlers {
                 .with_scram(self.credentials.scram())
                 .with_connection_manager(self.connections.clone()),
             refuse: self.refuse.clone(),
+            require_tls: self.require_tls,
         })
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.cancel.clone()
     }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(errors::EndpointErrors)
+    }
 }
 
-/// SCRAM login, or a refusal when the endpoint is full.
+/// SCRAM login, or a refusal when the endpoint is full or the client did not ask for TLS
+/// where it is configured.
 struct Startup {
     login: SASLAuthStartupHandler<DefaultServerParameterProvider>,
     refuse: Option<String>,
+    require_tls: bool,
 }
 
 #[async_trait::async_trait]
@@ -308,6 +402,15 @@ impl StartupHandler for Startup {
                 "FATAL".into(),
                 "53300".into(),
                 reason.clone(),
+            ))));
+        }
+        // Configuring a certificate is asking that logins and rows never cross in plain text.
+        if self.require_tls && !client.is_secure() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "the SQL endpoint requires TLS (sql_endpoint.tls): connect with sslmode=require"
+                    .into(),
             ))));
         }
         self.login.on_startup(client, message).await
