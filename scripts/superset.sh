@@ -8,6 +8,7 @@
 #   scripts/superset.sh chart-data NAME_OR_ID [--rows] [--cached] [--type query]   # a chart's saved query, as JSON
 #   scripts/superset.sh screenshot [--out PNG] [--campaign camp_001]...   # headless Chromium: log in, draw the dashboard
 #   scripts/superset.sh load [--users 10] [--rounds 3] [--cached] [--out F.json]   # what a dashboard view costs
+#   scripts/superset.sh as-a-user [--sql SQL]   # browse the schema, run SQL Lab, dataset from the table, a "Last day" chart
 #   scripts/superset.sh stop | status | url | python
 #
 # The dashboard "Campaign performance" (slug campaign-performance) has five charts, each one
@@ -191,6 +192,11 @@ if SQLALCHEMY_DATABASE_URI.startswith("sqlite"):
 ROW_LIMIT = 50000
 SUPERSET_WEBSERVER_TIMEOUT = 120
 
+# Relative time ranges end now, not at midnight: on a live campaign dashboard "Last day" is the last
+# 24 hours, today's windows included (Superset's default, "today", would leave them all out).
+DEFAULT_RELATIVE_START_TIME = "now"
+DEFAULT_RELATIVE_END_TIME = "now"
+
 # Chart results shared by the gunicorn workers for a short while, so that several people opening the
 # dashboard at once cost one query per chart; SUPERSET_DATA_CACHE_SECONDS=0 turns it off. A chart's
 # "force refresh" and `superset.sh chart-data` (force=true unless --cached) bypass it.
@@ -339,13 +345,13 @@ case "$sub" in
     default_sql_uri
     exec "$PY" "$HELPER" provision "$@"
     ;;
-  chart-data|screenshot|load)
+  chart-data|screenshot|load|as-a-user)
     need_admin_env
     need_server
     exec "$PY" "$HELPER" "$sub" "$@"
     ;;
   *)
-    echo "usage: $0 up|install|start|provision [--out FILE] [--lookback-hours N]|chart-data NAME_OR_ID [--rows] [--cached] [--type query]|screenshot [--out PNG] [--campaign ID]...|load [--users N] [--rounds R] [--cached] [--out JSON]|stop|status|url|python" >&2
+    echo "usage: $0 up|install|start|provision [--out FILE] [--lookback-hours N]|chart-data NAME_OR_ID [--rows] [--cached] [--type query]|screenshot [--out PNG] [--campaign ID]...|load [--users N] [--rounds R] [--cached] [--out JSON]|as-a-user [--sql SQL]|stop|status|url|python" >&2
     exit 2
     ;;
 esac

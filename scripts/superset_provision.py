@@ -47,6 +47,7 @@ DASHBOARD_SLUG = "campaign-performance"
 TIME_GRAIN = "PT1M"  # one minute, the pipeline's window
 TIME_COL = "window_start"
 NATIVE_FILTER_ID = "NATIVE_FILTER-campaign-id"
+TIME_FILTER_ID = "NATIVE_FILTER-time-range"
 TIMESERIES_ROW_LIMIT = 50000  # 10 campaigns x 5,000 one-minute windows (ROW_LIMIT in superset_config.py)
 
 # The dataset's columns, declared (the endpoint's catalog is never asked).
@@ -553,6 +554,22 @@ def layout(chart_ids: dict[str, int]) -> dict:
 def native_filters(ds_id: int, chart_ids: list[int]) -> list[dict]:
     return [
         {
+            # Superset's own time-range picker ("Last day", "Last week", a custom range): every
+            # chart's TEMPORAL_RANGE filter on window_start takes it; "No filter" until chosen.
+            "id": TIME_FILTER_ID,
+            "name": "Time range",
+            "type": "NATIVE_FILTER",
+            "filterType": "filter_time",
+            "description": "window_start, applies to every chart",
+            "targets": [{}],
+            "controlValues": {"enableEmptyFilter": False},
+            "defaultDataMask": {"extraFormData": {}, "filterState": {}, "ownState": {}},
+            "cascadeParentIds": [],
+            "scope": {"rootPath": ["ROOT_ID"], "excluded": []},
+            "chartsInScope": chart_ids,
+            "tabsInScope": [],
+        },
+        {
             "id": NATIVE_FILTER_ID,
             "name": "Campaign",
             "type": "NATIVE_FILTER",
@@ -626,8 +643,8 @@ def provision(args: argparse.Namespace) -> None:
     if on_dash != set(chart_ids.values()):
         raise ApiError(f"the dashboard's charts are {sorted(on_dash)} after the update, expected {chart_ids}")
     stored = json.loads(api.call("GET", f"/api/v1/dashboard/{dash_id}")["result"]["json_metadata"])
-    if [f["id"] for f in stored.get("native_filter_configuration", [])] != [NATIVE_FILTER_ID]:
-        raise ApiError("the native filter on campaign_id was not stored")
+    if [f["id"] for f in stored.get("native_filter_configuration", [])] != [TIME_FILTER_ID, NATIVE_FILTER_ID]:
+        raise ApiError("the native filters on the time range and campaign_id were not stored")
 
     url = f"{api.base}/superset/dashboard/{DASHBOARD_SLUG}/"
     out = {
@@ -636,6 +653,7 @@ def provision(args: argparse.Namespace) -> None:
         "dataset_id": ds_id,
         "dashboard": {"id": dash_id, "slug": DASHBOARD_SLUG, "title": DASHBOARD_TITLE, "url": url},
         "native_filter_id": NATIVE_FILTER_ID,
+        "time_filter_id": TIME_FILTER_ID,
         "charts": chart_ids,
     }
     out_path = args.out or os.path.join(os.environ.get("SUPERSET_HOME") or ".superset", "provisioned.json")
@@ -718,6 +736,129 @@ def chart_data(args: argparse.Namespace) -> None:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# ---------------------------------------------------------------- a user's own path
+
+
+USER_CHART = "Impressions per hour (last day)"
+
+
+def as_a_user(args: argparse.Namespace) -> None:
+    """What a user does by hand after provisioning, through the API calls Superset's own pages make:
+    browse the schema in SQL Lab (schemas, tables, a table's columns), run a query there, create a
+    physical dataset by picking the table campaign_metrics (Superset reads its columns through
+    SQLAlchemy's inspector), and add a chart on it with the time range "Last day" and an hour grain
+    to the provisioned dashboard. Prints JSON: the columns Superset saw, the SQL Lab rows, and the
+    chart's rows with the time bounds Superset applied."""
+    import prison
+
+    api = Superset(env("SUPERSET_URL", "http://127.0.0.1:8088"), env("SUPERSET_ADMIN_USER"), env("SUPERSET_ADMIN_PASSWORD"))
+    owner = api.me()
+    found = api.find("database", "database_name", DATABASE_NAME)
+    if not found:
+        raise ApiError(f"no database {DATABASE_NAME!r}: run provision first")
+    db_id, schema, table = found[0]["id"], args.schema, "campaign_metrics"
+    # SQL Lab's schema browser
+    schemas = api.call("GET", f"/api/v1/database/{db_id}/schemas/", params={"q": prison.dumps({"force": True})})["result"]
+    tables = api.call(
+        "GET", f"/api/v1/database/{db_id}/tables/", params={"q": prison.dumps({"schema_name": schema, "force": True})}
+    )["result"]
+    metadata = api.call(
+        "GET", f"/api/v1/database/{db_id}/table_metadata/", params={"name": table, "schema": schema}
+    )
+    # a query in SQL Lab
+    sqllab = api.call(
+        "POST",
+        "/api/v1/sqllab/execute/",
+        json={
+            "database_id": db_id,
+            "schema": schema,
+            "sql": args.sql,
+            "runAsync": False,
+            "client_id": f"c{int(time.time() * 1000) % 10**9}"[:10],
+            "queryLimit": 1000,
+        },
+    )
+    # the physical dataset, picked by table name
+    existing = [
+        d for d in api.find("dataset", "table_name", table) if d["database"]["id"] == db_id and d.get("schema") == schema
+    ]
+    if existing:
+        ds_id = existing[0]["id"]
+        api.call("PUT", f"/api/v1/dataset/{ds_id}/refresh")
+    else:
+        ds_id = api.call("POST", "/api/v1/dataset/", json={"database": db_id, "schema": schema, "table_name": table, "owners": [owner]})["id"]
+    dataset = api.call("GET", f"/api/v1/dataset/{ds_id}")["result"]
+    # the chart: impressions per hour over the last day, on the provisioned dashboard
+    metric = {"expressionType": "SQL", "sqlExpression": "SUM(impressions)", "label": "impressions"}
+    time_filter = {"col": TIME_COL, "op": "TEMPORAL_RANGE", "val": "Last day"}
+    form = {
+        "datasource": f"{ds_id}__table",
+        "viz_type": "echarts_timeseries_bar",
+        "x_axis": TIME_COL,
+        "time_grain_sqla": "PT1H",
+        "metrics": [metric],
+        "groupby": [],
+        "adhoc_filters": [
+            {"clause": "WHERE", "comparator": "Last day", "expressionType": "SIMPLE", "operator": "TEMPORAL_RANGE", "subject": TIME_COL}
+        ],
+        "row_limit": 1000,
+    }
+    query = {
+        "columns": [{"timeGrain": "PT1H", "columnType": "BASE_AXIS", "sqlExpression": TIME_COL, "label": TIME_COL, "expressionType": "SQL"}],
+        "metrics": [metric],
+        "filters": [time_filter],
+        "extras": {"having": "", "where": "", "time_grain_sqla": "PT1H"},
+        "orderby": [],
+        "row_limit": 1000,
+        "post_processing": [],
+    }
+    context = {"datasource": {"id": ds_id, "type": "table"}, "force": True, "queries": [query], "form_data": form, "result_format": "json", "result_type": "full"}
+    dash = api.call("GET", f"/api/v1/dashboard/{DASHBOARD_SLUG}")["result"]
+    body = {
+        "slice_name": USER_CHART,
+        "viz_type": form["viz_type"],
+        "datasource_id": ds_id,
+        "datasource_type": "table",
+        "params": json.dumps(form),
+        "query_context": json.dumps(context),
+        "dashboards": [dash["id"]],
+        "owners": [owner],
+    }
+    mine = [c for c in charts_on_dataset(api, ds_id) if c["slice_name"] == USER_CHART]
+    chart_id = mine[0]["id"] if mine else api.call("POST", "/api/v1/chart/", json=body)["id"]
+    if mine:
+        api.call("PUT", f"/api/v1/chart/{chart_id}", json=body)
+    positions = json.loads(dash.get("position_json") or "{}")
+    key = f"CHART-user-{chart_id}"
+    if key not in positions and "GRID_ID" in positions:
+        row = f"ROW-user-{chart_id}"
+        positions[key] = {"type": "CHART", "id": key, "children": [], "parents": ["ROOT_ID", "GRID_ID", row],
+                          "meta": {"chartId": chart_id, "width": 12, "height": 50, "sliceName": USER_CHART}}
+        positions[row] = {"type": "ROW", "id": row, "children": [key], "parents": ["ROOT_ID", "GRID_ID"],
+                          "meta": {"background": "BACKGROUND_TRANSPARENT"}}
+        positions["GRID_ID"]["children"].append(row)
+        api.call("PUT", f"/api/v1/dashboard/{dash['id']}", json={"position_json": json.dumps(positions)})
+    data = api.call("GET", f"/api/v1/chart/{chart_id}/data/", params={"format": "json", "type": "full", "force": "true"})
+    result = data["result"][0]
+    if result.get("error"):
+        raise ApiError(f"chart {chart_id}: {result['error']}")
+    out = {
+        "schemas": schemas,
+        "tables": [t["value"] for t in tables.get("options", [])] if isinstance(tables, dict) else tables,
+        "table_metadata": [{"name": c["name"], "type": c["type"]} for c in metadata.get("columns", [])],
+        "sqllab": sqllab.get("data"),
+        "dataset": {
+            "id": ds_id,
+            "columns": [
+                {"name": c["column_name"], "type": c["type"], "is_dttm": c["is_dttm"]} for c in dataset["columns"]
+            ],
+        },
+        "chart": {"id": chart_id, "on_dashboard": dash["id"], "query": result.get("query"), "rows": normalize_rows(result)},
+    }
+    json.dump(out, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
 
 
 # ---------------------------------------------------------------- load
@@ -1236,12 +1377,22 @@ def main() -> None:
     pl.add_argument("--rounds", type=int, default=3, help="views per user, all users at once each round (default 3)")
     pl.add_argument("--cached", action="store_true", help="also measure with Superset's data cache (second table)")
     pl.add_argument("--out", help="also write the figures as JSON to this file")
+    pu = sub.add_parser("as-a-user")
+    pu.add_argument("--schema", default=os.environ.get("CAMPAIGN_SQL_SCHEMA", "campaigns"))
+    pu.add_argument("--sql", default="SELECT campaign_id, SUM(impressions) AS impressions FROM campaign_metrics GROUP BY campaign_id ORDER BY campaign_id")
     sub.add_parser("admin")
     args = p.parse_args()
     if args.cmd == "load" and (args.users < 1 or args.rounds < 1):
         p.error("--users and --rounds must be at least 1")
     try:
-        {"provision": provision, "chart-data": chart_data, "screenshot": screenshot, "load": load, "admin": admin}[
+        {
+            "provision": provision,
+            "chart-data": chart_data,
+            "screenshot": screenshot,
+            "load": load,
+            "admin": admin,
+            "as-a-user": as_a_user,
+        }[
             args.cmd
         ](args)
     except ApiError as e:

@@ -176,14 +176,88 @@ fn superset_dashboard_over_the_sql_endpoint_shows_the_tables_values() {
     };
     assert_eq!(order(&top), order(&want), "ranked by revenue");
 
-    // The dashboard in headless Chromium: every chart drawn, the totals shown are the tables'.
+    // What a user does on their own: SQL Lab's schema browser and a query there, a physical
+    // dataset made by picking the table (Superset reads its columns through SQLAlchemy's
+    // inspector), and a chart on it with the time range "Last day" and an hour grain, added to
+    // the dashboard. Every value equals the tables'.
+    let user: Value = serde_json::from_str(&superset.ok(&["as-a-user"])).expect("as-a-user JSON");
+    assert!(
+        user["schemas"]
+            .as_array()
+            .unwrap()
+            .contains(&"campaigns".into()),
+        "{user}"
+    );
+    assert!(
+        user["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["value"] == "campaign_metrics"),
+        "{user}"
+    );
+    let sql_lab = query(
+        &served,
+        "SELECT campaign_id, SUM(impressions) AS impressions FROM campaign_metrics \
+         GROUP BY campaign_id ORDER BY campaign_id",
+    );
+    assert_same(
+        "SQL Lab",
+        user["sqllab"].as_array().unwrap(),
+        &sql_lab,
+        &["campaign_id"],
+    );
+    let columns = user["dataset"]["columns"].as_array().unwrap();
+    let window_start = columns
+        .iter()
+        .find(|c| c["name"] == "window_start")
+        .expect("window_start");
+    assert_eq!(window_start["type"], "TIMESTAMP WITH TIME ZONE", "{user}");
+    assert_eq!(
+        window_start["is_dttm"], true,
+        "a time column for the time filter"
+    );
+    let chart_sql = user["chart"]["query"].as_str().unwrap();
+    assert!(
+        chart_sql.contains("DATE_TRUNC('hour', window_start)")
+            && chart_sql.contains("'YYYY-MM-DD HH24:MI:SS.US'"),
+        "{chart_sql}"
+    );
+    let bounds: Vec<&str> = chart_sql
+        .split("TO_TIMESTAMP('")
+        .skip(1)
+        .map(|rest| rest.split('\'').next().unwrap())
+        .collect();
+    assert_eq!(bounds.len(), 2, "{chart_sql}");
+    let last_day = query(
+        &served,
+        &format!(
+            "SELECT date_trunc('hour', window_start) AS window_start, \
+             sum(impressions) AS impressions FROM campaign_metrics \
+             WHERE window_start >= TIMESTAMP '{}' AND window_start < TIMESTAMP '{}' GROUP BY 1",
+            bounds[0], bounds[1]
+        ),
+    );
+    assert!(
+        !last_day.is_empty(),
+        "the last day holds the served windows"
+    );
+    assert_same(
+        "Impressions per hour (last day)",
+        user["chart"]["rows"].as_array().unwrap(),
+        &last_day,
+        &["window_start"],
+    );
+
+    // The dashboard in headless Chromium: every chart drawn (the user's too), the totals shown
+    // are the tables'.
     let png = screenshot_folder().join("campaign-performance.png");
     let report: Value =
         serde_json::from_str(&superset.ok(&["screenshot", "--out", png.to_str().unwrap()]))
             .expect("screenshot's JSON report");
     assert_eq!(report["ok"], true, "{report}");
     let drawn = report["charts"].as_array().expect("charts");
-    assert_eq!(drawn.len(), 5, "{report}");
+    assert_eq!(drawn.len(), 6, "{report}");
     for chart in drawn {
         assert_eq!(chart["state"], "rendered", "{chart}");
     }
