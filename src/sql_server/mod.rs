@@ -3,8 +3,10 @@
 //!
 //! datafusion-postgres speaks the protocol over the same DataFusion session `query` uses,
 //! with PostgreSQL's `pg_catalog` and functions for the catalog queries clients send on
-//! connect; this module adds what a shared, exposed endpoint needs: a login, refusal of
-//! anything but reads, per-statement limits and a cap on connections.
+//! connect; this module adds what a shared, exposed endpoint needs: a login, TLS, refusal of
+//! anything but reads, per-statement limits (time, rows; memory comes with `query`'s session),
+//! a cap on connections, threads of its own below the pipeline's priority, PostgreSQL's error
+//! codes for its refusals, and the catalog BI tools' table browsers read (`pg_compat`).
 
 pub mod auth;
 mod catalog;
