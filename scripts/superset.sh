@@ -65,6 +65,8 @@
 #   SUPERSET_METADATA_URI    metadata DB, default sqlite:///$SUPERSET_HOME/superset.db (e.g. postgresql+psycopg2://...)
 #   SUPERSET_WORKERS / SUPERSET_THREADS   gunicorn gthread workers and threads each (default 3 x 4)
 #   SUPERSET_START_TIMEOUT   seconds to wait for /health (default 180)
+#   SUPERSET_EVENT_LOG       where Superset's action log goes: db or stdout (the server log); default stdout
+#                            on the SQLite metadata database (its one writer lock slows concurrent viewers), else db
 #   SUPERSET_DATA_CACHE_SECONDS   how long chart results are shared between viewers (default 30; 0 = no cache)
 #   CAMPAIGN_SQL_URI         provision: the SQL endpoint, e.g. postgresql+psycopg2://user:pass@127.0.0.1:5433/campaigns;
 #                            default: built from CAMPAIGN_SQL_USER (campaign) and CAMPAIGN_SQL_PASSWORD, the
@@ -191,6 +193,16 @@ if SQLALCHEMY_DATABASE_URI.startswith("sqlite"):
 # fetches a token from /api/v1/security/csrf_token/ like the web UI does.
 ROW_LIMIT = 50000
 SUPERSET_WEBSERVER_TIMEOUT = 120
+
+# Superset's action log (who opened which dashboard or chart) is a row in the metadata database per
+# request. On SQLite every worker waits for the one writer's lock, which with ten viewers costs more
+# than the queries themselves: there it goes to the server log instead (SUPERSET_EVENT_LOG=db keeps
+# it in the database; a PostgreSQL metadata database keeps it there by default).
+_EVENT_LOG = os.environ.get("SUPERSET_EVENT_LOG") or ("stdout" if SQLALCHEMY_DATABASE_URI.startswith("sqlite") else "db")
+if _EVENT_LOG == "stdout":
+    from superset.utils.log import StdOutEventLogger
+
+    EVENT_LOGGER = StdOutEventLogger()
 
 # Relative time ranges end now, not at midnight: on a live campaign dashboard "Last day" is the last
 # 24 hours, today's windows included (Superset's default, "today", would leave them all out).
