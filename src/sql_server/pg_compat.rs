@@ -59,7 +59,8 @@ const TIMESTAMPTZ_OID: i32 = 1184;
 pub async fn extend(ctx: &SessionContext, catalog: &str) -> Result<()> {
     ctx.register_udf(create_udf(
         "pg_type_is_visible",
-        vec![DataType::Int32],
+        // Oids are int in this catalog; a literal oid is a bigint, which int columns widen to.
+        vec![DataType::Int64],
         DataType::Boolean,
         Volatility::Stable,
         // Every type is in a schema on the search path: the endpoint has no user types.
