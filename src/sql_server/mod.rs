@@ -205,6 +205,8 @@ impl Drop for StatementThreads {
 /// How much lower than the pipeline the statements' threads run (`nice` steps): the kernel
 /// then gives a busy pipeline thread about ten times the CPU of a busy statement thread.
 const STATEMENT_NICENESS: libc::c_int = 10;
+/// The lowest priority Linux has.
+const MAX_NICENESS: libc::c_int = 19;
 
 /// A runtime for the endpoint's connections and their statements, on threads that yield the
 /// CPU to the process's other threads.
@@ -215,9 +217,12 @@ fn statement_threads() -> std::io::Result<StatementThreads> {
         .on_thread_start(|| {
             // On Linux a thread's nice value is its own: `who` is the thread id.
             // SAFETY: plain system calls on the calling thread, no memory passed.
+            // Relative to what it inherited, so a runner started under `nice` keeps the gap.
             let outcome = unsafe {
                 let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, thread, STATEMENT_NICENESS)
+                let inherited = libc::getpriority(libc::PRIO_PROCESS, thread);
+                let lowered = (inherited + STATEMENT_NICENESS).min(MAX_NICENESS);
+                libc::setpriority(libc::PRIO_PROCESS, thread, lowered)
             };
             if outcome != 0 {
                 tracing::debug!(
@@ -416,5 +421,32 @@ impl StartupHandler for Startup {
             ))));
         }
         self.login.on_startup(client, message).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's nice value.
+    fn niceness() -> libc::c_int {
+        // SAFETY: plain system calls on the calling thread, no memory passed.
+        unsafe {
+            let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, thread)
+        }
+    }
+
+    #[test]
+    fn statements_run_on_threads_below_the_pipelines_priority() {
+        let own = niceness();
+        let threads = statement_threads().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        threads.spawn(async move {
+            let _ = tx.send(niceness());
+        });
+        let seen = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(seen, (own + STATEMENT_NICENESS).min(MAX_NICENESS));
+        assert_eq!(niceness(), own, "the caller's own thread is untouched");
     }
 }
