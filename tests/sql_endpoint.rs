@@ -312,6 +312,7 @@ async fn heavy_statements_fail_out_of_memory_while_run_sql_ingests_every_event_o
     assert!(out.status.success(), "{}", text(&out));
     let config = Config::load(&pipeline.config).unwrap();
     let bound = MemoryBound::of(&config.pipelines[0]).total() + MAX_MEMORY;
+    println!("peak RSS {} MiB, bound {} MiB", peak >> 20, bound >> 20);
     assert!(
         peak > 0 && peak < bound,
         "peak RSS {} MiB over {} MiB",
