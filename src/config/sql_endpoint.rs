@@ -57,7 +57,8 @@ pub struct TlsConfig {
     pub key: std::path::PathBuf,
 }
 
-/// Below this, even catalog queries of BI tools fail.
+/// A floor for one statement's share, so that a slip of the unit (`512KiB` for `512MiB`) is
+/// refused at load rather than failing every statement.
 const MIN_STATEMENT_MEMORY: ByteSize = ByteSize::mib(16);
 
 fn default_enabled() -> bool {
