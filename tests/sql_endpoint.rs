@@ -258,11 +258,7 @@ async fn heavy_statements_fail_out_of_memory_while_run_sql_ingests_every_event_o
             .expect("start run --sql"),
     );
     let pid = runner.0.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", sql_port)).is_err() {
-        assert!(Instant::now() < deadline, "the SQL endpoint did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::sql::wait_for_endpoint(sql_port);
     let url = format!("postgresql://campaign:{PASSWORD}@127.0.0.1:{sql_port}/campaigns");
     let hostile = [
         // The issue's statement: 4·10⁸ distinct groups.
@@ -383,11 +379,7 @@ fn with_a_certificate_the_endpoint_speaks_tls_and_refuses_plain_text() {
 
     pipeline.edit_config(|yaml| yaml.replace("nokey.pem", "key.pem"));
     let _server = KillOnDrop(serve(&pipeline).stdout(Stdio::null()).spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", sql_port)).is_err() {
-        assert!(Instant::now() < deadline, "the SQL endpoint did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::sql::wait_for_endpoint(sql_port);
     let psql = |mode: &str| {
         let target = format!(
             "host=localhost port={sql_port} dbname=campaigns user=campaign \

@@ -29,6 +29,15 @@ pub fn normalized(row: &str) -> String {
         .join(";")
 }
 
+/// Waits until the SQL endpoint on `port` accepts connections (at most a minute).
+pub fn wait_for_endpoint(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the SQL endpoint did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A pipeline whose tables hold 20,000 generated events, and `serve` over them.
 pub struct Served {
     pub pipeline: TestPipeline,
@@ -74,11 +83,7 @@ impl Served {
                 .spawn()
                 .expect("start serve"),
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", sql_port)).is_err() {
-            assert!(Instant::now() < deadline, "the SQL endpoint did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_endpoint(sql_port);
         Self {
             pipeline,
             sql_port,
