@@ -21,8 +21,10 @@ use datafusion::execution::memory_pool::{
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
 
 use crate::config::{ByteSize, SqlEndpointConfig};
 
@@ -293,7 +295,26 @@ impl ExecutionPlan for StatementMemoryExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let statement = self.statement_context(&context)?;
-        self.input.execute(partition, statement)
+        let stream = self.input.execute(partition, statement)?;
+        let spill = self.bounds.spill;
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            stream.schema(),
+            stream.map(move |batch| batch.map_err(|err| name_spill_bound(err, spill))),
+        )))
+    }
+}
+
+/// A refusal that is not the pools' (which name their settings) is the spill folder's bound,
+/// which DataFusion words after its own configuration key: named here as the setting users set.
+fn name_spill_bound(err: DataFusionError, spill: ByteSize) -> DataFusionError {
+    match err.find_root() {
+        DataFusionError::ResourcesExhausted(message) if !message.starts_with(OUT_OF_MEMORY) => {
+            DataFusionError::ResourcesExhausted(format!(
+                "{OUT_OF_MEMORY}: the statements' spill files took all of sql_endpoint.max_spill \
+                 ({spill}): {message}"
+            ))
+        }
+        _ => err,
     }
 }
 
@@ -343,6 +364,32 @@ mod tests {
                 .unwrap(),
             1
         );
+    }
+
+    #[test]
+    fn the_spill_folders_refusal_names_its_setting_and_the_pools_own_pass_unchanged() {
+        let spill = ByteSize::mib(64);
+        let disk = DataFusionError::Context(
+            "spilling".into(),
+            Box::new(DataFusionError::ResourcesExhausted(
+                "The used disk space during the spilling process has exceeded the allowable \
+                 limit of 64.0 MB"
+                    .into(),
+            )),
+        );
+        let named = name_spill_bound(disk, spill);
+        assert!(is_out_of_memory(&named));
+        assert!(
+            named.to_string().contains("sql_endpoint.max_spill (64MiB)"),
+            "{named}"
+        );
+        let ours = DataFusionError::ResourcesExhausted(format!("{OUT_OF_MEMORY}: x"));
+        assert_eq!(
+            name_spill_bound(ours, spill).to_string(),
+            format!("Resources exhausted: {OUT_OF_MEMORY}: x")
+        );
+        let other = DataFusionError::Plan("no such column".into());
+        assert!(!is_out_of_memory(&name_spill_bound(other, spill)));
     }
 
     #[test]

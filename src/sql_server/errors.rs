@@ -8,7 +8,6 @@ use pgwire::api::{ClientInfo, ErrorHandler};
 use pgwire::error::{ErrorInfo, PgWireError};
 
 use super::limits::LimitExceeded;
-use crate::query::memory::OUT_OF_MEMORY;
 
 /// PostgreSQL's `out_of_memory`.
 pub const OUT_OF_MEMORY_CODE: &str = "53200";
@@ -43,26 +42,15 @@ fn classify(error: &(dyn std::error::Error + 'static)) -> Option<ErrorInfo> {
             };
             return Some(info(code, exceeded.to_string()));
         }
-        if let Some(DataFusionError::ResourcesExhausted(message)) =
-            current.downcast_ref::<DataFusionError>()
-        {
-            return Some(info(OUT_OF_MEMORY_CODE, out_of_memory_message(message)));
+        if let Some(err) = current.downcast_ref::<DataFusionError>() {
+            // The statement's memory bounds word their refusals, naming the setting.
+            if let DataFusionError::ResourcesExhausted(message) = err.find_root() {
+                return Some(info(OUT_OF_MEMORY_CODE, message.clone()));
+            }
         }
         next = current.source();
     }
     None
-}
-
-/// The message of a refusal: ours name their setting; DataFusion's own (the spill folder's
-/// bound) get it named.
-fn out_of_memory_message(message: &str) -> String {
-    if message.starts_with(OUT_OF_MEMORY) {
-        return message.to_string();
-    }
-    format!(
-        "{OUT_OF_MEMORY}: the statement's spill files took all of sql_endpoint.max_spill \
-         ({message})"
-    )
 }
 
 fn info(code: &str, message: String) -> ErrorInfo {
@@ -81,7 +69,7 @@ mod tests {
 
     #[test]
     fn refusals_get_their_postgres_codes_wherever_they_sit_in_the_chain() {
-        let memory = DataFusionError::ResourcesExhausted(format!("{OUT_OF_MEMORY}: x"));
+        let memory = DataFusionError::ResourcesExhausted("out of memory: x".into());
         assert_eq!(code_of(memory).as_deref(), Some(OUT_OF_MEMORY_CODE));
         let wrapped = DataFusionError::Context(
             "sorting".into(),
