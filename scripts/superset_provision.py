@@ -1080,12 +1080,15 @@ def load(args: argparse.Namespace) -> None:
         lines += [
             f"{t['title'][0].upper()}{t['title'][1:]}:",
             "",
-            "| users | rounds | views | view p50 s | view p95 s | view max s | chart-data calls | chart-data p50 s | chart-data p95 s | cache hits | errors |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| users | rounds | views | view p50 s | view p95 s | view p95 vs 1 user | view max s | chart-data calls | chart-data p50 s | chart-data p95 s | cache hits | errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        # the baseline of the ratio: one user's views, measured in the same run
+        alone = t["rows"][0]["view_p95"]
         for r in t["rows"]:
+            ratio = f"{r['view_p95'] / alone:.1f}x" if alone and r["view_p95"] is not None else "-"
             lines.append(
-                f"| {r['users']} | {r['rounds']} | {r['views']} | {f(r['view_p50'])} | {f(r['view_p95'])} | {f(r['view_max'])} "
+                f"| {r['users']} | {r['rounds']} | {r['views']} | {f(r['view_p50'])} | {f(r['view_p95'])} | {ratio} | {f(r['view_max'])} "
                 f"| {r['chart_data_calls']} | {f(r['chart_data_p50'])} | {f(r['chart_data_p95'])} | {r['cache_hits']} | {r['errors']} |"
             )
         lines.append("")
