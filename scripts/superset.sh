@@ -8,7 +8,8 @@
 #   scripts/superset.sh chart-data NAME_OR_ID [--rows] [--cached] [--type query]   # a chart's saved query, as JSON
 #   scripts/superset.sh screenshot [--out PNG] [--campaign camp_001]...   # headless Chromium: log in, draw the dashboard
 #   scripts/superset.sh load [--users 10] [--rounds 3] [--cached] [--out F.json]   # what a dashboard view costs
-#   scripts/superset.sh as-a-user [--sql SQL]   # browse the schema, run SQL Lab, dataset from the table, a "Last day" chart
+#   scripts/superset.sh as-a-user [--sql SQL]   # in Chromium: SQL Lab's schema browser and a query, a dataset from
+#                                               # the table, a "Last day" chart by the hour saved onto the dashboard
 #   scripts/superset.sh stop | status | url | python
 #
 # The dashboard "Campaign performance" (slug campaign-performance) has five charts, each one
@@ -47,7 +48,7 @@
 #   GET /api/v1/dashboard/<id>, .../charts and .../datasets (in parallel), then POST /api/v1/chart/data
 #   for every chart with its saved query_context, up to 6 at once per user (a browser's limit), with
 #   force=true (the SQL endpoint answers every call). All users start each round together; R rounds.
-#   Prints a markdown table (users, rounds, views, view time p50/p95/max, chart-data calls and their
+#   Prints a markdown table (users, rounds, views, view time p50/p95, p95 against one user's, max, chart-data calls and their
 #   p50/p95, cache hits, errors) for 1 user and for N users; --cached adds a second table without force,
 #   after one view that fills the cache (entries live SUPERSET_DATA_CACHE_SECONDS, 30 s by default: the
 #   "cache hits" column shows how many calls the cache answered). Percentiles are nearest-rank. Logins
@@ -72,7 +73,7 @@
 #                            default: built from CAMPAIGN_SQL_USER (campaign) and CAMPAIGN_SQL_PASSWORD, the
 #                            credentials `campaign-pipeline serve` reads, on CAMPAIGN_SQL_ADDRESS (127.0.0.1:5433)
 #   CAMPAIGN_SQL_SCHEMA      provision: schema of the tables (default campaigns)
-#   CHROMIUM / CHROMEDRIVER  screenshot: the browser and its driver (default: chromium, chromedriver on PATH)
+#   CHROMIUM / CHROMEDRIVER  screenshot, as-a-user: the browser and its driver (default: chromium, chromedriver on PATH)
 set -euo pipefail
 
 SUPERSET_VERSION=6.1.0

@@ -744,119 +744,244 @@ def chart_data(args: argparse.Namespace) -> None:
 USER_CHART = "Impressions per hour (last day)"
 
 
-def as_a_user(args: argparse.Namespace) -> None:
-    """What a user does by hand after provisioning, through the API calls Superset's own pages make:
-    browse the schema in SQL Lab (schemas, tables, a table's columns), run a query there, create a
-    physical dataset by picking the table campaign_metrics (Superset reads its columns through
-    SQLAlchemy's inspector), and add a chart on it with the time range "Last day" and an hour grain
-    to the provisioned dashboard. Prints JSON: the columns Superset saw, the SQL Lab rows, and the
-    chart's rows with the time bounds Superset applied."""
-    import prison
+def open_chromium():
+    """Headless Debian Chromium through selenium (a Superset dependency) and chromedriver."""
+    import shutil
 
-    api = Superset(env("SUPERSET_URL", "http://127.0.0.1:8088"), env("SUPERSET_ADMIN_USER"), env("SUPERSET_ADMIN_PASSWORD"))
-    owner = api.me()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
+    if not chromium or not driver:
+        sys.exit("superset_provision.py: the browser steps need chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1500"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def log_in(d, base: str) -> None:
+    """The form at /login/ (fields #username, #password), as a person fills it in."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for attempt in (1, 2, 3):
+        # the form is drawn by the front end; a submit it drops (rarely, under load) is tried again
+        d.get(f"{base}/login/")
+        WebDriverWait(d, 60).until(EC.element_to_be_clickable((By.ID, "password")))
+        d.find_element(By.ID, "username").clear()
+        d.find_element(By.ID, "username").send_keys(env("SUPERSET_ADMIN_USER"))
+        d.find_element(By.ID, "password").send_keys(env("SUPERSET_ADMIN_PASSWORD") + "\n")
+        try:
+            WebDriverWait(d, 20).until(lambda drv: "/login" not in drv.current_url)
+            return
+        except TimeoutException:
+            if attempt == 3:
+                raise ApiError("still on /login/ after 3 attempts of 20 s: wrong password?")
+            print(f"superset_provision.py: login attempt {attempt} did not leave /login/, again", file=sys.stderr)
+
+
+# The rows of the result grid (AG Grid) on screen: one object per row, header text -> cell text,
+# in the order shown. Takes the grid's container element.
+GRID_ROWS_JS = r"""
+var root = arguments[0];
+var names = {};
+root.querySelectorAll('.ag-header-cell[col-id]').forEach(function (h) {
+  names[h.getAttribute('col-id')] = h.innerText.trim();
+});
+var rows = Array.from(root.querySelectorAll('.ag-center-cols-container [role="row"]'));
+rows.sort(function (a, b) { return Number(a.getAttribute('row-index')) - Number(b.getAttribute('row-index')); });
+return rows.map(function (r) {
+  var out = {};
+  r.querySelectorAll('[role="gridcell"][col-id]').forEach(function (c) {
+    var id = c.getAttribute('col-id');
+    out[names[id] || id] = c.innerText.trim();
+  });
+  return out;
+});
+"""
+
+
+def as_a_user(args: argparse.Namespace) -> None:
+    """What a user does by hand after provisioning, clicked through Superset's pages in headless
+    Chromium: SQL Lab with the schema browser open (the schema, the table, its columns) and a query
+    typed and run there; a physical dataset made on "+ Dataset" by picking the table
+    campaign_metrics; a bar chart on it (x-axis window_start with the hour grain, SUM(impressions),
+    the time filter "Last day") run, its results pane read, and saved onto the provisioned dashboard.
+
+    Prints JSON: the schema browser's entries, the SQL Lab rows as shown, the dataset's columns as
+    Superset saved them, the chart's results as shown and its saved query (SQL and rows, from the API,
+    with the time bounds Superset applied). A chart of this name that an earlier run saved is deleted
+    first, and an existing dataset on the table is used as it is (Superset allows one per table)."""
+    from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException, WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base = env("SUPERSET_URL", "http://127.0.0.1:8088").rstrip("/")
+    api = Superset(base, env("SUPERSET_ADMIN_USER"), env("SUPERSET_ADMIN_PASSWORD"))
+    table = "campaign_metrics"
     found = api.find("database", "database_name", DATABASE_NAME)
     if not found:
         raise ApiError(f"no database {DATABASE_NAME!r}: run provision first")
-    db_id, schema, table = found[0]["id"], args.schema, "campaign_metrics"
-    # SQL Lab's schema browser
-    schemas = api.call("GET", f"/api/v1/database/{db_id}/schemas/", params={"q": prison.dumps({"force": True})})["result"]
-    tables = api.call(
-        "GET", f"/api/v1/database/{db_id}/tables/", params={"q": prison.dumps({"schema_name": schema, "force": True})}
-    )["result"]
-    metadata = api.call(
-        "GET", f"/api/v1/database/{db_id}/table_metadata/", params={"name": table, "schema": schema}
-    )
-    # a query in SQL Lab
-    sqllab = api.call(
-        "POST",
-        "/api/v1/sqllab/execute/",
-        json={
-            "database_id": db_id,
-            "schema": schema,
-            "sql": args.sql,
-            "runAsync": False,
-            "client_id": f"c{int(time.time() * 1000) % 10**9}"[:10],
-            "queryLimit": 1000,
-        },
-    )
-    # the physical dataset, picked by table name
-    existing = [
-        d for d in api.find("dataset", "table_name", table) if d["database"]["id"] == db_id and d.get("schema") == schema
-    ]
-    if existing:
-        ds_id = existing[0]["id"]
-        api.call("PUT", f"/api/v1/dataset/{ds_id}/refresh")
-    else:
-        ds_id = api.call("POST", "/api/v1/dataset/", json={"database": db_id, "schema": schema, "table_name": table, "owners": [owner]})["id"]
+    db_id, schema = found[0]["id"], args.schema
+
+    def dataset_on_table() -> list[dict]:
+        return [d for d in api.find("dataset", "table_name", table) if d["database"]["id"] == db_id and d.get("schema") == schema]
+
+    for ds in dataset_on_table():
+        for c in charts_on_dataset(api, ds["id"]):
+            if c["slice_name"] == USER_CHART:
+                api.call("DELETE", f"/api/v1/chart/{c['id']}")
+
+    d = open_chromium()
+    wait = WebDriverWait(d, 60, poll_frequency=0.2)
+    clickable = lambda how, what: wait.until(EC.element_to_be_clickable((how, what)))  # noqa: E731
+
+    def press(how: str, what: str) -> None:
+        """Click it once nothing covers it (a toast such as "The dataset has been saved" can, for
+        a few seconds)."""
+
+        def clicked(_drv) -> bool:
+            try:
+                clickable(how, what).click()
+                return True
+            except ElementClickInterceptedException:
+                return False
+
+        wait.until(clicked)
+
+    def shown(css: str):
+        """The element on screen among those that match (SQL Lab keeps every tab's in the page)."""
+        for e in d.find_elements(By.CSS_SELECTOR, css):
+            if e.is_displayed():
+                return e
+        raise ApiError(f"nothing on screen matches {css}")
+
+    def pick(container_css: str, text: str) -> None:
+        """An Ant Design select: open it, type, click the option that reads `text`."""
+        box = clickable(By.CSS_SELECTOR, container_css)
+        box.click()
+        box.find_element(By.CSS_SELECTOR, "input").send_keys(text)
+        clickable(
+            By.XPATH,
+            "//div[contains(@class,'ant-select-item-option') and not(contains(@class,'disabled'))]"
+            f"[@title='{text}' or normalize-space(.)='{text}' or .//*[normalize-space(text())='{text}']]",
+        ).click()
+
+    step = "logging in"
+    out: dict = {}
+    try:
+        log_in(d, base)
+
+        step = "SQL Lab"
+        d.get(f"{base}/sqllab/")
+        wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, ".ace_editor") or drv.find_elements(By.CSS_SELECTOR, "[data-test='add-tab-icon']"))
+        if not d.find_elements(By.CSS_SELECTOR, ".ace_editor"):  # every tab closed earlier: open one
+            clickable(By.CSS_SELECTOR, "[data-test='add-tab-icon']").click()
+            wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".ace_editor")))
+        clickable(By.CSS_SELECTOR, "[data-test='sql-editor-left-bar'] [data-test='DatabaseSelector']").click()
+        pick(".ant-popover [data-test='select-database']", DATABASE_NAME)
+        pick(".ant-popover [data-test='Select schema']", schema)
+        clickable(By.XPATH, "//div[contains(@class,'ant-popover')]//button[normalize-space(.)='Select']").click()
+        step = "SQL Lab's schema browser"
+        tree = "//*[@data-test='sql-editor-left-bar']//*[@role='treeitem']"
+        clickable(By.XPATH, f"{tree}[normalize-space(.)='{schema}']").click()
+        clickable(By.XPATH, f"{tree}[normalize-space(.)='{table}']").click()
+        wait.until(EC.presence_of_element_located((By.XPATH, f"{tree}[contains(normalize-space(.),'window_start')]")))
+        out["browser"] = [e.text for e in d.find_elements(By.XPATH, tree) if e.text]
+        step = "a query in SQL Lab"
+        editor = shown(".ace_editor").find_element(By.CSS_SELECTOR, "textarea.ace_text-input")
+        editor.send_keys(Keys.CONTROL, "a")
+        editor.send_keys(Keys.DELETE)
+        editor.send_keys(args.sql)
+        shown("[data-test='run-query-action']").click()
+        wait.until(lambda drv: any(e.is_displayed() for e in drv.find_elements(By.CSS_SELECTOR, "[data-test='south-pane'] .ag-center-cols-container [role='row']")))
+        out["sqllab"] = d.execute_script(GRID_ROWS_JS, shown("[data-test='south-pane']"))
+
+        step = "a dataset from the table"
+        existing = dataset_on_table()
+        if existing:
+            d.get(f"{base}/explore/?datasource_type=table&datasource_id={existing[0]['id']}&viz_type=echarts_timeseries_bar")
+        else:
+            d.get(f"{base}/dataset/add/")
+            pick("[data-test='select-database']", DATABASE_NAME)
+            pick("[data-test='Select schema']", schema)
+            pick("[data-test='Select table or type to search tables']", table)
+            wait.until(EC.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='window_start']")))
+            press(By.XPATH, "//button[normalize-space(.)='Create and explore dataset']")
+            step = "a bar chart on the new dataset"
+            press(By.XPATH, "//*[@data-test='viztype-selector-container'][normalize-space(.)='Bar Chart']")
+            press(By.XPATH, "//button[normalize-space(.)='Create new chart']")
+        wait.until(lambda drv: "/explore" in drv.current_url)
+
+        step = "the chart's x-axis"
+        clickable(By.CSS_SELECTOR, "[data-test='x_axis'] [data-test='dnd-labels-container']").click()
+        pick(".ant-popover [data-test='Columns and metrics']", TIME_COL)
+        clickable(By.CSS_SELECTOR, "[data-test='ColumnEdit#save']").click()
+        step = "the chart's time grain"
+        pick("[data-test='Time Grain']", "Hour")
+        step = "the chart's metric"
+        clickable(By.CSS_SELECTOR, "[data-test='metrics'] [data-test='dnd-labels-container']").click()
+        clickable(By.XPATH, "//div[contains(@class,'ant-popover')]//div[contains(@class,'ant-tabs-tab')][normalize-space(.)='Simple']").click()
+        pick(".ant-popover [data-test='Select column']", "impressions")
+        pick(".ant-popover [data-test='Select aggregate options']", "SUM")
+        clickable(By.CSS_SELECTOR, "[data-test='AdhocMetricEdit#save']").click()
+        step = "the chart's time range"
+        clickable(By.XPATH, f"//*[@data-test='adhoc_filters']//*[@data-test='control-label'][contains(.,'{TIME_COL}')]").click()
+        clickable(By.CSS_SELECTOR, "[data-test='time-range-trigger']").click()
+        pick("[data-test='Range type']", "Last")
+        clickable(By.XPATH, "//label[contains(@class,'ant-radio-wrapper')][normalize-space(.)='Last day']").click()
+        clickable(By.CSS_SELECTOR, "[data-test='date-filter-control__apply-button']").click()
+        clickable(By.CSS_SELECTOR, "[data-test='adhoc-filter-edit-popover-save-button']").click()
+        step = "running the chart"
+        press(By.CSS_SELECTOR, "[data-test='run-query-button']")
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-test='chart-container'] canvas")))
+        clickable(By.XPATH, "//*[@data-test='some-purposeful-instance']//*[contains(@class,'ant-tabs-tab')][normalize-space(.)='Results']").click()
+        results = "[data-test='some-purposeful-instance'] .ag-center-cols-container [role='row']"
+        wait.until(lambda drv: any(e.is_displayed() for e in drv.find_elements(By.CSS_SELECTOR, results)))
+        out["chart_shown"] = d.execute_script(GRID_ROWS_JS, shown("[data-test='some-purposeful-instance']"))
+
+        step = "saving the chart onto the dashboard"
+        press(By.CSS_SELECTOR, "[data-test='query-save-button']")
+        name = clickable(By.CSS_SELECTOR, "[data-test='new-chart-name']")
+        name.send_keys(Keys.CONTROL, "a")
+        name.send_keys(USER_CHART)
+        pick(".ant-modal [data-test='Select a dashboard']", DASHBOARD_TITLE)
+        press(By.XPATH, "//*[@data-test='save-modal-footer']//button[normalize-space(.)='Save & go to dashboard']")
+        wait.until(lambda drv: "/superset/dashboard/" in drv.current_url)
+    except (WebDriverException, TimeoutException, ApiError) as e:
+        shot = os.path.join(os.environ.get("SUPERSET_HOME", "."), "as-a-user-failed.png")
+        d.save_screenshot(shot)
+        detail = (e.msg or "" if isinstance(e, WebDriverException) else str(e)).strip()[:300]
+        sys.exit(f"superset_provision.py: as-a-user, {step}: {type(e).__name__} {detail} (page: {shot})")
+    finally:
+        d.quit()
+
+    ds_id = dataset_on_table()[0]["id"]
     dataset = api.call("GET", f"/api/v1/dataset/{ds_id}")["result"]
-    # the chart: impressions per hour over the last day, on the provisioned dashboard
-    metric = {"expressionType": "SQL", "sqlExpression": "SUM(impressions)", "label": "impressions"}
-    time_filter = {"col": TIME_COL, "op": "TEMPORAL_RANGE", "val": "Last day"}
-    form = {
-        "datasource": f"{ds_id}__table",
-        "viz_type": "echarts_timeseries_bar",
-        "x_axis": TIME_COL,
-        "time_grain_sqla": "PT1H",
-        "metrics": [metric],
-        "groupby": [],
-        "adhoc_filters": [
-            {"clause": "WHERE", "comparator": "Last day", "expressionType": "SIMPLE", "operator": "TEMPORAL_RANGE", "subject": TIME_COL}
-        ],
-        "row_limit": 1000,
-    }
-    query = {
-        "columns": [{"timeGrain": "PT1H", "columnType": "BASE_AXIS", "sqlExpression": TIME_COL, "label": TIME_COL, "expressionType": "SQL"}],
-        "metrics": [metric],
-        "filters": [time_filter],
-        "extras": {"having": "", "where": "", "time_grain_sqla": "PT1H"},
-        "orderby": [],
-        "row_limit": 1000,
-        "post_processing": [],
-    }
-    context = {"datasource": {"id": ds_id, "type": "table"}, "force": True, "queries": [query], "form_data": form, "result_format": "json", "result_type": "full"}
-    dash = api.call("GET", f"/api/v1/dashboard/{DASHBOARD_SLUG}")["result"]
-    body = {
-        "slice_name": USER_CHART,
-        "viz_type": form["viz_type"],
-        "datasource_id": ds_id,
-        "datasource_type": "table",
-        "params": json.dumps(form),
-        "query_context": json.dumps(context),
-        "dashboards": [dash["id"]],
-        "owners": [owner],
-    }
     mine = [c for c in charts_on_dataset(api, ds_id) if c["slice_name"] == USER_CHART]
-    chart_id = mine[0]["id"] if mine else api.call("POST", "/api/v1/chart/", json=body)["id"]
-    if mine:
-        api.call("PUT", f"/api/v1/chart/{chart_id}", json=body)
-    positions = json.loads(dash.get("position_json") or "{}")
-    key = f"CHART-user-{chart_id}"
-    if key not in positions and "GRID_ID" in positions:
-        row = f"ROW-user-{chart_id}"
-        positions[key] = {"type": "CHART", "id": key, "children": [], "parents": ["ROOT_ID", "GRID_ID", row],
-                          "meta": {"chartId": chart_id, "width": 12, "height": 50, "sliceName": USER_CHART}}
-        positions[row] = {"type": "ROW", "id": row, "children": [key], "parents": ["ROOT_ID", "GRID_ID"],
-                          "meta": {"background": "BACKGROUND_TRANSPARENT"}}
-        positions["GRID_ID"]["children"].append(row)
-        api.call("PUT", f"/api/v1/dashboard/{dash['id']}", json={"position_json": json.dumps(positions)})
+    if len(mine) != 1:
+        raise ApiError(f"{len(mine)} charts named {USER_CHART!r} after saving, expected 1")
+    chart_id = mine[0]["id"]
+    # the dashboard draws the charts saved onto it; the layout places one it does not list yet last
+    dash_id = api.call("GET", f"/api/v1/dashboard/{DASHBOARD_SLUG}")["result"]["id"]
+    saved = api.call("GET", f"/api/v1/chart/{chart_id}")["result"]
+    on_dashboard = any(x["id"] == dash_id for x in saved.get("dashboards", []))
     data = api.call("GET", f"/api/v1/chart/{chart_id}/data/", params={"format": "json", "type": "full", "force": "true"})
     result = data["result"][0]
     if result.get("error"):
         raise ApiError(f"chart {chart_id}: {result['error']}")
-    out = {
-        "schemas": schemas,
-        "tables": [t["value"] for t in tables.get("options", [])] if isinstance(tables, dict) else tables,
-        "table_metadata": [{"name": c["name"], "type": c["type"]} for c in metadata.get("columns", [])],
-        "sqllab": sqllab.get("data"),
-        "dataset": {
-            "id": ds_id,
-            "columns": [
-                {"name": c["column_name"], "type": c["type"], "is_dttm": c["is_dttm"]} for c in dataset["columns"]
-            ],
-        },
-        "chart": {"id": chart_id, "on_dashboard": dash["id"], "query": result.get("query"), "rows": normalize_rows(result)},
+    out["dataset"] = {
+        "id": ds_id,
+        "columns": [{"name": c["column_name"], "type": c["type"], "is_dttm": c["is_dttm"]} for c in dataset["columns"]],
     }
+    out["chart"] = {"id": chart_id, "on_dashboard": on_dashboard, "query": result.get("query"), "rows": normalize_rows(result)}
     json.dump(out, sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
 
@@ -1175,21 +1300,13 @@ def screenshot(args: argparse.Namespace) -> None:
        "errors": ["CTR % per campaign: DB engine Error ..."]}
 
     Exit status 0 when ok, 1 otherwise (the JSON is printed either way)."""
-    import shutil
-
-    from selenium import webdriver
     from selenium.common.exceptions import TimeoutException, WebDriverException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     base = env("SUPERSET_URL", "http://127.0.0.1:8088").rstrip("/")
-    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
-    if not chromium or not driver:
-        sys.exit("superset_provision.py: screenshot needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
     expected = [name for name, *_ in CHARTS]
     report: dict = {
         "ok": False,
@@ -1233,31 +1350,13 @@ def screenshot(args: argparse.Namespace) -> None:
                 return {k: shown_number(v["text"]) for k, v in cells.items()}, cells
         return None, None
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1500"):
-        opts.add_argument(a)
     d = None
     states: list[dict] = []
     step = "starting chromium"
     try:
-        d = webdriver.Chrome(service=Service(driver), options=opts)
-        for attempt in (1, 2, 3):
-            # the form is drawn by the front end; a submit it drops (rarely, under load) is tried again
-            step = "the login form"
-            d.get(f"{base}/login/")
-            WebDriverWait(d, 60).until(EC.element_to_be_clickable((By.ID, "password")))
-            d.find_element(By.ID, "username").clear()
-            d.find_element(By.ID, "username").send_keys(env("SUPERSET_ADMIN_USER"))
-            d.find_element(By.ID, "password").send_keys(env("SUPERSET_ADMIN_PASSWORD") + "\n")
-            step = f"logging in (still on /login/ after {attempt} attempts of 20 s: wrong password?)"
-            try:
-                WebDriverWait(d, 20).until(lambda drv: "/login" not in drv.current_url)
-                break
-            except TimeoutException:
-                if attempt == 3:
-                    raise
-                print(f"superset_provision.py: login attempt {attempt} did not leave /login/, again", file=sys.stderr)
+        d = open_chromium()
+        step = "logging in"
+        log_in(d, base)
         step = "the dashboard"
         t0 = time.monotonic()
         d.get(report["url"])

@@ -100,6 +100,36 @@ fn assert_same(chart: &str, rows: &[Value], want: &[Value], key: &[&str]) {
     }
 }
 
+/// Rows as a results grid shows them (every cell text) in `query --format json`'s terms: numbers
+/// without their thousands separators, times `2026-12-04 21:00:00` as `2026-12-04T21:00:00Z`.
+fn as_shown(rows: &Value) -> Vec<Value> {
+    let typed = |text: &str| -> Value {
+        let plain = text.replace(',', "");
+        if let Ok(n) = plain.parse::<i64>() {
+            return n.into();
+        }
+        if let Ok(x) = plain.parse::<f64>() {
+            return x.into();
+        }
+        match chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
+            Ok(t) => t.format("%Y-%m-%dT%H:%M:%SZ").to_string().into(),
+            Err(_) => text.into(),
+        }
+    };
+    rows.as_array()
+        .expect("rows shown")
+        .iter()
+        .map(|row| {
+            row.as_object()
+                .expect("a row shown")
+                .iter()
+                .map(|(column, cell)| (column.clone(), typed(cell.as_str().unwrap_or_default())))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect()
+}
+
 fn screenshot_folder() -> PathBuf {
     let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("superset");
     std::fs::create_dir_all(&folder).unwrap();
@@ -176,25 +206,23 @@ fn superset_dashboard_over_the_sql_endpoint_shows_the_tables_values() {
     };
     assert_eq!(order(&top), order(&want), "ranked by revenue");
 
-    // What a user does on their own: SQL Lab's schema browser and a query there, a physical
-    // dataset made by picking the table (Superset reads its columns through SQLAlchemy's
-    // inspector), and a chart on it with the time range "Last day" and an hour grain, added to
-    // the dashboard. Every value equals the tables'.
+    // What a user does on their own, clicked in Chromium: SQL Lab's schema browser and a query
+    // typed there, a physical dataset made by picking the table (Superset reads its columns
+    // through SQLAlchemy's inspector), and a chart on it with the time range "Last day" and an
+    // hour grain, saved onto the dashboard. Every value shown equals the tables'.
     let user: Value = serde_json::from_str(&superset.ok(&["as-a-user"])).expect("as-a-user JSON");
+    let browsed: Vec<&str> = user["browser"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for entry in ["campaigns", "campaign_events", "campaign_metrics"] {
+        assert!(browsed.contains(&entry), "schema browser: {browsed:?}");
+    }
     assert!(
-        user["schemas"]
-            .as_array()
-            .unwrap()
-            .contains(&"campaigns".into()),
-        "{user}"
-    );
-    assert!(
-        user["tables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["value"] == "campaign_metrics"),
-        "{user}"
+        browsed.iter().any(|e| e.starts_with("window_start")),
+        "the table's columns shown: {browsed:?}"
     );
     let sql_lab = query(
         &served,
@@ -203,7 +231,7 @@ fn superset_dashboard_over_the_sql_endpoint_shows_the_tables_values() {
     );
     assert_same(
         "SQL Lab",
-        user["sqllab"].as_array().unwrap(),
+        &as_shown(&user["sqllab"]),
         &sql_lab,
         &["campaign_id"],
     );
@@ -217,6 +245,7 @@ fn superset_dashboard_over_the_sql_endpoint_shows_the_tables_values() {
         window_start["is_dttm"], true,
         "a time column for the time filter"
     );
+    assert_eq!(user["chart"]["on_dashboard"], true, "{user}");
     let chart_sql = user["chart"]["query"].as_str().unwrap();
     assert!(
         chart_sql.contains("DATE_TRUNC('hour', window_start)")
@@ -233,7 +262,7 @@ fn superset_dashboard_over_the_sql_endpoint_shows_the_tables_values() {
         &served,
         &format!(
             "SELECT date_trunc('hour', window_start) AS window_start, \
-             sum(impressions) AS impressions FROM campaign_metrics \
+             sum(impressions) AS \"SUM(impressions)\" FROM campaign_metrics \
              WHERE window_start >= TIMESTAMP '{}' AND window_start < TIMESTAMP '{}' GROUP BY 1",
             bounds[0], bounds[1]
         ),
@@ -243,7 +272,13 @@ fn superset_dashboard_over_the_sql_endpoint_shows_the_tables_values() {
         "the last day holds the served windows"
     );
     assert_same(
-        "Impressions per hour (last day)",
+        "Impressions per hour (last day), shown in Explore",
+        &as_shown(&user["chart_shown"]),
+        &last_day,
+        &["window_start"],
+    );
+    assert_same(
+        "Impressions per hour (last day), saved",
         user["chart"]["rows"].as_array().unwrap(),
         &last_day,
         &["window_start"],
