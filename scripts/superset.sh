@@ -238,9 +238,8 @@ def FLASK_APP_MUTATOR(app):
 
     Superset asks for it twice per chart-data call on a virtual dataset (for row-level security
     and the cache key), each time through a new SQLAlchemy engine: a connection, a login and
-    SQLAlchemy's dialect set-up, which with ten viewers cost more of Superset's CPU than the
-    queries. It only changes when the connection is edited (the URI and extra are in the key)
-    or, with impersonation, with the user.
+    SQLAlchemy's dialect set-up queries, on top of the chart's own query. It only changes when the
+    connection is edited (the URI and extra are in the key) or, with impersonation, with the user.
     """
     import threading
     import time
