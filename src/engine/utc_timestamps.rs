@@ -2,7 +2,7 @@
 //! RFC 3339 UTC (`2026-11-28T03:16:37.123Z`), without Arrow's general timestamp parser.
 //!
 //! Arrow's cast tries every layout it accepts and converts each value through the session's
-//! time zone: 13% of the parsing SQL's time. Text of exactly the layout
+//! time zone, a large share of the parsing SQL's time. Text of exactly the layout
 //! `YYYY-MM-DDTHH:MM:SS[.fraction]Z` is read here digit by digit; anything else (other offsets,
 //! a space for `T`, a leap second, garbage) goes to Arrow's parser, value by value, exactly as
 //! the cast would, so the result is the same either way.

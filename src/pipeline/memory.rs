@@ -1,10 +1,8 @@
 //! What a runner's peak resident memory is bounded by: its configuration, not the data.
 //!
-//! The terms and their coefficients were measured (`bench`'s peak-RSS rows repeat the check on
-//! every run): catching up a backlog of 1M generated events (about 200 bytes each) on a 2-core
-//! machine, with `batch.max_rows` from 2,000 to 50,000 and `commit.max_rows` from 100,000 to
-//! 1,000,000, the peak was within 2% of the bound (glibc's allocator; with jemalloc the fixed
-//! term grew by 15 MB, and three runs of three shapes peaked at 0.80–0.99x).
+//! The terms and their coefficients were measured catching up backlogs of generated events
+//! (about 200 bytes each) under several `batch.max_rows` and `commit.max_rows`; `bench`'s
+//! peak-RSS rows repeat the check on every run, and docs/performance.md keeps the runs.
 
 use crate::config::PipelineConfig;
 
@@ -13,8 +11,8 @@ const DEFAULT_QUEUE_KBYTES: u64 = 65_536;
 
 /// A runner at work without rows in hand: code (about 100 MB of it resident), runtimes, the SQL
 /// engine, catalog, allocator slack and the metrics and window state of a few dozen campaigns.
-/// jemalloc keeps freed pages up to a second before returning them: 15 MB more than glibc
-/// needed (a backlog committed every 100,000 rows peaked at 266 MB once, 1.05x of 170 MB).
+/// jemalloc keeps freed pages up to a second before returning them, so the term is larger
+/// than glibc's allocator needed.
 pub const FIXED_BYTES: u64 = 185 << 20;
 /// Per row of the micro-batch in hand: the Kafka records, the parsed columns and their copies.
 pub const BATCH_ROW_BYTES: u64 = 600;

@@ -2,10 +2,10 @@
 //! until the commit encodes them, one partition at a time.
 //!
 //! Encoding as rows arrive kept a Parquet writer open per partition until the commit, and each
-//! open writer costs about 100 KiB per column before it holds a row (parquet 58 keeps a zstd
-//! compression and decompression context per column chunk): 1M events over 600 partitions
-//! peaked at 945 MB, against 238 MB held this way. Memory now follows the rows buffered (which
-//! `commit.max_rows` bounds), whatever the number of partitions.
+//! open writer holds a zstd compression and decompression context per column chunk before it
+//! holds a row, so memory grew with campaigns × event types (docs/performance.md has the
+//! figures). Memory now follows the rows buffered (which `commit.max_rows` bounds), whatever
+//! the number of partitions.
 
 use std::collections::HashMap;
 
@@ -32,7 +32,7 @@ impl BufferedRows {
     ///
     /// The rows are put in partition order now, while the batch the SQL just produced is still
     /// in the CPU's cache: gathering them at the commit instead read each row back from
-    /// wherever it lay among everything buffered (`interleave` was 31% of the commit's time).
+    /// wherever it lay among everything buffered (`interleave` led the commit's profile).
     pub fn push(
         &mut self,
         batch: RecordBatch,

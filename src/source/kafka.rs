@@ -596,7 +596,7 @@ impl Reader {
                             opened = now;
                         }
                         // The topic subscribed to: `message.topic()` measures and checks the
-                        // name's C string on every message (4% of this thread).
+                        // name's C string on every message, a visible share of this thread.
                         builder.push(
                             &self.options.topic,
                             partition,

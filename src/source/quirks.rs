@@ -8,9 +8,9 @@ use crate::common::hashing::{FastMap, FastSet};
 
 /// librdkafka's longest wait of a fetch for new data, in milliseconds (a user's
 /// `fetch.wait.max.ms` in `source.properties` wins). Kafka answers a waiting fetch as soon as
-/// data arrives; tansu 0.6 holds it for the whole wait, librdkafka's 500 ms by default, which
-/// made an event wait about 300 ms more before it was queryable (bench, 5,000 events/s: p50
-/// 776 -> 471 ms). On Kafka the shorter wait only costs an idle runner 20 empty fetches a second.
+/// data arrives; tansu 0.6 holds it for the whole wait, librdkafka's 500 ms by default, so every
+/// event waited most of that wait before it was queryable (docs/performance.md). On Kafka the
+/// shorter wait only costs an idle runner 20 empty fetches a second.
 pub const FETCH_WAIT_MAX_MS: &str = "50";
 
 /// Makes sure a partition really resumes at the offset the tables hold.
