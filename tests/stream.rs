@@ -392,6 +392,66 @@ async fn dropped_tables_are_rebuilt_from_the_topic_although_the_group_is_at_its_
     assert_eq!(by_event_id(table_rows(&pipeline).await), before);
 }
 
+/// A source topic deleted and created again (what `docker compose down`/`up` did to a broker
+/// that kept its data outside its volume) ends below the offsets the tables hold: the runner
+/// stops before it reads anything of the new topic, naming the partition, the topic's end and
+/// the tables' offset, instead of dropping the new events as already absorbed.
+#[tokio::test]
+async fn a_source_topic_created_again_stops_the_runner_naming_the_partition_and_both_offsets() {
+    let pipeline = TestPipeline::new();
+    let old = setup_and_generate(&pipeline, &["--count", "3000", "--seed", "31"]);
+    run_until_caught_up(&pipeline);
+    let before = by_event_id(table_rows(&pipeline).await);
+    assert_eq!(before.len(), 3000);
+
+    delete_topic(&pipeline.brokers, &pipeline.topic).await;
+    let new = setup_and_generate(&pipeline, &["--count", "300", "--seed", "32"]);
+    let end = |records: &[Record], partition: i32| {
+        records
+            .iter()
+            .filter(|r| r.partition == partition)
+            .map(|r| r.offset + 1)
+            .max()
+            .unwrap_or(0)
+    };
+    let output = pipeline.cli(&["run", "--until-caught-up"]);
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    let named = said
+        .split(&format!("topic {} partition ", pipeline.topic))
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("no partition named: {said}"));
+    let expected = format!(
+        "partition {named} ends at offset {}, but the tables hold its events up to offset {}",
+        end(&new, named),
+        end(&old, named)
+    );
+    assert!(said.contains(&expected), "{expected}\n{said}");
+    assert_eq!(
+        by_event_id(table_rows(&pipeline).await),
+        before,
+        "nothing of the new topic was written"
+    );
+}
+
+async fn delete_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    for result in admin
+        .delete_topics(&[topic], &AdminOptions::new())
+        .await
+        .expect("delete topics")
+    {
+        result.expect("topic deleted");
+    }
+}
+
 /// A pipeline committing every 50ms in 2000-row batches, with 150,000 events (2% invalid) sent.
 fn fast_committing_stream() -> (TestPipeline, Vec<Record>) {
     let pipeline = TestPipeline::new();

@@ -115,6 +115,7 @@ async fn one_rate(
             shutdown,
             telemetry: None,
             max_unassigned: Duration::from_secs(60),
+            accept_offset_jumps: false,
         },
     )
     .await;

@@ -626,6 +626,7 @@ async fn run_runners(scratch: &Config, runners: usize) -> anyhow::Result<(Vec<Ru
                     shutdown: shutdown.clone(),
                     telemetry: None,
                     max_unassigned: Duration::from_secs(60),
+                    accept_offset_jumps: false,
                 },
             )
         });

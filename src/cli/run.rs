@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// (other runners of the consumer group hold them all).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "until_caught_up")]
     pub max_unassigned: std::time::Duration,
+    /// Read on where a partition's offsets jumped instead of stopping: events the topic deleted
+    /// (retention) before the tables read them are skipped, and the runner says how many.
+    #[arg(long)]
+    pub accept_offset_jumps: bool,
     /// Also serve the dashboard and Prometheus `/metrics` of the (first) pipeline while running.
     #[arg(long)]
     pub dashboard: bool,
@@ -86,6 +90,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> anyhow::Result<bool> {
             shutdown: shutdown.clone(),
             telemetry: Some(t.clone()),
             max_unassigned: args.max_unassigned,
+            accept_offset_jumps: args.accept_offset_jumps,
         };
         pipeline::run(&config, p, options)
     });

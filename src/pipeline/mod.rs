@@ -132,6 +132,8 @@ pub struct RunOptions {
     pub telemetry: Option<Arc<Telemetry>>,
     /// With `until_caught_up`: how long the runner may hold no partition before it gives up.
     pub max_unassigned: Duration,
+    /// Read on past offsets the topic no longer holds instead of stopping.
+    pub accept_offset_jumps: bool,
 }
 
 /// What a run did.
@@ -232,6 +234,7 @@ pub async fn run(
             start_from: pipeline.source.start_from,
             max_rows: pipeline.batch.max_rows,
             max_wait: pipeline.batch.max_wait,
+            accept_offset_jumps: options.accept_offset_jumps,
         },
         resume_lookup(pipeline, catalog.clone()),
     )

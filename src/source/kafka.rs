@@ -12,7 +12,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::batch::{BatchBuilder, MicroBatch};
-use super::quirks::{Rejoin, ResumeCheck};
+use super::quirks::{Rejoin, ResumeCheck, Resumed};
 use super::SourceError;
 use crate::common::hashing::{FastMap, FastSet};
 use crate::common::Offsets;
@@ -32,6 +32,9 @@ pub struct SourceOptions {
     pub max_rows: usize,
     /// Longest time a micro-batch stays open.
     pub max_wait: Duration,
+    /// Read on past offsets the topic no longer holds instead of stopping (`run
+    /// --accept-offset-jumps`).
+    pub accept_offset_jumps: bool,
 }
 
 /// Where newly assigned partitions resume: asked of the tables at every assignment, so that
@@ -466,6 +469,34 @@ impl Reader {
         }
     }
 
+    /// A partition read to its end below where the tables resume it: the topic is not the
+    /// one they read. Its end is the high watermark of the last fetch answer (librdkafka's
+    /// cached value; ListOffsets is not asked, tansu 0.6 answers it wrongly). The end of a
+    /// partition only grows and the tables once read up to `resume` from it, so any end below
+    /// that proves the topic was recreated or truncated.
+    fn beyond_end(&self, partition: i32, resume: i64) -> Option<SourceError> {
+        let topic = std::ffi::CString::new(self.options.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives; the call only reads
+        // the partition's cached fetch state under librdkafka's lock into the two locals.
+        let answer = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        let known = answer == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+        (known && (0..resume).contains(&high)).then(|| SourceError::BeyondEnd {
+            topic: self.options.topic.clone(),
+            partition,
+            tables: resume,
+            end: high,
+        })
+    }
+
     fn send(&self, event: Result<SourceEvent, SourceError>) -> bool {
         self.sender.blocking_send(event).is_ok()
     }
@@ -576,15 +607,31 @@ impl Reader {
                     }
                     at_end.remove(&partition);
                     let resume = resume_at.get(&partition).copied();
-                    if let Some(back_to) = resumes.check(partition, offset, resume) {
-                        tracing::info!(
-                            topic = %self.options.topic,
-                            partition,
-                            "resuming at {resume:?}, the broker answered from {offset}: seeking back to {back_to}"
-                        );
-                        self.seek(partition, back_to);
-                        resumes.expect([partition], Instant::now());
-                        continue;
+                    match resumes.check(partition, offset, resume) {
+                        Resumed::ReadOn => {}
+                        Resumed::SeekBack(back_to) => {
+                            tracing::info!(
+                                topic = %self.options.topic,
+                                partition,
+                                "resuming at {resume:?}, the broker answered from {offset}: seeking back to {back_to}"
+                            );
+                            self.seek(partition, back_to);
+                            resumes.expect([partition], Instant::now());
+                            continue;
+                        }
+                        Resumed::Gone { first } => {
+                            let gone = SourceError::Gone {
+                                topic: self.options.topic.clone(),
+                                partition,
+                                tables: resume.unwrap_or_default(),
+                                first,
+                            };
+                            if !self.options.accept_offset_jumps {
+                                self.send(Err(gone));
+                                return;
+                            }
+                            tracing::warn!("{gone}: reading on there (--accept-offset-jumps)");
+                        }
                     }
                     // Below the tables' progress: already absorbed (a seek back or group
                     // offsets behind the tables), so it is dropped, not written twice.
@@ -613,6 +660,13 @@ impl Reader {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(beyond) = resume_at
+                        .get(&partition)
+                        .and_then(|resume| self.beyond_end(partition, *resume))
+                    {
+                        self.send(Err(beyond));
+                        return;
+                    }
                     at_end.insert(partition);
                     resumes.reached_end(partition);
                 }

@@ -21,7 +21,10 @@ pub const FETCH_WAIT_MAX_MS: &str = "50";
 /// So when the first message after (re)assignment lies beyond the resume offset, the reader
 /// seeks back further (doubling the distance) until the resume offset itself is delivered;
 /// the messages before it are then dropped as already absorbed. Only when even offset 0 starts
-/// later is the gap real (retention or compaction), and it is logged. When the offset falls in
+/// later is the gap real (retention deleted them before they were read): [`Resumed::Gone`], which
+/// the reader does not pass over in silence. On Kafka the same path finds that gap: a fetch
+/// below the log's start resets to its start, which answers from beyond the resume offset. When
+/// the offset falls in
 /// the partition's last batch, tansu answers nothing at all (no records, no end of partition),
 /// so a resumed partition that stays silent for [`RESUME_PATIENCE`] is sought back the same way.
 #[derive(Default)]
@@ -32,6 +35,21 @@ pub struct ResumeCheck {
     distance: BTreeMap<i32, i64>,
     /// Partitions not yet confirmed, with when they were last (re)positioned.
     waiting: BTreeMap<i32, Instant>,
+}
+
+/// What to do with the first message a freshly positioned partition delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// Read on: the resume offset is confirmed (or the partition has none).
+    ReadOn,
+    /// Seek back to this offset and read again.
+    SeekBack(i64),
+    /// The broker holds nothing from the resume offset up to `first`, even from offset 0 on:
+    /// those offsets are gone (retention or compaction) before the tables absorbed them.
+    Gone {
+        /// The first offset the partition still holds at or after the resume offset.
+        first: i64,
+    },
 }
 
 /// How long a resumed partition may stay silent before the reader seeks it further back.
@@ -70,42 +88,42 @@ impl ResumeCheck {
             .into_iter()
             .filter_map(|partition| {
                 let resume = *resume_at.get(&partition)?;
-                // As if the broker had answered from beyond the resume offset.
-                let target = self.check(partition, resume + 1, Some(resume))?;
+                // As if the broker had answered from beyond the resume offset; silent even from
+                // offset 0 means nothing to read (the end of the partition decides the rest).
+                let Resumed::SeekBack(target) = self.check(partition, resume + 1, Some(resume))
+                else {
+                    return None;
+                };
                 self.waiting.insert(partition, now);
                 Some((partition, target))
             })
             .collect()
     }
 
-    /// `Some(offset)` to seek back to before reading on, `None` to accept the message.
-    pub fn check(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Option<i64> {
+    /// What to do with a message at `offset` of a partition positioned at `resume`.
+    pub fn check(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Resumed {
         if self.confirmed.contains(&partition) {
-            return None;
+            return Resumed::ReadOn;
         }
         self.waiting.remove(&partition);
         let Some(resume) = resume else {
             self.confirmed.insert(partition);
-            return None;
+            return Resumed::ReadOn;
         };
         if offset <= resume {
             self.confirmed.insert(partition);
             self.distance.remove(&partition);
-            return None;
+            return Resumed::ReadOn;
         }
         let distance = self.distance.entry(partition).or_insert(1_000);
         let previous_target = resume - *distance / 2;
         if previous_target <= 0 && *distance > 1_000 {
-            tracing::warn!(
-                partition,
-                "offsets {resume}..{offset} are no longer on the broker; resuming at {offset}"
-            );
             self.confirmed.insert(partition);
-            return None;
+            return Resumed::Gone { first: offset };
         }
         let target = (resume - *distance).max(0);
         *distance *= 2;
-        Some(target)
+        Resumed::SeekBack(target)
     }
 }
 
@@ -162,17 +180,17 @@ impl Rejoin {
 
 #[cfg(test)]
 mod tests {
-    use super::ResumeCheck;
+    use super::{ResumeCheck, Resumed};
 
     #[test]
     fn seeks_back_until_the_resume_offset_is_delivered() {
         let mut check = ResumeCheck::default();
         // Resume at 12000 but the broker answers from 13795: seek back, further each time.
-        assert_eq!(check.check(1, 13795, Some(12000)), Some(11000));
-        assert_eq!(check.check(1, 13795, Some(12000)), Some(10000));
+        assert_eq!(check.check(1, 13795, Some(12000)), Resumed::SeekBack(11000));
+        assert_eq!(check.check(1, 13795, Some(12000)), Resumed::SeekBack(10000));
         // Now an earlier batch arrives: confirmed, and later messages pass untouched.
-        assert_eq!(check.check(1, 9500, Some(12000)), None);
-        assert_eq!(check.check(1, 13795, Some(12000)), None);
+        assert_eq!(check.check(1, 9500, Some(12000)), Resumed::ReadOn);
+        assert_eq!(check.check(1, 13795, Some(12000)), Resumed::ReadOn);
     }
 
     #[test]
@@ -197,10 +215,32 @@ mod tests {
         );
         let even_later = later + Duration::from_secs(2);
         assert_eq!(check.stalled(&resume_at, even_later), vec![(2, 12_000)]);
-        assert_eq!(check.check(2, 12_500, Some(14_000)), None);
+        assert_eq!(check.check(2, 12_500, Some(14_000)), Resumed::ReadOn);
         assert!(check
             .stalled(&resume_at, even_later + Duration::from_secs(9))
             .is_empty());
+    }
+
+    #[test]
+    fn a_partition_silent_even_from_offset_zero_is_left_to_its_end() {
+        use std::time::{Duration, Instant};
+
+        use crate::common::hashing::FastMap;
+        let start = Instant::now();
+        let mut check = ResumeCheck::default();
+        let resume_at: FastMap<i32, i64> = [(0, 500)].into_iter().collect();
+        check.expect([0], start);
+        let mut now = start;
+        let mut targets = Vec::new();
+        for _ in 0..4 {
+            now += Duration::from_secs(2);
+            targets.extend(check.stalled(&resume_at, now));
+        }
+        assert_eq!(
+            targets,
+            vec![(0, 0)],
+            "offset 0 tried once, then no more seeks"
+        );
     }
 
     #[test]
@@ -224,10 +264,11 @@ mod tests {
     }
 
     #[test]
-    fn accepts_a_real_gap_once_offset_zero_was_tried() {
+    fn names_a_real_gap_once_offset_zero_was_tried() {
         let mut check = ResumeCheck::default();
-        assert_eq!(check.check(0, 900, Some(500)), Some(0));
-        assert_eq!(check.check(0, 900, Some(500)), None);
-        assert_eq!(check.check(2, 5, None), None);
+        assert_eq!(check.check(0, 900, Some(500)), Resumed::SeekBack(0));
+        assert_eq!(check.check(0, 900, Some(500)), Resumed::Gone { first: 900 });
+        assert_eq!(check.check(0, 901, Some(500)), Resumed::ReadOn, "said once");
+        assert_eq!(check.check(2, 5, None), Resumed::ReadOn);
     }
 }
