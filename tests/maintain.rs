@@ -487,6 +487,7 @@ async fn an_ingest_commit_built_before_a_replace_is_decided_again_on_it() {
             Ok(SnapshotContent {
                 offsets: state.offsets.clone(),
                 checkpoints: None,
+                jumps: Default::default(),
             })
         })
         .await

@@ -58,6 +58,7 @@ async fn commit(
             Ok(SnapshotContent {
                 offsets: progress.decide(TableRole::Events, &state.offsets)?,
                 checkpoints: None,
+                jumps: Default::default(),
             })
         })
         .await?;

@@ -343,6 +343,7 @@ pub async fn run(
     let content = SnapshotContent {
         offsets,
         checkpoints: None,
+        jumps: Default::default(),
     };
     let (rows, full) = timed(async {
         for batch in &batches {

@@ -43,6 +43,16 @@ impl Offsets {
         }
     }
 
+    /// Forgets a partition.
+    pub fn remove(&mut self, topic: &str, partition: i32) {
+        if let Some(partitions) = self.0.get_mut(topic) {
+            partitions.remove(&partition);
+            if partitions.is_empty() {
+                self.0.remove(topic);
+            }
+        }
+    }
+
     /// Every (topic, partition, next offset).
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
         self.0.iter().flat_map(|(topic, partitions)| {

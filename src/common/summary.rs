@@ -6,11 +6,16 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// What every key below starts with: table maintenance carries the keys with this prefix into
-/// the snapshots it writes.
+/// the snapshots it writes (all but [`OFFSET_JUMPS`]).
 pub const PREFIX: &str = "campaign-pipeline.";
 /// Next Kafka offset per topic partition that the table has absorbed (JSON of
-/// [`crate::common::Offsets`]); it never goes back, and each commit records the full map.
+/// [`crate::common::Offsets`]); each commit records the full map, and it never goes back except
+/// where the same snapshot records an [`OFFSET_JUMPS`] entry for the partition.
 pub const OFFSETS: &str = "campaign-pipeline.offsets";
+/// The offset jumps a snapshot's offsets make, accepted with `run --accept-offset-jumps`: per
+/// topic and partition, where the table stood, where reading went on and how many offsets the
+/// topic no longer held (JSON of [`OffsetJumps`]). Only the snapshot that makes the jump has it.
+pub const OFFSET_JUMPS: &str = "campaign-pipeline.offset-jumps";
 /// The pipeline that made the snapshot; a runner only reads its own pipeline's snapshots.
 pub const PIPELINE: &str = "campaign-pipeline.pipeline";
 /// Metrics table: the window-state checkpoint of each source partition (JSON of [`Checkpoints`]).
@@ -66,6 +71,56 @@ pub struct WatermarkSummary {
     pub watermark: Option<i64>,
     /// Highest event time per source partition, microseconds since the epoch.
     pub partitions: BTreeMap<i32, i64>,
+}
+
+/// One source partition's offsets jumping: the topic no longer holds what the tables expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetJump {
+    /// Where the tables stood (the next offset they would have read).
+    pub from: i64,
+    /// Where reading went on.
+    pub to: i64,
+    /// Offsets between the two that the topic no longer held, never read: retention deleted
+    /// them first. 0 when the topic ends below `from` (created again, or truncated) and is read
+    /// from its start.
+    pub skipped: i64,
+}
+
+impl OffsetJump {
+    /// A jump past offsets the topic deleted before they were read.
+    pub fn past_deleted(from: i64, first: i64) -> Self {
+        Self {
+            from,
+            to: first,
+            skipped: first - from,
+        }
+    }
+
+    /// A jump back to the start of a topic that ends below where the tables stood.
+    pub fn back_to_start(from: i64, start: i64) -> Self {
+        Self {
+            from,
+            to: start,
+            skipped: 0,
+        }
+    }
+}
+
+/// The [`OFFSET_JUMPS`] summary value: jumps by topic and partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OffsetJumps(pub BTreeMap<String, BTreeMap<i32, OffsetJump>>);
+
+impl OffsetJumps {
+    /// Compact JSON, as stored in a snapshot summary.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_default()
+    }
+
+    /// Whether no partition jumped.
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(BTreeMap::is_empty)
+    }
 }
 
 #[cfg(test)]

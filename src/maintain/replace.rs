@@ -283,7 +283,8 @@ impl StagedReplace {
         let mut properties: HashMap<String, String> = parent
             .additional_properties
             .iter()
-            .filter(|(key, _)| key.starts_with(summary::PREFIX))
+            // The jump belongs to the snapshot that made it; the state keys carry on.
+            .filter(|(key, _)| key.starts_with(summary::PREFIX) && *key != summary::OFFSET_JUMPS)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         properties.extend(collector.build());

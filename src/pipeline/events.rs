@@ -93,6 +93,7 @@ impl EventsBranch {
                 Ok(SnapshotContent {
                     offsets: progress.decide(TableRole::Events, &state.offsets)?,
                     checkpoints: None,
+                    jumps: progress.jumps(TableRole::Events),
                 })
             })
             .await;

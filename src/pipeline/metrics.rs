@@ -278,6 +278,7 @@ impl MetricsBranch {
                 Ok(SnapshotContent {
                     offsets,
                     checkpoints: Some(checkpoints),
+                    jumps: progress.jumps(TableRole::Metrics),
                 })
             })
             .await;

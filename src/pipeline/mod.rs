@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::catalog::{check_warehouse, open_catalog};
 use crate::common::error::Causes;
+use crate::common::summary::OffsetJump;
 use crate::common::{Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dlq::DeadLetterWriter;
@@ -277,6 +278,10 @@ pub async fn run(
                     continue;
                 }
                 SourceEvent::Assigned { partitions } => runner.assigned(partitions).await,
+                SourceEvent::Jumped { partition, jump } => {
+                    runner.jumped(partition, jump);
+                    continue;
+                }
                 SourceEvent::Batch(batch) => runner.batch(batch).await,
             };
             match step {
@@ -366,6 +371,23 @@ impl Runner<'_> {
         self.take_over().await?;
         tracing::info!(pipeline = %self.name(), partitions = ?self.assigned, resume = %self.progress.resume().to_json(), "holding partitions");
         Ok(Flow::Next)
+    }
+
+    /// The source reads a held partition on where its offsets jumped: the tables' next commits
+    /// record the partition there, and the jump in their snapshots.
+    fn jumped(&mut self, partition: i32, jump: OffsetJump) {
+        tracing::warn!(pipeline = %self.name(), topic = %self.pipeline.source.topic, partition, from = jump.from, to = jump.to, skipped = jump.skipped, "offsets jumped; the next commit of each table records it");
+        self.progress.jumped(partition, jump);
+        if let Some(telemetry) = &self.options.telemetry {
+            let label = PartitionLabel {
+                partition: partition.to_string(),
+            };
+            telemetry.offset_jumps.get_or_create(&label).inc();
+            telemetry
+                .offsets_skipped
+                .get_or_create(&label)
+                .inc_by(jump.skipped.max(0).unsigned_abs());
+        }
     }
 
     /// Takes over the assigned partitions from the tables as they stand now and positions the

@@ -5,11 +5,14 @@
 //!   rows below them are skipped ([`Progress::absorbed_ahead`]);
 //! - what a commit may record: the table's map as loaded for that commit, with the partitions
 //!   this runner holds raised to where the source has handed on, and only if the loaded map
-//!   still stands where this runner's batch starts ([`Progress::decide`]).
+//!   still stands where this runner's batch starts ([`Progress::decide`]);
+//! - and where a held partition's offsets jumped (`run --accept-offset-jumps`), the commit sets
+//!   them where reading went on, lower too, and says so ([`Progress::jumped`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::common::offsets::MovedPartition;
+use crate::common::summary::{OffsetJump, OffsetJumps};
 use crate::common::{Fenced, Offsets};
 
 /// One of the pipeline's two tables.
@@ -49,6 +52,10 @@ pub struct Progress {
     metrics: Offsets,
     /// Next offset the source has handed on per held partition since they were loaded.
     handed_on: Offsets,
+    /// Held partitions whose offsets jumped and that the events table has not recorded yet.
+    events_jumps: BTreeMap<i32, OffsetJump>,
+    /// The same for the metrics table.
+    metrics_jumps: BTreeMap<i32, OffsetJump>,
 }
 
 impl Progress {
@@ -60,6 +67,8 @@ impl Progress {
             events: Offsets::new(),
             metrics: Offsets::new(),
             handed_on: Offsets::new(),
+            events_jumps: BTreeMap::new(),
+            metrics_jumps: BTreeMap::new(),
         }
     }
 
@@ -69,6 +78,35 @@ impl Progress {
         self.events = self.only_owned(events);
         self.metrics = self.only_owned(metrics);
         self.handed_on = Offsets::new();
+        self.events_jumps.clear();
+        self.metrics_jumps.clear();
+    }
+
+    /// The source went on reading a held partition at `jump.to` instead of where the tables
+    /// stand: each table's next commit records the partition there (lower too) and the jump.
+    pub fn jumped(&mut self, partition: i32, jump: OffsetJump) {
+        if !self.owned.contains(&partition) {
+            return;
+        }
+        self.handed_on.remove(&self.topic, partition);
+        self.events_jumps.insert(partition, jump);
+        self.metrics_jumps.insert(partition, jump);
+    }
+
+    /// The jumps a commit of `table` records.
+    pub fn jumps(&self, table: TableRole) -> OffsetJumps {
+        let jumps = self.jumps_of(table);
+        if jumps.is_empty() {
+            return OffsetJumps::default();
+        }
+        OffsetJumps(BTreeMap::from([(self.topic.clone(), jumps.clone())]))
+    }
+
+    fn jumps_of(&self, table: TableRole) -> &BTreeMap<i32, OffsetJump> {
+        match table {
+            TableRole::Events => &self.events_jumps,
+            TableRole::Metrics => &self.metrics_jumps,
+        }
     }
 
     /// The partitions held.
@@ -110,6 +148,8 @@ impl Progress {
     pub fn absorbed_ahead(&self, table: TableRole) -> Offsets {
         let mut ahead = Offsets::new();
         for (topic, partition, next) in self.table(table).iter() {
+            // A partition that jumped is read from where it jumped to, below the table too.
+            let next = self.jumps_of(table).get(&partition).map_or(next, |j| j.to);
             let reached = self.handed_on.get(topic, partition);
             if reached.is_none_or(|r| r < next) {
                 ahead.set(topic, partition, next);
@@ -118,8 +158,11 @@ impl Progress {
         ahead
     }
 
-    /// Whether a commit would move a table forward.
+    /// Whether a commit would move a table forward (or record a jump).
     pub fn progressed(&self) -> bool {
+        if !self.events_jumps.is_empty() || !self.metrics_jumps.is_empty() {
+            return true;
+        }
         self.handed_on.iter().any(|(topic, partition, next)| {
             [&self.events, &self.metrics]
                 .iter()
@@ -150,18 +193,28 @@ impl Progress {
             return Err(Fenced { partitions: moved });
         }
         let mut record = loaded.clone();
+        for (partition, jump) in self.jumps_of(table) {
+            record.set(&self.topic, *partition, jump.to);
+        }
         for (topic, partition, next) in self.handed_on.iter() {
             record.advance(topic, partition, next);
         }
         Ok(record)
     }
 
-    /// A commit of `table` recorded `recorded`: the held partitions now stand there.
+    /// A commit of `table` recorded `recorded` (and the jumps decided with it): the held
+    /// partitions now stand there.
     pub fn committed(&mut self, table: TableRole, recorded: &Offsets) {
         let owned = self.only_owned(recorded);
         match table {
-            TableRole::Events => self.events = owned,
-            TableRole::Metrics => self.metrics = owned,
+            TableRole::Events => {
+                self.events = owned;
+                self.events_jumps.clear();
+            }
+            TableRole::Metrics => {
+                self.metrics = owned;
+                self.metrics_jumps.clear();
+            }
         }
     }
 
@@ -228,6 +281,48 @@ mod tests {
         assert_eq!(recorded, offsets(&[(0, 10), (1, 25), (2, 40)]));
         progress.committed(TableRole::Events, &recorded);
         assert_eq!(progress.table(TableRole::Events), &offsets(&[(1, 25)]));
+    }
+
+    #[test]
+    fn a_jump_back_to_a_new_topic_start_is_recorded_once_by_each_table_below_its_offset() {
+        let mut progress = Progress::new("t");
+        let table = offsets(&[(0, 1000), (1, 900)]);
+        progress.hold(&BTreeSet::from([0, 1]), &table, &table);
+        assert!(!progress.progressed());
+        progress.jumped(0, OffsetJump::back_to_start(1000, 0));
+        progress.jumped(7, OffsetJump::back_to_start(5, 0));
+        assert!(progress.progressed(), "a jump alone is worth a commit");
+        // The new topic's rows are not taken for absorbed ones.
+        assert_eq!(
+            progress.absorbed_ahead(TableRole::Events),
+            offsets(&[(0, 0), (1, 900)])
+        );
+        progress.handed_on(&offsets(&[(0, 40), (1, 950)]));
+        assert_eq!(progress.absorbed_ahead(TableRole::Events), Offsets::new());
+        let recorded = progress.decide(TableRole::Events, &table).unwrap();
+        assert_eq!(
+            recorded,
+            offsets(&[(0, 40), (1, 950)]),
+            "lower where it jumped"
+        );
+        let jumps = progress.jumps(TableRole::Events);
+        assert_eq!(
+            jumps.0["t"],
+            BTreeMap::from([(0, OffsetJump::back_to_start(1000, 0))]),
+            "held partitions only"
+        );
+        progress.committed(TableRole::Events, &recorded);
+        assert!(
+            progress.jumps(TableRole::Events).is_empty(),
+            "recorded once"
+        );
+        assert!(!progress.jumps(TableRole::Metrics).is_empty());
+        // The metrics table still stands at the old offset, which fencing checks as usual.
+        assert!(progress
+            .decide(TableRole::Metrics, &offsets(&[(0, 1001), (1, 900)]))
+            .is_err());
+        let metrics = progress.decide(TableRole::Metrics, &table).unwrap();
+        assert_eq!(metrics, offsets(&[(0, 40), (1, 950)]));
     }
 
     #[test]

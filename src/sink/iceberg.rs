@@ -33,7 +33,7 @@ use super::partition::PartitionSplitter;
 use super::table::{check_storage, load_table};
 use super::waiting;
 use super::SinkError;
-use crate::common::summary::{self, Checkpoints};
+use crate::common::summary::{self, Checkpoints, OffsetJumps};
 use crate::common::{Fenced, Offsets};
 
 /// How many times a commit is decided again after other writers committed first.
@@ -76,6 +76,8 @@ pub struct SnapshotContent {
     pub offsets: Offsets,
     /// The checkpoints it points to, when the table keeps window state.
     pub checkpoints: Option<Checkpoints>,
+    /// Where `offsets` jumps (nothing in the usual case).
+    pub jumps: OffsetJumps,
 }
 
 /// An open Iceberg table being appended to by one pipeline.
@@ -263,6 +265,9 @@ impl TableWriter {
                 (summary::OFFSETS.to_string(), content.offsets.to_json()),
                 (summary::PIPELINE.to_string(), self.pipeline.clone()),
             ]);
+            if !content.jumps.is_empty() {
+                properties.insert(summary::OFFSET_JUMPS.to_string(), content.jumps.to_json());
+            }
             if let Some(checkpoints) = &content.checkpoints {
                 properties.insert(summary::CHECKPOINT.to_string(), checkpoints.to_json());
                 let watermark = serde_json::to_string(&checkpoints.watermark()).unwrap_or_default();

@@ -15,6 +15,7 @@ use super::batch::{BatchBuilder, MicroBatch};
 use super::quirks::{Rejoin, ResumeCheck, Resumed};
 use super::SourceError;
 use crate::common::hashing::{FastMap, FastSet};
+use crate::common::summary::OffsetJump;
 use crate::common::Offsets;
 use crate::config::StartFrom;
 use crate::telemetry::repeated::repeated_errors;
@@ -231,6 +232,14 @@ pub enum SourceEvent {
     Assigned {
         /// Every partition now held.
         partitions: BTreeSet<i32>,
+    },
+    /// A held partition is read on at `jump.to` instead of where the tables stand (`run
+    /// --accept-offset-jumps`); the batches that follow read it from there.
+    Jumped {
+        /// The partition.
+        partition: i32,
+        /// From where to where.
+        jump: OffsetJump,
     },
 }
 
@@ -474,7 +483,8 @@ impl Reader {
     /// cached value; ListOffsets is not asked, tansu 0.6 answers it wrongly). The end of a
     /// partition only grows and the tables once read up to `resume` from it, so any end below
     /// that proves the topic was recreated or truncated.
-    fn beyond_end(&self, partition: i32, resume: i64) -> Option<SourceError> {
+    /// With it, the partition's start (its low watermark, where reading may go on).
+    fn beyond_end(&self, partition: i32, resume: i64) -> Option<(i64, SourceError)> {
         let topic = std::ffi::CString::new(self.options.topic.as_str()).ok()?;
         let (mut low, mut high) = (-1_i64, -1_i64);
         // SAFETY: the client pointer is valid while `self.consumer` lives; the call only reads
@@ -489,11 +499,14 @@ impl Reader {
             )
         };
         let known = answer == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
-        (known && (0..resume).contains(&high)).then(|| SourceError::BeyondEnd {
-            topic: self.options.topic.clone(),
-            partition,
-            tables: resume,
-            end: high,
+        (known && (0..resume).contains(&high)).then(|| {
+            let beyond = SourceError::BeyondEnd {
+                topic: self.options.topic.clone(),
+                partition,
+                tables: resume,
+                end: high,
+            };
+            (low.clamp(0, high), beyond)
         })
     }
 
@@ -620,10 +633,11 @@ impl Reader {
                             continue;
                         }
                         Resumed::Gone { first } => {
+                            let from = resume.unwrap_or_default();
                             let gone = SourceError::Gone {
                                 topic: self.options.topic.clone(),
                                 partition,
-                                tables: resume.unwrap_or_default(),
+                                tables: from,
                                 first,
                             };
                             if !self.options.accept_offset_jumps {
@@ -631,6 +645,10 @@ impl Reader {
                                 return;
                             }
                             tracing::warn!("{gone}: reading on there (--accept-offset-jumps)");
+                            let jump = OffsetJump::past_deleted(from, first);
+                            if !self.send(Ok(SourceEvent::Jumped { partition, jump })) {
+                                return;
+                            }
                         }
                     }
                     // Below the tables' progress: already absorbed (a seek back or group
@@ -660,15 +678,32 @@ impl Reader {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    if let Some(beyond) = resume_at
-                        .get(&partition)
-                        .and_then(|resume| self.beyond_end(partition, *resume))
+                    let resume = resume_at.get(&partition).copied();
+                    if let Some((start, beyond)) =
+                        resume.and_then(|resume| self.beyond_end(partition, resume))
                     {
-                        self.send(Err(beyond));
-                        return;
+                        if !self.options.accept_offset_jumps {
+                            self.send(Err(beyond));
+                            return;
+                        }
+                        tracing::warn!(
+                            "{beyond}: reading it from its start, offset {start} (--accept-offset-jumps)"
+                        );
+                        let jump = OffsetJump::back_to_start(resume.unwrap_or_default(), start);
+                        if !self.send(Ok(SourceEvent::Jumped { partition, jump })) {
+                            return;
+                        }
+                        lock(&self.shared.resume).set(&self.options.topic, partition, start);
+                        resume_at.insert(partition, start);
+                        handed_on.remove(&partition);
+                        first_handed.remove(&partition);
+                        resumes.forget(partition);
+                        resumes.expect([partition], now);
+                        self.seek(partition, start);
+                    } else {
+                        at_end.insert(partition);
+                        resumes.reached_end(partition);
                     }
-                    at_end.insert(partition);
-                    resumes.reached_end(partition);
                 }
                 Some(Err(err)) => {
                     crate::kafka::client_log::report_error(&err, "reading the source topic");

@@ -37,7 +37,8 @@ pub enum SourceError {
     #[error(
         "topic {topic} partition {partition} ends at offset {end}, but the tables hold its events up \
          to offset {tables}: the topic was deleted and created again, or truncated, after they were \
-         read. Nothing was read from it, so none of its events is skipped in silence"
+         read. Nothing was read from it, so none of its events is skipped in silence; `run \
+         --accept-offset-jumps` reads it from its start into these tables and records the jump"
     )]
     BeyondEnd {
         topic: String,
@@ -52,7 +53,8 @@ pub enum SourceError {
     #[error(
         "topic {topic} partition {partition} holds nothing before offset {first}, but the tables hold \
          its events only up to offset {tables}: {} events were deleted from the topic before they \
-         were read. Nothing was read from it; `run --accept-offset-jumps` resumes at offset {first}",
+         were read. Nothing was read from it; `run --accept-offset-jumps` resumes at offset {first} \
+         and records the jump",
         first - tables
     )]
     Gone {

@@ -81,6 +81,10 @@ pub struct Telemetry {
     pub watermark_delay: Gauge<f64, AtomicU64>,
     /// Unix time of the last commit.
     pub last_commit: Gauge<f64, AtomicU64>,
+    /// Source partitions whose offsets jumped (`run --accept-offset-jumps`), per partition.
+    pub offset_jumps: Family<PartitionLabel, Counter>,
+    /// Offsets skipped by those jumps (events the topic deleted before they were read).
+    pub offsets_skipped: Family<PartitionLabel, Counter>,
     health: Mutex<Health>,
 }
 
@@ -98,6 +102,8 @@ impl Telemetry {
         let consumer_lag = Family::<PartitionLabel, Gauge>::default();
         let watermark_delay = Gauge::<f64, AtomicU64>::default();
         let last_commit = Gauge::<f64, AtomicU64>::default();
+        let offset_jumps = Family::<PartitionLabel, Counter>::default();
+        let offsets_skipped = Family::<PartitionLabel, Counter>::default();
         registry.register(
             "events_consumed",
             "Kafka messages consumed",
@@ -138,6 +144,16 @@ impl Telemetry {
             "Unix time of the last Iceberg commit",
             last_commit.clone(),
         );
+        registry.register(
+            "offset_jumps",
+            "Source partitions read on where the topic no longer held the tables' offset",
+            offset_jumps.clone(),
+        );
+        registry.register(
+            "offsets_skipped",
+            "Source offsets never read because the topic deleted them first",
+            offsets_skipped.clone(),
+        );
         Self {
             registry,
             events_consumed,
@@ -148,6 +164,8 @@ impl Telemetry {
             consumer_lag,
             watermark_delay,
             last_commit,
+            offset_jumps,
+            offsets_skipped,
             health: Mutex::new(Health {
                 pipeline: pipeline.to_string(),
                 ..Health::default()
