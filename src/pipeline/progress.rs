@@ -326,6 +326,27 @@ mod tests {
     }
 
     #[test]
+    fn a_jump_past_deleted_offsets_raises_the_partition_and_counts_them() {
+        let mut progress = Progress::new("t");
+        let table = offsets(&[(0, 100)]);
+        progress.hold(&BTreeSet::from([0]), &table, &table);
+        progress.jumped(0, OffsetJump::past_deleted(100, 250));
+        progress.handed_on(&offsets(&[(0, 260)]));
+        let recorded = progress.decide(TableRole::Metrics, &table).unwrap();
+        assert_eq!(recorded, offsets(&[(0, 260)]));
+        assert_eq!(progress.jumps(TableRole::Metrics).0["t"][&0].skipped, 150);
+        // Nothing handed on yet from the new position: the commit still records the jump.
+        let mut idle = Progress::new("t");
+        idle.hold(&BTreeSet::from([0]), &table, &table);
+        idle.jumped(0, OffsetJump::past_deleted(100, 250));
+        assert!(idle.progressed());
+        assert_eq!(
+            idle.decide(TableRole::Events, &table).unwrap(),
+            offsets(&[(0, 250)])
+        );
+    }
+
+    #[test]
     fn a_commit_on_a_table_another_runner_moved_on_is_fenced() {
         let mut progress = Progress::new("t");
         let table = offsets(&[(0, 10), (1, 20)]);
