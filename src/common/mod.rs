@@ -4,6 +4,7 @@ pub mod error;
 pub mod event;
 pub mod hashing;
 pub mod offsets;
+pub mod records;
 pub mod summary;
 
 pub use offsets::{Fenced, Offsets};
@@ -18,8 +19,7 @@ pub const KAFKA_RECORDS_TABLE: &str = "kafka_records";
 /// Output column of the parsing SQL: NULL for a valid row, else the reason it was rejected.
 pub const ERROR_COLUMN: &str = "_error";
 
-/// Columns the parsing SQL must pass through so that a rejected row can be traced to its source.
-pub const SOURCE_COLUMNS: [&str; 3] = ["_topic", "_partition", "_offset"];
+pub use records::SOURCE_COLUMNS;
 
 /// Header of a message that `dlq replay` sent back: the `topic/partition/offset` it replays.
 pub const REPLAY_OF_HEADER: &str = "campaign-pipeline.replay-of";
@@ -37,16 +37,16 @@ pub fn kafka_records_schema() -> SchemaRef {
 
 fn build_kafka_records_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("_topic", DataType::Utf8, false),
-        Field::new("_partition", DataType::Int32, false),
-        Field::new("_offset", DataType::Int64, false),
+        Field::new(records::TOPIC, DataType::Utf8, false),
+        Field::new(records::PARTITION, DataType::Int32, false),
+        Field::new(records::OFFSET, DataType::Int64, false),
         Field::new(
-            "_timestamp",
+            records::TIMESTAMP,
             DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             true,
         ),
-        Field::new("_key", DataType::Binary, true),
-        Field::new("value", DataType::Utf8, false),
+        Field::new(records::KEY, DataType::Binary, true),
+        Field::new(records::VALUE, DataType::Utf8, false),
     ]))
 }
 

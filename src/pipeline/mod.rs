@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, Int32Type, Int64Type};
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
 
 use tokio::sync::watch;
 
 use crate::catalog::{check_warehouse, open_catalog};
 use crate::common::error::Causes;
+use crate::common::records::Coordinates;
 use crate::common::summary::OffsetJump;
 use crate::common::{Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
@@ -923,25 +923,13 @@ pub fn unabsorbed(
     if rows.num_rows() == 0 || absorbed.is_empty() {
         return Ok(rows.clone());
     }
-    let column = |name: &str, data_type: &DataType| {
-        rows.column_by_name(name)
-            .ok_or_else(|| {
-                arrow::error::ArrowError::SchemaError(format!("parsed rows lack `{name}`"))
-            })
-            .and_then(|c| cast(c, data_type))
-    };
-    let topics = column("_topic", &DataType::Utf8)?;
-    let topics = topics.as_string::<i32>();
-    let partitions = column("_partition", &DataType::Int32)?;
-    let partitions = partitions.as_primitive::<Int32Type>();
-    let offsets = column("_offset", &DataType::Int64)?;
-    let offsets = offsets.as_primitive::<Int64Type>();
+    let at = Coordinates::of(rows)?;
     let keep: BooleanArray = (0..rows.num_rows())
         .map(|i| {
             Some(
                 absorbed
-                    .get(topics.value(i), partitions.value(i))
-                    .is_none_or(|next| offsets.value(i) >= next),
+                    .get(at.topics.value(i), at.partitions.value(i))
+                    .is_none_or(|next| at.offsets.value(i) >= next),
             )
         })
         .collect();

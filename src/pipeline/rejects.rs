@@ -1,10 +1,11 @@
 //! Rejected rows to dead letter records: the SQL's reason plus the raw message it came from.
 
-use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMillisecondType};
+use arrow::datatypes::DataType;
 
 use crate::common::hashing::FastMap;
+use crate::common::records::{Coordinates, KafkaRecords};
 use crate::common::ERROR_COLUMN;
 use crate::dlq::{DeadLetter, SourceCoordinates};
 use crate::source::RawRecord;
@@ -38,30 +39,24 @@ pub fn from_rejected_rows(
     if rejected.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let column = |name: &str, data_type: &DataType| -> Result<_, arrow::error::ArrowError> {
-        let array = rejected.column_by_name(name).ok_or_else(|| {
-            arrow::error::ArrowError::SchemaError(format!("parsing output lacks `{name}`"))
-        })?;
-        cast(array, data_type)
-    };
     let errors = match reason {
-        Reason::FromSql => Some(column(ERROR_COLUMN, &DataType::Utf8)?),
+        Reason::FromSql => Some(cast(
+            rejected.column_by_name(ERROR_COLUMN).ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError(format!(
+                    "parsing output lacks `{ERROR_COLUMN}`"
+                ))
+            })?,
+            &DataType::Utf8,
+        )?),
         Reason::Fixed(_) => None,
     };
     let errors = errors.as_ref().map(|e| e.as_string::<i32>());
-    let partitions = column("_partition", &DataType::Int32)?;
-    let partitions = partitions.as_primitive::<Int32Type>();
-    let offsets = column("_offset", &DataType::Int64)?;
-    let offsets = offsets.as_primitive::<Int64Type>();
+    let at = Coordinates::of(rejected)?;
+    let (partitions, offsets) = (&at.partitions, &at.offsets);
 
-    let in_partitions = input.column(1).as_primitive::<Int32Type>();
-    let in_offsets = input.column(2).as_primitive::<Int64Type>();
-    let in_timestamps = input.column(3).as_primitive::<TimestampMillisecondType>();
-    let in_keys: &BinaryArray = input.column(4).as_binary::<i32>();
-    let in_values: &StringArray = input.column(5).as_string::<i32>();
-    let in_topics: &StringArray = input.column(0).as_string::<i32>();
-    let rows: FastMap<(i32, i64), usize> = (0..input.num_rows())
-        .map(|i| ((in_partitions.value(i), in_offsets.value(i)), i))
+    let records = KafkaRecords::new(input)?;
+    let rows: FastMap<(i32, i64), usize> = (0..records.len())
+        .map(|i| ((records.partition(i), records.offset(i)), i))
         .collect();
 
     let mut letters = Vec::with_capacity(rejected.num_rows());
@@ -76,13 +71,11 @@ pub fn from_rejected_rows(
             continue;
         };
         let raw = RawRecord {
-            topic: in_topics.value(row).to_string(),
-            partition: in_partitions.value(row),
-            offset: in_offsets.value(row),
-            timestamp_ms: in_timestamps
-                .is_valid(row)
-                .then(|| in_timestamps.value(row)),
-            key: in_keys.is_valid(row).then(|| in_keys.value(row).to_vec()),
+            topic: records.topic(row).to_string(),
+            partition: records.partition(row),
+            offset: records.offset(row),
+            timestamp_ms: records.timestamp_ms(row),
+            key: records.key(row).map(<[u8]>::to_vec),
             payload: Vec::new(),
         };
         let reason = match (reason, errors) {
@@ -92,7 +85,7 @@ pub fn from_rejected_rows(
         };
         letters.push(dead_letter(
             &raw,
-            in_values.value(row).as_bytes(),
+            records.value(row).as_bytes(),
             reason,
             pipeline,
             failed_at,

@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 use super::plan::{window_operator, PlannedSql};
 use super::rejects::{INVALID_UTF8, LATE, UNTIMED};
-use crate::common::ERROR_COLUMN;
+use crate::common::{records, ERROR_COLUMN};
 use crate::config::PipelineConfig;
 use crate::engine::{split_rejected, SqlStage};
 use crate::source::batch::BatchBuilder;
@@ -170,7 +170,7 @@ fn lines_and_reasons(
     if rows.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let lines = offsets(rows)?;
+    let lines = records::offsets(rows)?;
     let reasons = match fixed {
         Some(_) => None,
         None => Some(cast(column(rows, ERROR_COLUMN)?, &DataType::Utf8)?),
@@ -188,20 +188,16 @@ fn lines_and_reasons(
 
 /// The parsed rows' table columns, after a `line` column (the sample line they came from).
 fn with_line_first(rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let mut columns: Vec<(String, std::sync::Arc<dyn Array>)> =
-        vec![("line".to_string(), std::sync::Arc::new(offsets(rows)?) as _)];
+    let mut columns: Vec<(String, std::sync::Arc<dyn Array>)> = vec![(
+        "line".to_string(),
+        std::sync::Arc::new(records::offsets(rows)?) as _,
+    )];
     for (field, array) in rows.schema().fields().iter().zip(rows.columns()) {
         if !field.name().starts_with('_') {
             columns.push((field.name().clone(), array.clone()));
         }
     }
     RecordBatch::try_from_iter(columns)
-}
-
-fn offsets(rows: &RecordBatch) -> Result<arrow::array::Int64Array, ArrowError> {
-    Ok(cast(column(rows, "_offset")?, &DataType::Int64)?
-        .as_primitive::<Int64Type>()
-        .clone())
 }
 
 fn column<'a>(rows: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, ArrowError> {

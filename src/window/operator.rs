@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, BooleanArray, Int32Array};
-use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use arrow::array::{BooleanArray, Int32Array};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
+
+use crate::common::records;
 
 use super::aggregate::SplitAggregate;
 use super::bounds::event_times;
@@ -110,7 +112,7 @@ impl WindowOperator {
         now: Instant,
     ) -> Result<Sorted, WindowError> {
         let times = event_times(rows, &self.time_column)?;
-        let partitions = partition_column(rows)?;
+        let partitions = records::partitions(rows)?;
         let mut on_time = Vec::with_capacity(times.len());
         let mut late = Vec::with_capacity(times.len());
         // Few partitions per batch: a short list beats a map lookup per row.
@@ -166,7 +168,7 @@ impl WindowOperator {
                 .collect::<Result<Vec<_>, _>>()?,
         )?;
         let events = RecordBatch::try_new(self.events_schema.clone(), events.columns().to_vec())?;
-        let partitions = partition_column(on_time)?;
+        let partitions = records::partitions(on_time)?;
         for (partition, rows) in by_partition(&events, &partitions)? {
             let partials = self.split.partial(vec![rows]).await?;
             self.keys.note(partition, &partials)?;
@@ -333,16 +335,6 @@ impl WindowOperator {
     fn window_start(&self, time: Micros) -> Micros {
         time - time.rem_euclid(self.size)
     }
-}
-
-/// The `_partition` column of parsed rows, as Int32.
-fn partition_column(rows: &RecordBatch) -> Result<Int32Array, ArrowError> {
-    let column = rows
-        .column_by_name("_partition")
-        .ok_or_else(|| ArrowError::SchemaError("parsed rows lack `_partition`".into()))?;
-    Ok(cast(column, &DataType::Int32)?
-        .as_primitive::<Int32Type>()
-        .clone())
 }
 
 /// The rows of `batch` per source partition (one slice when the batch holds one partition).
