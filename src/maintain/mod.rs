@@ -100,8 +100,19 @@ pub struct Report {
     pub manifests: usize,
     /// Snapshots in the metadata at the end.
     pub snapshots: usize,
-    /// Time spent compacting (planning, rewriting, committing), expiring and sweeping.
-    pub took: [Duration; 3],
+    /// Time each step of the pass took.
+    pub took: PassTimes,
+}
+
+/// How long each step of a maintenance pass took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassTimes {
+    /// Compaction and manifest merging: planning, rewriting, committing.
+    pub compaction: Duration,
+    /// Snapshot expiry and deleting the files only expired snapshots referenced.
+    pub expiry: Duration,
+    /// The sweep of superseded metadata files and orphans.
+    pub sweep: Duration,
 }
 
 impl std::fmt::Display for Report {
@@ -136,7 +147,12 @@ impl std::fmt::Display for Report {
             self.manifests,
             self.snapshots
         )?;
-        let [compact, expire, sweep] = self.took.map(|d| d.as_secs_f64() * 1e3);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (compact, expire, sweep) = (
+            ms(self.took.compaction),
+            ms(self.took.expiry),
+            ms(self.took.sweep),
+        );
         write!(
             f,
             " (compaction {compact:.0} ms, expiry {expire:.0} ms, sweep {sweep:.0} ms)"
@@ -242,7 +258,7 @@ impl Maintainer {
         };
         let started = std::time::Instant::now();
         self.compact(target, &mut report, cache).await?;
-        report.took[0] = started.elapsed();
+        report.took.compaction = started.elapsed();
         self.pause_if(Stage::Committed).await;
         let started = std::time::Instant::now();
 
@@ -259,7 +275,7 @@ impl Maintainer {
         .await
         .map_err(fail("expiring snapshots"))?;
         report.expired = expired;
-        report.took[1] = started.elapsed();
+        report.took.expiry = started.elapsed();
         let started = std::time::Instant::now();
 
         let table = self.load(target).await.unwrap_or(table);
@@ -279,7 +295,7 @@ impl Maintainer {
                 table: target.label.clone(),
                 source,
             })?;
-        report.took[2] = started.elapsed();
+        report.took.sweep = started.elapsed();
 
         let live = LiveFiles::read_with(&table, cache)
             .await

@@ -29,6 +29,17 @@ use crate::window::{
 /// just been replaced (and deleted) by another runner's commit.
 const RESTORE_ATTEMPTS: u32 = 3;
 
+/// What the commit log line says of the window state.
+#[derive(Debug, Clone, Default)]
+pub struct WindowStateSummary {
+    /// Windows open in the held partitions.
+    pub open_windows: usize,
+    /// Bytes of their state.
+    pub state_bytes: usize,
+    /// The runner's watermark (RFC 3339), when it has one.
+    pub watermark: Option<String>,
+}
+
 /// The window operator and the table its closed windows go to.
 pub struct MetricsBranch {
     operator: WindowOperator,
@@ -326,14 +337,14 @@ impl MetricsBranch {
         self.operator.watermark()
     }
 
-    /// Open windows, state bytes and the watermark, for the commit log line.
-    pub fn describe(&self) -> (usize, usize, Option<String>) {
-        let (windows, bytes) = self.operator.state_size();
-        (
-            windows,
-            bytes,
-            self.operator.watermark().and_then(format_micros),
-        )
+    /// The window state's size and the watermark, for the commit log line.
+    pub fn describe(&self) -> WindowStateSummary {
+        let (open_windows, state_bytes) = self.operator.state_size();
+        WindowStateSummary {
+            open_windows,
+            state_bytes,
+            watermark: self.operator.watermark().and_then(format_micros),
+        }
     }
 
     async fn write(&mut self, closed: Vec<RecordBatch>) -> Result<(), PipelineError> {

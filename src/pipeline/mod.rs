@@ -41,9 +41,7 @@ use metrics::MetricsBranch;
 use outage::Outage;
 use plan::plan_pipeline;
 use progress::{resume_point, Progress, TableRole};
-use rejects::{
-    dead_letter, from_rejected_rows, KeyedDeadLetter, Reason, INVALID_UTF8, LATE, UNTIMED,
-};
+use rejects::{dead_letter, from_rejected_rows, Rejected, Rejection};
 
 /// Why a pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -439,7 +437,12 @@ impl Runner<'_> {
             .process(&batch, &self.progress, &mut self.branches)
             .await?;
         self.progress.handed_on(&batch.next_offsets);
-        for (letter, key) in letters {
+        for Rejected {
+            letter,
+            key,
+            rejection,
+        } in letters
+        {
             let sent = self
                 .dlq
                 .send(&letter, key.as_deref())
@@ -451,7 +454,7 @@ impl Runner<'_> {
             if !sent {
                 continue;
             }
-            let late = letter.error == LATE;
+            let late = rejection == Rejection::Late;
             self.window.dead_letters += 1;
             self.window.late += u64::from(late);
             if let Some(t) = &options.telemetry {
@@ -589,7 +592,7 @@ impl Runner<'_> {
     fn log_commit(&self, committed: &Committed) {
         let window = &self.window;
         let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
-        let (open_windows, state_bytes, watermark) = self.branches.metrics.describe();
+        let state = self.branches.metrics.describe();
         if let Some(t) = &self.options.telemetry {
             let per_second = window.messages as f64 / seconds;
             t.update_health(|h| h.events_per_second = per_second);
@@ -602,9 +605,9 @@ impl Runner<'_> {
             windows = committed.metrics.rows,
             dead_letters = window.dead_letters,
             late = window.late,
-            open_windows,
-            state_bytes,
-            watermark = watermark.as_deref().unwrap_or("none"),
+            open_windows = state.open_windows,
+            state_bytes = state.state_bytes,
+            watermark = state.watermark.as_deref().unwrap_or("none"),
             partitions = ?self.progress.owned(),
             conflicts = committed.events.conflicts + committed.metrics.conflicts,
             lag = ?self.source.lag(),
@@ -753,7 +756,7 @@ fn report_commit(
         .last_commit
         .set(now.timestamp_millis() as f64 / 1000.0);
     let (messages, dead_letters) = (counts.0, counts.1.clone());
-    let watermark = metrics.describe().2;
+    let watermark = metrics.describe().watermark;
     telemetry.update_health(|h| {
         h.last_commit = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         h.messages = messages;
@@ -839,12 +842,12 @@ impl Stages<'_> {
         batch: &MicroBatch,
         progress: &Progress,
         branches: &mut Branches,
-    ) -> Result<Vec<KeyedDeadLetter>, PipelineError> {
+    ) -> Result<Vec<Rejected>, PipelineError> {
         let events_skip = &progress.absorbed_ahead(TableRole::Events);
         let metrics_skip = &progress.absorbed_ahead(TableRole::Metrics);
         let pipeline = self.pipeline;
         let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut letters: Vec<KeyedDeadLetter> = batch
+        let mut letters: Vec<Rejected> = batch
             .not_utf8
             .iter()
             .filter(|raw| {
@@ -852,7 +855,11 @@ impl Stages<'_> {
                     .get(&raw.topic, raw.partition)
                     .is_none_or(|next| raw.offset >= next)
             })
-            .map(|raw| dead_letter(raw, &raw.payload, INVALID_UTF8, pipeline, &failed_at))
+            .map(|raw| {
+                let rejection = Rejection::InvalidUtf8;
+                let reason = rejection.fixed_reason().unwrap_or_default();
+                dead_letter(raw, &raw.payload, rejection, reason, pipeline, &failed_at)
+            })
             .collect();
         if batch.records.num_rows() == 0 {
             tag_replays(&mut letters, batch);
@@ -883,7 +890,7 @@ impl Stages<'_> {
                 letters.extend(
                     from_rejected_rows(
                         &rejected,
-                        Reason::FromSql,
+                        Rejection::Error,
                         &batch.records,
                         pipeline,
                         &failed_at,
@@ -895,16 +902,13 @@ impl Stages<'_> {
                 .metrics
                 .take(&valid, metrics_skip, limits, now)
                 .await?;
-            for (rows, reason) in [(&sorted.late, LATE), (&sorted.untimed, UNTIMED)] {
+            for (rows, rejection) in [
+                (&sorted.late, Rejection::Late),
+                (&sorted.untimed, Rejection::Untimed),
+            ] {
                 letters.extend(
-                    from_rejected_rows(
-                        rows,
-                        Reason::Fixed(reason),
-                        &batch.records,
-                        pipeline,
-                        &failed_at,
-                    )
-                    .map_err(|e| exec_err(e.into()))?,
+                    from_rejected_rows(rows, rejection, &batch.records, pipeline, &failed_at)
+                        .map_err(|e| exec_err(e.into()))?,
                 );
             }
         }
@@ -956,11 +960,11 @@ pub fn shutdown_channel() -> (watch::Sender<bool>, watch::Receiver<bool>) {
 
 /// Marks dead letters of replayed messages with the coordinate they replay, so that the DLQ
 /// tools can tell a replay that failed again.
-fn tag_replays(letters: &mut [KeyedDeadLetter], batch: &MicroBatch) {
+fn tag_replays(letters: &mut [Rejected], batch: &MicroBatch) {
     if batch.replayed.is_empty() {
         return;
     }
-    for (letter, _) in letters {
+    for Rejected { letter, .. } in letters {
         let at = (letter.source.partition, letter.source.offset);
         letter.replay_of = batch.replayed.get(&at).cloned();
     }

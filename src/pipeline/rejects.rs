@@ -10,37 +10,61 @@ use crate::common::ERROR_COLUMN;
 use crate::dlq::{DeadLetter, SourceCoordinates};
 use crate::source::RawRecord;
 
-/// Reason given to payloads that are not UTF-8 (they never reach the SQL).
-pub const INVALID_UTF8: &str = "invalid utf-8";
+use crate::dlq::record::{LATE_REASON, UNTIMED_REASON};
 
-/// A dead letter record with the key of its source message.
-pub type KeyedDeadLetter = (DeadLetter, Option<Vec<u8>>);
+/// Why a message goes to the dead letter queue. It becomes text only in the dead letter record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The reason in the rows' `_error` column: the parsing SQL's rules, and the clock's bound
+    /// on event times (`future timestamp: ...`), which writes there too.
+    Error,
+    /// A valid event whose window its partition's watermark had passed when it arrived (it is
+    /// in the events table).
+    Late,
+    /// A valid event whose window's time column is NULL (it is in the events table).
+    Untimed,
+    /// A payload that is not UTF-8: it never reached the SQL.
+    InvalidUtf8,
+}
 
-pub use crate::dlq::record::{LATE_REASON as LATE, UNTIMED_REASON as UNTIMED};
+impl Rejection {
+    /// The reason the record gives, for every rejection but [`Rejection::Error`] (whose reason
+    /// is each row's own).
+    pub fn fixed_reason(self) -> Option<&'static str> {
+        match self {
+            Rejection::Error => None,
+            Rejection::Late => Some(LATE_REASON),
+            Rejection::Untimed => Some(UNTIMED_REASON),
+            Rejection::InvalidUtf8 => Some("invalid utf-8"),
+        }
+    }
+}
 
-/// Where a rejected row's reason comes from.
-#[derive(Debug, Clone, Copy)]
-pub enum Reason<'a> {
-    /// The parsing SQL's `_error` column.
-    FromSql,
-    /// The same reason for every row (decided after the SQL, e.g. `late`).
-    Fixed(&'a str),
+/// A dead letter record, the key of its source message, and why it was rejected.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// The record the dead letter topic gets.
+    pub letter: DeadLetter,
+    /// The source message's key, which the dead letter keeps.
+    pub key: Option<Vec<u8>>,
+    /// Why.
+    pub rejection: Rejection,
 }
 
 /// Dead letters for rejected parsed rows, with payload, key and timestamp looked up in the
 /// micro-batch they came from by (partition, offset).
 pub fn from_rejected_rows(
     rejected: &RecordBatch,
-    reason: Reason<'_>,
+    rejection: Rejection,
     input: &RecordBatch,
     pipeline: &str,
     failed_at: &str,
-) -> Result<Vec<KeyedDeadLetter>, arrow::error::ArrowError> {
+) -> Result<Vec<Rejected>, arrow::error::ArrowError> {
     if rejected.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let errors = match reason {
-        Reason::FromSql => Some(cast(
+    let errors = match rejection {
+        Rejection::Error => Some(cast(
             rejected.column_by_name(ERROR_COLUMN).ok_or_else(|| {
                 arrow::error::ArrowError::SchemaError(format!(
                     "parsing output lacks `{ERROR_COLUMN}`"
@@ -48,7 +72,7 @@ pub fn from_rejected_rows(
             })?,
             &DataType::Utf8,
         )?),
-        Reason::Fixed(_) => None,
+        _ => None,
     };
     let errors = errors.as_ref().map(|e| e.as_string::<i32>());
     let at = Coordinates::of(rejected)?;
@@ -78,14 +102,15 @@ pub fn from_rejected_rows(
             key: records.key(row).map(<[u8]>::to_vec),
             payload: Vec::new(),
         };
-        let reason = match (reason, errors) {
-            (Reason::Fixed(fixed), _) => fixed,
-            (Reason::FromSql, Some(errors)) if errors.is_valid(i) => errors.value(i),
-            (Reason::FromSql, _) => "rejected",
+        let reason = match (rejection.fixed_reason(), errors) {
+            (Some(fixed), _) => fixed,
+            (None, Some(errors)) if errors.is_valid(i) => errors.value(i),
+            (None, _) => "rejected",
         };
         letters.push(dead_letter(
             &raw,
             records.value(row).as_bytes(),
+            rejection,
             reason,
             pipeline,
             failed_at,
@@ -94,14 +119,16 @@ pub fn from_rejected_rows(
     Ok(letters)
 }
 
-/// A dead letter for a raw record (payload taken from `payload`, not from the record).
+/// A dead letter for a raw record (payload taken from `payload`, not from the record), giving
+/// `reason` for `rejection`.
 pub fn dead_letter(
     raw: &RawRecord,
     payload: &[u8],
+    rejection: Rejection,
     reason: &str,
     pipeline: &str,
     failed_at: &str,
-) -> KeyedDeadLetter {
+) -> Rejected {
     let source = SourceCoordinates {
         topic: raw.topic.clone(),
         partition: raw.partition,
@@ -111,8 +138,9 @@ pub fn dead_letter(
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     };
-    (
-        DeadLetter::new(reason, payload, source, pipeline, failed_at),
-        raw.key.clone(),
-    )
+    Rejected {
+        letter: DeadLetter::new(reason, payload, source, pipeline, failed_at),
+        key: raw.key.clone(),
+        rejection,
+    }
 }

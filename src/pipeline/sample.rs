@@ -14,7 +14,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 use super::plan::{window_operator, PlannedSql};
-use super::rejects::{INVALID_UTF8, LATE, UNTIMED};
+use super::rejects::Rejection;
 use crate::common::{records, ERROR_COLUMN};
 use crate::config::PipelineConfig;
 use crate::engine::{split_rejected, SqlStage};
@@ -110,7 +110,8 @@ pub async fn run_sample(
         });
     };
     for raw in &batch.not_utf8 {
-        reject(raw.offset, INVALID_UTF8.to_string());
+        let reason = Rejection::InvalidUtf8.fixed_reason().unwrap_or_default();
+        reject(raw.offset, reason.to_string());
     }
 
     let stage = SqlStage::new(ctx, &planned.parse, planned.records_slot.clone())
@@ -147,9 +148,12 @@ pub async fn run_sample(
             .absorb(&sorted.on_time)
             .await
             .map_err(SampleError::Window)?;
-        for (rows, reason) in [(&sorted.late, LATE), (&sorted.untimed, UNTIMED)] {
+        for (rows, rejection) in [
+            (&sorted.late, Rejection::Late),
+            (&sorted.untimed, Rejection::Untimed),
+        ] {
             for (line, reason) in
-                lines_and_reasons(rows, Some(reason)).map_err(SampleError::Arrow)?
+                lines_and_reasons(rows, rejection.fixed_reason()).map_err(SampleError::Arrow)?
             {
                 reject(line, reason);
             }
