@@ -33,4 +33,4 @@ scripts/compose.sh
 # ended long ago (a run takes well under 6 hours), so repeated runs do not fill the disk.
 find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'campaign-pipeline-server-*' -mmin +360 -exec rm -rf {} + 2>/dev/null || true
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo test --locked --all-targets "$@"
+cargo test --locked --all-targets --features test-hooks "$@"

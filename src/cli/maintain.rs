@@ -6,7 +6,9 @@ use std::path::Path;
 use clap::Args;
 
 use crate::common::error::Causes;
-use crate::maintain::{Maintainer, Stage};
+use crate::maintain::Maintainer;
+#[cfg(feature = "test-hooks")]
+use crate::maintain::Stage;
 
 /// Flags of `maintain`.
 #[derive(Debug, Args)]
@@ -15,12 +17,15 @@ pub struct MaintainArgs {
     #[arg(long)]
     pub pipeline: Option<String>,
     /// Pause at this point of the pass (tests kill it there, or commit under it).
+    #[cfg(feature = "test-hooks")]
     #[arg(long, value_enum, hide = true)]
     pub pause_at: Option<Stage>,
     /// How long the pause lasts.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, default_value = "24h", value_parser = humantime::parse_duration)]
     pub pause_for: std::time::Duration,
     /// How long the pass starts new partition rewrites (default: a quarter of orphan_grace).
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     pub rewrite_for: Option<std::time::Duration>,
 }
@@ -30,8 +35,9 @@ pub async fn run(config_path: &Path, args: &MaintainArgs) -> anyhow::Result<bool
     let config = super::load_config(config_path)?;
     let mut ok = true;
     for pipeline in config.selected(args.pipeline.as_deref())? {
-        let maintainer = Maintainer::open(&config, pipeline)
-            .await?
+        let maintainer = Maintainer::open(&config, pipeline).await?;
+        #[cfg(feature = "test-hooks")]
+        let maintainer = maintainer
             .pause_at(args.pause_at, args.pause_for)
             .rewrite_for(args.rewrite_for);
         for result in maintainer.run_once().await {

@@ -213,6 +213,7 @@ impl Maintainer {
 
     /// Waits `pause` when the pass reaches `stage`: for tests that kill it there or commit
     /// under it.
+    #[cfg(feature = "test-hooks")]
     pub fn pause_at(mut self, stage: Option<Stage>, pause: Duration) -> Self {
         self.pause = stage.map(|stage| (stage, pause));
         self
@@ -222,6 +223,7 @@ impl Maintainer {
     /// of `orphan_grace` unless set here, for tests), and commits what it has: a rewrite not
     /// committed within half of `orphan_grace` is dropped, so a backlog larger than one pass
     /// can rewrite in time would otherwise never be compacted.
+    #[cfg(feature = "test-hooks")]
     pub fn rewrite_for(mut self, budget: Option<Duration>) -> Self {
         if let Some(budget) = budget {
             self.rewrite_budget = budget;
