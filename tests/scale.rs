@@ -581,6 +581,77 @@ async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows(
     );
 }
 
+/// A batch run beside a runner that stopped moving (SIGSTOP: its partitions stay assigned to it
+/// until its session times out, and tansu 0.6 may never move them): `--until-caught-up` does
+/// not end 0 once the partitions it was given are read; the others making no progress past
+/// `--max-unassigned`, it exits non-zero naming each with the tables' offset and its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn until_caught_up_does_not_end_well_while_partitions_it_lacks_stay_behind() {
+    let pipeline = common::TestPipeline::new();
+    cli_ok(&pipeline, &["setup"]);
+    cli_ok(&pipeline, &["generate", "--count", "3000", "--seed", "41"]);
+    let mut stalled = Runner::start(&pipeline, &["run"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while events_per_campaign(&pipeline).await.values().sum::<u64>() < 2_900 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first runner never committed: {}",
+            stalled.drain().join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut batch = Runner::start(
+        &pipeline,
+        &["run", "--until-caught-up", "--max-unassigned", "10s"],
+    );
+    // The group splits the partitions between the two.
+    assert!(
+        batch.wait_for(&["holding partitions"], std::time::Duration::from_secs(60)),
+        "{}",
+        batch.drain().join("\n")
+    );
+    stalled.signal(libc::SIGSTOP);
+    cli_ok(&pipeline, &["generate", "--count", "3000", "--seed", "42"]);
+    let sent = common::read_topic(&pipeline.brokers, &pipeline.topic);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = batch.child.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch run never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    stalled.signal(libc::SIGCONT);
+    let said = batch.kill().join("\n");
+    stalled.kill();
+    let summary = common::snapshot_properties(&pipeline.config, "campaign_events").await;
+    let tables = Offsets::from_json(&summary["campaign-pipeline.offsets"]).expect("offsets");
+    let ends: BTreeMap<i32, i64> = sent.iter().fold(BTreeMap::new(), |mut ends, r| {
+        let end = ends.entry(r.partition).or_insert(0);
+        *end = (*end).max(r.offset + 1);
+        ends
+    });
+    let behind: Vec<String> = ends
+        .iter()
+        .filter_map(|(partition, end)| {
+            let at = tables.get(&pipeline.topic, *partition)?;
+            (at < *end).then(|| format!("partition {partition} (tables at {at} of {end})"))
+        })
+        .collect();
+    assert!(
+        !behind.is_empty(),
+        "the stalled runner's partitions are behind\n{said}"
+    );
+    assert!(!status.success(), "ended 0 with {behind:?} behind\n{said}");
+    for partition in &behind {
+        assert!(said.contains(partition.as_str()), "{partition}\n{said}");
+    }
+    assert!(said.contains("made no progress for"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runner_without_partitions_says_so_and_until_caught_up_gives_up() {
     let pipeline = common::TestPipeline::new();

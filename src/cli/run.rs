@@ -16,7 +16,8 @@ pub struct RunArgs {
     /// Run only this pipeline (default: every pipeline of the file, side by side).
     #[arg(long)]
     pub pipeline: Option<String>,
-    /// Stop once every partition has been read to its end and committed (backfills, tests).
+    /// Stop once the tables hold every partition of the topic up to its end (backfills, tests):
+    /// this runner's own, read and committed, and those other runners hold.
     #[arg(long)]
     pub until_caught_up: bool,
     /// With --until-caught-up: also emit the windows still open at the end (a backfill that
@@ -24,7 +25,8 @@ pub struct RunArgs {
     #[arg(long, requires = "until_caught_up")]
     pub flush_open_windows: bool,
     /// With --until-caught-up: give up (exit non-zero) after holding no partition this long
-    /// (other runners of the consumer group hold them all).
+    /// (other runners of the consumer group hold them all), or after the partitions other
+    /// runners hold made no progress in the tables this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "until_caught_up")]
     pub max_unassigned: std::time::Duration,
     /// Read on where a partition's offsets jumped instead of stopping: events the topic deleted

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client_log;
+pub mod ends;
 pub mod producer;
 pub mod reader;
 

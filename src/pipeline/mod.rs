@@ -92,6 +92,17 @@ pub enum PipelineError {
         waited: Duration,
         members: String,
     },
+    /// `run --until-caught-up`: partitions this runner does not hold stayed behind their end
+    /// in the tables, with no progress, for too long (no live runner reads them).
+    #[error("pipeline {pipeline}: this runner's partitions of {topic} are in the tables, but {behind} made no progress for {waited:?} (the consumer group has {members} member(s)); the run is not caught up")]
+    PartitionsBehind {
+        pipeline: String,
+        topic: String,
+        /// Each partition with the tables' offset and its end.
+        behind: String,
+        waited: Duration,
+        members: String,
+    },
     /// Running the SQL on a micro-batch failed.
     #[error("pipeline {pipeline}: running {file} on the batch at {at}")]
     Execution {
@@ -261,6 +272,9 @@ pub async fn run(
         topic_partitions,
         caught_up_since: None,
         outage: None,
+        catalog: catalog.clone(),
+        client: client.clone(),
+        waiting: None,
     };
     let mut shutdown = options.shutdown.clone();
     loop {
@@ -304,13 +318,44 @@ pub async fn run(
     Ok(summary)
 }
 
-/// How long a runner that holds only some of the partitions stays caught up before it stops
-/// (`--until-caught-up`). Another runner leaving the group moves partitions around, and the
-/// move reaches each member at its next heartbeat (every second): a runner that stopped the
-/// moment its own partitions were done could leave, with the one that left, a partition that
-/// was on its way to it, unread by anyone (seen in `bench`: 3 runners, 1 partition never
-/// finished, every runner reporting success).
+/// How long a runner that holds only some of the partitions stays caught up before it looks
+/// at the others (`--until-caught-up`), and how often it looks again while they are behind.
+/// Another runner leaving the group moves partitions around, and the move reaches each member
+/// at its next heartbeat (every second). It stops only once the tables hold every partition of
+/// the topic up to its end: stopping when its own were done once left partitions unread by
+/// anyone while every runner reported success.
 const SETTLE: Duration = Duration::from_secs(3);
+
+/// How long the end-of-partition probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A partition of the topic the tables do not hold up to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Behind {
+    partition: i32,
+    /// Where the tables resume it (none: never read).
+    tables: Option<i64>,
+    /// Where it ends (none: the probe could not tell).
+    end: Option<i64>,
+}
+
+/// `partition 0 (tables at 120 of 300), ...` for logs and errors.
+fn describe_behind(behind: &[Behind]) -> String {
+    let offset = |o: Option<i64>| o.map_or_else(|| "?".to_string(), |o| o.to_string());
+    behind
+        .iter()
+        .map(|b| {
+            format!(
+                "partition {} (tables at {} of {})",
+                b.partition,
+                b.tables
+                    .map_or_else(|| "nothing".to_string(), |t| t.to_string()),
+                offset(b.end)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// What the run loop does after a source event.
 enum Flow {
@@ -343,6 +388,13 @@ struct Runner<'a> {
     caught_up_since: Option<Instant>,
     /// The object store or catalog failure being ridden out, until a commit lands again.
     outage: Option<Outage>,
+    /// The catalog, to read where the tables stand for partitions other runners hold.
+    catalog: Arc<dyn iceberg::Catalog>,
+    /// The Kafka client settings, to probe where partitions end.
+    client: rdkafka::ClientConfig,
+    /// `--until-caught-up`: the partitions of other runners last seen behind, and since when
+    /// they have not moved.
+    waiting: Option<(Vec<Behind>, Instant)>,
 }
 
 impl Runner<'_> {
@@ -497,14 +549,115 @@ impl Runner<'_> {
         }
         if caught_up && options.until_caught_up && !self.progress.progressed() {
             let since = *self.caught_up_since.get_or_insert_with(Instant::now);
-            if self.assigned.len() >= self.topic_partitions || since.elapsed() >= SETTLE {
+            if self.assigned.len() >= self.topic_partitions {
                 tracing::info!(pipeline = %self.name(), "caught up");
                 return Ok(Flow::Stop);
+            }
+            if since.elapsed() >= SETTLE {
+                // Done with its own partitions: the run is caught up only when the tables
+                // hold every other partition up to its end too.
+                let behind = self.others_behind().await?;
+                if behind.is_empty() {
+                    tracing::info!(pipeline = %self.name(), "caught up: the tables hold every partition of the topic up to its end");
+                    return Ok(Flow::Stop);
+                }
+                let still = match self.waiting.take() {
+                    Some((before, at)) if before == behind => at,
+                    _ => Instant::now(),
+                };
+                if still.elapsed() > options.max_unassigned {
+                    return Err(PipelineError::PartitionsBehind {
+                        pipeline: self.name().to_string(),
+                        topic: self.pipeline.source.topic.clone(),
+                        behind: describe_behind(&behind),
+                        waited: still.elapsed(),
+                        members: self
+                            .source
+                            .group_members()
+                            .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
+                    });
+                }
+                tracing::info!(pipeline = %self.name(), behind = %describe_behind(&behind), "own partitions caught up; waiting for the runners that hold the others");
+                self.waiting = Some((behind, still));
+                self.caught_up_since = Some(Instant::now());
             }
         } else {
             self.caught_up_since = None;
         }
         Ok(Flow::Next)
+    }
+
+    /// The partitions of the topic this runner does not hold whose events the tables do not
+    /// hold up to the partition's end (a partition whose end could not be read counts).
+    async fn others_behind(&self) -> Result<Vec<Behind>, PipelineError> {
+        let sink = &self.pipeline.sink;
+        let load = |table: &str| {
+            let catalog = self.catalog.clone();
+            let (namespace, table, name) = (
+                sink.namespace.clone(),
+                table.to_string(),
+                self.pipeline.name.clone(),
+            );
+            async move { load_state(catalog.as_ref(), &namespace, &table, &name).await }
+        };
+        let sink_err = |source| PipelineError::Sink {
+            pipeline: self.pipeline.name.clone(),
+            source,
+        };
+        let events = load(&sink.events_table.name).await.map_err(sink_err)?;
+        let metrics = load(&sink.metrics_table.name).await.map_err(sink_err)?;
+        let topic = self.pipeline.source.topic.clone();
+        let from: BTreeMap<i32, Option<i64>> = (0..self.topic_partitions as i32)
+            .filter(|p| !self.assigned.contains(p))
+            .map(|p| {
+                (
+                    p,
+                    resume_point(&events.offsets, &metrics.offsets, &topic, p),
+                )
+            })
+            // A partition the tables never read starts at its end with `start_from: latest`.
+            .filter(|(_, tables)| {
+                tables.is_some()
+                    || self.pipeline.source.start_from == crate::config::StartFrom::Earliest
+            })
+            .collect();
+        if from.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (client, group) = (
+            self.client.clone(),
+            format!("{}.ends", self.pipeline.source.group_id),
+        );
+        let probe = from.clone();
+        let probe_topic = topic.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            crate::kafka::ends::partition_ends(&client, &group, &probe_topic, &probe, PROBE_TIMEOUT)
+        })
+        .await
+        .map_err(|e| PipelineError::Kafka {
+            pipeline: self.pipeline.name.clone(),
+            source: KafkaError::Admin {
+                topic: topic.clone(),
+                message: format!("probing where partitions end: {e}"),
+            },
+        })?
+        .map_err(|source| PipelineError::Kafka {
+            pipeline: self.pipeline.name.clone(),
+            source,
+        })?;
+        Ok(from
+            .into_iter()
+            .filter_map(|(partition, tables)| {
+                let end = ends.get(&partition).copied();
+                let done = matches!((tables, end), (Some(t), Some(e)) if t >= e)
+                    || matches!((tables, end), (None, Some(0)));
+                (!done).then_some(Behind {
+                    partition,
+                    tables,
+                    end,
+                })
+            })
+            .collect())
     }
 
     /// Whether anything read or emitted waits for a commit.

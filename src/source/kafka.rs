@@ -18,6 +18,7 @@ use crate::common::hashing::{FastMap, FastSet};
 use crate::common::summary::OffsetJump;
 use crate::common::Offsets;
 use crate::config::StartFrom;
+use crate::kafka::ends::cached_watermarks;
 use crate::telemetry::repeated::repeated_errors;
 
 /// How the source reads.
@@ -485,28 +486,15 @@ impl Reader {
     /// that proves the topic was recreated or truncated.
     /// With it, the partition's start (its low watermark, where reading may go on).
     fn beyond_end(&self, partition: i32, resume: i64) -> Option<(i64, SourceError)> {
-        let topic = std::ffi::CString::new(self.options.topic.as_str()).ok()?;
-        let (mut low, mut high) = (-1_i64, -1_i64);
-        // SAFETY: the client pointer is valid while `self.consumer` lives; the call only reads
-        // the partition's cached fetch state under librdkafka's lock into the two locals.
-        let answer = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                self.consumer.client().native_ptr(),
-                topic.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        let known = answer == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
-        (known && (0..resume).contains(&high)).then(|| {
+        let marks = cached_watermarks(&self.consumer, &self.options.topic, partition)?;
+        (marks.high < resume).then(|| {
             let beyond = SourceError::BeyondEnd {
                 topic: self.options.topic.clone(),
                 partition,
                 tables: resume,
-                end: high,
+                end: marks.high,
             };
-            (low.clamp(0, high), beyond)
+            (marks.low.clamp(0, marks.high), beyond)
         })
     }
 
