@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::client_log::ClientLog;
 use super::KafkaError;
 
 /// A partition's range as the last fetch answer gave it.
@@ -54,24 +53,8 @@ pub fn partition_ends(
     from: &BTreeMap<i32, Option<i64>>,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, i64>, KafkaError> {
-    let brokers = client
-        .get("bootstrap.servers")
-        .unwrap_or_default()
-        .to_string();
-    let mut config = client.clone();
-    config
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ClientLog> =
-        config
-            .create_with_context(ClientLog)
-            .map_err(|source| KafkaError::Client {
-                role: "end-of-partition probe",
-                brokers: brokers.clone(),
-                source,
-            })?;
+    let (consumer, brokers) =
+        super::assigning_consumer(client, group_id, "end-of-partition probe")?;
     let mut assignment = TopicPartitionList::new();
     for (partition, offset) in from {
         let offset = offset.map_or(Offset::Beginning, Offset::Offset);

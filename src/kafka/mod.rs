@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use rdkafka::producer::FutureProducer;
 
 use client_log::ClientLog;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::ClientConfig;
 
 /// Errors talking to Kafka, each naming the topic or broker involved.
@@ -48,6 +49,34 @@ pub enum KafkaError {
         brokers: String,
         seconds: u64,
     },
+}
+
+/// A consumer for partitions it assigns itself: it commits nothing, creates no topic and reports
+/// ends of partitions. `role` names it in errors. Returned with the brokers it was given.
+pub fn assigning_consumer(
+    client: &ClientConfig,
+    group_id: &str,
+    role: &'static str,
+) -> Result<(BaseConsumer<ClientLog>, String), KafkaError> {
+    let brokers = client
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_string();
+    let mut config = client.clone();
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("allow.auto.create.topics", "false");
+    let consumer = config
+        .create_with_context(ClientLog)
+        .map_err(|source| KafkaError::Client {
+            role,
+            brokers: brokers.clone(),
+            source,
+        })?;
+    Ok((consumer, brokers))
 }
 
 /// Whether librdkafka's error is an end of partition: bookkeeping for readers that track where

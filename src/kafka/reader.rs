@@ -50,25 +50,7 @@ impl TopicReader {
         group_id: &str,
         topic: &str,
     ) -> Result<Option<Self>, KafkaError> {
-        let brokers = client
-            .get("bootstrap.servers")
-            .unwrap_or_default()
-            .to_string();
-        let mut config = client.clone();
-        config
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .set("allow.auto.create.topics", "false");
-        let consumer: BaseConsumer<ClientLog> =
-            config
-                .create_with_context(ClientLog)
-                .map_err(|source| KafkaError::Client {
-                    role: "reader",
-                    brokers: brokers.clone(),
-                    source,
-                })?;
+        let (consumer, brokers) = super::assigning_consumer(client, group_id, "reader")?;
         let metadata = consumer
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
             .map_err(|source| KafkaError::Request {
