@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset};
 
 use super::KafkaError;
 
@@ -42,46 +42,33 @@ pub fn cached_watermarks<C: ConsumerContext>(
     (known && high >= 0).then_some(Watermarks { low, high })
 }
 
-/// The end of each partition in `from` (partition -> the offset to fetch from), read by a
+/// The range of each partition in `from` (partition -> the offset to fetch from), read by a
 /// consumer of its own that commits nothing: each partition is fetched once from its offset
-/// (or its start), which tells its end. Partitions whose end is unknown after `timeout` are
-/// missing from the answer.
+/// (or its start), which tells where it starts and ends. Partitions whose range is unknown
+/// after `timeout` are missing from the answer.
 pub fn partition_ends(
     client: &ClientConfig,
     group_id: &str,
     topic: &str,
     from: &BTreeMap<i32, Option<i64>>,
     timeout: Duration,
-) -> Result<BTreeMap<i32, i64>, KafkaError> {
+) -> Result<BTreeMap<i32, Watermarks>, KafkaError> {
     let (consumer, brokers) =
         super::assigning_consumer(client, group_id, "end-of-partition probe")?;
-    let mut assignment = TopicPartitionList::new();
-    for (partition, offset) in from {
-        let offset = offset.map_or(Offset::Beginning, Offset::Offset);
-        assignment
-            .add_partition_offset(topic, *partition, offset)
-            .map_err(|source| KafkaError::Request {
-                topic: topic.to_string(),
-                what: "listing the partitions to probe",
-                brokers: brokers.clone(),
-                source: Box::new(source),
-            })?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|source| KafkaError::Request {
-            topic: topic.to_string(),
-            what: "assigning the partitions to probe",
-            brokers: brokers.clone(),
-            source: Box::new(source),
-        })?;
+    super::assign_at(
+        &consumer,
+        topic,
+        &brokers,
+        from.iter()
+            .map(|(p, at)| (*p, at.map_or(Offset::Beginning, Offset::Offset))),
+    )?;
     let deadline = Instant::now() + timeout;
     let mut ends = BTreeMap::new();
     while ends.len() < from.len() && Instant::now() < deadline {
         let _ = consumer.poll(Duration::from_millis(100));
         for partition in from.keys() {
             if let Some(marks) = cached_watermarks(&consumer, topic, *partition) {
-                ends.insert(*partition, marks.high);
+                ends.insert(*partition, marks);
             }
         }
     }

@@ -79,6 +79,29 @@ pub fn assigning_consumer(
     Ok((consumer, brokers))
 }
 
+/// Assigns `consumer` the partitions of `topic`, each at its offset.
+pub fn assign_at(
+    consumer: &BaseConsumer<ClientLog>,
+    topic: &str,
+    brokers: &str,
+    offsets: impl IntoIterator<Item = (i32, rdkafka::Offset)>,
+) -> Result<(), KafkaError> {
+    let request = |what: &'static str, source| KafkaError::Request {
+        topic: topic.to_string(),
+        what,
+        brokers: brokers.to_string(),
+        source: Box::new(source),
+    };
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        assignment
+            .add_partition_offset(topic, partition, offset)
+            .map_err(|e| request("listing the partitions to assign", e))?;
+    }
+    rdkafka::consumer::Consumer::assign(consumer, &assignment)
+        .map_err(|e| request("assigning its partitions", e))
+}
+
 /// Whether librdkafka's error is an end of partition: bookkeeping for readers that track where
 /// partitions end, not an error to log.
 pub fn is_end_of_partition(error: &rdkafka::error::KafkaError) -> bool {

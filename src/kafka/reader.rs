@@ -8,7 +8,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset};
 
 use super::client_log::ClientLog;
 use super::KafkaError;
@@ -68,25 +68,12 @@ impl TopicReader {
         if partitions.is_empty() {
             return Ok(None);
         }
-        let mut assignment = TopicPartitionList::new();
-        for &partition in &partitions {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .map_err(|source| KafkaError::Request {
-                    topic: topic.to_string(),
-                    what: "listing its partitions",
-                    brokers: brokers.clone(),
-                    source: Box::new(source),
-                })?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(|source| KafkaError::Request {
-                topic: topic.to_string(),
-                what: "assigning its partitions",
-                brokers: brokers.clone(),
-                source: Box::new(source),
-            })?;
+        super::assign_at(
+            &consumer,
+            topic,
+            &brokers,
+            partitions.iter().map(|p| (*p, Offset::Beginning)),
+        )?;
         Ok(Some(Self {
             consumer,
             topic: topic.to_string(),

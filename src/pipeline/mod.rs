@@ -648,13 +648,14 @@ impl Runner<'_> {
         Ok(from
             .into_iter()
             .filter_map(|(partition, tables)| {
-                let end = ends.get(&partition).copied();
-                let done = matches!((tables, end), (Some(t), Some(e)) if t >= e)
-                    || matches!((tables, end), (None, Some(0)));
+                let marks = ends.get(&partition);
+                // Never read: done when the partition holds nothing (retention may have
+                // emptied it, so its start counts, not offset 0).
+                let done = marks.is_some_and(|m| m.high <= tables.unwrap_or(m.low.max(0)));
                 (!done).then_some(Behind {
                     partition,
                     tables,
-                    end,
+                    end: marks.map(|m| m.high),
                 })
             })
             .collect())
