@@ -218,11 +218,26 @@ async fn day(
     let planned = plan_pipeline(&scratch, &p, &ctx)
         .await
         .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
-    let parse = SqlStage::new(&ctx, &planned.parse, planned.records_slot.clone()).await?;
+    let parse = SqlStage::new(&ctx, &planned.parse).await?;
     crate::setup::ensure_tables(&scratch, &p, &planned).await?;
     let catalog = open_catalog(&scratch, &p.sink).await?;
     let mut events = EventsBranch::open(&p, catalog.clone(), &planned.parse_output).await?;
-    let mut windows = MetricsBranch::open(&scratch, &p, &ctx, &planned, catalog.clone()).await?;
+    let operator = crate::pipeline::plan::window_operator(
+        &ctx,
+        &planned,
+        p.window.allowed_lateness,
+        p.window.idle_timeout,
+    )
+    .await?;
+    let mut windows = MetricsBranch::open(
+        &scratch,
+        &p,
+        operator,
+        &planned,
+        catalog.clone(),
+        Arc::new(crate::common::SystemClock),
+    )
+    .await?;
     let partitions: BTreeSet<i32> = (0..3).collect();
     let mut progress = Progress::new(super::RECORDS_TOPIC);
     let events_at = events.refresh().await?;

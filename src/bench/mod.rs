@@ -298,7 +298,7 @@ pub async fn run(
     let planned = plan_pipeline(&scratch, p, &ctx)
         .await
         .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
-    let stage = SqlStage::new(&ctx, &planned.parse, planned.records_slot.clone()).await?;
+    let stage = SqlStage::new(&ctx, &planned.parse).await?;
     // One untimed pass first, so that the first timed measure does not pay for warming up.
     for batch in &batches {
         stage.run(vec![batch.clone()]).await?;

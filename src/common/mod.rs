@@ -1,5 +1,6 @@
 //! Plain types shared by the stages: the Arrow schema of raw Kafka records and the campaign event.
 
+pub mod clock;
 pub mod error;
 pub mod event;
 pub mod hashing;
@@ -7,7 +8,8 @@ pub mod offsets;
 pub mod records;
 pub mod summary;
 
-pub use offsets::{Fenced, Offsets};
+pub use clock::{Clock, SystemClock};
+pub use offsets::{Fenced, Offsets, Watermarks};
 
 use std::sync::Arc;
 

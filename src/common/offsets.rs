@@ -118,6 +118,15 @@ fn describe(partitions: &[MovedPartition]) -> String {
     format!("another runner moved partitions on: {moved}")
 }
 
+/// A partition's range as the broker last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    /// The first offset the partition holds (-1 when the broker did not say).
+    pub low: i64,
+    /// The partition's end: the offset its next message will get.
+    pub high: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

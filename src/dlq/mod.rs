@@ -11,7 +11,7 @@ pub mod writer;
 
 pub use pattern::pattern_of;
 pub use record::{category_of, DeadLetter, PayloadEncoding, SourceCoordinates};
-pub use writer::DeadLetterWriter;
+pub use writer::{DeadLetterWriter, Delivery, KafkaDelivery};
 
 /// Largest dead letter record: the dead letter topic's `max.message.bytes` (set by `setup`) and
 /// its producer's `message.max.bytes`. A source message of up to 4 MiB fits with its

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -12,20 +13,24 @@ use super::record::DeadLetter;
 use crate::common::Offsets;
 use crate::kafka::KafkaError;
 
-/// Writer to one dead letter topic.
-pub struct DeadLetterWriter {
+/// Where dead letter records go: the dead letter topic through an idempotent producer
+/// ([`KafkaDelivery`]), or a simulated topic in the simulation tests.
+#[async_trait]
+pub trait Delivery: Send {
+    /// Queues one record; [`Delivery::flush`] confirms it.
+    async fn queue(&mut self, value: Vec<u8>, key: Option<&[u8]>) -> Result<(), KafkaError>;
+    /// Waits until every queued record is acknowledged; the first failure is returned.
+    async fn flush(&mut self) -> Result<(), KafkaError>;
+}
+
+/// The dead letter topic, through an idempotent producer.
+pub struct KafkaDelivery {
     producer: FutureProducer<crate::kafka::client_log::ClientLog>,
     topic: String,
     pending: Vec<DeliveryFuture>,
-    /// Records sent since start, by category.
-    counts: BTreeMap<String, u64>,
-    /// Source coordinates (topic, partition, offset) dead-lettered that no commit has moved
-    /// past yet: the source reads them again after a rewind (a failed or fenced commit), and
-    /// they must not be sent twice.
-    unsettled: HashSet<(String, i32, i64)>,
 }
 
-impl DeadLetterWriter {
+impl KafkaDelivery {
     /// An idempotent producer to `topic`.
     pub fn new(client: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
         // A dead letter carries its source message whole, plus its reason and coordinates:
@@ -37,25 +42,13 @@ impl DeadLetterWriter {
             producer,
             topic: topic.to_string(),
             pending: Vec::new(),
-            counts: BTreeMap::new(),
-            unsettled: HashSet::new(),
         })
     }
+}
 
-    /// Queues one record keyed by the original key; delivery is confirmed by [`Self::flush`].
-    /// `false` when this runner already sent the record's source message since the last commit
-    /// that moved past it (the source read it again after a rewind): nothing is sent.
-    pub async fn send(
-        &mut self,
-        record: &DeadLetter,
-        key: Option<&[u8]>,
-    ) -> Result<bool, KafkaError> {
-        let source = &record.source;
-        let coordinates = (source.topic.clone(), source.partition, source.offset);
-        if self.unsettled.contains(&coordinates) {
-            return Ok(false);
-        }
-        let value = record.to_json();
+#[async_trait]
+impl Delivery for KafkaDelivery {
+    async fn queue(&mut self, value: Vec<u8>, key: Option<&[u8]>) -> Result<(), KafkaError> {
         loop {
             let mut message = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&value);
             if let Some(key) = key {
@@ -64,9 +57,7 @@ impl DeadLetterWriter {
             match self.producer.send_result(message) {
                 Ok(delivery) => {
                     self.pending.push(delivery);
-                    *self.counts.entry(record.category.clone()).or_default() += 1;
-                    self.unsettled.insert(coordinates);
-                    return Ok(true);
+                    return Ok(());
                 }
                 Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     // librdkafka's queue is full: wait for what is in flight, then retry.
@@ -83,8 +74,7 @@ impl DeadLetterWriter {
         }
     }
 
-    /// Waits until every queued record is acknowledged; the first failure is returned.
-    pub async fn flush(&mut self) -> Result<(), KafkaError> {
+    async fn flush(&mut self) -> Result<(), KafkaError> {
         for delivery in self.pending.drain(..) {
             let outcome = delivery.await.map_err(|_| KafkaError::Delivery {
                 topic: self.topic.clone(),
@@ -96,6 +86,60 @@ impl DeadLetterWriter {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Writer to one dead letter topic: sends each rejected message once per runner until a commit
+/// moves past it.
+pub struct DeadLetterWriter<D = KafkaDelivery> {
+    delivery: D,
+    /// Records sent since start, by category.
+    counts: BTreeMap<String, u64>,
+    /// Source coordinates (topic, partition, offset) dead-lettered that no commit has moved
+    /// past yet: the source reads them again after a rewind (a failed or fenced commit), and
+    /// they must not be sent twice.
+    unsettled: HashSet<(String, i32, i64)>,
+}
+
+impl DeadLetterWriter<KafkaDelivery> {
+    /// An idempotent producer to `topic`.
+    pub fn new(client: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
+        Ok(Self::to(KafkaDelivery::new(client, topic)?))
+    }
+}
+
+impl<D: Delivery> DeadLetterWriter<D> {
+    /// A writer to `delivery`.
+    pub fn to(delivery: D) -> Self {
+        Self {
+            delivery,
+            counts: BTreeMap::new(),
+            unsettled: HashSet::new(),
+        }
+    }
+
+    /// Queues one record keyed by the original key; delivery is confirmed by [`Self::flush`].
+    /// `false` when this runner already sent the record's source message since the last commit
+    /// that moved past it (the source read it again after a rewind): nothing is sent.
+    pub async fn send(
+        &mut self,
+        record: &DeadLetter,
+        key: Option<&[u8]>,
+    ) -> Result<bool, KafkaError> {
+        let source = &record.source;
+        let coordinates = (source.topic.clone(), source.partition, source.offset);
+        if self.unsettled.contains(&coordinates) {
+            return Ok(false);
+        }
+        self.delivery.queue(record.to_json(), key).await?;
+        *self.counts.entry(record.category.clone()).or_default() += 1;
+        self.unsettled.insert(coordinates);
+        Ok(true)
+    }
+
+    /// Waits until every queued record is acknowledged; the first failure is returned.
+    pub async fn flush(&mut self) -> Result<(), KafkaError> {
+        self.delivery.flush().await
     }
 
     /// Forgets the records whose source messages are behind `resume` (where the held

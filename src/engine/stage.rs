@@ -1,5 +1,7 @@
 //! A SQL statement planned once and executed for every micro-batch: its input table reads
-//! whatever batch was last put into its slot, so no SQL is re-planned per batch.
+//! whatever batch was last put into the stage's input, so no SQL is re-planned per batch. The
+//! input travels in the stage's task context, not in the plan: one plan serves several stages
+//! (runners of one pipeline in one process, see [`SqlStage::fork`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -51,9 +53,13 @@ impl PartitionStream for BatchSlot {
         &self.schema
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let batches =
-            std::mem::take(&mut *self.batches.lock().unwrap_or_else(PoisonError::into_inner));
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batches = match ctx.session_config().get_extension::<StageInput>() {
+            Some(input) => input.take(),
+            None => {
+                std::mem::take(&mut *self.batches.lock().unwrap_or_else(PoisonError::into_inner))
+            }
+        };
         Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             futures::stream::iter(batches.into_iter().map(Ok)),
@@ -61,37 +67,69 @@ impl PartitionStream for BatchSlot {
     }
 }
 
-/// A physical plan bound to the slot of its input table.
+/// The batches one stage's next execution reads, whichever slot its plan's input table is.
+#[derive(Debug, Default)]
+struct StageInput {
+    batches: Mutex<Vec<RecordBatch>>,
+}
+
+impl StageInput {
+    fn put(&self, batches: Vec<RecordBatch>) {
+        *self.batches.lock().unwrap_or_else(PoisonError::into_inner) = batches;
+    }
+
+    fn take(&self) -> Vec<RecordBatch> {
+        std::mem::take(&mut *self.batches.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A physical plan with its own input: its input table reads what [`SqlStage::run`] was given.
 pub struct SqlStage {
     plan: Arc<dyn ExecutionPlan>,
-    slot: Arc<BatchSlot>,
+    input: Arc<StageInput>,
     task: Arc<TaskContext>,
 }
 
 impl SqlStage {
-    /// Plans `logical` (whose input table reads `slot`) into a physical plan, once.
+    /// Plans `logical` (whose input table is a [`BatchSlot`]) into a physical plan, once.
     pub async fn new(
         ctx: &SessionContext,
         logical: &datafusion::logical_expr::LogicalPlan,
-        slot: Arc<BatchSlot>,
     ) -> Result<Self> {
         let plan = ctx.state().create_physical_plan(logical).await?;
         let plan = super::case_guard::guard_long_cases(plan)?;
         let plan = super::utc_timestamps::read_utc_text_directly(plan)?;
-        Ok(Self::from_physical(ctx, plan, slot))
+        Ok(Self::from_physical(ctx, plan))
     }
 
-    /// Binds an already built physical plan (whose leaf reads `slot`).
-    pub fn from_physical(
-        ctx: &SessionContext,
-        plan: Arc<dyn ExecutionPlan>,
-        slot: Arc<BatchSlot>,
-    ) -> Self {
+    /// Binds an already built physical plan (whose input table is a [`BatchSlot`]).
+    pub fn from_physical(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Self {
+        Self::with_task(plan, &ctx.task_ctx())
+    }
+
+    fn with_task(plan: Arc<dyn ExecutionPlan>, task: &TaskContext) -> Self {
+        let input = Arc::new(StageInput::default());
+        let config = task.session_config().clone().with_extension(input.clone());
+        let task = TaskContext::new(
+            task.task_id(),
+            task.session_id(),
+            config,
+            task.scalar_functions().clone(),
+            task.aggregate_functions().clone(),
+            task.window_functions().clone(),
+            task.runtime_env(),
+        );
         Self {
             plan,
-            slot,
-            task: ctx.task_ctx(),
+            input,
+            task: Arc::new(task),
         }
+    }
+
+    /// The same plan with an input of its own (another runner of the pipeline in this process:
+    /// planning the SQL again would cost more than all else it sets up).
+    pub fn fork(&self) -> Self {
+        Self::with_task(self.plan.clone(), &self.task)
     }
 
     /// Output schema of the statement.
@@ -101,7 +139,7 @@ impl SqlStage {
 
     /// Runs the statement over `input` and returns its output batches.
     pub async fn run(&self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        self.slot.put(input);
+        self.input.put(input);
         // Every execution adds its metrics to the plan's nodes, which keep them: run once a
         // micro-batch for good, the plan grew without end. A reset copy (the same nodes
         // rebuilt, no state) starts without them.

@@ -10,14 +10,7 @@ use rdkafka::{ClientConfig, Offset};
 
 use super::KafkaError;
 
-/// A partition's range as the last fetch answer gave it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Watermarks {
-    /// The first offset the partition holds (-1 when the broker did not say).
-    pub low: i64,
-    /// The partition's end: the offset its next message will get.
-    pub high: i64,
-}
+pub use crate::common::Watermarks;
 
 /// The partition's range from the consumer's last fetch answer, once there was one.
 pub fn cached_watermarks<C: ConsumerContext>(

@@ -7,17 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use datafusion::prelude::SessionContext;
 use iceberg::Catalog;
 
-use super::plan::{window_operator, PlannedSql};
+use super::plan::PlannedSql;
 use super::progress::{Progress, TableRole};
 use super::{Landing, PipelineError};
 use crate::common::error::Causes;
 use crate::common::summary::PartitionCheckpoint;
-use crate::common::{format_micros, Offsets};
+use crate::common::{format_micros, Clock, Offsets};
 use crate::config::{Config, PipelineConfig};
-use crate::engine::SqlProblem;
 use crate::sink::checkpoint;
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::sink::SinkError;
@@ -53,34 +51,22 @@ pub struct MetricsBranch {
     bounds: EventTimeBounds,
     /// Where checkpoints go instead of the table's folder (`sink.checkpoints`).
     checkpoints: Option<String>,
+    clock: Arc<dyn Clock>,
 }
 
 impl MetricsBranch {
-    /// Splits the metrics SQL and opens (and if needed evolves) the metrics table; no partition
+    /// Opens (and if needed evolves) the metrics table for `operator`'s windows; no partition
     /// is held until [`Self::hold`].
     pub async fn open(
         config: &Config,
         pipeline: &PipelineConfig,
-        ctx: &SessionContext,
+        operator: WindowOperator,
         planned: &PlannedSql,
         catalog: Arc<dyn Catalog>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, PipelineError> {
         let name = pipeline.name.clone();
         let metrics_file = config.resolve(&pipeline.sql.metrics);
-        let operator = window_operator(
-            ctx,
-            planned,
-            pipeline.window.allowed_lateness,
-            pipeline.window.idle_timeout,
-        )
-        .await
-        .map_err(|e| PipelineError::Sql {
-            pipeline: name.clone(),
-            problems: vec![SqlProblem::whole_file(
-                &metrics_file,
-                Causes(&e).to_string(),
-            )],
-        })?;
         let writer = TableWriter::open(
             catalog,
             &pipeline.sink.namespace,
@@ -108,6 +94,7 @@ impl MetricsBranch {
             metrics_file,
             bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
             checkpoints,
+            clock,
         })
     }
 
@@ -164,8 +151,8 @@ impl MetricsBranch {
                 attempt += 1;
                 continue;
             }
-            let now = Instant::now();
-            let limits = self.bounds.now();
+            let now = self.clock.now();
+            let limits = self.bounds.at(self.clock.wall_micros());
             for (partition, saved, time) in restored {
                 let time = self.within_limits(partition, time, limits);
                 let bytes = saved.as_ref().map(|(bytes, _)| bytes.as_slice());

@@ -20,26 +20,28 @@ use arrow::compute::filter_record_batch;
 use tokio::sync::watch;
 
 use crate::catalog::{check_warehouse, open_catalog};
+use crate::common::clock::wall_text;
 use crate::common::error::Causes;
 use crate::common::records::Coordinates;
 use crate::common::summary::OffsetJump;
-use crate::common::{Fenced, Offsets, ERROR_COLUMN};
+use crate::common::{Clock, Fenced, Offsets, SystemClock, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
-use crate::dlq::DeadLetterWriter;
+use crate::dlq::{DeadLetterWriter, Delivery, KafkaDelivery};
 use crate::engine::{new_session, split_rejected, SqlProblem, SqlStage};
 use crate::kafka::admin::TopicAdmin;
 use crate::kafka::{client_config, KafkaError};
 use crate::sink::iceberg::{load_state, CommitStats};
 use crate::sink::SinkError;
 use crate::source::{
-    KafkaSource, MicroBatch, ResumeLookup, SourceError, SourceEvent, SourceOptions,
+    KafkaSource, MicroBatch, ResumeLookup, Source, SourceError, SourceEvent, SourceOptions,
 };
 use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
+use crate::window::aggregate::SplitAggregate;
 use crate::window::{EventTimeBounds, WindowError};
 use events::EventsBranch;
 use metrics::MetricsBranch;
 use outage::Outage;
-use plan::plan_pipeline;
+use plan::{plan_pipeline, PlannedSql};
 use progress::{resume_point, Progress, TableRole};
 use rejects::{dead_letter, from_rejected_rows, Rejected, Rejection};
 
@@ -113,6 +115,18 @@ pub enum PipelineError {
     },
 }
 
+impl From<Box<PipelineError>> for PipelineError {
+    fn from(error: Box<PipelineError>) -> Self {
+        *error
+    }
+}
+
+impl From<std::convert::Infallible> for PipelineError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl PipelineError {
     /// Whether the object store or the catalog failed in a way that may pass (see
     /// [`SinkError::is_transient`]).
@@ -184,44 +198,124 @@ pub async fn run(
     pipeline: &PipelineConfig,
     options: RunOptions,
 ) -> Result<RunSummary, PipelineError> {
-    let name = pipeline.name.clone();
-    let sink_err = |source| PipelineError::Sink {
-        pipeline: name.clone(),
-        source,
-    };
-    let kafka_err = |source| PipelineError::Kafka {
-        pipeline: name.clone(),
-        source,
-    };
-    let source_err = |source| PipelineError::Source {
-        pipeline: name.clone(),
-        source,
-    };
-
     // Everything that can be wrong with the SQL or the tables is found before consuming.
-    let ctx = new_session();
-    let planned = plan_pipeline(config, pipeline, &ctx)
-        .await
-        .map_err(|problems| PipelineError::Sql {
-            pipeline: name.clone(),
-            problems,
-        })?;
-    let parse_file = config.resolve(&pipeline.sql.parse).display().to_string();
-    let parse = SqlStage::new(&ctx, &planned.parse, planned.records_slot.clone())
-        .await
-        .map_err(|e| PipelineError::Sql {
-            pipeline: name.clone(),
-            problems: vec![SqlProblem::whole_file(&parse_file, e.to_string())],
-        })?;
+    let planned = Planned::new(config, pipeline).await?;
+    let sink_err = |source| PipelineError::Sink {
+        pipeline: pipeline.name.clone(),
+        source,
+    };
     let catalog = open_catalog(config, &pipeline.sink)
         .await
         .map_err(|e| sink_err(e.into()))?;
     check_warehouse(config, &pipeline.sink)
         .await
         .map_err(|e| sink_err(e.into()))?;
-    let events = EventsBranch::open(pipeline, catalog.clone(), &planned.parse_output).await?;
-    let metrics = MetricsBranch::open(config, pipeline, &ctx, &planned, catalog.clone()).await?;
+    let accept_offset_jumps = options.accept_offset_jumps;
+    let runner = Runner::open(
+        config,
+        pipeline,
+        options,
+        planned,
+        catalog,
+        Arc::new(SystemClock),
+        |catalog| connect_kafka(pipeline, catalog, accept_offset_jumps),
+    )
+    .await?;
+    runner.run().await
+}
 
+/// The pipeline's SQL, planned and checked against the tables' schemas: nothing is consumed
+/// before this succeeds.
+pub struct Planned {
+    sql: PlannedSql,
+    parse: SqlStage,
+    parse_file: String,
+    /// The metrics SQL's aggregate in its phases, for the window operator.
+    metrics: SplitAggregate,
+}
+
+impl Planned {
+    /// Plans the parsing and metrics SQL of `pipeline`.
+    pub async fn new(config: &Config, pipeline: &PipelineConfig) -> Result<Self, PipelineError> {
+        let ctx = new_session();
+        let sql = plan_pipeline(config, pipeline, &ctx)
+            .await
+            .map_err(|problems| PipelineError::Sql {
+                pipeline: pipeline.name.clone(),
+                problems,
+            })?;
+        let parse_file = config.resolve(&pipeline.sql.parse).display().to_string();
+        let parse = SqlStage::new(&ctx, &sql.parse)
+            .await
+            .map_err(|e| PipelineError::Sql {
+                pipeline: pipeline.name.clone(),
+                problems: vec![SqlProblem::whole_file(&parse_file, e.to_string())],
+            })?;
+        let metrics_problem = |e: WindowError| PipelineError::Sql {
+            pipeline: pipeline.name.clone(),
+            problems: vec![SqlProblem::whole_file(
+                config.resolve(&pipeline.sql.metrics),
+                Causes(&e).to_string(),
+            )],
+        };
+        let metrics = plan::split_metrics(&ctx, &sql)
+            .await
+            .map_err(metrics_problem)?;
+        // The window operator is built per runner; whether it can be is known now.
+        plan::operator_of(
+            metrics.fork(),
+            &sql,
+            pipeline.window.allowed_lateness,
+            pipeline.window.idle_timeout,
+        )
+        .map_err(metrics_problem)?;
+        Ok(Self {
+            sql,
+            parse,
+            parse_file,
+            metrics,
+        })
+    }
+
+    /// Both SQL files' plans and the tables' schemas.
+    pub fn sql(&self) -> &PlannedSql {
+        &self.sql
+    }
+
+    /// The same SQL for another runner of the pipeline in this process, with inputs of its
+    /// own: nothing is planned again.
+    pub fn fork(&self) -> Self {
+        Self {
+            sql: self.sql.clone(),
+            parse: self.parse.fork(),
+            parse_file: self.parse_file.clone(),
+            metrics: self.metrics.fork(),
+        }
+    }
+}
+
+/// What a runner reads from and sends its dead letters to.
+pub struct Connections<S, D> {
+    /// The source topic, as the group assigns it.
+    pub source: S,
+    /// The dead letter topic.
+    pub dead_letters: DeadLetterWriter<D>,
+    /// Partitions of the source topic when the run starts.
+    pub topic_partitions: usize,
+}
+
+/// The consumer in the pipeline's group and the dead letter producer; the topics must exist.
+fn connect_kafka(
+    pipeline: &PipelineConfig,
+    catalog: Arc<dyn iceberg::Catalog>,
+    accept_offset_jumps: bool,
+) -> Result<Connections<KafkaSource, KafkaDelivery>, Box<PipelineError>> {
+    let kafka_err = |source| {
+        Box::new(PipelineError::Kafka {
+            pipeline: pipeline.name.clone(),
+            source,
+        })
+    };
     let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
     let admin = TopicAdmin::new(&client).map_err(kafka_err)?;
     let partitions_of = |topic: &String| {
@@ -234,88 +328,31 @@ pub async fn run(
     };
     let topic_partitions = partitions_of(&pipeline.source.topic).map_err(kafka_err)?;
     partitions_of(&pipeline.dead_letter.topic).map_err(kafka_err)?;
-    let dlq = DeadLetterWriter::new(&client, &pipeline.dead_letter.topic).map_err(kafka_err)?;
-    let topic = pipeline.source.topic.clone();
+    let dead_letters =
+        DeadLetterWriter::new(&client, &pipeline.dead_letter.topic).map_err(kafka_err)?;
     let source = KafkaSource::start(
         &client,
         SourceOptions {
-            topic: topic.clone(),
+            topic: pipeline.source.topic.clone(),
             group_id: pipeline.source.group_id.clone(),
             start_from: pipeline.source.start_from,
             max_rows: pipeline.batch.max_rows,
             max_wait: pipeline.batch.max_wait,
-            accept_offset_jumps: options.accept_offset_jumps,
+            accept_offset_jumps,
         },
-        resume_lookup(pipeline, catalog.clone()),
+        resume_lookup(pipeline, catalog),
     )
-    .map_err(source_err)?;
-    tracing::info!(pipeline = %name, bound = %memory::MemoryBound::of(pipeline), "peak memory bound of this configuration");
-
-    let mut runner = Runner {
-        pipeline,
-        options: &options,
-        stages: Stages {
-            parse: &parse,
-            parse_file: &parse_file,
-            pipeline: &name,
-            bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
-            time_column: &planned.window.time_column,
-        },
-        branches: Branches { events, metrics },
+    .map_err(|source| {
+        Box::new(PipelineError::Source {
+            pipeline: pipeline.name.clone(),
+            source,
+        })
+    })?;
+    Ok(Connections {
         source,
-        dlq,
-        progress: Progress::new(&topic),
-        summary: RunSummary::default(),
-        window: CommitWindow::new(),
-        assigned: BTreeSet::new(),
-        unassigned_since: Some(Instant::now()),
+        dead_letters,
         topic_partitions,
-        caught_up_since: None,
-        outage: None,
-        catalog: catalog.clone(),
-        client: client.clone(),
-        waiting: None,
-    };
-    let mut shutdown = options.shutdown.clone();
-    loop {
-        loop {
-            let event = tokio::select! {
-                event = runner.source.next() => event,
-                _ = shutdown.wait_for(|stop| *stop) => None,
-            };
-            let Some(event) = event else { break };
-            let step = match event.map_err(source_err)? {
-                SourceEvent::Revoked => {
-                    runner.revoked().await;
-                    continue;
-                }
-                SourceEvent::Assigned { partitions } => runner.assigned(partitions).await,
-                SourceEvent::Jumped { partition, jump } => {
-                    runner.jumped(partition, jump);
-                    continue;
-                }
-                SourceEvent::Batch(batch) => runner.batch(batch).await,
-            };
-            match step {
-                Ok(Flow::Next) => {}
-                Ok(Flow::Stop) => break,
-                Err(error) => runner.ride_out(error).await?,
-            }
-        }
-        match runner.finish().await {
-            Ok(()) => break,
-            // Caught up but the last commit failed: read the uncommitted part again.
-            Err(error) if options.until_caught_up && !*options.shutdown.borrow() => {
-                runner.ride_out(error).await?;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    runner.source.stop();
-    let mut summary = runner.summary;
-    summary.dead_letters = runner.dlq.counts().clone();
-    summary.offsets = runner.branches.events.offsets().clone();
-    Ok(summary)
+    })
 }
 
 /// How long a runner that holds only some of the partitions stays caught up before it looks
@@ -325,9 +362,6 @@ pub async fn run(
 /// the topic up to its end: stopping when its own were done once left partitions unread by
 /// anyone while every runner reported success.
 const SETTLE: Duration = Duration::from_secs(3);
-
-/// How long the end-of-partition probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A partition of the topic the tables do not hold up to its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,7 +392,8 @@ fn describe_behind(behind: &[Behind]) -> String {
 }
 
 /// What the run loop does after a source event.
-enum Flow {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
     /// Read on.
     Next,
     /// Caught up (`--until-caught-up`): stop reading.
@@ -366,14 +401,16 @@ enum Flow {
 }
 
 /// One run's moving parts: the source, the two branches, the dead letter writer and the
-/// offsets, with what the run has done so far.
-struct Runner<'a> {
-    pipeline: &'a PipelineConfig,
-    options: &'a RunOptions,
-    stages: Stages<'a>,
+/// offsets, with what the run has done so far. [`run`] drives it on Kafka; the simulation tests
+/// drive it step by step on a scripted source and a simulated clock.
+pub struct Runner<S: Source, D: Delivery> {
+    pipeline: Arc<PipelineConfig>,
+    options: Arc<RunOptions>,
+    stages: Stages,
     branches: Branches,
-    source: KafkaSource,
-    dlq: DeadLetterWriter,
+    source: S,
+    dlq: DeadLetterWriter<D>,
+    clock: Arc<dyn Clock>,
     progress: Progress,
     summary: RunSummary,
     window: CommitWindow,
@@ -390,14 +427,158 @@ struct Runner<'a> {
     outage: Option<Outage>,
     /// The catalog, to read where the tables stand for partitions other runners hold.
     catalog: Arc<dyn iceberg::Catalog>,
-    /// The Kafka client settings, to probe where partitions end.
-    client: rdkafka::ClientConfig,
     /// `--until-caught-up`: the partitions of other runners last seen behind, and since when
     /// they have not moved.
     waiting: Option<(Vec<Behind>, Instant)>,
 }
 
-impl Runner<'_> {
+impl<S: Source, D: Delivery> Runner<S, D> {
+    /// Opens both tables' branches on `catalog` and connects the source and the dead letter
+    /// topic; nothing is held until the source assigns partitions.
+    pub async fn open<E>(
+        config: &Config,
+        pipeline: &PipelineConfig,
+        options: RunOptions,
+        planned: Planned,
+        catalog: Arc<dyn iceberg::Catalog>,
+        clock: Arc<dyn Clock>,
+        connect: impl FnOnce(Arc<dyn iceberg::Catalog>) -> Result<Connections<S, D>, E>,
+    ) -> Result<Self, PipelineError>
+    where
+        E: Into<PipelineError>,
+    {
+        let events =
+            EventsBranch::open(pipeline, catalog.clone(), &planned.sql.parse_output).await?;
+        let operator = plan::operator_of(
+            planned.metrics,
+            &planned.sql,
+            pipeline.window.allowed_lateness,
+            pipeline.window.idle_timeout,
+        )
+        .map_err(|e| PipelineError::Sql {
+            pipeline: pipeline.name.clone(),
+            problems: vec![SqlProblem::whole_file(
+                config.resolve(&pipeline.sql.metrics),
+                Causes(&e).to_string(),
+            )],
+        })?;
+        let metrics = MetricsBranch::open(
+            config,
+            pipeline,
+            operator,
+            &planned.sql,
+            catalog.clone(),
+            clock.clone(),
+        )
+        .await?;
+        let connections = connect(catalog.clone()).map_err(Into::into)?;
+        tracing::info!(pipeline = %pipeline.name, bound = %memory::MemoryBound::of(pipeline), "peak memory bound of this configuration");
+        let now = clock.now();
+        Ok(Self {
+            pipeline: Arc::new(pipeline.clone()),
+            stages: Stages {
+                parse: planned.parse,
+                parse_file: planned.parse_file,
+                pipeline: pipeline.name.clone(),
+                bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
+                time_column: planned.sql.window.time_column.clone(),
+                clock: clock.clone(),
+            },
+            options: Arc::new(options),
+            branches: Branches { events, metrics },
+            source: connections.source,
+            dlq: connections.dead_letters,
+            progress: Progress::new(&pipeline.source.topic),
+            summary: RunSummary::default(),
+            window: CommitWindow::since(now),
+            assigned: BTreeSet::new(),
+            unassigned_since: Some(now),
+            topic_partitions: connections.topic_partitions,
+            caught_up_since: None,
+            outage: None,
+            catalog,
+            waiting: None,
+            clock,
+        })
+    }
+
+    /// Reads until caught up (with `until_caught_up`) or told to shut down, then commits what
+    /// is left.
+    pub async fn run(mut self) -> Result<RunSummary, PipelineError> {
+        loop {
+            while let Some(Flow::Next) = self.step().await? {}
+            if self.finish().await? {
+                break;
+            }
+        }
+        self.source.stop();
+        Ok(self.summary())
+    }
+
+    /// Takes the source's next event and acts on it (riding out a failure of the object store
+    /// or the catalog). `None` once the source has stopped or a shutdown was asked for.
+    pub async fn step(&mut self) -> Result<Option<Flow>, PipelineError> {
+        let mut shutdown = self.options.shutdown.clone();
+        let event = tokio::select! {
+            event = self.source.next() => event,
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        };
+        let Some(event) = event else {
+            return Ok(None);
+        };
+        let event = event.map_err(|source| PipelineError::Source {
+            pipeline: self.pipeline.name.clone(),
+            source,
+        })?;
+        let step = match event {
+            SourceEvent::Revoked => {
+                self.revoked().await;
+                return Ok(Some(Flow::Next));
+            }
+            SourceEvent::Assigned { partitions } => self.assigned(partitions).await,
+            SourceEvent::Jumped { partition, jump } => {
+                self.jumped(partition, jump);
+                return Ok(Some(Flow::Next));
+            }
+            SourceEvent::Batch(batch) => self.batch(batch).await,
+        };
+        match step {
+            Ok(flow) => Ok(Some(flow)),
+            Err(error) => {
+                self.ride_out(error).await?;
+                Ok(Some(Flow::Next))
+            }
+        }
+    }
+
+    /// At the end of reading: flushes the open windows when asked and commits what is left.
+    /// `false` when that commit failed in a way that passes and reading must go on
+    /// (`until_caught_up`: the uncommitted part is read again).
+    pub async fn finish(&mut self) -> Result<bool, PipelineError> {
+        match self.final_commit().await {
+            Ok(()) => Ok(true),
+            Err(error) if self.options.until_caught_up && !*self.options.shutdown.borrow() => {
+                self.ride_out(error).await?;
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// What the run did so far, with the dead letters sent and the offsets the events table
+    /// holds.
+    pub fn summary(&self) -> RunSummary {
+        let mut summary = self.summary.clone();
+        summary.dead_letters = self.dlq.counts().clone();
+        summary.offsets = self.branches.events.offsets().clone();
+        summary
+    }
+
+    /// The partitions the group gave this runner, as the source last reported them.
+    pub fn assigned_partitions(&self) -> &BTreeSet<i32> {
+        &self.assigned
+    }
+
     fn name(&self) -> &str {
         &self.pipeline.name
     }
@@ -409,14 +590,15 @@ impl Runner<'_> {
             .hold(&BTreeSet::new(), &Offsets::new(), &Offsets::new());
         self.assigned.clear();
         tracing::info!(pipeline = %self.name(), dropped_rows = dropped, "partitions revoked: dropped what was not committed");
-        self.unassigned_since = Some(Instant::now());
+        self.unassigned_since = Some(self.clock.now());
         self.caught_up_since = None;
     }
 
     /// The group gave this runner `partitions`: they are taken over from the tables.
     async fn assigned(&mut self, partitions: BTreeSet<i32>) -> Result<Flow, PipelineError> {
         self.assigned = partitions;
-        self.unassigned_since = self.assigned.is_empty().then(Instant::now);
+        let now = self.clock.now();
+        self.unassigned_since = self.assigned.is_empty().then_some(now);
         self.caught_up_since = None;
         self.take_over().await?;
         tracing::info!(pipeline = %self.name(), partitions = ?self.assigned, resume = %self.progress.resume().to_json(), "holding partitions");
@@ -452,19 +634,20 @@ impl Runner<'_> {
         self.source
             .rewind(self.assigned.clone(), self.progress.resume());
         self.dlq.settle(&self.progress.resume());
-        self.window = CommitWindow::new();
+        self.window = CommitWindow::since(self.clock.now());
         Ok(())
     }
 
     /// Runs one micro-batch through the stages, and commits when one is due.
     async fn batch(&mut self, batch: MicroBatch) -> Result<Flow, PipelineError> {
-        let options = self.options;
+        let options = self.options.clone();
+        let elapsed = |since: Instant| self.clock.now().saturating_duration_since(since);
         if let Some(since) = self.unassigned_since.filter(|_| options.until_caught_up) {
-            if since.elapsed() > options.max_unassigned {
+            if elapsed(since) > options.max_unassigned {
                 return Err(PipelineError::Unassigned {
                     pipeline: self.name().to_string(),
                     topic: self.pipeline.source.topic.clone(),
-                    waited: since.elapsed(),
+                    waited: elapsed(since),
                     members: self
                         .source
                         .group_members()
@@ -522,7 +705,7 @@ impl Runner<'_> {
         }
         self.branches
             .metrics
-            .advance(&batch.at_end, Instant::now())
+            .advance(&batch.at_end, self.clock.now())
             .await?;
         if let Some(t) = &options.telemetry {
             report_progress(
@@ -532,11 +715,12 @@ impl Runner<'_> {
             );
         }
 
-        let due = self.window.opened.elapsed() >= self.pipeline.commit.interval
+        let elapsed = |since: Instant| self.clock.now().saturating_duration_since(since);
+        let due = elapsed(self.window.opened) >= self.pipeline.commit.interval
             || self.branches.events.buffered_rows() >= self.pipeline.commit.max_rows as u64
             || (caught_up && options.until_caught_up);
         if self.pending() && due {
-            let started = Instant::now();
+            let started = self.clock.now();
             let Some(committed) = self.commit().await? else {
                 self.summary.fenced += 1;
                 self.take_over().await?;
@@ -548,12 +732,13 @@ impl Runner<'_> {
             self.window = CommitWindow::since(started);
         }
         if caught_up && options.until_caught_up && !self.progress.progressed() {
-            let since = *self.caught_up_since.get_or_insert_with(Instant::now);
+            let now = self.clock.now();
+            let since = *self.caught_up_since.get_or_insert(now);
             if self.assigned.len() >= self.topic_partitions {
                 tracing::info!(pipeline = %self.name(), "caught up");
                 return Ok(Flow::Stop);
             }
-            if since.elapsed() >= SETTLE {
+            if now.saturating_duration_since(since) >= SETTLE {
                 // Done with its own partitions: the run is caught up only when the tables
                 // hold every other partition up to its end too.
                 let behind = self.others_behind().await?;
@@ -563,14 +748,15 @@ impl Runner<'_> {
                 }
                 let still = match self.waiting.take() {
                     Some((before, at)) if before == behind => at,
-                    _ => Instant::now(),
+                    _ => now,
                 };
-                if still.elapsed() > options.max_unassigned {
+                let waited = now.saturating_duration_since(still);
+                if waited > options.max_unassigned {
                     return Err(PipelineError::PartitionsBehind {
                         pipeline: self.name().to_string(),
                         topic: self.pipeline.source.topic.clone(),
                         behind: describe_behind(&behind),
-                        waited: still.elapsed(),
+                        waited,
                         members: self
                             .source
                             .group_members()
@@ -579,7 +765,7 @@ impl Runner<'_> {
                 }
                 tracing::info!(pipeline = %self.name(), behind = %describe_behind(&behind), "own partitions caught up; waiting for the runners that hold the others");
                 self.waiting = Some((behind, still));
-                self.caught_up_since = Some(Instant::now());
+                self.caught_up_since = Some(now);
             }
         } else {
             self.caught_up_since = None;
@@ -624,27 +810,14 @@ impl Runner<'_> {
         if from.is_empty() {
             return Ok(Vec::new());
         }
-        let (client, group) = (
-            self.client.clone(),
-            format!("{}.ends", self.pipeline.source.group_id),
-        );
-        let probe = from.clone();
-        let probe_topic = topic.clone();
-        let ends = tokio::task::spawn_blocking(move || {
-            crate::kafka::ends::partition_ends(&client, &group, &probe_topic, &probe, PROBE_TIMEOUT)
-        })
-        .await
-        .map_err(|e| PipelineError::Kafka {
-            pipeline: self.pipeline.name.clone(),
-            source: KafkaError::Admin {
-                topic: topic.clone(),
-                message: format!("probing where partitions end: {e}"),
-            },
-        })?
-        .map_err(|source| PipelineError::Kafka {
-            pipeline: self.pipeline.name.clone(),
-            source,
-        })?;
+        let ends =
+            self.source
+                .partition_ends(&from)
+                .await
+                .map_err(|source| PipelineError::Source {
+                    pipeline: self.pipeline.name.clone(),
+                    source,
+                })?;
         Ok(from
             .into_iter()
             .filter_map(|(partition, tables)| {
@@ -666,8 +839,8 @@ impl Runner<'_> {
         self.progress.progressed() || self.branches.metrics.emitted() > 0
     }
 
-    /// At the end of reading: flushes the open windows when asked, and commits what is left.
-    async fn finish(&mut self) -> Result<(), PipelineError> {
+    /// Flushes the open windows when asked, and commits what is left.
+    async fn final_commit(&mut self) -> Result<(), PipelineError> {
         if self.options.flush_open_windows {
             let rows = self.branches.metrics.flush().await?;
             tracing::info!(pipeline = %self.name(), windows = rows, "flushed the open windows");
@@ -700,7 +873,7 @@ impl Runner<'_> {
     /// and the telemetry. `None` when another runner had moved partitions on: the caller drops
     /// what it holds and reads again.
     async fn commit(&mut self) -> Result<Option<Committed>, PipelineError> {
-        let pipeline = self.pipeline;
+        let pipeline = self.pipeline.clone();
         self.dlq
             .flush()
             .await
@@ -732,7 +905,7 @@ impl Runner<'_> {
             let counts = (self.summary.messages, self.dlq.counts());
             report_commit(
                 t,
-                pipeline,
+                &pipeline,
                 &committed,
                 &self.source.lag(),
                 &self.branches.metrics,
@@ -745,7 +918,10 @@ impl Runner<'_> {
     /// The commit log line.
     fn log_commit(&self, committed: &Committed) {
         let window = &self.window;
-        let seconds = window.opened.elapsed().as_secs_f64().max(1e-3);
+        let seconds = (self.clock.now())
+            .saturating_duration_since(window.opened)
+            .as_secs_f64()
+            .max(1e-3);
         let state = self.branches.metrics.describe();
         if let Some(t) = &self.options.telemetry {
             let per_second = window.messages as f64 / seconds;
@@ -794,7 +970,7 @@ impl Runner<'_> {
                 return Err(last);
             };
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.clock.sleep(wait) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return Err(last),
             }
             // Nothing is held while the tables are loaded again: dead letters already sent
@@ -962,10 +1138,6 @@ struct CommitWindow {
 }
 
 impl CommitWindow {
-    fn new() -> Self {
-        Self::since(Instant::now())
-    }
-
     fn since(opened: Instant) -> Self {
         Self {
             opened,
@@ -977,17 +1149,18 @@ impl CommitWindow {
 }
 
 /// The per-batch work before the windows: parsing and routing rows.
-struct Stages<'a> {
-    parse: &'a SqlStage,
-    parse_file: &'a str,
-    pipeline: &'a str,
+struct Stages {
+    parse: SqlStage,
+    parse_file: String,
+    pipeline: String,
     /// How far from the clock an event time may be.
     bounds: EventTimeBounds,
     /// The window's event-time column.
-    time_column: &'a str,
+    time_column: String,
+    clock: Arc<dyn Clock>,
 }
 
-impl Stages<'_> {
+impl Stages {
     /// Parses one micro-batch: valid rows go to the events table (those it does not hold yet)
     /// and to the window; rejected rows, rows stamped too far ahead of the clock, and late and
     /// untimed rows become dead letters.
@@ -999,8 +1172,9 @@ impl Stages<'_> {
     ) -> Result<Vec<Rejected>, PipelineError> {
         let events_skip = &progress.absorbed_ahead(TableRole::Events);
         let metrics_skip = &progress.absorbed_ahead(TableRole::Metrics);
-        let pipeline = self.pipeline;
-        let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let pipeline = self.pipeline.as_str();
+        let wall = self.clock.wall_micros();
+        let failed_at = wall_text(wall);
         let mut letters: Vec<Rejected> = batch
             .not_utf8
             .iter()
@@ -1030,12 +1204,12 @@ impl Stages<'_> {
             .run(vec![batch.records.clone()])
             .await
             .map_err(exec_err)?;
-        let now = Instant::now();
-        let limits = self.bounds.now();
+        let now = self.clock.now();
+        let limits = self.bounds.at(wall);
         for output in &outputs {
             let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(exec_err)?;
             let (valid, future) = limits
-                .split_future(&valid, self.time_column)
+                .split_future(&valid, &self.time_column)
                 .map_err(|e| exec_err(e.into()))?;
             branches.events.take(&valid, events_skip).await?;
             for rejected in [rejected, future] {

@@ -264,12 +264,30 @@ pub async fn window_operator(
     allowed_lateness: std::time::Duration,
     idle_timeout: std::time::Duration,
 ) -> Result<WindowOperator, WindowError> {
-    let split = SplitAggregate::new(ctx, &planned.metrics, planned.events_slot.clone())
+    let split = split_metrics(ctx, planned).await?;
+    operator_of(split, planned, allowed_lateness, idle_timeout)
+}
+
+/// The metrics SQL's aggregate split into its phases.
+pub async fn split_metrics(
+    ctx: &SessionContext,
+    planned: &PlannedSql,
+) -> Result<SplitAggregate, WindowError> {
+    SplitAggregate::new(ctx, &planned.metrics)
         .await
         .map_err(|e| match e {
             datafusion::error::DataFusionError::Plan(message) => WindowError::Unsupported(message),
             other => WindowError::Sql(other),
-        })?;
+        })
+}
+
+/// A window operator with empty state over `split`.
+pub fn operator_of(
+    split: SplitAggregate,
+    planned: &PlannedSql,
+    allowed_lateness: std::time::Duration,
+    idle_timeout: std::time::Duration,
+) -> Result<WindowOperator, WindowError> {
     WindowOperator::new(
         split,
         &planned.window,

@@ -114,7 +114,7 @@ pub async fn run_sample(
         reject(raw.offset, reason.to_string());
     }
 
-    let stage = SqlStage::new(ctx, &planned.parse, planned.records_slot.clone())
+    let stage = SqlStage::new(ctx, &planned.parse)
         .await
         .map_err(SampleError::Parse)?;
     let outputs = stage

@@ -11,12 +11,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::batch::{BatchBuilder, MicroBatch};
+use super::batch::BatchBuilder;
 use super::quirks::{Rejoin, ResumeCheck, Resumed};
-use super::SourceError;
+use super::{Source, SourceError, SourceEvent};
 use crate::common::hashing::{FastMap, FastSet};
 use crate::common::summary::OffsetJump;
-use crate::common::Offsets;
+use crate::common::{Offsets, Watermarks};
 use crate::config::StartFrom;
 use crate::kafka::ends::cached_watermarks;
 use crate::telemetry::repeated::repeated_errors;
@@ -220,30 +220,6 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {}
 }
 
-/// What the source hands to the pipeline, in order.
-#[derive(Debug)]
-pub enum SourceEvent {
-    /// Messages of the assigned partitions.
-    Batch(MicroBatch),
-    /// The group took the partitions away: what was read from them and not committed must be
-    /// dropped (another runner may be reading them now).
-    Revoked,
-    /// The group assigned these partitions; the batches that follow read them from where the
-    /// tables stood when they were assigned.
-    Assigned {
-        /// Every partition now held.
-        partitions: BTreeSet<i32>,
-    },
-    /// A held partition is read on at `jump.to` instead of where the tables stand (`run
-    /// --accept-offset-jumps`); the batches that follow read it from there.
-    Jumped {
-        /// The partition.
-        partition: i32,
-        /// From where to where.
-        jump: OffsetJump,
-    },
-}
-
 /// Asks of the reading thread.
 enum Command {
     /// Position partitions again: at `offsets`, or at `start_from` where it has none (batches
@@ -267,6 +243,8 @@ pub struct KafkaSource {
     thread: Option<std::thread::JoinHandle<()>>,
     topic: String,
     group_id: String,
+    /// The client settings, for the end-of-partition probe.
+    client: ClientConfig,
 }
 
 impl KafkaSource {
@@ -349,12 +327,22 @@ impl KafkaSource {
             thread: Some(thread),
             topic,
             group_id,
+            client: client.clone(),
         })
     }
 
-    /// The next event; `None` once the source has stopped. Batches read before the last
-    /// [`Self::rewind`] are left out.
-    pub async fn next(&mut self) -> Option<Result<SourceEvent, SourceError>> {
+    /// Partitions currently assigned.
+    pub fn assigned(&self) -> BTreeSet<i32> {
+        lock(&self.shared.assigned).clone()
+    }
+}
+
+/// How long the end-of-partition probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    async fn next(&mut self) -> Option<Result<SourceEvent, SourceError>> {
         loop {
             let event = self.events.recv().await?;
             match event {
@@ -364,10 +352,7 @@ impl KafkaSource {
         }
     }
 
-    /// Reads `partitions` again from `offsets` (from `start_from` where it has none): their
-    /// tables were moved on by another runner, and this runner dropped what it had read.
-    /// Batches already read are left out.
-    pub fn rewind(&mut self, partitions: BTreeSet<i32>, offsets: Offsets) {
+    fn rewind(&mut self, partitions: BTreeSet<i32>, offsets: Offsets) {
         self.epoch += 1;
         let command = Command::Rewind {
             epoch: self.epoch,
@@ -379,15 +364,11 @@ impl KafkaSource {
         }
     }
 
-    /// Members of the consumer group, as the group coordinator lists them (`None` when it does
-    /// not answer).
-    pub fn group_members(&self) -> Option<usize> {
+    fn group_members(&self) -> Option<usize> {
         group_members(&self.consumer, &self.group_id)
     }
 
-    /// Commits the offsets the tables now hold to the consumer group, for lag monitoring only
-    /// (progress lives in the tables).
-    pub fn commit_group_offsets(&self, offsets: &Offsets) {
+    fn commit_group_offsets(&self, offsets: &Offsets) {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in offsets.iter() {
             let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
@@ -399,13 +380,7 @@ impl KafkaSource {
         }
     }
 
-    /// Partitions currently assigned.
-    pub fn assigned(&self) -> BTreeSet<i32> {
-        lock(&self.shared.assigned).clone()
-    }
-
-    /// Consumer lag per assigned partition, as of librdkafka's last statistics.
-    pub fn lag(&self) -> BTreeMap<i32, i64> {
+    fn lag(&self) -> BTreeMap<i32, i64> {
         let assigned = self.assigned();
         lock(&self.shared.lag)
             .iter()
@@ -414,8 +389,38 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Asks the reading thread to stop after the batch in hand.
-    pub fn stop(&self) {
+    /// Reads each partition once with a consumer of its own, outside the group (see
+    /// [`crate::kafka::ends::partition_ends`]).
+    async fn partition_ends(
+        &self,
+        from: &BTreeMap<i32, Option<i64>>,
+    ) -> Result<BTreeMap<i32, Watermarks>, SourceError> {
+        let (client, group, topic) = (
+            self.client.clone(),
+            format!("{}.ends", self.group_id),
+            self.topic.clone(),
+        );
+        let from = from.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            crate::kafka::ends::partition_ends(&client, &group, &topic, &from, PROBE_TIMEOUT)
+        });
+        let failed = |message: String| SourceError::Ends {
+            topic: self.topic.clone(),
+            source: Box::new(crate::kafka::KafkaError::Admin {
+                topic: self.topic.clone(),
+                message,
+            }),
+        };
+        probe
+            .await
+            .map_err(|e| failed(format!("the probe's thread failed: {e}")))?
+            .map_err(|source| SourceError::Ends {
+                topic: self.topic.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 }

@@ -4,8 +4,72 @@ pub mod batch;
 pub mod kafka;
 mod quirks;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+
+use crate::common::summary::OffsetJump;
+use crate::common::{Offsets, Watermarks};
+
 pub use batch::{MicroBatch, RawRecord};
-pub use kafka::{KafkaSource, ResumeLookup, SourceEvent, SourceOptions};
+pub use kafka::{KafkaSource, ResumeLookup, SourceOptions};
+
+/// What a runner reads: the group's changes and micro-batches of its partitions. The Kafka
+/// consumer in production ([`KafkaSource`]); a scripted log in the simulation tests.
+#[async_trait]
+pub trait Source: Send {
+    /// The next event; `None` once the source has stopped. Batches read before the last
+    /// [`Source::rewind`] are left out.
+    async fn next(&mut self) -> Option<Result<SourceEvent, SourceError>>;
+
+    /// Reads `partitions` again from `offsets` (from `start_from` where it has none): their
+    /// tables were moved on by another runner, and this runner dropped what it had read.
+    fn rewind(&mut self, partitions: BTreeSet<i32>, offsets: Offsets);
+
+    /// Tells the group where the tables now stand, for lag monitoring only (progress lives in
+    /// the tables).
+    fn commit_group_offsets(&self, offsets: &Offsets);
+
+    /// How far behind its end each held partition is read, as last reported.
+    fn lag(&self) -> BTreeMap<i32, i64>;
+
+    /// Members of the group (`None` when the group does not answer).
+    fn group_members(&self) -> Option<usize>;
+
+    /// Where each partition of `from` (partition -> the offset the tables resume it at) starts
+    /// and ends; partitions whose range cannot be told are missing from the answer.
+    async fn partition_ends(
+        &self,
+        from: &BTreeMap<i32, Option<i64>>,
+    ) -> Result<BTreeMap<i32, Watermarks>, SourceError>;
+
+    /// Stops reading after the batch in hand.
+    fn stop(&self);
+}
+
+/// What the source hands to the pipeline, in order.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Messages of the assigned partitions.
+    Batch(MicroBatch),
+    /// The group took the partitions away: what was read from them and not committed must be
+    /// dropped (another runner may be reading them now).
+    Revoked,
+    /// The group assigned these partitions; the batches that follow read them from where the
+    /// tables stood when they were assigned.
+    Assigned {
+        /// Every partition now held.
+        partitions: BTreeSet<i32>,
+    },
+    /// A held partition is read on at `jump.to` instead of where the tables stand (`run
+    /// --accept-offset-jumps`); the batches that follow read it from there.
+    Jumped {
+        /// The partition.
+        partition: i32,
+        /// From where to where.
+        jump: OffsetJump,
+    },
+}
 
 /// Errors of the source, naming the topic.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +128,13 @@ pub enum SourceError {
         tables: i64,
         /// The first offset the partition still holds.
         first: i64,
+    },
+    /// Where partitions end could not be read.
+    #[error("topic {topic}: reading where partitions end")]
+    Ends {
+        topic: String,
+        #[source]
+        source: Box<crate::kafka::KafkaError>,
     },
     /// Building the Arrow batch failed.
     #[error("building a micro-batch of {topic}")]

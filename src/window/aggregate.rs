@@ -27,12 +27,11 @@ pub struct SplitAggregate {
 }
 
 impl SplitAggregate {
-    /// Splits the plan of the metrics SQL (whose input table reads `events_slot`); the group
-    /// key whose expression contains `date_bin` is the window.
+    /// Splits the plan of the metrics SQL (whose input table is a [`BatchSlot`]); the group key
+    /// whose expression contains `date_bin` is the window.
     pub async fn new(
         ctx: &SessionContext,
         metrics: &datafusion::logical_expr::LogicalPlan,
-        events_slot: Arc<BatchSlot>,
     ) -> Result<Self> {
         let plan = ctx.state().create_physical_plan(metrics).await?;
         let aggregate = find_aggregate(&plan)?;
@@ -81,7 +80,7 @@ impl SplitAggregate {
         )?);
         let state_schema = partial.schema();
         let no_filters = vec![None; aggr.len()];
-        let (reduce_slot, reduce_input) = slot_exec(&state_schema)?;
+        let reduce_input = slot_exec(&state_schema)?;
         let reduce = Arc::new(AggregateExec::try_new(
             AggregateMode::PartialReduce,
             group_by.as_final(),
@@ -90,7 +89,7 @@ impl SplitAggregate {
             reduce_input,
             input_schema.clone(),
         )?);
-        let (final_slot, final_input) = slot_exec(&state_schema)?;
+        let final_input = slot_exec(&state_schema)?;
         let final_aggregate: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
             AggregateMode::Final,
             group_by.as_final(),
@@ -114,13 +113,25 @@ impl SplitAggregate {
             })?
             .data;
         Ok(Self {
-            partial: SqlStage::from_physical(ctx, partial, events_slot),
-            reduce: SqlStage::from_physical(ctx, reduce, reduce_slot),
-            finish: SqlStage::from_physical(ctx, finish, final_slot),
+            partial: SqlStage::from_physical(ctx, partial),
+            reduce: SqlStage::from_physical(ctx, reduce),
+            finish: SqlStage::from_physical(ctx, finish),
             state_schema,
             window_column,
             group_columns,
         })
+    }
+
+    /// The same phases with inputs of their own (another runner in this process).
+    pub fn fork(&self) -> Self {
+        Self {
+            partial: self.partial.fork(),
+            reduce: self.reduce.fork(),
+            finish: self.finish.fork(),
+            state_schema: self.state_schema.clone(),
+            window_column: self.window_column,
+            group_columns: self.group_columns,
+        }
     }
 
     /// Schema of partial states: group columns, then the accumulators' state columns.
@@ -171,17 +182,10 @@ fn find_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Result<&AggregateExec> {
     }
 }
 
-fn slot_exec(schema: &SchemaRef) -> Result<(Arc<BatchSlot>, Arc<dyn ExecutionPlan>)> {
+fn slot_exec(schema: &SchemaRef) -> Result<Arc<dyn ExecutionPlan>> {
     let slot = BatchSlot::new(schema.clone());
-    let exec = StreamingTableExec::try_new(
-        schema.clone(),
-        vec![slot.clone()],
-        None,
-        vec![],
-        false,
-        None,
-    )?;
-    Ok((slot, Arc::new(exec)))
+    let exec = StreamingTableExec::try_new(schema.clone(), vec![slot], None, vec![], false, None)?;
+    Ok(Arc::new(exec))
 }
 
 #[cfg(test)]
@@ -270,9 +274,7 @@ mod tests {
         let direct = ctx.sql(sql).await.unwrap().collect().await.unwrap();
 
         let plan = ctx.state().create_logical_plan(sql).await.unwrap();
-        let split = SplitAggregate::new(&ctx, &plan, slot.clone())
-            .await
-            .unwrap();
+        let split = SplitAggregate::new(&ctx, &plan).await.unwrap();
         let mut states = Vec::new();
         for chunk in [&rows[..3], &rows[3..4], &rows[4..]] {
             states.extend(split.partial(vec![events(chunk)]).await.unwrap());
@@ -302,7 +304,7 @@ mod tests {
         let slot = BatchSlot::new(events(&rows).schema());
         slot.register(&ctx, "ev").unwrap();
         let plan = ctx.state().create_logical_plan(sql).await.unwrap();
-        let split = SplitAggregate::new(&ctx, &plan, slot).await.unwrap();
+        let split = SplitAggregate::new(&ctx, &plan).await.unwrap();
         let mut state = WindowState::new(split.state_schema().clone(), split.window_column());
         for chunk in rows.chunks(1) {
             state
