@@ -704,12 +704,25 @@ impl Sim {
             }
         }
         for (id, share) in shares {
-            let stale = if self.rng.random_bool(0.5) {
-                self.rng.random_range(1..=6)
+            let mut member = lock(&self.slots[id].member);
+            // What the member last heard the group give it.
+            let before = member
+                .changes
+                .iter()
+                .rev()
+                .find_map(|change| match change {
+                    GroupChange::Assigned(partitions) => Some(partitions.clone()),
+                    GroupChange::Revoked => None,
+                })
+                .unwrap_or_else(|| member.assigned.clone());
+            // Only a member that loses partitions and gains none reads on from its old share
+            // (a zombie): the new owners take theirs over at once.
+            let loses_only = !before.is_subset(&share) && share.is_subset(&before);
+            let stale = if loses_only && self.rng.random_bool(0.8) {
+                self.rng.random_range(2..=8)
             } else {
                 0
             };
-            let mut member = lock(&self.slots[id].member);
             member.changes.push_back(GroupChange::Revoked);
             member
                 .changes
@@ -832,12 +845,12 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
             .collect();
         let roll = sim.rng.random_range(0..100);
         let outcome = match roll {
-            0..=54 if !idle.is_empty() => {
+            0..=49 if !idle.is_empty() => {
                 let id = idle[sim.rng.random_range(0..idle.len())];
                 sim.note(format!("runner {id} steps"));
                 Some((id, sim.command(id, Command::Step).await?))
             }
-            0..=84 if !gated.is_empty() => {
+            0..=79 if !gated.is_empty() => {
                 let id = gated[sim.rng.random_range(0..gated.len())];
                 let is_commit = matches!(sim.slots[id].state, State::Gated(Op::Commit(_), _));
                 let fault = sim.rng.random_range(0..100);
@@ -854,13 +867,13 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
                     Some((id, sim.release(id, decision).await?))
                 }
             }
-            85..=87 if faults.crashes && !idle.is_empty() => {
+            80..=82 if faults.crashes && !idle.is_empty() => {
                 let id = idle[sim.rng.random_range(0..idle.len())];
                 sim.note(format!("runner {id} crashes between steps"));
                 sim.crash(id);
                 None
             }
-            88..=91 if starts < 8 && live.len() < 4 => {
+            83..=85 if starts < 8 && live.len() < 4 => {
                 starts += 1;
                 let id = sim.start(false).await?;
                 let live = sim.alive();
@@ -869,7 +882,7 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
                 }
                 None
             }
-            92..=95 => {
+            86..=90 => {
                 // The group notices who is gone (a session timeout) and assigns again.
                 let zombie = faults.zombies;
                 if !zombie {
@@ -1296,7 +1309,7 @@ fn seeds() -> Vec<u64> {
     let count = std::env::var("SIM_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000u64);
+        .unwrap_or(4_000u64);
     (0..count).collect()
 }
 
