@@ -1,5 +1,6 @@
 //! Scale-out: several runners of one consumer group write the same tables exactly once while
-//! partitions move between them (kills, pauses, concurrent commits).
+//! partitions move between them (kills, concurrent commits). Paused runners whose partitions
+//! moved (zombies) are covered by the simulation (`tests/simulation.rs`).
 
 mod common;
 
@@ -477,108 +478,6 @@ async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once
     let context =
         format!("{kills} kills, {assignments} assignments, {conflicts} commit conflicts, {fenced} fenced commits\n{last}");
     assert_tables_equal_the_truth(&pipeline, &truths, &context).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_paused_runner_whose_partitions_moved_never_commits_its_buffered_rows() {
-    let pipeline = common::TestPipeline::new();
-    // The zombie commits rarely, so that it holds rows when paused; the new owner often.
-    pipeline.edit_config(|yaml| yaml.replace("interval: 5s", "interval: 20s"));
-    let fast = pipeline.dir.path().join("fast.yaml");
-    std::fs::write(
-        &fast,
-        std::fs::read_to_string(&pipeline.config)
-            .unwrap()
-            .replace("interval: 20s", "interval: 1s"),
-    )
-    .unwrap();
-    cli_ok(&pipeline, &["setup"]);
-    let truth_path = pipeline.dir.path().join("truth.json");
-    let generate = |count: &str, seed: &str, start: &str, truth: &std::path::Path| {
-        cli_ok(
-            &pipeline,
-            &[
-                "generate",
-                "--count",
-                count,
-                "--seed",
-                seed,
-                "--campaigns",
-                "6",
-                "--start-time",
-                start,
-                "--truth",
-                truth.to_str().unwrap(),
-            ],
-        );
-    };
-    generate("20000", "5", "2026-01-01T00:00:00Z", &truth_path);
-    let mut zombie = Runner::start(&pipeline, &["run"]);
-    assert!(
-        zombie.wait_for(
-            &["holding partitions", "0, 1, 2"],
-            std::time::Duration::from_secs(60)
-        ),
-        "{}",
-        zombie.drain().join("\n")
-    );
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    zombie.signal(libc::SIGSTOP);
-    // Past the session timeout, the new owner takes every partition and commits them.
-    let (child, lines) = pipeline.spawn_logged_with(&fast, &["run"]);
-    let mut owner = Runner {
-        child,
-        lines,
-        log: Vec::new(),
-    };
-    assert!(
-        owner.wait_for(
-            &["holding partitions", "0, 1, 2"],
-            std::time::Duration::from_secs(90)
-        ),
-        "the new owner never got the partitions:\n{}",
-        owner.drain().join("\n")
-    );
-    assert!(owner.wait_for(&["committed"], std::time::Duration::from_secs(60)));
-    let before_wake = events_per_campaign(&pipeline).await.values().sum::<u64>();
-    zombie.signal(libc::SIGCONT);
-    // The zombie wakes up with 20,000 rows in hand and its commit interval long past.
-    std::thread::sleep(std::time::Duration::from_secs(10));
-    let second = pipeline.dir.path().join("truth2.json");
-    generate("5000", "6", "2026-01-01T00:03:20Z", &second);
-    std::thread::sleep(std::time::Duration::from_secs(10));
-    let zombie_log = zombie.stop();
-    let owner_log = owner.stop();
-    let zombie_said = zombie_log
-        .iter()
-        .any(|l| l.contains("commit refused") || l.contains("partitions revoked"));
-    assert!(
-        zombie_said,
-        "the zombie noticed:\n{}",
-        zombie_log.join("\n")
-    );
-    // After it noticed, it may hold partitions again and commit them as their owner.
-    let noticed = zombie_log
-        .iter()
-        .position(|l| l.contains("commit refused") || l.contains("partitions revoked"));
-    let first_commit = zombie_log.iter().position(|l| l.contains("committed"));
-    let zombie_landed = first_commit.is_some_and(|c| noticed.is_none_or(|n| c < n));
-    let total = events_per_campaign(&pipeline).await.values().sum::<u64>();
-    let first: campaign_pipeline::generator::Truth =
-        serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
-    let second: campaign_pipeline::generator::Truth =
-        serde_json::from_slice(&std::fs::read(&second).unwrap()).unwrap();
-    assert_eq!(
-        total,
-        first.valid_events + second.valid_events,
-        "every event once (before the zombie woke: {before_wake}; zombie commits: {zombie_landed})\nowner:\n{}",
-        owner_log.join("\n")
-    );
-    assert!(
-        !zombie_landed,
-        "the zombie's buffered rows never reached the table:\n{}",
-        zombie_log.join("\n")
-    );
 }
 
 /// A batch run beside a runner that stopped moving (SIGSTOP: its partitions stay assigned to it

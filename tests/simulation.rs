@@ -51,6 +51,8 @@ const EVENTS_START_MICROS: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 const CLOCK_START_MICROS: i64 = EVENTS_START_MICROS + 3_600_000_000;
 const WINDOW_MICROS: i64 = 60_000_000;
 const LATENESS_MICROS: i64 = 10_000_000;
+/// How long a batch run waits for partitions other runners hold that make no progress.
+const MAX_UNASSIGNED: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // The world: the source topic, the dead letter topic, the clock.
@@ -532,7 +534,7 @@ impl Sim {
             flush_open_windows: last,
             shutdown: self.shutdown.clone(),
             telemetry: None,
-            max_unassigned: Duration::from_secs(3600),
+            max_unassigned: MAX_UNASSIGNED,
             accept_offset_jumps: false,
         }
     }
@@ -677,6 +679,56 @@ impl Sim {
         Ok(outcome)
     }
 
+    /// The group gives each runner of `shares` its share, seen at its next step.
+    fn assign(&mut self, shares: &[(usize, BTreeSet<i32>)]) {
+        for (id, share) in shares {
+            let mut member = lock(&self.slots[*id].member);
+            member.changes.push_back(GroupChange::Revoked);
+            member
+                .changes
+                .push_back(GroupChange::Assigned(share.clone()));
+            member.stale_batches = 0;
+            drop(member);
+            self.note(format!("group: runner {id} gets {share:?}"));
+        }
+    }
+
+    /// Steps runner `id` once, through every catalog call.
+    async fn step_through(&mut self, id: usize) -> Result<Result<Option<Flow>, String>, Failure> {
+        self.clock.advance(Duration::from_millis(200));
+        let outcome = self.command(id, Command::Step).await?;
+        self.proceed(id, outcome).await
+    }
+
+    /// Where each table stands for each partition, and where the topic ends.
+    async fn standing(&self) -> Result<(Vec<Option<i64>>, Vec<i64>), Failure> {
+        let mut lowest: Vec<Option<i64>> = vec![None; PARTITIONS as usize];
+        for (i, table) in ["campaign_events", "campaign_metrics"].iter().enumerate() {
+            let state = campaign_pipeline::sink::iceberg::load_state(
+                self.catalog.as_ref(),
+                "sim",
+                table,
+                &self.pipeline.name,
+            )
+            .await
+            .map_err(|e| Failure(describe(&e)))?;
+            for (p, low) in lowest.iter_mut().enumerate() {
+                let at = state.offsets.get(TOPIC, p as i32);
+                *low = if i == 0 {
+                    at
+                } else {
+                    low.zip(at).map(|(a, b)| a.min(b))
+                };
+            }
+        }
+        let ends = lock(&self.world)
+            .log
+            .iter()
+            .map(|log| log.len() as i64)
+            .collect();
+        Ok((lowest, ends))
+    }
+
     /// The runner died (a crash, or an error that ends the process).
     fn crash(&mut self, id: usize) {
         self.slots[id].task.abort();
@@ -764,6 +816,49 @@ struct Faults {
     zombies: bool,
 }
 
+impl Sim {
+    /// A world of `seed` with the tables set up in `folder`, and no runner yet.
+    async fn new(
+        seed: u64,
+        folder: &Path,
+        planned: Arc<Planned>,
+        rng: ChaCha8Rng,
+    ) -> Result<Sim, Failure> {
+        let mut rng = rng;
+        let config = sim_config(folder);
+        let pipeline = config.pipelines[0].clone();
+        campaign_pipeline::setup::ensure_tables(&config, &pipeline, planned.sql())
+            .await
+            .map_err(|e| Failure(describe(&e)))?;
+        let catalog = open_catalog(&config, &pipeline.sink)
+            .await
+            .map_err(|e| Failure(describe(&e)))?;
+        let world = Arc::new(Mutex::new(World::new(&mut rng)));
+        let (report_to, reports) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown) = shutdown_channel();
+        Ok(Sim {
+            seed,
+            rng,
+            config: Arc::new(config),
+            pipeline,
+            planned,
+            catalog,
+            world,
+            clock: Arc::new(SimClock {
+                start: Instant::now(),
+                elapsed: Mutex::new(Duration::ZERO),
+            }),
+            reports,
+            report_to,
+            slots: Vec::new(),
+            members: BTreeSet::new(),
+            trace: vec![format!("seed {seed}")],
+            _shutdown: shutdown_tx,
+            shutdown,
+        })
+    }
+}
+
 async fn run_schedule(
     seed: u64,
     folder: &Path,
@@ -775,37 +870,10 @@ async fn run_schedule(
         crashes: rng.random_bool(0.7),
         zombies: rng.random_bool(0.7),
     };
-    let config = sim_config(folder);
-    let pipeline = config.pipelines[0].clone();
-    campaign_pipeline::setup::ensure_tables(&config, &pipeline, planned.sql())
+    let mut sim = Sim::new(seed, folder, planned, rng)
         .await
-        .map_err(|e| (Failure(describe(&e)), Vec::new()))?;
-    let catalog = open_catalog(&config, &pipeline.sink)
-        .await
-        .map_err(|e| (Failure(describe(&e)), Vec::new()))?;
-    let world = Arc::new(Mutex::new(World::new(&mut rng)));
-    let (report_to, reports) = mpsc::unbounded_channel();
-    let (shutdown_tx, shutdown) = shutdown_channel();
-    let mut sim = Sim {
-        seed,
-        rng,
-        config: Arc::new(config),
-        pipeline,
-        planned,
-        catalog,
-        world,
-        clock: Arc::new(SimClock {
-            start: Instant::now(),
-            elapsed: Mutex::new(Duration::ZERO),
-        }),
-        reports,
-        report_to,
-        slots: Vec::new(),
-        members: BTreeSet::new(),
-        trace: vec![format!("seed {seed}: {faults:?}")],
-        _shutdown: shutdown_tx,
-        shutdown,
-    };
+        .map_err(|failure| (failure, Vec::new()))?;
+    sim.note(format!("{faults:?}"));
     let result = schedule(&mut sim, faults).await;
     for slot in &sim.slots {
         slot.task.abort();
@@ -1383,4 +1451,124 @@ fn every_schedule_of_runners_crashes_rebalances_and_outages_keeps_the_tables_exa
         "{ran} schedules in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Runs `scenario` for each of `seeds` on one thread, each in a world of its own.
+fn run_scenario<F>(seeds: std::ops::Range<u64>, scenario: F)
+where
+    F: for<'a> Fn(&'a mut Sim) -> futures::future::LocalBoxFuture<'a, Result<(), Failure>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let local = tokio::task::LocalSet::new();
+    let planned = local
+        .block_on(&runtime, async {
+            let config = sim_config(Path::new("/nonexistent"));
+            Planned::new(&config, &config.pipelines[0]).await
+        })
+        .map(Arc::new)
+        .unwrap_or_else(|e| panic!("{}", describe(&e)));
+    for seed in seeds {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let outcome = local.block_on(&runtime, async {
+            let rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut sim = Sim::new(seed, folder.path(), planned.clone(), rng).await?;
+            let outcome = scenario(&mut sim).await;
+            for slot in &sim.slots {
+                slot.task.abort();
+            }
+            outcome.map_err(|Failure(why)| Failure(format!("{why}\n  {}", sim.trace.join("\n  "))))
+        });
+        if let Err(Failure(why)) = outcome {
+            panic!("seed {seed}: {why}");
+        }
+    }
+}
+
+/// `run --until-caught-up` beside a live runner that holds the other partitions: it ends well
+/// only once the tables hold every partition of the topic up to its end.
+#[test]
+fn a_batch_run_beside_a_live_runner_ends_well_only_once_the_tables_hold_every_partition() {
+    run_scenario(0..20, |sim| {
+        Box::pin(async move {
+            let other = sim.start(false).await?;
+            sim.proceed(other, Ok(None)).await?.map_err(Failure)?;
+            let last = sim.start(true).await?;
+            sim.proceed(last, Ok(None)).await?.map_err(Failure)?;
+            sim.assign(&[(other, BTreeSet::from([1, 2])), (last, BTreeSet::from([0]))]);
+            for _ in 0..5000 {
+                let id = if sim.rng.random_bool(0.5) {
+                    other
+                } else {
+                    last
+                };
+                match sim.step_through(id).await?.map_err(Failure)? {
+                    Some(Flow::Stop) if id == last => {
+                        let (tables, ends) = sim.standing().await?;
+                        let behind: Vec<_> = (0..ends.len())
+                            .filter(|p| tables[*p] != Some(ends[*p]))
+                            .map(|p| {
+                                format!("partition {p}: tables at {:?} of {}", tables[p], ends[p])
+                            })
+                            .collect();
+                        return if behind.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(Failure(format!(
+                                "the batch run ended well with {}",
+                                behind.join(", ")
+                            )))
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            Err(Failure("the batch run did not end in 5000 steps".into()))
+        })
+    });
+}
+
+/// `run --until-caught-up` beside partitions a dead runner still holds (the group has not
+/// moved them: tansu may never), which gained events after it died: it does not end well, and
+/// gives up with an error naming them once they made no progress for `--max-unassigned`.
+#[test]
+fn a_batch_run_beside_partitions_no_one_reads_fails_naming_them() {
+    run_scenario(100..110, |sim| {
+        Box::pin(async move {
+            let other = sim.start(false).await?;
+            sim.proceed(other, Ok(None)).await?.map_err(Failure)?;
+            let last = sim.start(true).await?;
+            sim.proceed(last, Ok(None)).await?.map_err(Failure)?;
+            sim.assign(&[(other, BTreeSet::from([1, 2])), (last, BTreeSet::from([0]))]);
+            for _ in 0..sim.rng.random_range(0..6) {
+                sim.step_through(other).await?.map_err(Failure)?;
+            }
+            sim.crash(other);
+            sim.note("runner 0 dies; the group keeps its partitions".into());
+            let world = sim.world.clone();
+            lock(&world).produce(&mut sim.rng, 2, 3);
+            for _ in 0..5000 {
+                match sim.step_through(last).await? {
+                    Ok(Some(Flow::Stop)) => {
+                        return Err(Failure(
+                            "the batch run ended well; partition 2 was never read to its end"
+                                .into(),
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(error)
+                        if error.contains("made no progress") && error.contains("partition 2") =>
+                    {
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        return Err(Failure(format!("the batch run failed otherwise: {error}")))
+                    }
+                }
+            }
+            Err(Failure("the batch run did not end in 5000 steps".into()))
+        })
+    });
 }
