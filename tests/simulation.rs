@@ -729,6 +729,17 @@ impl Sim {
         Ok((lowest, ends))
     }
 
+    /// A runner holding partitions 1 and 2, and a batch run (`--until-caught-up
+    /// --flush-open-windows`) holding partition 0, both open: (the other, the batch run).
+    async fn batch_run_beside_another(&mut self) -> Result<(usize, usize), Failure> {
+        let other = self.start(false).await?;
+        self.proceed(other, Ok(None)).await?.map_err(Failure)?;
+        let last = self.start(true).await?;
+        self.proceed(last, Ok(None)).await?.map_err(Failure)?;
+        self.assign(&[(other, BTreeSet::from([1, 2])), (last, BTreeSet::from([0]))]);
+        Ok((other, last))
+    }
+
     /// The runner died (a crash, or an error that ends the process).
     fn crash(&mut self, id: usize) {
         self.slots[id].task.abort();
@@ -1493,11 +1504,7 @@ where
 fn a_batch_run_beside_a_live_runner_ends_well_only_once_the_tables_hold_every_partition() {
     run_scenario(0..20, |sim| {
         Box::pin(async move {
-            let other = sim.start(false).await?;
-            sim.proceed(other, Ok(None)).await?.map_err(Failure)?;
-            let last = sim.start(true).await?;
-            sim.proceed(last, Ok(None)).await?.map_err(Failure)?;
-            sim.assign(&[(other, BTreeSet::from([1, 2])), (last, BTreeSet::from([0]))]);
+            let (other, last) = sim.batch_run_beside_another().await?;
             for _ in 0..5000 {
                 let id = if sim.rng.random_bool(0.5) {
                     other
@@ -1537,11 +1544,7 @@ fn a_batch_run_beside_a_live_runner_ends_well_only_once_the_tables_hold_every_pa
 fn a_batch_run_beside_partitions_no_one_reads_fails_naming_them() {
     run_scenario(100..110, |sim| {
         Box::pin(async move {
-            let other = sim.start(false).await?;
-            sim.proceed(other, Ok(None)).await?.map_err(Failure)?;
-            let last = sim.start(true).await?;
-            sim.proceed(last, Ok(None)).await?.map_err(Failure)?;
-            sim.assign(&[(other, BTreeSet::from([1, 2])), (last, BTreeSet::from([0]))]);
+            let (other, last) = sim.batch_run_beside_another().await?;
             for _ in 0..sim.rng.random_range(0..6) {
                 sim.step_through(other).await?.map_err(Failure)?;
             }
