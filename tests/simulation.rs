@@ -38,6 +38,7 @@ use campaign_pipeline::common::{Clock, Offsets, Watermarks};
 use campaign_pipeline::config::{Config, PipelineConfig};
 use campaign_pipeline::dlq::{DeadLetterWriter, Delivery};
 use campaign_pipeline::kafka::KafkaError;
+use campaign_pipeline::maintain::Maintainer;
 use campaign_pipeline::pipeline::{
     shutdown_channel, Connections, Flow, Planned, RunOptions, Runner,
 };
@@ -513,6 +514,8 @@ struct Sim {
     slots: Vec<Slot>,
     /// Group members: the runners the group assigns partitions to.
     members: BTreeSet<usize>,
+    /// The tables' maintenance, opened at its first pass.
+    maintainer: Option<Maintainer>,
     trace: Vec<String>,
     /// The shutdown sender every runner's options watch (never triggered).
     _shutdown: tokio::sync::watch::Sender<bool>,
@@ -863,6 +866,7 @@ impl Sim {
             report_to,
             slots: Vec::new(),
             members: BTreeSet::new(),
+            maintainer: None,
             trace: vec![format!("seed {seed}")],
             _shutdown: shutdown_tx,
             shutdown,
@@ -961,7 +965,25 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
                 }
                 None
             }
-            86..=90 => {
+            86..=89 => {
+                // A maintenance pass (compaction, manifest merging, expiry, sweep) lands
+                // between the runners' catalog calls: a runner at its commit finds the table
+                // replaced under its base.
+                let maintainer = match sim.maintainer.take() {
+                    Some(maintainer) => maintainer,
+                    None => Maintainer::open(&sim.config, &sim.pipeline)
+                        .await
+                        .map_err(|e| Failure(describe(&e)))?,
+                };
+                for report in maintainer.run_once().await {
+                    let report = report
+                        .map_err(|e| Failure(format!("maintenance failed: {}", describe(&e))))?;
+                    sim.note(format!("maintenance: {report}"));
+                }
+                sim.maintainer = Some(maintainer);
+                None
+            }
+            90..=93 => {
                 // The group notices who is gone (a session timeout) and assigns again.
                 let zombie = faults.zombies;
                 if !zombie {
@@ -1371,6 +1393,12 @@ pipelines:
       retention: 7d
     maintenance:
       enabled: false
+      min_input_files: 2
+      target_file_mb: 1
+      max_manifests: 4
+      snapshot_max_age: 0s
+      keep_snapshots: 2
+      keep_metadata_files: 5
 "#,
         parse = root.join("sql/campaign_events.sql").display(),
         metrics = root.join("sql/campaign_metrics.sql").display(),
@@ -1388,7 +1416,7 @@ fn seeds() -> Vec<u64> {
     let count = std::env::var("SIM_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4_000u64);
+        .unwrap_or(3_500u64);
     (0..count).collect()
 }
 

@@ -305,6 +305,30 @@ impl TableWriter {
                         .map_err(|e| SinkError::iceberg(format!("reloading {}", self.label), e))?;
                     state = read_state(&base, &self.pipeline, &self.label)?;
                 }
+                // The snapshot is built on the base's manifest list before anything is sent to
+                // the catalog; maintenance may have expired the base (and deleted its files)
+                // since this runner loaded it, when other writers committed many times since.
+                // That is a table that moved on, as in a conflict: decide again on its state.
+                Err(error)
+                    if error.kind() == ErrorKind::DataInvalid
+                        && conflicts + 1 < MAX_COMMIT_ATTEMPTS =>
+                {
+                    let current = self
+                        .catalog
+                        .load_table(base.identifier())
+                        .await
+                        .map_err(|e| SinkError::iceberg(format!("reloading {}", self.label), e))?;
+                    if current.metadata_location() == base.metadata_location() {
+                        return Err(SinkError::iceberg(
+                            format!("committing to {}", self.label),
+                            error,
+                        ));
+                    }
+                    conflicts += 1;
+                    tracing::debug!(table = %self.label, conflicts, "the table moved on and its old state was expired: deciding again on the new table state");
+                    state = read_state(&current, &self.pipeline, &self.label)?;
+                    base = current;
+                }
                 Err(error) => {
                     // The files are left where they are: when the catalog failed after taking
                     // the commit, a snapshot references them now.
