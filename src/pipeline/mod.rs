@@ -574,11 +574,6 @@ impl<S: Source, D: Delivery> Runner<S, D> {
         summary
     }
 
-    /// The partitions the group gave this runner, as the source last reported them.
-    pub fn assigned_partitions(&self) -> &BTreeSet<i32> {
-        &self.assigned
-    }
-
     fn name(&self) -> &str {
         &self.pipeline.name
     }

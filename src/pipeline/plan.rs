@@ -57,9 +57,9 @@ pub struct PlannedSql {
     pub metrics: LogicalPlan,
     /// Schema of the metrics table: metrics output without `_` columns.
     pub metrics_schema: SchemaRef,
-    /// What `kafka_records` reads when the parsing plan executes.
+    /// The table `kafka_records` is planned over (a stage gives each execution its own input).
     pub records_slot: Arc<BatchSlot>,
-    /// What the metrics SQL's input table reads when the metrics plan executes.
+    /// The table the metrics SQL's input is planned over (likewise).
     pub events_slot: Arc<BatchSlot>,
     /// The tumbling window written in the metrics SQL.
     pub window: WindowSpec,
