@@ -19,16 +19,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::open_catalog;
-use crate::common::{Offsets, ERROR_COLUMN};
+use crate::common::Offsets;
 use crate::config::{Config, PipelineConfig};
 use crate::dashboard::api::{Api, Range};
-use crate::engine::{new_session, split_rejected, SqlStage};
+use crate::engine::{new_session, SqlStage};
 use crate::maintain::files::LiveFiles;
 use crate::maintain::Maintainer;
 use crate::pipeline::events::EventsBranch;
 use crate::pipeline::metrics::MetricsBranch;
 use crate::pipeline::plan::plan_pipeline;
 use crate::pipeline::progress::Progress;
+use crate::pipeline::route;
 use crate::pipeline::Landing;
 use crate::window::TimeLimits;
 
@@ -303,8 +304,8 @@ async fn day(
         }
         let mut valid_rows = Vec::new();
         for out in parse.run(vec![batch.records.clone()]).await? {
-            let (valid, _) = split_rejected(&out, ERROR_COLUMN)?;
-            valid_rows.push(valid);
+            let routed = route(&out, TimeLimits::UNBOUNDED, &planned.window.time_column)?;
+            valid_rows.push(routed.valid);
         }
         // The real path from here: events written, window state absorbed and closed windows
         // written, checkpoints saved, both tables committed with their offsets.

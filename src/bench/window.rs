@@ -35,8 +35,7 @@ pub async fn measure(
         for batch in batches {
             for valid in parsed(parse, batch).await? {
                 let now = Instant::now();
-                let sorted = operator.sort_and_observe(&valid, UNBOUNDED, now)?;
-                operator.absorb(&sorted.on_time).await?;
+                operator.take(&valid, UNBOUNDED, now).await?;
             }
             for closed in operator.advance(assigned, Instant::now()).await? {
                 emitted += closed.num_rows();
@@ -54,8 +53,7 @@ pub async fn measure(
     let (_, window_only) = timed(async {
         for valid in &parsed_batches {
             let now = Instant::now();
-            let sorted = alone.sort_and_observe(valid, UNBOUNDED, now)?;
-            alone.absorb(&sorted.on_time).await?;
+            alone.take(valid, UNBOUNDED, now).await?;
             alone.advance(assigned, now).await?;
         }
         Ok(())
@@ -89,8 +87,7 @@ pub async fn measure(
     let now = Instant::now();
     for pass in 1..=10 {
         for batch in &valid {
-            let sorted = operator.sort_and_observe(batch, UNBOUNDED, now)?;
-            operator.absorb(&sorted.on_time).await?;
+            operator.take(batch, UNBOUNDED, now).await?;
         }
         if pass == 1 || pass == 10 {
             // Between compactions a window holds up to 9 partial batches; checkpoints (and

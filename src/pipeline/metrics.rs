@@ -195,15 +195,8 @@ impl MetricsBranch {
         now: Instant,
     ) -> Result<Sorted, PipelineError> {
         let rows = super::unabsorbed(valid, absorbed).map_err(|e| self.window_err(e.into()))?;
-        let sorted = self
-            .operator
-            .sort_and_observe(&rows, limits.earliest, now)
-            .map_err(|e| self.window_err(e))?;
-        self.operator
-            .absorb(&sorted.on_time)
-            .await
-            .map_err(|e| self.window_err(e))?;
-        Ok(sorted)
+        let sorted = self.operator.take(&rows, limits.earliest, now).await;
+        sorted.map_err(|e| self.window_err(e))
     }
 
     /// Moves the held partitions' watermarks and writes the windows they have passed.

@@ -37,7 +37,7 @@ use crate::source::{
 };
 use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
 use crate::window::aggregate::SplitAggregate;
-use crate::window::{EventTimeBounds, WindowError};
+use crate::window::{EventTimeBounds, TimeLimits, WindowError};
 use events::EventsBranch;
 use metrics::MetricsBranch;
 use outage::Outage;
@@ -1202,10 +1202,11 @@ impl Stages {
         let now = self.clock.now();
         let limits = self.bounds.at(wall);
         for output in &outputs {
-            let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(exec_err)?;
-            let (valid, future) = limits
-                .split_future(&valid, &self.time_column)
-                .map_err(|e| exec_err(e.into()))?;
+            let Routed {
+                valid,
+                rejected,
+                future,
+            } = route(output, limits, &self.time_column).map_err(exec_err)?;
             branches.events.take(&valid, events_skip).await?;
             for rejected in [rejected, future] {
                 let rejected =
@@ -1238,6 +1239,34 @@ impl Stages {
         tag_replays(&mut letters, batch);
         Ok(letters)
     }
+}
+
+/// Where the rows of one output of the parsing SQL go: the one place that says it, for `run`,
+/// `check --sample` and the benches.
+pub struct Routed {
+    /// Valid rows within the clock's bounds: the events table and the window.
+    pub valid: RecordBatch,
+    /// Rows the parsing SQL rejected (`_error` says why): dead letters.
+    pub rejected: RecordBatch,
+    /// Valid rows stamped too far ahead of the clock (`_error` says so): dead letters, in
+    /// neither table.
+    pub future: RecordBatch,
+}
+
+/// Routes one output of the parsing SQL under the clock's `limits` (`time_column`: the
+/// window's event time).
+pub fn route(
+    output: &RecordBatch,
+    limits: TimeLimits,
+    time_column: &str,
+) -> Result<Routed, datafusion::error::DataFusionError> {
+    let (valid, rejected) = split_rejected(output, ERROR_COLUMN)?;
+    let (valid, future) = limits.split_future(&valid, time_column)?;
+    Ok(Routed {
+        valid,
+        rejected,
+        future,
+    })
 }
 
 /// The rows of parsed output at or past `absorbed` in their partition (the rest is already in

@@ -15,9 +15,10 @@ use datafusion::prelude::SessionContext;
 
 use super::plan::{window_operator, PlannedSql};
 use super::rejects::Rejection;
+use super::{route, Routed};
 use crate::common::{records, ERROR_COLUMN};
 use crate::config::PipelineConfig;
-use crate::engine::{split_rejected, SqlStage};
+use crate::engine::SqlStage;
 use crate::source::batch::BatchBuilder;
 use crate::window::{EventTimeBounds, WindowError};
 
@@ -132,20 +133,18 @@ pub async fn run_sample(
     let limits = EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past).now();
     let mut parsed = Vec::new();
     for output in &outputs {
-        let (valid, rejected) = split_rejected(output, ERROR_COLUMN).map_err(SampleError::Parse)?;
-        let (valid, future) = limits
-            .split_future(&valid, &planned.window.time_column)
-            .map_err(SampleError::Arrow)?;
+        let Routed {
+            valid,
+            rejected,
+            future,
+        } = route(output, limits, &planned.window.time_column).map_err(SampleError::Parse)?;
         for rows in [&rejected, &future] {
             for (line, reason) in lines_and_reasons(rows, None).map_err(SampleError::Arrow)? {
                 reject(line, reason);
             }
         }
         let sorted = operator
-            .sort_and_observe(&valid, limits.earliest, Instant::now())
-            .map_err(SampleError::Window)?;
-        operator
-            .absorb(&sorted.on_time)
+            .take(&valid, limits.earliest, Instant::now())
             .await
             .map_err(SampleError::Window)?;
         for (rows, rejection) in [

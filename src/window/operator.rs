@@ -99,6 +99,20 @@ impl WindowOperator {
         })
     }
 
+    /// Sorts parsed rows by their partition's watermark (see [`Self::sort_and_observe`]) and
+    /// folds the on-time ones into the state; returns the sorted rows (late and untimed ones
+    /// become dead letters).
+    pub async fn take(
+        &mut self,
+        rows: &RecordBatch,
+        earliest: Micros,
+        now: Instant,
+    ) -> Result<Sorted, WindowError> {
+        let sorted = self.sort_and_observe(rows, earliest, now)?;
+        self.absorb(&sorted.on_time).await?;
+        Ok(sorted)
+    }
+
     /// Sorts parsed rows (with `_partition`, in offset order per partition) by their
     /// partition's watermark as it stood when each row arrived: the watermark moves row by row
     /// within a batch, so which events are late depends only on the partition's own sequence,
