@@ -243,6 +243,18 @@ impl Runner {
         found(self.drain())
     }
 
+    /// Waits for the process to exit on its own, at most `timeout`; panics naming `what` after.
+    fn wait_exit(&mut self, timeout: std::time::Duration, what: &str) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("status") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
@@ -512,17 +524,10 @@ async fn until_caught_up_does_not_end_well_while_partitions_it_lacks_stay_behind
     stalled.signal(libc::SIGSTOP);
     cli_ok(&pipeline, &["generate", "--count", "3000", "--seed", "42"]);
     let sent = common::read_topic(&pipeline.brokers, &pipeline.topic);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = batch.child.try_wait().expect("status") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the batch run never ended"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let status = batch.wait_exit(
+        std::time::Duration::from_secs(180),
+        "the batch run never ended",
+    );
     stalled.signal(libc::SIGCONT);
     let said = batch.kill().join("\n");
     stalled.kill();
@@ -571,17 +576,10 @@ async fn a_runner_without_partitions_says_so_and_until_caught_up_gives_up() {
         &pipeline,
         &["run", "--until-caught-up", "--max-unassigned", "8s"],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = second.child.try_wait().expect("status") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second runner waits forever"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let status = second.wait_exit(
+        std::time::Duration::from_secs(120),
+        "the second runner waits forever",
+    );
     let second_log = second.kill();
     // The group gave the partition to the newcomer: the first runner was left idle, and says
     // so once its hand has stayed empty a while (the newcomer may have caught up sooner).

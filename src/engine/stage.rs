@@ -18,25 +18,17 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 
-/// The batches an input table yields on its next execution.
+/// An input table of a [`SqlStage`]: each execution reads the batches its stage was given
+/// (outside a stage it reads nothing).
 #[derive(Debug)]
 pub struct BatchSlot {
     schema: SchemaRef,
-    batches: Mutex<Vec<RecordBatch>>,
 }
 
 impl BatchSlot {
-    /// An empty slot for batches of `schema`.
+    /// A slot for batches of `schema`.
     pub fn new(schema: SchemaRef) -> Arc<Self> {
-        Arc::new(Self {
-            schema,
-            batches: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Puts the batches the next execution reads.
-    pub fn put(&self, batches: Vec<RecordBatch>) {
-        *self.batches.lock().unwrap_or_else(PoisonError::into_inner) = batches;
+        Arc::new(Self { schema })
     }
 
     /// Registers the slot as table `name` of `ctx`, replacing any table of that name.
@@ -54,12 +46,11 @@ impl PartitionStream for BatchSlot {
     }
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let batches = match ctx.session_config().get_extension::<StageInput>() {
-            Some(input) => input.take(),
-            None => {
-                std::mem::take(&mut *self.batches.lock().unwrap_or_else(PoisonError::into_inner))
-            }
-        };
+        let batches = ctx
+            .session_config()
+            .get_extension::<StageInput>()
+            .map(|input| input.take())
+            .unwrap_or_default();
         Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             futures::stream::iter(batches.into_iter().map(Ok)),

@@ -37,7 +37,7 @@ use crate::source::{
 };
 use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
 use crate::window::aggregate::SplitAggregate;
-use crate::window::{EventTimeBounds, TimeLimits, WindowError};
+use crate::window::{EventTimeBounds, TimeLimits, WindowError, WindowOperator};
 use events::EventsBranch;
 use metrics::MetricsBranch;
 use outage::Outage;
@@ -251,30 +251,33 @@ impl Planned {
                 pipeline: pipeline.name.clone(),
                 problems: vec![SqlProblem::whole_file(&parse_file, e.to_string())],
             })?;
-        let metrics_problem = |e: WindowError| PipelineError::Sql {
-            pipeline: pipeline.name.clone(),
-            problems: vec![SqlProblem::whole_file(
-                config.resolve(&pipeline.sql.metrics),
-                Causes(&e).to_string(),
-            )],
-        };
         let metrics = plan::split_metrics(&ctx, &sql)
             .await
-            .map_err(metrics_problem)?;
-        // The window operator is built per runner; whether it can be is known now.
-        plan::operator_of(
-            metrics.fork(),
-            &sql,
-            pipeline.window.allowed_lateness,
-            pipeline.window.idle_timeout,
-        )
-        .map_err(metrics_problem)?;
-        Ok(Self {
+            .map_err(|e| metrics_problem(config, pipeline, e))?;
+        let planned = Self {
             sql,
             parse,
             parse_file,
             metrics,
-        })
+        };
+        // The window operator is built per runner; whether it can be is known now.
+        planned.window_operator(config, pipeline)?;
+        Ok(planned)
+    }
+
+    /// A window operator with empty state over the metrics SQL's phases, with inputs of its own.
+    fn window_operator(
+        &self,
+        config: &Config,
+        pipeline: &PipelineConfig,
+    ) -> Result<WindowOperator, Box<PipelineError>> {
+        plan::operator_of(
+            self.metrics.fork(),
+            &self.sql,
+            pipeline.window.allowed_lateness,
+            pipeline.window.idle_timeout,
+        )
+        .map_err(|e| Box::new(metrics_problem(config, pipeline, e)))
     }
 
     /// Both SQL files' plans and the tables' schemas.
@@ -291,6 +294,21 @@ impl Planned {
             parse_file: self.parse_file.clone(),
             metrics: self.metrics.fork(),
         }
+    }
+}
+
+/// The metrics SQL cannot run as a window operator.
+fn metrics_problem(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    error: WindowError,
+) -> PipelineError {
+    PipelineError::Sql {
+        pipeline: pipeline.name.clone(),
+        problems: vec![SqlProblem::whole_file(
+            config.resolve(&pipeline.sql.metrics),
+            Causes(&error).to_string(),
+        )],
     }
 }
 
@@ -449,19 +467,7 @@ impl<S: Source, D: Delivery> Runner<S, D> {
     {
         let events =
             EventsBranch::open(pipeline, catalog.clone(), &planned.sql.parse_output).await?;
-        let operator = plan::operator_of(
-            planned.metrics,
-            &planned.sql,
-            pipeline.window.allowed_lateness,
-            pipeline.window.idle_timeout,
-        )
-        .map_err(|e| PipelineError::Sql {
-            pipeline: pipeline.name.clone(),
-            problems: vec![SqlProblem::whole_file(
-                config.resolve(&pipeline.sql.metrics),
-                Causes(&e).to_string(),
-            )],
-        })?;
+        let operator = planned.window_operator(config, pipeline)?;
         let metrics = MetricsBranch::open(
             config,
             pipeline,

@@ -268,10 +268,9 @@ mod tests {
         ];
         let all = events(&rows);
         let ctx = new_session();
-        let slot = BatchSlot::new(all.schema());
-        slot.register(&ctx, "ev").unwrap();
-        slot.put(vec![all.clone()]);
+        ctx.register_batch("ev", all.clone()).unwrap();
         let direct = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        BatchSlot::new(all.schema()).register(&ctx, "ev").unwrap();
 
         let plan = ctx.state().create_logical_plan(sql).await.unwrap();
         let split = SplitAggregate::new(&ctx, &plan).await.unwrap();
