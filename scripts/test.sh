@@ -33,4 +33,7 @@ scripts/compose.sh
 # ended long ago (a run takes well under 6 hours), so repeated runs do not fill the disk.
 find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'campaign-pipeline-server-*' -mmin +360 -exec rm -rf {} + 2>/dev/null || true
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+# Panics keep their backtraces (RUST_BACKTRACE); error values do not: iceberg captures one for
+# every error it builds, also for the ones it builds and drops while reading a table.
+export RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE:-0}
 cargo test --locked --all-targets --features test-hooks "$@"
