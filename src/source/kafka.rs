@@ -2,19 +2,21 @@
 //! micro-batch overlaps with processing the current one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::batch::BatchBuilder;
+use super::cursor::{Cursors, Rewound};
 use super::quirks::{Rejoin, ResumeCheck, Resumed};
 use super::{Source, SourceError, SourceEvent};
-use crate::common::hashing::{FastMap, FastSet};
 use crate::common::summary::OffsetJump;
 use crate::common::{Offsets, Watermarks};
 use crate::config::StartFrom;
@@ -447,20 +449,30 @@ struct Reader {
     session_timeout: Duration,
 }
 
+/// What the reading loop carries from one poll to the next.
+struct Reading {
+    /// The micro-batch being built.
+    builder: BatchBuilder,
+    /// Where reading stands in each held partition.
+    cursors: Cursors,
+    /// The broker workaround's check of resumed partitions.
+    resumes: ResumeCheck,
+    /// When the batch being built took its first message.
+    opened: Instant,
+    /// The pipeline's last rewind: batches read before it carry an older one.
+    epoch: u64,
+}
+
 /// How often a runner that holds no partition says so.
 const UNASSIGNED_REPORT: Duration = Duration::from_secs(10);
 
 impl Reader {
-    /// The assigned partitions and their resume offsets, as the last rebalance or rewind left
-    /// them.
-    fn assignment(&self) -> (BTreeSet<i32>, FastMap<i32, i64>) {
+    /// Fresh cursors for the assigned partitions, at the resume offsets the last rebalance or
+    /// rewind left.
+    fn assignment(&self) -> Cursors {
         let assigned = lock(&self.shared.assigned).clone();
         let resume = lock(&self.shared.resume);
-        let offsets = assigned
-            .iter()
-            .filter_map(|p| Some((*p, resume.get(&self.options.topic, *p)?)))
-            .collect();
-        (assigned, offsets)
+        Cursors::assign(&assigned, |p| resume.get(&self.options.topic, p))
     }
 
     fn seek(&self, partition: i32, to: i64) {
@@ -508,80 +520,23 @@ impl Reader {
     }
 
     fn run(self) {
-        let mut builder = BatchBuilder::new(self.options.max_rows);
-        let mut at_end: FastSet<i32> = FastSet::default();
-        let mut resumes = ResumeCheck::default();
-        // Next offset this reader has handed on, per partition: a seek back (the broker
-        // workaround below) re-reads messages already handed on, which must not be handed on
-        // twice. Cleared when the pipeline drops what it holds (rebalance, rewind).
-        let mut handed_on: FastMap<i32, i64> = FastMap::default();
-        // The first offset handed on per partition since it was assigned: where a partition the
-        // tables hold nothing from is rewound to (seeking to `start_from` again would let
-        // messages fetched before the seek through, and the hand-on check above would then drop
-        // everything before them).
-        let mut first_handed: FastMap<i32, i64> = FastMap::default();
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
-        let mut opened = Instant::now();
-        let mut epoch = 0;
+        let mut reading = Reading {
+            builder: BatchBuilder::new(self.options.max_rows),
+            cursors: self.assignment(),
+            resumes: ResumeCheck::default(),
+            opened: Instant::now(),
+            epoch: 0,
+        };
         let mut idle = Unassigned::new();
         let mut rejoin = Rejoin::new(self.session_timeout);
-        // Copies of the shared assignment and resume offsets, refreshed only when a rebalance
-        // or rewind changes them, so the per-message path takes no lock.
-        let (mut assigned, mut resume_at) = self.assignment();
         while !self.stop.load(Ordering::SeqCst) {
             let polled = self.consumer.poll(poll_timeout);
             let now = Instant::now();
-            // The rebalance callback runs inside `poll`: hand on what it saw before anything
-            // read afterwards, and forget what was read before (the pipeline drops it).
-            let changes = self.shared.take_changes();
-            let rebalanced = !changes.is_empty();
-            for change in changes {
-                if !self.send(change) {
-                    return;
-                }
+            if self.reposition(&mut reading, now).is_break() {
+                return;
             }
-            let mut repositioned: Vec<i32> = Vec::new();
-            if rebalanced {
-                builder.clear();
-                at_end.clear();
-                handed_on.clear();
-                first_handed.clear();
-                (assigned, resume_at) = self.assignment();
-                resumes = ResumeCheck::default();
-                repositioned.extend(resume_at.keys().copied());
-            }
-            while let Ok(Command::Rewind {
-                epoch: next,
-                partitions,
-                offsets,
-            }) = self.commands.try_recv()
-            {
-                epoch = next;
-                builder.clear();
-                let mut resume = lock(&self.shared.resume);
-                for partition in partitions.intersection(&assigned) {
-                    let partition = *partition;
-                    handed_on.remove(&partition);
-                    at_end.remove(&partition);
-                    resumes.forget(partition);
-                    let Some(offset) = offsets
-                        .get(&self.options.topic, partition)
-                        .or_else(|| first_handed.get(&partition).copied())
-                    else {
-                        // Nothing was handed on since the assignment: whatever arrives first
-                        // is where the partition starts.
-                        resume_at.remove(&partition);
-                        self.seek_to(partition, self.start_offset());
-                        continue;
-                    };
-                    resume.set(&self.options.topic, partition, offset);
-                    resume_at.insert(partition, offset);
-                    repositioned.push(partition);
-                    self.seek_to(partition, Offset::Offset(offset));
-                }
-            }
-            resumes.expect(repositioned, now);
-            if idle.report(&assigned).is_some() {
+            if idle.report_empty(reading.cursors.is_empty()).is_some() {
                 tracing::info!(
                     topic = %self.options.topic,
                     group = %self.options.group_id,
@@ -589,139 +544,212 @@ impl Reader {
                     members = self.group_members().map_or_else(|| "an unknown number of".to_string(), |n| n.to_string()),
                 );
             }
-            if let Some(attempt) = rejoin.due(assigned.is_empty(), now) {
+            if let Some(attempt) = rejoin.due(reading.cursors.is_empty(), now) {
                 self.rejoin(attempt);
             }
-            for (partition, back_to) in resumes.stalled(&resume_at, now) {
-                tracing::info!(
-                    topic = %self.options.topic,
-                    partition,
-                    "resuming at {:?}, the broker answered nothing: seeking back to {back_to}",
-                    resume_at.get(&partition)
-                );
-                self.seek(partition, back_to);
-            }
-            match polled {
+            let flow = match polled {
                 Some(Ok(message)) => {
                     repeated_errors().recovered();
-                    let partition = message.partition();
-                    let offset = message.offset();
-                    // Only the partitions held now reach the pipeline (a message fetched before
-                    // a rebalance may still arrive).
-                    if !assigned.contains(&partition) {
-                        continue;
-                    }
-                    at_end.remove(&partition);
-                    let resume = resume_at.get(&partition).copied();
-                    match resumes.check(partition, offset, resume) {
-                        Resumed::ReadOn => {}
-                        Resumed::SeekBack(back_to) => {
-                            tracing::info!(
-                                topic = %self.options.topic,
-                                partition,
-                                "resuming at {resume:?}, the broker answered from {offset}: seeking back to {back_to}"
-                            );
-                            self.seek(partition, back_to);
-                            resumes.expect([partition], Instant::now());
-                            continue;
-                        }
-                        Resumed::Gone { first } => {
-                            let from = resume.unwrap_or_default();
-                            let gone = SourceError::Gone {
-                                topic: self.options.topic.clone(),
-                                partition,
-                                tables: from,
-                                first,
-                            };
-                            if !self.options.accept_offset_jumps {
-                                self.send(Err(gone));
-                                return;
-                            }
-                            tracing::warn!("{gone}: reading on there (--accept-offset-jumps)");
-                            let jump = OffsetJump::past_deleted(from, first);
-                            if !self.send(Ok(SourceEvent::Jumped { partition, jump })) {
-                                return;
-                            }
-                        }
-                    }
-                    // Below the tables' progress: already absorbed (a seek back or group
-                    // offsets behind the tables), so it is dropped, not written twice.
-                    let seen = handed_on.get(&partition).is_some_and(|next| offset < *next);
-                    if !seen && resume.is_none_or(|next| offset >= next) {
-                        handed_on.insert(partition, offset + 1);
-                        first_handed.entry(partition).or_insert(offset);
-                        if builder.is_empty() {
-                            opened = now;
-                        }
-                        // The topic subscribed to: `message.topic()` measures and checks the
-                        // name's C string on every message, a visible share of this thread.
-                        builder.push(
-                            &self.options.topic,
-                            partition,
-                            offset,
-                            message.timestamp().to_millis(),
-                            message.key(),
-                            message.payload(),
-                        );
-                        if let Some(original) =
-                            crate::kafka::header_text(&message, crate::common::REPLAY_OF_HEADER)
-                        {
-                            builder.mark_replay(partition, offset, original);
-                        }
-                    }
+                    self.arrived(&mut reading, &message, now)
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    let resume = resume_at.get(&partition).copied();
-                    if let Some((start, beyond)) =
-                        resume.and_then(|resume| self.beyond_end(partition, resume))
-                    {
-                        if !self.options.accept_offset_jumps {
-                            self.send(Err(beyond));
-                            return;
-                        }
-                        tracing::warn!(
-                            "{beyond}: reading it from its start, offset {start} (--accept-offset-jumps)"
-                        );
-                        let jump = OffsetJump::back_to_start(resume.unwrap_or_default(), start);
-                        if !self.send(Ok(SourceEvent::Jumped { partition, jump })) {
-                            return;
-                        }
-                        lock(&self.shared.resume).set(&self.options.topic, partition, start);
-                        resume_at.insert(partition, start);
-                        handed_on.remove(&partition);
-                        first_handed.remove(&partition);
-                        resumes.forget(partition);
-                        resumes.expect([partition], now);
-                        self.seek(partition, start);
-                    } else {
-                        at_end.insert(partition);
-                        resumes.reached_end(partition);
-                    }
+                    self.reached_end(&mut reading, partition, now)
                 }
                 Some(Err(err)) => {
                     crate::kafka::client_log::report_error(&err, "reading the source topic");
+                    ControlFlow::Continue(())
                 }
-                None => {}
+                None => ControlFlow::Continue(()),
+            };
+            if flow.is_break() || self.hand_on_batch(&mut reading, now).is_break() {
+                return;
             }
-            let caught_up = !assigned.is_empty() && assigned.iter().all(|p| at_end.contains(p));
-            let full = builder.len() >= self.options.max_rows;
-            // `now`, not a fresh reading: reading the clock three times a message was a
-            // quarter of this thread's time.
-            let waited = now.duration_since(opened) >= self.options.max_wait;
-            if full || waited || caught_up {
-                let ends = at_end.iter().copied().collect();
-                let batch = builder
-                    .finish(caught_up, ends, epoch)
-                    .map(SourceEvent::Batch)
-                    .map_err(|source| SourceError::Arrow {
-                        topic: self.options.topic.clone(),
-                        source,
-                    });
-                opened = Instant::now();
-                if !self.send(batch) {
-                    return;
+        }
+    }
+
+    /// Takes in what moved the partitions since the last poll: a rebalance (its changes are
+    /// handed on before anything read afterwards, and what was read before is forgotten: the
+    /// pipeline drops it), the pipeline's rewinds, and the broker workaround's seeks back for
+    /// resumed partitions that stay silent.
+    fn reposition(&self, reading: &mut Reading, now: Instant) -> ControlFlow<()> {
+        // The rebalance callback runs inside `poll`.
+        let changes = self.shared.take_changes();
+        let mut repositioned: Vec<i32> = Vec::new();
+        if !changes.is_empty() {
+            for change in changes {
+                if !self.send(change) {
+                    return ControlFlow::Break(());
                 }
             }
+            reading.builder.clear();
+            reading.cursors = self.assignment();
+            reading.resumes = ResumeCheck::default();
+            repositioned.extend(reading.cursors.resumed());
+        }
+        while let Ok(Command::Rewind {
+            epoch,
+            partitions,
+            offsets,
+        }) = self.commands.try_recv()
+        {
+            reading.epoch = epoch;
+            reading.builder.clear();
+            let mut resume = lock(&self.shared.resume);
+            for partition in partitions {
+                let tables = offsets.get(&self.options.topic, partition);
+                let Some(rewound) = reading.cursors.rewind(partition, tables) else {
+                    continue;
+                };
+                reading.resumes.forget(partition);
+                match rewound {
+                    Rewound::To(offset) => {
+                        resume.set(&self.options.topic, partition, offset);
+                        repositioned.push(partition);
+                        self.seek(partition, offset);
+                    }
+                    // Whatever arrives first is where the partition starts.
+                    Rewound::FromStart => self.seek_to(partition, self.start_offset()),
+                }
+            }
+        }
+        reading.resumes.expect(repositioned, now);
+        let cursors = &reading.cursors;
+        for (partition, back_to) in reading.resumes.stalled(|p| cursors.resume(p), now) {
+            tracing::info!(
+                topic = %self.options.topic,
+                partition,
+                "resuming at {:?}, the broker answered nothing: seeking back to {back_to}",
+                cursors.resume(partition)
+            );
+            self.seek(partition, back_to);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A message of the topic: checked against where its partition resumes (the broker
+    /// workaround), then added to the batch unless it was handed on already.
+    fn arrived(
+        &self,
+        reading: &mut Reading,
+        message: &BorrowedMessage<'_>,
+        now: Instant,
+    ) -> ControlFlow<()> {
+        let partition = message.partition();
+        let offset = message.offset();
+        // Only the partitions held now reach the pipeline (a message fetched before a
+        // rebalance may still arrive).
+        if !reading.cursors.holds(partition) {
+            return ControlFlow::Continue(());
+        }
+        let resume = reading.cursors.resume(partition);
+        match reading.resumes.check(partition, offset, resume) {
+            Resumed::ReadOn => {}
+            Resumed::SeekBack(back_to) => {
+                reading.cursors.moving(partition);
+                tracing::info!(
+                    topic = %self.options.topic,
+                    partition,
+                    "resuming at {resume:?}, the broker answered from {offset}: seeking back to {back_to}"
+                );
+                self.seek(partition, back_to);
+                reading.resumes.expect([partition], Instant::now());
+                return ControlFlow::Continue(());
+            }
+            Resumed::Gone { first } => {
+                let from = resume.unwrap_or_default();
+                let gone = SourceError::Gone {
+                    topic: self.options.topic.clone(),
+                    partition,
+                    tables: from,
+                    first,
+                };
+                if !self.options.accept_offset_jumps {
+                    self.send(Err(gone));
+                    return ControlFlow::Break(());
+                }
+                tracing::warn!("{gone}: reading on there (--accept-offset-jumps)");
+                let jump = OffsetJump::past_deleted(from, first);
+                if !self.send(Ok(SourceEvent::Jumped { partition, jump })) {
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        if reading.cursors.arrived(partition, offset) {
+            if reading.builder.is_empty() {
+                reading.opened = now;
+            }
+            // The topic subscribed to: `message.topic()` measures and checks the name's C
+            // string on every message, a visible share of this thread.
+            reading.builder.push(
+                &self.options.topic,
+                partition,
+                offset,
+                message.timestamp().to_millis(),
+                message.key(),
+                message.payload(),
+            );
+            if let Some(original) =
+                crate::kafka::header_text(message, crate::common::REPLAY_OF_HEADER)
+            {
+                reading.builder.mark_replay(partition, offset, original);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A fetch answer reached the end of `partition`; an end below where the tables resume it
+    /// means the topic is not the one they read.
+    fn reached_end(&self, reading: &mut Reading, partition: i32, now: Instant) -> ControlFlow<()> {
+        let resume = reading.cursors.resume(partition);
+        let Some((start, beyond)) = resume.and_then(|resume| self.beyond_end(partition, resume))
+        else {
+            reading.cursors.reached_end(partition);
+            reading.resumes.reached_end(partition);
+            return ControlFlow::Continue(());
+        };
+        if !self.options.accept_offset_jumps {
+            self.send(Err(beyond));
+            return ControlFlow::Break(());
+        }
+        tracing::warn!(
+            "{beyond}: reading it from its start, offset {start} (--accept-offset-jumps)"
+        );
+        let jump = OffsetJump::back_to_start(resume.unwrap_or_default(), start);
+        if !self.send(Ok(SourceEvent::Jumped { partition, jump })) {
+            return ControlFlow::Break(());
+        }
+        lock(&self.shared.resume).set(&self.options.topic, partition, start);
+        reading.cursors.restart(partition, start);
+        reading.resumes.forget(partition);
+        reading.resumes.expect([partition], now);
+        self.seek(partition, start);
+        ControlFlow::Continue(())
+    }
+
+    /// Hands the batch on when it is full, has waited `max_wait`, or every held partition is
+    /// read to its end.
+    fn hand_on_batch(&self, reading: &mut Reading, now: Instant) -> ControlFlow<()> {
+        let caught_up = reading.cursors.caught_up();
+        let full = reading.builder.len() >= self.options.max_rows;
+        // `now`, not a fresh reading: reading the clock three times a message was a quarter
+        // of this thread's time.
+        let waited = now.duration_since(reading.opened) >= self.options.max_wait;
+        if !(full || waited || caught_up) {
+            return ControlFlow::Continue(());
+        }
+        let batch = reading
+            .builder
+            .finish(caught_up, reading.cursors.at_end(), reading.epoch)
+            .map(SourceEvent::Batch)
+            .map_err(|source| SourceError::Arrow {
+                topic: self.options.topic.clone(),
+                source,
+            });
+        reading.opened = Instant::now();
+        if self.send(batch) {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
         }
     }
 
@@ -801,8 +829,8 @@ impl Unassigned {
     }
 
     /// `Some(())` when it is time to say that nothing is held.
-    fn report(&mut self, assigned: &BTreeSet<i32>) -> Option<()> {
-        if !assigned.is_empty() {
+    fn report_empty(&mut self, holds_nothing: bool) -> Option<()> {
+        if !holds_nothing {
             self.since = None;
             self.last_report = None;
             return None;

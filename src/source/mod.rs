@@ -1,6 +1,7 @@
 //! The Kafka source: messages of the pipeline's topic, as micro-batches of `kafka_records` rows.
 
 pub mod batch;
+mod cursor;
 pub mod kafka;
 mod quirks;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::hashing::{FastMap, FastSet};
+use crate::common::hashing::FastSet;
 
 /// librdkafka's longest wait of a fetch for new data, in milliseconds (a user's
 /// `fetch.wait.max.ms` in `source.properties` wins). Kafka answers a waiting fetch as soon as
@@ -77,7 +77,11 @@ impl ResumeCheck {
     }
 
     /// Partitions silent for too long since they were positioned, with where to seek them.
-    pub fn stalled(&mut self, resume_at: &FastMap<i32, i64>, now: Instant) -> Vec<(i32, i64)> {
+    pub fn stalled(
+        &mut self,
+        resume_of: impl Fn(i32) -> Option<i64>,
+        now: Instant,
+    ) -> Vec<(i32, i64)> {
         let silent: Vec<i32> = self
             .waiting
             .iter()
@@ -87,7 +91,7 @@ impl ResumeCheck {
         silent
             .into_iter()
             .filter_map(|partition| {
-                let resume = *resume_at.get(&partition)?;
+                let resume = resume_of(partition)?;
                 // As if the broker had answered from beyond the resume offset; silent even from
                 // offset 0 means nothing to read (the end of the partition decides the rest).
                 let Resumed::SeekBack(target) = self.check(partition, resume + 1, Some(resume))
@@ -201,23 +205,21 @@ mod tests {
         let start = Instant::now();
         let mut check = ResumeCheck::default();
         let resume_at: FastMap<i32, i64> = [(2, 14_000), (0, 50)].into_iter().collect();
+        let resume_at = |p| resume_at.get(&p).copied();
         check.expect([0, 2], start);
         check.reached_end(0);
-        assert!(
-            check.stalled(&resume_at, start).is_empty(),
-            "patience first"
-        );
+        assert!(check.stalled(resume_at, start).is_empty(), "patience first");
         let later = start + Duration::from_secs(2);
-        assert_eq!(check.stalled(&resume_at, later), vec![(2, 13_000)]);
+        assert_eq!(check.stalled(resume_at, later), vec![(2, 13_000)]);
         assert!(
-            check.stalled(&resume_at, later).is_empty(),
+            check.stalled(resume_at, later).is_empty(),
             "waits again after a seek"
         );
         let even_later = later + Duration::from_secs(2);
-        assert_eq!(check.stalled(&resume_at, even_later), vec![(2, 12_000)]);
+        assert_eq!(check.stalled(resume_at, even_later), vec![(2, 12_000)]);
         assert_eq!(check.check(2, 12_500, Some(14_000)), Resumed::ReadOn);
         assert!(check
-            .stalled(&resume_at, even_later + Duration::from_secs(9))
+            .stalled(resume_at, even_later + Duration::from_secs(9))
             .is_empty());
     }
 
@@ -229,12 +231,13 @@ mod tests {
         let start = Instant::now();
         let mut check = ResumeCheck::default();
         let resume_at: FastMap<i32, i64> = [(0, 500)].into_iter().collect();
+        let resume_at = |p| resume_at.get(&p).copied();
         check.expect([0], start);
         let mut now = start;
         let mut targets = Vec::new();
         for _ in 0..4 {
             now += Duration::from_secs(2);
-            targets.extend(check.stalled(&resume_at, now));
+            targets.extend(check.stalled(resume_at, now));
         }
         assert_eq!(
             targets,

@@ -1,0 +1,226 @@
+//! Where the reading thread stands in each partition it holds: one cursor per assigned
+//! partition, so what was handed on, where the tables resume and whether the end was reached
+//! cannot disagree between partitions or outlive an assignment.
+
+use std::collections::BTreeSet;
+
+use crate::common::hashing::FastMap;
+
+/// One assigned partition as the reader sees it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    /// Where the tables resume the partition; `None` when they hold nothing from it (reading
+    /// starts where `start_from` says, and whatever arrives first is where it starts).
+    resume: Option<i64>,
+    /// The offset after the last message handed on since the partition was last positioned.
+    /// A seek back (the broker workaround) reads messages again that must not be handed on
+    /// twice.
+    next: Option<i64>,
+    /// The first offset handed on since the assignment: where a partition the tables hold
+    /// nothing from is rewound to (seeking to `start_from` again would let messages fetched
+    /// before the seek through, and the check above would then drop everything before them).
+    first: Option<i64>,
+    /// The last fetch answer reached the partition's end.
+    at_end: bool,
+}
+
+/// The cursors of the partitions the group gave this reader.
+#[derive(Debug, Default)]
+pub struct Cursors {
+    partitions: FastMap<i32, Cursor>,
+}
+
+/// What a rewind of one partition leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewound {
+    /// Read again from this offset.
+    To(i64),
+    /// Nothing was handed on since the assignment and the tables hold nothing: read from
+    /// where the partition starts.
+    FromStart,
+}
+
+impl Cursors {
+    /// Fresh cursors for an assignment: `resume` holds where the tables resume each partition
+    /// (a partition missing from it starts where `start_from` says).
+    pub fn assign(partitions: &BTreeSet<i32>, resume: impl Fn(i32) -> Option<i64>) -> Self {
+        Cursors {
+            partitions: partitions
+                .iter()
+                .map(|p| {
+                    let cursor = Cursor {
+                        resume: resume(*p),
+                        ..Cursor::default()
+                    };
+                    (*p, cursor)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the partition is held (a message fetched before a rebalance may still arrive).
+    pub fn holds(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// Where the tables resume the partition.
+    pub fn resume(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|c| c.resume)
+    }
+
+    /// The held partitions the tables resume somewhere.
+    pub fn resumed(&self) -> impl Iterator<Item = i32> + '_ {
+        self.partitions
+            .iter()
+            .filter(|(_, c)| c.resume.is_some())
+            .map(|(p, _)| *p)
+    }
+
+    /// A message arrived at `offset`: the partition is not at its end any more. Whether it is
+    /// handed on: not below what was handed on already (a seek back reads it again) nor below
+    /// where the tables resume (already absorbed). Unheld partitions hand on nothing.
+    pub fn arrived(&mut self, partition: i32, offset: i64) -> bool {
+        let Some(cursor) = self.partitions.get_mut(&partition) else {
+            return false;
+        };
+        cursor.at_end = false;
+        let seen = cursor.next.is_some_and(|next| offset < next);
+        if seen || cursor.resume.is_some_and(|resume| offset < resume) {
+            return false;
+        }
+        cursor.next = Some(offset + 1);
+        cursor.first.get_or_insert(offset);
+        true
+    }
+
+    /// A message arrived that the broker workaround reads again from elsewhere: the partition
+    /// is not at its end.
+    pub fn moving(&mut self, partition: i32) {
+        if let Some(cursor) = self.partitions.get_mut(&partition) {
+            cursor.at_end = false;
+        }
+    }
+
+    /// The pipeline dropped what it held of the partition and reads it again from `offset`
+    /// (where its tables resume) or, without one, from the first offset handed on.
+    pub fn rewind(&mut self, partition: i32, offset: Option<i64>) -> Option<Rewound> {
+        let cursor = self.partitions.get_mut(&partition)?;
+        cursor.next = None;
+        cursor.at_end = false;
+        cursor.resume = offset.or(cursor.first);
+        Some(cursor.resume.map_or(Rewound::FromStart, Rewound::To))
+    }
+
+    /// The partition is read again from `start` as if nothing had been handed on (its offsets
+    /// jumped back: the topic was recreated or truncated).
+    pub fn restart(&mut self, partition: i32, start: i64) {
+        if let Some(cursor) = self.partitions.get_mut(&partition) {
+            *cursor = Cursor {
+                resume: Some(start),
+                ..Cursor::default()
+            };
+        }
+    }
+
+    /// The last fetch answer reached the end of the partition.
+    pub fn reached_end(&mut self, partition: i32) {
+        if let Some(cursor) = self.partitions.get_mut(&partition) {
+            cursor.at_end = true;
+        }
+    }
+
+    /// The held partitions read to their end.
+    pub fn at_end(&self) -> BTreeSet<i32> {
+        self.partitions
+            .iter()
+            .filter(|(_, c)| c.at_end)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Every held partition read to its end (none held: not caught up).
+    pub fn caught_up(&self) -> bool {
+        !self.partitions.is_empty() && self.partitions.values().all(|c| c.at_end)
+    }
+
+    /// No partition held.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursors(resume: &[(i32, i64)], held: &[i32]) -> Cursors {
+        let held: BTreeSet<i32> = held.iter().copied().collect();
+        Cursors::assign(&held, |p| {
+            resume
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, offset)| *offset)
+        })
+    }
+
+    #[test]
+    fn a_message_below_the_tables_or_handed_on_already_is_not_handed_on_again() {
+        let mut c = cursors(&[(0, 10)], &[0, 1]);
+        assert!(!c.arrived(0, 9), "below where the tables resume");
+        assert!(c.arrived(0, 10));
+        assert!(c.arrived(0, 11));
+        // A seek back reads 10 and 11 again.
+        assert!(!c.arrived(0, 10));
+        assert!(!c.arrived(0, 11));
+        assert!(c.arrived(0, 12));
+        assert!(
+            c.arrived(1, 0),
+            "no resume offset: the first message is the start"
+        );
+        assert!(!c.arrived(2, 0), "not held");
+    }
+
+    #[test]
+    fn a_rewind_goes_to_the_tables_offset_or_the_first_handed_on() {
+        let mut c = cursors(&[], &[0, 1]);
+        assert_eq!(c.rewind(0, None), Some(Rewound::FromStart));
+        assert!(c.arrived(0, 5));
+        assert!(c.arrived(0, 6));
+        assert_eq!(c.rewind(0, None), Some(Rewound::To(5)));
+        assert!(c.arrived(0, 5), "handed on again after the rewind");
+        assert_eq!(c.rewind(0, Some(6)), Some(Rewound::To(6)));
+        assert!(!c.arrived(0, 5));
+        assert!(c.arrived(0, 6));
+        assert_eq!(c.rewind(3, Some(1)), None, "not held");
+    }
+
+    #[test]
+    fn caught_up_needs_every_held_partition_at_its_end() {
+        let mut c = cursors(&[], &[0, 1]);
+        assert!(!c.caught_up());
+        c.reached_end(0);
+        c.reached_end(7);
+        assert_eq!(c.at_end(), BTreeSet::from([0]));
+        c.reached_end(1);
+        assert!(c.caught_up());
+        assert!(c.arrived(1, 0));
+        assert!(!c.caught_up(), "a message moves the partition off its end");
+        c.reached_end(1);
+        let _ = c.rewind(1, Some(0));
+        assert!(!c.caught_up(), "a rewound partition is read again");
+        assert!(
+            !Cursors::default().caught_up(),
+            "holding nothing is not caught up"
+        );
+    }
+
+    #[test]
+    fn a_restart_forgets_what_was_handed_on() {
+        let mut c = cursors(&[(0, 100)], &[0]);
+        assert!(c.arrived(0, 100));
+        c.restart(0, 3);
+        assert_eq!(c.resume(0), Some(3));
+        assert!(c.arrived(0, 3));
+        assert_eq!(c.rewind(0, None), Some(Rewound::To(3)));
+    }
+}
