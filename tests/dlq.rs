@@ -9,9 +9,9 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use arrow::array::AsArray;
-use campaign_pipeline::common::event::CampaignEvent;
 use campaign_pipeline::dlq::entry::Letter;
 use campaign_pipeline::dlq::{DeadLetter, PayloadEncoding, SourceCoordinates};
+use campaign_pipeline::generator::event::CampaignEvent;
 use campaign_pipeline::kafka::client_config;
 use campaign_pipeline::kafka::producer::EventProducer;
 use common::{read_topic, repo_root, scan_table, text, Record, TestPipeline};

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use campaign_pipeline::common::event::{CampaignEvent, EVENT_TYPES};
+use campaign_pipeline::generator::event::{CampaignEvent, EVENT_TYPES};
 use campaign_pipeline::generator::truth::Counts;
 use campaign_pipeline::generator::Truth;
 use common::{read_topic, text, Record, TestPipeline};

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
-use campaign_pipeline::common::event::{CampaignEvent, EVENT_TYPES};
 use campaign_pipeline::dlq::{DeadLetter, PayloadEncoding};
+use campaign_pipeline::generator::event::{CampaignEvent, EVENT_TYPES};
 use common::{read_topic, repo_root, scan_table, snapshot_properties, text, Record, TestPipeline};
 
 /// One row of the events table as the test compares it.

@@ -20,10 +20,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::catalog::open_catalog;
-use crate::common::event::CampaignEvent;
 use crate::common::{Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::engine::{new_session, split_rejected, SqlStage};
+use crate::generator::event::CampaignEvent;
 use crate::generator::{EventGenerator, GeneratedRecord, GeneratorOptions};
 use crate::kafka::admin::{TopicAdmin, TopicSpec};
 use crate::kafka::client_config;

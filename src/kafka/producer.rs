@@ -9,7 +9,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 
 use super::KafkaError;
-use crate::common::event::CampaignEvent;
+use crate::generator::event::CampaignEvent;
 
 /// How long one message may wait for delivery before it counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);

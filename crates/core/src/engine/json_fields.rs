@@ -457,7 +457,7 @@ mod tests {
     /// mutation of an event: the flat reader and the full parser must read each the same.
     #[test]
     fn the_flat_reader_reads_what_the_full_parser_reads() {
-        use crate::generator::{EventGenerator, GeneratorOptions};
+        use campaign_generator::{EventGenerator, GeneratorOptions};
         let mut generator = EventGenerator::new(GeneratorOptions {
             campaigns: 5,
             invalid_ratio: 0.5,

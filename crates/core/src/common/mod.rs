@@ -2,7 +2,6 @@
 
 pub mod clock;
 pub mod error;
-pub mod event;
 pub mod hashing;
 pub mod offsets;
 pub mod records;

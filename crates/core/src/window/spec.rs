@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn reads_the_shipped_metrics_sql() {
-        let sql = include_str!("../../sql/campaign_metrics.sql");
+        let sql = include_str!("../../../../sql/campaign_metrics.sql");
         let spec = WindowSpec::from_sql(sql).unwrap();
         assert_eq!(spec.size, Duration::from_secs(60));
         assert_eq!(spec.time_column, "timestamp");

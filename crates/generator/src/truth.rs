@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{GeneratedRecord, RecordKind};
-use crate::common::event::CampaignEvent;
+use crate::event::CampaignEvent;
 
 /// Counts and revenue of one campaign, or of one campaign in one window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Synthetic campaign traffic: realistic valid events, malformed records of every kind, out-of-order
 //! and late timestamps, all reproducible from a seed, plus the truth the tables must match.
 
+pub mod event;
 pub mod invalid;
 pub mod truth;
 
@@ -8,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::event::CampaignEvent;
+use crate::event::CampaignEvent;
 pub use invalid::InvalidKind;
 pub use truth::Truth;
 

@@ -1,0 +1,10 @@
+//! The streaming core of campaign-pipeline: what runs the pipeline, knowing nothing of Kafka,
+//! servers or tools.
+
+pub mod catalog;
+pub mod common;
+pub mod config;
+pub mod engine;
+pub mod sink;
+pub mod telemetry;
+pub mod window;
