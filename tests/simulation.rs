@@ -36,8 +36,7 @@ use campaign_pipeline::catalog::open_catalog;
 use campaign_pipeline::common::summary::OFFSETS;
 use campaign_pipeline::common::{Clock, Offsets, Watermarks};
 use campaign_pipeline::config::{Config, PipelineConfig};
-use campaign_pipeline::dlq::{DeadLetterWriter, Delivery};
-use campaign_pipeline::kafka::KafkaError;
+use campaign_pipeline::dlq::{DeadLetterWriter, Delivery, DeliveryError};
 use campaign_pipeline::maintain::Maintainer;
 use campaign_pipeline::pipeline::{
     shutdown_channel, Connections, Flow, Planned, RunOptions, Runner,
@@ -325,12 +324,12 @@ struct SimDelivery {
 
 #[async_trait]
 impl Delivery for SimDelivery {
-    async fn queue(&mut self, value: Vec<u8>, _key: Option<&[u8]>) -> Result<(), KafkaError> {
+    async fn queue(&mut self, value: Vec<u8>, _key: Option<&[u8]>) -> Result<(), DeliveryError> {
         self.queued.push(value);
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), KafkaError> {
+    async fn flush(&mut self) -> Result<(), DeliveryError> {
         lock(&self.world).dead_letters.append(&mut self.queued);
         Ok(())
     }

@@ -32,7 +32,8 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `campaign_pipeline=debug`.
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `campaign_core=debug` (the streaming
+    /// core) or `campaign_pipeline=debug` (Kafka, the servers and the tools).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     pub log: String,
 

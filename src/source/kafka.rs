@@ -260,7 +260,7 @@ impl KafkaSource {
         let group_id = options.group_id.clone();
         let fail = |source: KafkaError| SourceError::Consumer {
             topic: topic.clone(),
-            source,
+            source: Box::new(source),
         };
         let shared = Arc::new(Shared::default());
         let mut config = ClientConfig::new();

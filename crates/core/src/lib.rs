@@ -4,7 +4,10 @@
 pub mod catalog;
 pub mod common;
 pub mod config;
+pub mod dlq;
 pub mod engine;
+pub mod pipeline;
 pub mod sink;
+pub mod source;
 pub mod telemetry;
 pub mod window;

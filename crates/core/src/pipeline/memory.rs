@@ -93,7 +93,9 @@ mod tests {
       metrics_table: { name: m, partition_by: [campaign_id] }
     dead_letter: { topic: d }
 "#;
-        let config = crate::config::Config::parse(yaml, std::path::Path::new("pipelines.yaml"))
+        // The SQL files are the repository's, beside its pipelines.yaml.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines.yaml");
+        let config = crate::config::Config::parse(yaml, std::path::Path::new(path))
             .expect("valid configuration");
         let bound = MemoryBound::of(&config.pipelines[0]);
         assert_eq!(bound.prefetch, 16 << 20);
