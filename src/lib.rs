@@ -4,7 +4,6 @@ pub mod bench;
 pub mod cli;
 pub mod dashboard;
 pub mod dlq;
-pub mod kafka;
 pub mod maintain;
 pub mod pipeline;
 pub mod query;
@@ -14,3 +13,4 @@ pub mod sql_server;
 
 pub use campaign_core::{catalog, common, config, engine, sink, telemetry, window};
 pub use campaign_generator as generator;
+pub use campaign_kafka as kafka;

@@ -33,7 +33,8 @@ pub struct Cli {
     pub config: PathBuf,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `campaign_core=debug` (the streaming
-    /// core) or `campaign_pipeline=debug` (Kafka, the servers and the tools).
+    /// core), `campaign_kafka=debug` (the consumer and producers) or `campaign_pipeline=debug`
+    /// (the servers and the tools).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     pub log: String,
 

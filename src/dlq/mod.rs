@@ -2,7 +2,6 @@
 //! and its writer are the core's; the producer and the tools (statistics, patterns, monitor,
 //! export, replay) are here.
 
-mod delivery;
 pub mod entry;
 pub mod export;
 pub mod monitor;
@@ -11,5 +10,5 @@ pub mod replay;
 pub mod stats;
 
 pub use campaign_core::dlq::*;
-pub use delivery::KafkaDelivery;
+pub use campaign_kafka::delivery::KafkaDelivery;
 pub use pattern::pattern_of;

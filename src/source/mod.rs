@@ -1,9 +1,4 @@
-//! The Kafka source: the rdkafka consumer on its own thread, building the core's micro-batches
-//! of `kafka_records` rows, with the broker workarounds it needs.
-
-mod cursor;
-pub mod kafka;
-mod quirks;
+//! What a runner reads: the core's `Source` and micro-batches, and the Kafka source.
 
 pub use campaign_core::source::*;
-pub use kafka::{KafkaSource, ResumeLookup, SourceOptions};
+pub use campaign_kafka::source::*;

@@ -8,11 +8,11 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::dlq::{DeadLetterWriter, Delivery, DeliveryError, MAX_RECORD_BYTES};
-use crate::kafka::KafkaError;
+use crate::KafkaError;
 
 /// The dead letter topic, through an idempotent producer.
 pub struct KafkaDelivery {
-    producer: FutureProducer<crate::kafka::client_log::ClientLog>,
+    producer: FutureProducer<crate::client_log::ClientLog>,
     topic: String,
     pending: Vec<DeliveryFuture>,
 }
@@ -24,7 +24,7 @@ impl KafkaDelivery {
         // larger than any message the source topic takes (1 MB by default).
         let mut client = client.clone();
         client.set("message.max.bytes", MAX_RECORD_BYTES.to_string());
-        let producer = crate::kafka::idempotent_producer(&client, "dead letter producer")?;
+        let producer = crate::idempotent_producer(&client, "dead letter producer")?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

@@ -9,14 +9,14 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 
 use super::KafkaError;
-use crate::generator::event::CampaignEvent;
+use campaign_generator::event::CampaignEvent;
 
 /// How long one message may wait for delivery before it counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Producer of campaign events and raw records to one topic.
 pub struct EventProducer {
-    producer: FutureProducer<crate::kafka::client_log::ClientLog>,
+    producer: FutureProducer<crate::client_log::ClientLog>,
     topic: String,
 }
 

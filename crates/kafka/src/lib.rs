@@ -1,11 +1,17 @@
-//! Kafka plumbing shared by the source, the dead letter queue and the tools: client settings,
-//! topic administration and the event producer.
+//! campaign-pipeline on Kafka: the source (the rdkafka consumer on its own thread), the dead
+//! letter producer, `run` (the core's runner over both), and the plumbing the tools share:
+//! client settings, topic administration, the event producer.
 
 pub mod admin;
 pub mod client_log;
+pub mod delivery;
 pub mod ends;
 pub mod producer;
 pub mod reader;
+pub mod run;
+pub mod source;
+
+use campaign_core::{common, config, dlq, telemetry};
 
 use std::collections::BTreeMap;
 

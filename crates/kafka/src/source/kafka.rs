@@ -13,15 +13,15 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::batch::BatchBuilder;
 use super::cursor::{Cursors, Rewound};
 use super::quirks::{Rejoin, ResumeCheck, Resumed};
-use super::{Source, SourceError, SourceEvent};
 use crate::common::summary::OffsetJump;
 use crate::common::{Offsets, Watermarks};
 use crate::config::StartFrom;
-use crate::kafka::ends::cached_watermarks;
+use crate::ends::cached_watermarks;
 use crate::telemetry::repeated::repeated_errors;
+use campaign_core::source::batch::BatchBuilder;
+use campaign_core::source::{Source, SourceError, SourceEvent};
 
 /// How the source reads.
 #[derive(Debug, Clone)]
@@ -95,11 +95,11 @@ struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        crate::kafka::client_log::report_log(level, facility, message);
+        crate::client_log::report_log(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        crate::kafka::client_log::report_error(&error, reason);
+        crate::client_log::report_error(&error, reason);
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -392,7 +392,7 @@ impl Source for KafkaSource {
     }
 
     /// Reads each partition once with a consumer of its own, outside the group (see
-    /// [`crate::kafka::ends::partition_ends`]).
+    /// [`crate::ends::partition_ends`]).
     async fn partition_ends(
         &self,
         from: &BTreeMap<i32, Option<i64>>,
@@ -404,11 +404,11 @@ impl Source for KafkaSource {
         );
         let from = from.clone();
         let probe = tokio::task::spawn_blocking(move || {
-            crate::kafka::ends::partition_ends(&client, &group, &topic, &from, PROBE_TIMEOUT)
+            crate::ends::partition_ends(&client, &group, &topic, &from, PROBE_TIMEOUT)
         });
         let failed = |message: String| SourceError::Ends {
             topic: self.topic.clone(),
-            source: Box::new(crate::kafka::KafkaError::Admin {
+            source: Box::new(crate::KafkaError::Admin {
                 topic: self.topic.clone(),
                 message,
             }),
@@ -556,7 +556,7 @@ impl Reader {
                     self.reached_end(&mut reading, partition, now)
                 }
                 Some(Err(err)) => {
-                    crate::kafka::client_log::report_error(&err, "reading the source topic");
+                    crate::client_log::report_error(&err, "reading the source topic");
                     ControlFlow::Continue(())
                 }
                 None => ControlFlow::Continue(()),
@@ -688,9 +688,7 @@ impl Reader {
                 message.key(),
                 message.payload(),
             );
-            if let Some(original) =
-                crate::kafka::header_text(message, crate::common::REPLAY_OF_HEADER)
-            {
+            if let Some(original) = crate::header_text(message, crate::common::REPLAY_OF_HEADER) {
                 reading.builder.mark_replay(partition, offset, original);
             }
         }

@@ -1,0 +1,8 @@
+//! The Kafka source: the rdkafka consumer on its own thread, building the core's micro-batches
+//! of `kafka_records` rows, with the broker workarounds it needs.
+
+mod cursor;
+pub mod kafka;
+mod quirks;
+
+pub use kafka::{KafkaSource, ResumeLookup, SourceOptions};
