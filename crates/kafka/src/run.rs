@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use crate::admin::TopicAdmin;
-use crate::common::SystemClock;
-use crate::config::{Config, PipelineConfig};
-use crate::delivery::KafkaDelivery;
-use crate::source::{KafkaSource, ResumeLookup, SourceOptions};
-use crate::{client_config, KafkaError};
 use campaign_core::catalog::{check_warehouse, open_catalog};
+use campaign_core::common::SystemClock;
+use campaign_core::config::{Config, PipelineConfig};
 use campaign_core::pipeline::{
     resume_offsets, Connections, PipelineError, Planned, RunOptions, RunSummary, Runner,
 };
+
+use crate::admin::TopicAdmin;
+use crate::delivery::KafkaDelivery;
+use crate::source::{KafkaSource, ResumeLookup, SourceOptions};
+use crate::{client_config, KafkaError};
 
 /// Runs one pipeline until it is caught up (with `until_caught_up`) or told to shut down.
 pub async fn run(

@@ -58,9 +58,14 @@ impl Cursors {
         }
     }
 
-    /// Whether the partition is held (a message fetched before a rebalance may still arrive).
-    pub fn holds(&self, partition: i32) -> bool {
-        self.partitions.contains_key(&partition)
+    /// A message of `partition` arrived, so it is not at its end. `false` when the partition is
+    /// not held (a message fetched before a rebalance may still arrive).
+    pub fn touched(&mut self, partition: i32) -> bool {
+        let Some(cursor) = self.partitions.get_mut(&partition) else {
+            return false;
+        };
+        cursor.at_end = false;
+        true
     }
 
     /// Where the tables resume the partition.
@@ -76,14 +81,13 @@ impl Cursors {
             .map(|(p, _)| *p)
     }
 
-    /// A message arrived at `offset`: the partition is not at its end any more. Whether it is
-    /// handed on: not below what was handed on already (a seek back reads it again) nor below
-    /// where the tables resume (already absorbed). Unheld partitions hand on nothing.
+    /// Whether the message at `offset` is handed on: not below what was handed on already (a
+    /// seek back reads it again) nor below where the tables resume (already absorbed). Unheld
+    /// partitions hand on nothing.
     pub fn arrived(&mut self, partition: i32, offset: i64) -> bool {
         let Some(cursor) = self.partitions.get_mut(&partition) else {
             return false;
         };
-        cursor.at_end = false;
         let seen = cursor.next.is_some_and(|next| offset < next);
         if seen || cursor.resume.is_some_and(|resume| offset < resume) {
             return false;
@@ -91,14 +95,6 @@ impl Cursors {
         cursor.next = Some(offset + 1);
         cursor.first.get_or_insert(offset);
         true
-    }
-
-    /// A message arrived that the broker workaround reads again from elsewhere: the partition
-    /// is not at its end.
-    pub fn moving(&mut self, partition: i32) {
-        if let Some(cursor) = self.partitions.get_mut(&partition) {
-            cursor.at_end = false;
-        }
     }
 
     /// The pipeline dropped what it held of the partition and reads it again from `offset`
@@ -203,8 +199,9 @@ mod tests {
         assert_eq!(c.at_end(), BTreeSet::from([0]));
         c.reached_end(1);
         assert!(c.caught_up());
-        assert!(c.arrived(1, 0));
+        assert!(c.touched(1));
         assert!(!c.caught_up(), "a message moves the partition off its end");
+        assert!(!c.touched(7), "not held");
         c.reached_end(1);
         let _ = c.rewind(1, Some(0));
         assert!(!c.caught_up(), "a rewound partition is read again");

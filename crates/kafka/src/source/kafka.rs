@@ -638,14 +638,13 @@ impl Reader {
         let offset = message.offset();
         // Only the partitions held now reach the pipeline (a message fetched before a
         // rebalance may still arrive).
-        if !reading.cursors.holds(partition) {
+        if !reading.cursors.touched(partition) {
             return ControlFlow::Continue(());
         }
         let resume = reading.cursors.resume(partition);
         match reading.resumes.check(partition, offset, resume) {
             Resumed::ReadOn => {}
             Resumed::SeekBack(back_to) => {
-                reading.cursors.moving(partition);
                 tracing::info!(
                     topic = %self.options.topic,
                     partition,
