@@ -15,28 +15,45 @@ ALLOWED = {
     "campaign-generator": set(),
     "campaign-core": set(),
     "campaign-kafka": {"campaign-core", "campaign-generator"},
-    "campaign-pipeline": {"campaign-core", "campaign-generator", "campaign-kafka"},
+    "campaign-tables": {"campaign-core"},
+    "campaign-serve": {"campaign-core"},
+    "campaign-tools": {"campaign-core", "campaign-kafka"},
+    "campaign-bench": {
+        "campaign-core",
+        "campaign-generator",
+        "campaign-kafka",
+        "campaign-tables",
+        "campaign-serve",
+        "campaign-tools",
+    },
+    "campaign-pipeline": {
+        "campaign-core",
+        "campaign-generator",
+        "campaign-kafka",
+        "campaign-tables",
+        "campaign-serve",
+        "campaign-tools",
+        "campaign-bench",
+    },
 }
 
-# What the streaming core must not reach: Kafka's client, the servers, the command line and the
-# binary's allocator belong to the crates around it.
-CORE_NEVER = {
-    "rdkafka",
-    "rdkafka-sys",
-    "axum",
-    "datafusion-postgres",
-    "pgwire",
-    "clap",
-    "rustyline",
-    "indicatif",
-    "tikv-jemallocator",
-}
-# Kafka's crate runs the core on Kafka; the servers, the command line and the allocator stay out.
-KAFKA_NEVER = CORE_NEVER - {"rdkafka", "rdkafka-sys"}
+KAFKA = {"rdkafka", "rdkafka-sys"}
+SERVERS = {"axum", "datafusion-postgres", "pgwire"}
+# The command line and the binary's allocator belong to the binary alone.
+BINARY = {"clap", "rustyline", "indicatif", "tikv-jemallocator"}
+# What the streaming core must not reach: Kafka's client, the servers, the command line.
+CORE_NEVER = KAFKA | SERVERS | BINARY
 FORBIDDEN = {
     "campaign-core": CORE_NEVER,
     "campaign-generator": CORE_NEVER,
-    "campaign-kafka": KAFKA_NEVER,
+    # The tables' setup and maintenance are Iceberg only.
+    "campaign-tables": CORE_NEVER,
+    # Kafka's crate runs the core on Kafka; the dead letter tools read and write topics.
+    "campaign-kafka": SERVERS | BINARY,
+    "campaign-tools": SERVERS | BINARY,
+    # The readers serve over HTTP and the PostgreSQL protocol, and never touch Kafka.
+    "campaign-serve": KAFKA | BINARY,
+    "campaign-bench": BINARY,
 }
 
 

@@ -188,10 +188,7 @@ fn json_logs_are_one_object_per_line_and_text_logs_have_no_colour_codes_off_a_te
     let run = |format: &str| {
         let output = pipeline
             .command(&["--log-format", format, "run", "--until-caught-up"])
-            .env(
-                "RUST_LOG",
-                "campaign_pipeline=info,campaign_core=info,campaign_kafka=info",
-            )
+            .env("RUST_LOG", "campaign=info")
             .output()
             .expect("run");
         assert!(output.status.success(), "{}", text(&output));

@@ -78,6 +78,24 @@ pub enum ReportFormat {
     Json,
 }
 
+/// The flag's names for an [`ExportFormat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+impl From<FileFormat> for ExportFormat {
+    fn from(format: FileFormat) -> Self {
+        match format {
+            FileFormat::Jsonl => ExportFormat::Jsonl,
+            FileFormat::Csv => ExportFormat::Csv,
+        }
+    }
+}
+
 /// Flags of `dlq stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
@@ -113,8 +131,8 @@ pub struct ExportArgs {
     #[command(flatten)]
     filter: FilterArgs,
     /// File format.
-    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
-    format: ExportFormat,
+    #[arg(long, value_enum, default_value_t = FileFormat::Jsonl)]
+    format: FileFormat,
 }
 
 /// Flags of `dlq replay`.
@@ -261,7 +279,7 @@ fn export(target: &Target, args: &ExportArgs) -> anyhow::Result<bool> {
     let filter = args.filter.filter();
     // The topic first, so that a missing topic does not leave an empty file behind.
     let reader = target.reader()?;
-    let mut writer = ExportWriter::create(&args.out, args.format)?;
+    let mut writer = ExportWriter::create(&args.out, args.format.into())?;
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} {pos} dead letters exported ({per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -322,7 +340,7 @@ async fn replay(
     } else {
         let admin = TopicAdmin::new(&target.client)?;
         admin
-            .ensure_topic(&crate::setup::ledger_spec(pipeline))
+            .ensure_topic(&crate::kafka::topics::ledger_spec(pipeline))
             .await?;
         let replayer = Replayer::new(&target.client, &target.group, &ledger_topic)?;
         let recovered = replayer.recover(&mut ledger).await?;

@@ -18,7 +18,7 @@ pub struct MaintainArgs {
     pub pipeline: Option<String>,
     /// Pause at this point of the pass (tests kill it there, or commit under it).
     #[cfg(feature = "test-hooks")]
-    #[arg(long, value_enum, hide = true)]
+    #[arg(long, hide = true)]
     pub pause_at: Option<Stage>,
     /// How long the pause lasts.
     #[cfg(feature = "test-hooks")]

@@ -32,9 +32,10 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `campaign_core=debug` (the streaming
-    /// core), `campaign_kafka=debug` (the consumer and producers) or `campaign_pipeline=debug`
-    /// (the servers and the tools).
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `campaign=debug` (every crate of
+    /// campaign-pipeline, whose names all start so), `campaign_core=debug` (the streaming core),
+    /// `campaign_kafka=debug` (the consumer and producers) or `campaign_tables=debug`
+    /// (setup and maintenance).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     pub log: String,
 

@@ -11,6 +11,27 @@ use datafusion::prelude::SessionContext;
 use crate::common::error::Causes;
 use crate::query::{self, AsOf, OutputFormat};
 
+/// How `query`, `tables` and `snapshots` print rows (the flag's names for [`OutputFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// A JSON array of objects, one per row.
+    Json,
+}
+
+impl From<Format> for OutputFormat {
+    fn from(format: Format) -> Self {
+        match format {
+            Format::Table => OutputFormat::Table,
+            Format::Csv => OutputFormat::Csv,
+            Format::Json => OutputFormat::Json,
+        }
+    }
+}
+
 /// Flags of `query`.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -21,8 +42,8 @@ pub struct QueryArgs {
     #[arg(long, conflicts_with = "sql")]
     pub file: Option<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub format: OutputFormat,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
     /// Read the table that has this snapshot as of that snapshot (time travel).
     #[arg(long, conflicts_with = "as_of")]
     pub snapshot: Option<i64>,
@@ -38,8 +59,8 @@ pub struct QueryArgs {
 #[derive(Debug, Args)]
 pub struct TablesArgs {
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub format: OutputFormat,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
     /// Pipeline whose catalog to list (default: the only one).
     #[arg(long)]
     pub pipeline: Option<String>,
@@ -51,8 +72,8 @@ pub struct SnapshotsArgs {
     /// Table name, e.g. campaign_metrics.
     pub table: String,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub format: OutputFormat,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
     /// Pipeline whose catalog to read (default: the only one).
     #[arg(long)]
     pub pipeline: Option<String>,
@@ -69,18 +90,18 @@ pub async fn run(config_path: &Path, args: &QueryArgs) -> anyhow::Result<bool> {
     };
     let ctx = query::session_at(&config, pipeline, as_of).await?;
     match (&args.sql, &args.file) {
-        (Some(sql), _) => print(&ctx, sql, args.format).await,
+        (Some(sql), _) => print(&ctx, sql, args.format.into()).await,
         (None, Some(file)) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             for statement in statements(&text) {
-                if !print(&ctx, &statement, args.format).await? {
+                if !print(&ctx, &statement, args.format.into()).await? {
                     return Ok(false);
                 }
             }
             Ok(true)
         }
-        (None, None) => prompt(&ctx, args.format).await,
+        (None, None) => prompt(&ctx, args.format.into()).await,
     }
 }
 
@@ -89,7 +110,7 @@ pub async fn tables(config_path: &Path, args: &TablesArgs) -> anyhow::Result<boo
     let config = super::load_config(config_path)?;
     let pipeline = config.pipeline(args.pipeline.as_deref())?;
     let batch = query::tables(&config, pipeline).await?;
-    println!("{}", query::render(&[batch], args.format)?);
+    println!("{}", query::render(&[batch], args.format.into())?);
     Ok(true)
 }
 
@@ -98,7 +119,7 @@ pub async fn snapshots(config_path: &Path, args: &SnapshotsArgs) -> anyhow::Resu
     let config = super::load_config(config_path)?;
     let pipeline = config.pipeline(args.pipeline.as_deref())?;
     let batch = query::snapshots(&config, pipeline, &args.table).await?;
-    println!("{}", query::render(&[batch], args.format)?);
+    println!("{}", query::render(&[batch], args.format.into())?);
     Ok(true)
 }
 

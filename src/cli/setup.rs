@@ -6,7 +6,8 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::kafka::admin::{TopicSpec, TopicStatus};
-use crate::setup::{set_up, SetupError};
+use crate::kafka::topics::{ensure_topics, EnsuredTopic};
+use crate::setup::{ensure_tables, plan, SetupError};
 use crate::sink::table::Ensured;
 
 /// Flags of `setup`.
@@ -21,8 +22,9 @@ pub struct SetupArgs {
 pub async fn run(config_path: &Path, args: &SetupArgs) -> anyhow::Result<bool> {
     let config = super::load_config(config_path)?;
     for pipeline in config.selected(args.pipeline.as_deref())? {
-        let report = match set_up(&config, pipeline).await {
-            Ok(report) => report,
+        // The table schemas come from the SQL: nothing is created while it does not plan.
+        let planned = match plan(&config, pipeline).await {
+            Ok(planned) => planned,
             Err(SetupError::Sql { problems, .. }) => {
                 for problem in &problems {
                     println!("{problem}");
@@ -31,15 +33,15 @@ pub async fn run(config_path: &Path, args: &SetupArgs) -> anyhow::Result<bool> {
             }
             Err(other) => return Err(other.into()),
         };
-        for (spec, status) in &report.topics {
+        for EnsuredTopic { spec, status } in &ensure_topics(pipeline).await? {
             report_topic(spec, status);
         }
+        let tables = ensure_tables(&config, pipeline, &planned).await?;
         let sink = &pipeline.sink;
-        if let Some(status) = report.tables.namespace {
+        if let Some(status) = tables.namespace {
             println!("namespace {}: {}", sink.namespace, describe(status));
         }
-        for ((name, status), table) in report
-            .tables
+        for ((name, status), table) in tables
             .tables
             .iter()
             .zip([&sink.events_table, &sink.metrics_table])

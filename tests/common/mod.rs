@@ -365,9 +365,7 @@ pub fn spawn_logged(mut command: Command) -> (Child, mpsc::Receiver<String>) {
     let mut child = command
         .env(
             "RUST_LOG",
-            std::env::var("TEST_RUNNER_LOG").unwrap_or_else(|_| {
-                "campaign_pipeline=info,campaign_core=info,campaign_kafka=info".into()
-            }),
+            std::env::var("TEST_RUNNER_LOG").unwrap_or_else(|_| "campaign=info".into()),
         )
         .stderr(Stdio::piped())
         .spawn()

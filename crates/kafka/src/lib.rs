@@ -1,6 +1,6 @@
 //! campaign-pipeline on Kafka: the source (the rdkafka consumer on its own thread), the dead
 //! letter producer, `run` (the core's runner over both), and the plumbing the tools share:
-//! client settings, topic administration, the event producer.
+//! client settings, topic administration and the pipeline's topics, the event producer.
 
 pub mod admin;
 pub mod client_log;
@@ -10,6 +10,7 @@ pub mod producer;
 pub mod reader;
 pub mod run;
 pub mod source;
+pub mod topics;
 
 use campaign_core::{common, config, dlq, telemetry};
 

@@ -2,9 +2,9 @@
 //! the last 1,000 commits against the first 1,000, and the files, manifests and metadata size
 //! left at the end.
 //!
-//! Each simulated commit is one micro-batch of the real path (parse SQL, events written, the
-//! window operator's closed windows written, its state checkpointed, both tables committed
-//! with their offsets), at a compressed pace. Time-based retention cannot be
+//! Each simulated commit is one step of the core's runner over a prepared micro-batch (parse
+//! SQL, events written, the window operator's closed windows written, its state checkpointed,
+//! both tables committed with their offsets), at a compressed pace. Time-based retention cannot be
 //! compressed, so snapshots are kept by count: `maintenance.snapshot_max_age` over
 //! `commit.interval` commits (at least `keep_snapshots`), what the settings keep at full pace.
 //! With maintenance on, a pass starts every `maintenance.interval` of simulated time, beside
@@ -14,24 +14,20 @@
 //! commits that a day at full pace spreads over minutes, and the queries would meet the small
 //! files they leave).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use crate::catalog::open_catalog;
-use crate::common::Offsets;
+use crate::common::SystemClock;
 use crate::config::{Config, PipelineConfig};
-use crate::dashboard::api::{Api, Range};
-use crate::engine::{new_session, SqlStage};
 use crate::maintain::files::LiveFiles;
 use crate::maintain::Maintainer;
-use crate::pipeline::events::EventsBranch;
-use crate::pipeline::metrics::MetricsBranch;
-use crate::pipeline::plan::plan_pipeline;
-use crate::pipeline::progress::Progress;
-use crate::pipeline::route;
-use crate::pipeline::Landing;
-use crate::window::TimeLimits;
+use crate::pipeline::{shutdown_channel, Connections, Planned, RunOptions, Runner};
+use crate::replay::{DroppedDeadLetters, ReplaySource};
+use campaign_core::dlq::DeadLetterWriter;
+use campaign_serve::dashboard::api::{Api, Range};
 
 /// Events per simulated commit.
 const EVENTS_PER_COMMIT: usize = 40;
@@ -123,11 +119,11 @@ pub async fn measure(
             ),
         );
         row(
-            &format!("  {label}: commit p50/p99, first {WINDOW}"),
+            &format!("  {label}: batch and commits p50/p99, first {WINDOW}"),
             format!("{:.1} / {:.1} ms", ms(first.0), ms(first.1)),
         );
         row(
-            &format!("  {label}: commit p50/p99, last {WINDOW}"),
+            &format!("  {label}: batch and commits p50/p99, last {WINDOW}"),
             format!(
                 "{:.1} / {:.1} ms ({:.2}x / {:.2}x the first)",
                 ms(last.0),
@@ -207,43 +203,20 @@ async fn day(
     budget: Option<Duration>,
 ) -> anyhow::Result<DayRun> {
     let dir = tempfile::tempdir()?;
-    let mut scratch = super::scratch_config(config, pipeline, dir.path(), "bench_day")?;
+    // The prepared batches are of the records topic: the runner records their offsets under it.
+    let mut scratch = super::scratch_config(config, pipeline, dir.path(), super::RECORDS_TOPIC)?;
     let p = &mut scratch.pipelines[0];
     p.maintenance = pipeline.maintenance.clone();
     if let Some((_, keep)) = maintenance {
         p.maintenance.keep_snapshots = keep;
         p.maintenance.snapshot_max_age = Duration::ZERO;
     }
+    // Every micro-batch with a valid row is committed: `commit.max_rows` 1 makes each one due.
+    p.commit.max_rows = 1;
     let p = scratch.pipelines[0].clone();
-    let ctx = new_session();
-    let planned = plan_pipeline(&scratch, &p, &ctx)
-        .await
-        .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
-    let parse = SqlStage::new(&ctx, &planned.parse).await?;
-    crate::setup::ensure_tables(&scratch, &p, &planned).await?;
+    let planned = Planned::new(&scratch, &p).await?;
+    crate::setup::ensure_tables(&scratch, &p, planned.sql()).await?;
     let catalog = open_catalog(&scratch, &p.sink).await?;
-    let mut events = EventsBranch::open(&p, catalog.clone(), &planned.parse_output).await?;
-    let operator = crate::pipeline::plan::window_operator(
-        &ctx,
-        &planned,
-        p.window.allowed_lateness,
-        p.window.idle_timeout,
-    )
-    .await?;
-    let mut windows = MetricsBranch::open(
-        &scratch,
-        &p,
-        operator,
-        &planned,
-        catalog.clone(),
-        Arc::new(crate::common::SystemClock),
-    )
-    .await?;
-    let partitions: BTreeSet<i32> = (0..3).collect();
-    let mut progress = Progress::new(super::RECORDS_TOPIC);
-    let events_at = events.refresh().await?;
-    let windows_at = windows.hold(&partitions).await?;
-    progress.hold(&partitions, &events_at, &windows_at);
 
     let generated = super::records_spaced(
         commits * EVENTS_PER_COMMIT,
@@ -252,6 +225,36 @@ async fn day(
         ),
     );
     let batches = super::micro_batches(&generated, EVENTS_PER_COMMIT)?;
+    let steps = batches.len();
+    let source = ReplaySource::new((0..3).collect(), batches);
+    let rewinds = source.rewinds();
+    let (_keep_running, shutdown) = shutdown_channel();
+    let options = RunOptions {
+        until_caught_up: false,
+        flush_open_windows: false,
+        shutdown,
+        telemetry: None,
+        max_unassigned: Duration::MAX,
+        accept_offset_jumps: false,
+    };
+    let mut runner = Runner::open(
+        &scratch,
+        &p,
+        options,
+        planned,
+        catalog.clone(),
+        Arc::new(SystemClock),
+        |_| {
+            Ok::<_, std::convert::Infallible>(Connections {
+                source,
+                dead_letters: DeadLetterWriter::to(DroppedDeadLetters),
+                topic_partitions: 3,
+            })
+        },
+    )
+    .await?;
+    // The assignment: the runner holds every partition before the first batch.
+    runner.step().await?;
     let maintainer = match maintenance {
         Some(_) => Some(Arc::new(Maintainer::open(&scratch, &p).await?)),
         None => None,
@@ -265,7 +268,7 @@ async fn day(
     let mut pass_times: Vec<(usize, Duration)> = Vec::new();
     let mut first_queries = Vec::new();
     let mut last_queries = Vec::new();
-    for (i, batch) in batches.iter().enumerate() {
+    for i in 0..steps {
         if budget.is_some_and(|b| started.elapsed() > b) && i > 2 * WINDOW {
             break;
         }
@@ -302,32 +305,11 @@ async fn day(
                 });
             }
         }
-        let mut valid_rows = Vec::new();
-        for out in parse.run(vec![batch.records.clone()]).await? {
-            let routed = route(&out, TimeLimits::UNBOUNDED, &planned.window.time_column)?;
-            valid_rows.push(routed.valid);
-        }
-        // The real path from here: events written, window state absorbed and closed windows
-        // written, checkpoints saved, both tables committed with their offsets.
+        // The runner's own step: the batch parsed and routed, events written, the window
+        // state absorbed and closed windows written, checkpoints saved, both tables committed
+        // with their offsets.
         let now = Instant::now();
-        // One runner holds every partition from the start: no table is ahead of the source.
-        let none_absorbed = Offsets::new();
-        for valid in &valid_rows {
-            events.take(valid, &none_absorbed).await?;
-            windows
-                .take(valid, &none_absorbed, TimeLimits::UNBOUNDED, now)
-                .await?;
-        }
-        progress.handed_on(&batch.next_offsets);
-        windows.advance(&BTreeSet::new(), now).await?;
-        for landing in [
-            events.commit(&mut progress).await?,
-            windows.commit(&mut progress).await?,
-        ] {
-            if let Landing::Fenced(fenced) = landing {
-                anyhow::bail!("a bench commit was fenced: {fenced}");
-            }
-        }
+        runner.step().await?;
         latencies.push(now.elapsed());
         let done = i + 1;
         let sampled = maintenance.is_some() && done % QUERY_EVERY == 0;
@@ -341,6 +323,17 @@ async fn day(
     }
     if let Some(running) = pass {
         pass_times.push((running.started_at, running.task.await?));
+    }
+    runner.finish().await?;
+    let summary = runner.summary();
+    // One runner holding every partition is never fenced; a rewind means a commit failed and
+    // its batch was read again, which the latencies would hide.
+    if summary.fenced > 0 || rewinds.load(Ordering::Relaxed) > 0 {
+        anyhow::bail!(
+            "a bench commit failed or was fenced ({} fenced, {} rewinds)",
+            summary.fenced,
+            rewinds.load(Ordering::Relaxed)
+        );
     }
     let pass_times = (!pass_times.is_empty()).then(|| {
         let total = latencies.len();

@@ -6,8 +6,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, PipelineConfig};
-use crate::dashboard;
 use crate::pipeline;
+use campaign_serve::dashboard;
 
 /// Concurrent clients, as the seed's "10 users".
 const CLIENTS: usize = 10;

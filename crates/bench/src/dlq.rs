@@ -4,13 +4,13 @@
 use anyhow::Context;
 
 use super::{cpu_per_million, per_second, plain_consume, records, timed, Timed};
-use crate::dlq::entry::Entry;
-use crate::dlq::export::{ExportFormat, ExportWriter};
-use crate::dlq::stats::StatsBuilder;
-use crate::dlq::{DeadLetter, SourceCoordinates};
 use crate::kafka::admin::{TopicAdmin, TopicSpec};
 use crate::kafka::producer::EventProducer;
 use crate::kafka::reader::TopicReader;
+use campaign_tools::dlq::entry::Entry;
+use campaign_tools::dlq::export::{ExportFormat, ExportWriter};
+use campaign_tools::dlq::stats::StatsBuilder;
+use campaign_tools::dlq::{DeadLetter, SourceCoordinates};
 
 /// Adds the DLQ rows to the table: `count` dead letters with the generator's malformed payloads
 /// and reasons that vary per record (so that patterns have to fold).

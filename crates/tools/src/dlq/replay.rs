@@ -44,10 +44,7 @@ pub enum ReplayError {
     },
 }
 
-/// The ledger topic of a dead letter topic.
-pub fn ledger_topic(dead_letter_topic: &str) -> String {
-    format!("{dead_letter_topic}.replayed")
-}
+pub use crate::kafka::topics::ledger_topic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

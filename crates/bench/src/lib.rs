@@ -9,10 +9,16 @@ mod day;
 mod dlq;
 mod freshness;
 mod memory;
+mod replay;
 mod sql_endpoint;
 mod storage;
 mod window;
 
+use campaign_core::{catalog, common, config, engine, pipeline, sink, source};
+use campaign_generator as generator;
+use campaign_kafka as kafka;
+use campaign_serve::{query, sql_server};
+use campaign_tables::{maintain, setup};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -29,7 +35,7 @@ use crate::kafka::admin::{TopicAdmin, TopicSpec};
 use crate::kafka::client_config;
 use crate::kafka::producer::EventProducer;
 use crate::pipeline::plan::plan_pipeline;
-use crate::pipeline::{self, RunOptions, RunSummary};
+use crate::pipeline::{RunOptions, RunSummary};
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::source::batch::BatchBuilder;
 pub use freshness::FreshnessOptions;
@@ -618,7 +624,7 @@ async fn run_runners(scratch: &Config, runners: usize) -> anyhow::Result<(Vec<Ru
     let (_stop, shutdown) = pipeline::shutdown_channel();
     timed(async {
         let runs = (0..runners).map(|_| {
-            pipeline::run(
+            campaign_kafka::run::run(
                 scratch,
                 p,
                 RunOptions {

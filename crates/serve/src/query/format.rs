@@ -4,7 +4,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 /// How `query` prints rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
     /// An aligned text table.
     #[default]

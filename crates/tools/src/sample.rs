@@ -13,12 +13,12 @@ use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use super::plan::{window_operator, PlannedSql};
-use super::rejects::Rejection;
-use super::{route, Routed};
 use crate::common::{records, ERROR_COLUMN};
 use crate::config::PipelineConfig;
 use crate::engine::SqlStage;
+use crate::pipeline::plan::{window_operator, PlannedSql};
+use crate::pipeline::rejects::Rejection;
+use crate::pipeline::{route, Routed};
 use crate::source::batch::BatchBuilder;
 use crate::window::{EventTimeBounds, WindowError};
 

@@ -106,7 +106,7 @@ async fn one_rate(
     ));
     // The runner runs on this task (its future is not Send); the producer and the reader on
     // others, so that neither waits for a batch in the runner's hands.
-    let summary = pipeline::run(
+    let summary = campaign_kafka::run::run(
         &scratch,
         &p,
         RunOptions {

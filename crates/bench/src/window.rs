@@ -11,7 +11,7 @@ use crate::common::ERROR_COLUMN;
 use crate::config::PipelineConfig;
 use crate::engine::{split_rejected, SqlStage};
 use crate::pipeline::plan::PlannedSql;
-use crate::window::{TimeLimits, WindowOperator};
+use campaign_core::window::{TimeLimits, WindowOperator};
 
 /// The bench replays a fixed history: no event is too old for it.
 const UNBOUNDED: i64 = TimeLimits::UNBOUNDED.earliest;

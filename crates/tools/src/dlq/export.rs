@@ -28,7 +28,7 @@ pub enum ExportError {
 }
 
 /// Export file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
     /// One JSON object per line.
     Jsonl,

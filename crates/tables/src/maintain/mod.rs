@@ -63,7 +63,7 @@ pub enum MaintainError {
 }
 
 /// Where maintenance may stop on purpose, so that tests can kill it there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// The new data files are written, nothing else.
     Rewritten,
@@ -71,6 +71,21 @@ pub enum Stage {
     Staged,
     /// The replace commit landed; expiry and the sweep have not run.
     Committed,
+}
+
+impl std::str::FromStr for Stage {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "rewritten" => Ok(Self::Rewritten),
+            "staged" => Ok(Self::Staged),
+            "committed" => Ok(Self::Committed),
+            other => Err(format!(
+                "no stage {other:?}: rewritten, staged or committed"
+            )),
+        }
+    }
 }
 
 /// What one pass did to one table.
