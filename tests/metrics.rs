@@ -202,9 +202,12 @@ async fn sigkill_during_open_windows_leaves_the_table_an_uninterrupted_run_write
             .collect::<Vec<_>>(),
     );
     let mut kills = 0;
-    for (commits, extra_ms) in [(3usize, 0u64), (2, 37), (4, 11)] {
+    for (commits, extra_ms) in [(3i64, 0u64), (2, 37), (4, 11)] {
         let args = ["run", "--until-caught-up", "--flush-open-windows"];
-        if killed.kill_after_commits(&args, commits, Duration::from_millis(extra_ms)) {
+        if killed
+            .kill_after_commits(&args, commits, Duration::from_millis(extra_ms))
+            .await
+        {
             kills += 1;
         }
     }

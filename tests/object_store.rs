@@ -114,7 +114,9 @@ async fn every_event_once_across_a_sigkill(
     production::small_commits(pipeline);
     cli_ok(pipeline, &["setup"]);
     let truth = production::generate_20k(pipeline, 81);
-    let killed = pipeline.kill_after_commits(&["run", "--until-caught-up"], 3, Duration::ZERO);
+    let killed = pipeline
+        .kill_after_commits(&["run", "--until-caught-up"], 3, Duration::ZERO)
+        .await;
     assert!(killed, "the runner finished before it could be killed");
     // It was killed after committing part of the topic, not before.
     let properties = snapshot_properties(&pipeline.config, "campaign_events").await;
@@ -268,8 +270,10 @@ fn dashboard_and_dlq_read_the_truth(pipeline: &TestPipeline, truth: &Truth) {
         .expect("dashboard");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let totals = loop {
-        if let Some(body) = http_get(&listen, "/api/totals?windows=10000") {
-            break body;
+        if let Some((status, body)) = common::http_get(port, "/api/totals?windows=10000") {
+            if status.contains(" 200 ") {
+                break body;
+            }
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -290,17 +294,6 @@ fn dashboard_and_dlq_read_the_truth(pipeline: &TestPipeline, truth: &Truth) {
     assert!(output.status.success(), "{}", text(&output));
     let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
     assert_eq!(stats["total"], truth.invalid_events, "{stats}");
-}
-
-/// The body of a 200 answer to `GET path`, or `None`.
-fn http_get(address: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
 }
 
 /// One broken setting of a working pipeline, what the error must say and what it must not.

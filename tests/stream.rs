@@ -541,9 +541,12 @@ async fn killed_runner_restarts_without_losing_or_duplicating_events() {
     // Kill at several moments: after a commit, shortly after one, and between them; with
     // commits every 50ms some kills land while a commit is being written.
     let mut kills = 0;
-    for (commits, extra_ms) in [(2usize, 0u64), (3, 7), (1, 23)] {
+    for (commits, extra_ms) in [(2i64, 0u64), (3, 7), (1, 23)] {
         let args = ["run", "--until-caught-up"];
-        if pipeline.kill_after_commits(&args, commits, Duration::from_millis(extra_ms)) {
+        if pipeline
+            .kill_after_commits(&args, commits, Duration::from_millis(extra_ms))
+            .await
+        {
             kills += 1;
         }
         let rows = table_rows(&pipeline).await;
@@ -644,19 +647,29 @@ async fn long_stream_in_small_batches_keeps_every_event() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly() {
     let pipeline = TestPipeline::new();
+    // No commit is due before the signal: whatever the tables hold at the end, the shutdown
+    // committed.
+    pipeline.edit_config(|yaml| yaml.replace("interval: 5s", "interval: 1h"));
     let sent = setup_and_generate(&pipeline, &["--count", "5000", "--seed", "21"]);
-    let (mut child, rx) = pipeline.spawn_logged(&["run"]);
-    // Wait until the runner has read everything (its first commit comes 5s after the first
-    // batch), then ask it to stop before that commit.
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut child, _logs) = pipeline.spawn_logged(&["run", "--dashboard", "--listen", &listen]);
+    // The runner has read everything once its own count of consumed events says so.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            if line.contains("partitions assigned") {
-                break;
-            }
+    loop {
+        let consumed = common::http_get(port, "/metrics").and_then(|(_, body)| {
+            common::metric_sample(&body, "campaign_pipeline_events_consumed_total")
+        });
+        if consumed == Some(sent.len() as f64) {
+            break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner read {consumed:?} of {} events",
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    std::thread::sleep(Duration::from_secs(2));
     assert!(
         table_rows(&pipeline).await.is_empty(),
         "nothing committed before the signal"

@@ -311,19 +311,26 @@ impl TestPipeline {
         spawn_logged(command)
     }
 
-    /// Starts the runner with `args`, waits for `commits` commit log lines and `extra` more,
-    /// then SIGKILLs it; `true` when it was still running to be killed.
-    pub fn kill_after_commits(&self, args: &[&str], commits: usize, extra: Duration) -> bool {
-        let (mut child, lines) = self.spawn_logged(args);
-        let mut seen = 0;
-        while seen < commits {
-            match lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains(": committed ") => seen += 1,
-                Ok(_) => {}
-                Err(_) => break,
-            }
+    /// Starts the runner with `args`, waits until the events table has taken `commits` more
+    /// commits and `extra` more, then SIGKILLs it; `true` when it was still running to be
+    /// killed.
+    pub async fn kill_after_commits(&self, args: &[&str], commits: i64, extra: Duration) -> bool {
+        let sequence = || async {
+            load_table(&self.config, "campaign_events")
+                .await
+                .metadata()
+                .last_sequence_number()
+        };
+        let start = sequence().await;
+        let (mut child, _logs) = self.spawn_logged(args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sequence().await < start + commits
+            && child.try_wait().expect("runner status").is_none()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        std::thread::sleep(extra);
+        tokio::time::sleep(extra).await;
         let killed = child.try_wait().expect("runner status").is_none();
         if killed {
             child.kill().expect("SIGKILL");
@@ -482,6 +489,32 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     records
+}
+
+/// A plain HTTP/1.0 GET to a server on this machine: (status line, body), or `None` when it
+/// does not answer.
+pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// A sample of a Prometheus text exposition (`name value` or `name{labels} value`), if there.
+pub fn metric_sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series == name).then(|| value.parse().ok()).flatten()
+        })
 }
 
 /// A table of the test pipeline, loaded through its configured catalog.
