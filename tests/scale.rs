@@ -210,16 +210,53 @@ struct Runner {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     log: Vec<String>,
+    /// Its dashboard's port: the health figures say which partitions it holds.
+    port: u16,
 }
 
 impl Runner {
     fn start(pipeline: &common::TestPipeline, args: &[&str]) -> Self {
-        let (child, lines) = pipeline.spawn_logged(args);
+        let port = common::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--dashboard", "--listen", &listen])
+            .collect();
+        let (child, lines) = pipeline.spawn_logged(&args);
         Self {
             child,
             lines,
             log: Vec::new(),
+            port,
         }
+    }
+
+    /// The partitions it holds, as its health figures say (none while it does not answer).
+    fn holding(&self) -> Option<BTreeSet<i32>> {
+        let (status, body) = common::http_get(self.port, "/api/health")?;
+        if !status.contains(" 200 ") {
+            return None;
+        }
+        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+        serde_json::from_value(health.get("partitions")?.clone()).ok()
+    }
+
+    /// Waits until the partitions it holds satisfy `wanted`, up to `timeout`.
+    fn wait_holding(
+        &mut self,
+        wanted: impl Fn(&BTreeSet<i32>) -> bool,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.holding().is_some_and(|held| wanted(&held)) {
+                return true;
+            }
+            self.drain();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
     }
 
     /// Collects what the runner logged so far (terminal colours removed).
@@ -517,7 +554,7 @@ async fn until_caught_up_does_not_end_well_while_partitions_it_lacks_stay_behind
     );
     // The group splits the partitions between the two.
     assert!(
-        batch.wait_for(&["holding partitions"], std::time::Duration::from_secs(60)),
+        batch.wait_holding(|held| !held.is_empty(), std::time::Duration::from_secs(60)),
         "{}",
         batch.drain().join("\n")
     );
@@ -565,10 +602,7 @@ async fn a_runner_without_partitions_says_so_and_until_caught_up_gives_up() {
     cli_ok(&pipeline, &["generate", "--count", "2000", "--seed", "4"]);
     let mut first = Runner::start(&pipeline, &["run"]);
     assert!(
-        first.wait_for(
-            &["holding partitions", "{0}"],
-            std::time::Duration::from_secs(60)
-        ),
+        first.wait_holding(|held| held.contains(&0), std::time::Duration::from_secs(60)),
         "{}",
         first.drain().join("\n")
     );

@@ -508,6 +508,9 @@ impl<S: Source, D: Delivery> Runner<S, D> {
         self.progress
             .hold(&BTreeSet::new(), &Offsets::new(), &Offsets::new());
         self.assigned.clear();
+        if let Some(t) = &self.options.telemetry {
+            t.hold(&self.assigned);
+        }
         tracing::info!(pipeline = %self.name(), dropped_rows = dropped, "partitions revoked: dropped what was not committed");
         self.unassigned_since = Some(self.clock.now());
         self.caught_up_since = None;
@@ -520,6 +523,9 @@ impl<S: Source, D: Delivery> Runner<S, D> {
         self.unassigned_since = self.assigned.is_empty().then_some(now);
         self.caught_up_since = None;
         self.take_over().await?;
+        if let Some(t) = &self.options.telemetry {
+            t.hold(&self.assigned);
+        }
         tracing::info!(pipeline = %self.name(), partitions = ?self.assigned, resume = %self.progress.resume().to_json(), "holding partitions");
         Ok(Flow::Next)
     }

@@ -3,7 +3,7 @@
 
 pub mod repeated;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 
@@ -59,6 +59,9 @@ pub struct Health {
     pub watermark_micros: Option<i64>,
     /// Messages consumed since start.
     pub messages: u64,
+    /// The source partitions this runner holds (none when read from the tables: they do not
+    /// say which runner holds what).
+    pub partitions: Option<BTreeSet<i32>>,
 }
 
 /// The metrics of one running pipeline.
@@ -85,6 +88,8 @@ pub struct Telemetry {
     pub offset_jumps: Family<PartitionLabel, Counter>,
     /// Offsets skipped by those jumps (events the topic deleted before they were read).
     pub offsets_skipped: Family<PartitionLabel, Counter>,
+    /// Source partitions this runner holds.
+    pub partitions_held: Gauge,
     health: Mutex<Health>,
 }
 
@@ -104,6 +109,7 @@ impl Telemetry {
         let last_commit = Gauge::<f64, AtomicU64>::default();
         let offset_jumps = Family::<PartitionLabel, Counter>::default();
         let offsets_skipped = Family::<PartitionLabel, Counter>::default();
+        let partitions_held = Gauge::default();
         registry.register(
             "events_consumed",
             "Kafka messages consumed",
@@ -154,6 +160,11 @@ impl Telemetry {
             "Source offsets never read because the topic deleted them first",
             offsets_skipped.clone(),
         );
+        registry.register(
+            "partitions_held",
+            "Source partitions the consumer group gave this runner",
+            partitions_held.clone(),
+        );
         Self {
             registry,
             events_consumed,
@@ -166,8 +177,10 @@ impl Telemetry {
             last_commit,
             offset_jumps,
             offsets_skipped,
+            partitions_held,
             health: Mutex::new(Health {
                 pipeline: pipeline.to_string(),
+                partitions: Some(BTreeSet::new()),
                 ..Health::default()
             }),
         }
@@ -199,6 +212,13 @@ impl Telemetry {
             tracing::warn!("encoding metrics failed: {err}");
         }
         out
+    }
+
+    /// Records the partitions the group gave this runner (after each assignment or
+    /// revocation).
+    pub fn hold(&self, partitions: &BTreeSet<i32>) {
+        self.partitions_held.set(partitions.len() as i64);
+        self.update_health(|h| h.partitions = Some(partitions.clone()));
     }
 
     /// Updates the health figures.
