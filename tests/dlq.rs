@@ -621,10 +621,12 @@ fn monitor_without_a_duration_runs_until_interrupted_then_summarises() {
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    assert!(first.starts_with("dlq monitor"), "{first}");
-    std::thread::sleep(Duration::from_millis(500));
+    // Without a duration it keeps following: refresh after refresh.
+    for _ in 0..3 {
+        let mut refresh = String::new();
+        stdout.read_line(&mut refresh).unwrap();
+        assert!(refresh.starts_with("dlq monitor"), "{refresh}");
+    }
     assert!(child.try_wait().unwrap().is_none(), "still following");
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();

@@ -501,7 +501,25 @@ async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once
         );
     }
     assert!(generator.wait().expect("generator").success());
-    std::thread::sleep(std::time::Duration::from_secs(10));
+    // The runners left running catch up on their own: wait until the events table holds the
+    // whole topic (every record, valid or not, moves its partition's offset), or a while (the
+    // last runner below catches up in any case, and the tables are checked against the truth).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let summary = common::snapshot_properties(&pipeline.config, "campaign_events").await;
+        let held: i64 = summary
+            .get("campaign-pipeline.offsets")
+            .and_then(|json| Offsets::from_json(json).ok())
+            .map_or(0, |offsets| {
+                (0..3)
+                    .filter_map(|p| offsets.get(&pipeline.topic, p))
+                    .sum()
+            });
+        if held >= 300_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     for runner in runners {
         logs.extend(runner.stop());
     }
