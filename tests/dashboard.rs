@@ -322,7 +322,11 @@ async fn dashboard_in_chromium_shows_the_tables_totals_and_metrics_match_the_run
         .unwrap_or_else(|| panic!("{health}"));
     assert!(shown >= delay && shown < 600.0, "{shown} after {delay}");
     // The only runner of the group holds every partition, and says so.
-    assert_eq!(health["partitions"], serde_json::json!([0, 1, 2]), "{health}");
+    assert_eq!(
+        health["partitions"],
+        serde_json::json!([0, 1, 2]),
+        "{health}"
+    );
     assert_eq!(samples["campaign_pipeline_partitions_held"], 3.0);
     drop(runner);
 }

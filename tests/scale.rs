@@ -511,9 +511,7 @@ async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once
             .get("campaign-pipeline.offsets")
             .and_then(|json| Offsets::from_json(json).ok())
             .map_or(0, |offsets| {
-                (0..3)
-                    .filter_map(|p| offsets.get(&pipeline.topic, p))
-                    .sum()
+                (0..3).filter_map(|p| offsets.get(&pipeline.topic, p)).sum()
             });
         if held >= 300_000 {
             break;
