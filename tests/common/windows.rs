@@ -129,9 +129,16 @@ pub fn assert_windows_equal(
     got: &BTreeMap<(String, i64), Window>,
     want: &BTreeMap<(String, i64), Window>,
 ) {
-    let got_keys: Vec<_> = got.keys().collect();
-    let want_keys: Vec<_> = want.keys().collect();
-    assert_eq!(got_keys, want_keys, "the same windows");
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the same windows: {} of {} missing {missing:?}, {} not expected {:?}",
+        missing.len(),
+        want.len(),
+        extra.len(),
+        extra.iter().map(|k| (k, &got[*k])).collect::<Vec<_>>()
+    );
     for (key, w) in want {
         let g = &got[key];
         assert_eq!(
