@@ -16,7 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -24,6 +25,10 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::TryStreamExt;
+use iceberg::io::{
+    FileMetadata, FileRead, FileWrite, InputFile, OutputFile, Storage, StorageConfig,
+    StorageFactory,
+};
 use iceberg::table::Table;
 use iceberg::{
     Catalog, Error, ErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
@@ -32,7 +37,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, oneshot};
 
-use campaign_pipeline::catalog::open_catalog;
+use campaign_pipeline::catalog::open_catalog_over;
 use campaign_pipeline::common::summary::OFFSETS;
 use campaign_pipeline::common::{Clock, Offsets, Watermarks};
 use campaign_pipeline::config::{Config, PipelineConfig};
@@ -339,6 +344,136 @@ impl Delivery for SimDelivery {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The object store: the warehouse's own local storage, failing the writes the schedule fails.
+
+/// How many of the next writes to the warehouse fail (an object store outage).
+#[derive(Debug, Default)]
+struct StoreFaults {
+    fail_next: AtomicU32,
+}
+
+impl StoreFaults {
+    fn check(&self, path: &str) -> iceberg::Result<()> {
+        let failing = self
+            .fail_next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        match failing {
+            Ok(_) => Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("simulated object store outage writing {path}"),
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// The warehouse's storage behind [`StoreFaults`] (iceberg's `FileIO` builds its storage from
+/// a factory; this one wraps the catalog's own).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FaultyStorageFactory {
+    #[serde(skip)]
+    inner: Option<Arc<dyn StorageFactory>>,
+    #[serde(skip)]
+    faults: Arc<StoreFaults>,
+}
+
+#[typetag::serde]
+impl StorageFactory for FaultyStorageFactory {
+    fn build(&self, config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
+        let inner = self
+            .inner
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "a storage factory without storage"))?
+            .build(config)?;
+        Ok(Arc::new_cyclic(|me| FaultyStorage {
+            inner: Some(inner),
+            faults: self.faults.clone(),
+            me: me.clone(),
+        }))
+    }
+}
+
+/// One storage of [`FaultyStorageFactory`]: files it hands out write through it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FaultyStorage {
+    #[serde(skip)]
+    inner: Option<Arc<dyn Storage>>,
+    #[serde(skip)]
+    faults: Arc<StoreFaults>,
+    #[serde(skip)]
+    me: Weak<FaultyStorage>,
+}
+
+impl FaultyStorage {
+    fn inner(&self) -> iceberg::Result<&Arc<dyn Storage>> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "a storage without storage"))
+    }
+
+    fn me(&self) -> iceberg::Result<Arc<dyn Storage>> {
+        let me: Arc<FaultyStorage> = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "a storage already dropped"))?;
+        Ok(me)
+    }
+}
+
+#[async_trait]
+#[typetag::serde]
+impl Storage for FaultyStorage {
+    async fn exists(&self, path: &str) -> iceberg::Result<bool> {
+        self.inner()?.exists(path).await
+    }
+
+    async fn metadata(&self, path: &str) -> iceberg::Result<FileMetadata> {
+        self.inner()?.metadata(path).await
+    }
+
+    async fn read(&self, path: &str) -> iceberg::Result<bytes::Bytes> {
+        self.inner()?.read(path).await
+    }
+
+    async fn reader(&self, path: &str) -> iceberg::Result<Box<dyn FileRead>> {
+        self.inner()?.reader(path).await
+    }
+
+    async fn write(&self, path: &str, bs: bytes::Bytes) -> iceberg::Result<()> {
+        self.faults.check(path)?;
+        self.inner()?.write(path, bs).await
+    }
+
+    async fn writer(&self, path: &str) -> iceberg::Result<Box<dyn FileWrite>> {
+        self.faults.check(path)?;
+        self.inner()?.writer(path).await
+    }
+
+    async fn delete(&self, path: &str) -> iceberg::Result<()> {
+        self.inner()?.delete(path).await
+    }
+
+    async fn delete_prefix(&self, path: &str) -> iceberg::Result<()> {
+        self.inner()?.delete_prefix(path).await
+    }
+
+    async fn delete_stream(
+        &self,
+        paths: futures::stream::BoxStream<'static, String>,
+    ) -> iceberg::Result<()> {
+        self.inner()?.delete_stream(paths).await
+    }
+
+    fn new_input(&self, path: &str) -> iceberg::Result<InputFile> {
+        Ok(InputFile::new(self.me()?, path.to_string()))
+    }
+
+    fn new_output(&self, path: &str) -> iceberg::Result<OutputFile> {
+        Ok(OutputFile::new(self.me()?, path.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The catalog, gated: each call waits for the schedule's decision.
 
 /// A catalog call a runner waits at.
@@ -509,6 +644,8 @@ struct Sim {
     /// The pipeline's SQL, planned once per thread; each runner takes a fork of it.
     planned: Arc<Planned>,
     catalog: Arc<dyn Catalog>,
+    /// The warehouse's writes the schedule fails.
+    store: Arc<StoreFaults>,
     world: Shared<World>,
     clock: Arc<SimClock>,
     reports: mpsc::UnboundedReceiver<(usize, Report)>,
@@ -818,7 +955,7 @@ fn describe(error: &dyn std::error::Error) -> String {
 /// Whether a runner's error is one a real process would exit on and be restarted after (an
 /// injected outage while it was not riding one out), as opposed to a bug.
 fn expected_exit(error: &str) -> bool {
-    error.contains("simulated catalog outage")
+    error.contains("simulated catalog outage") || error.contains("simulated object store outage")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -830,6 +967,8 @@ struct Faults {
     catalog_errors: bool,
     crashes: bool,
     zombies: bool,
+    /// The warehouse fails a few writes now and then.
+    store_errors: bool,
     /// A partition read to its end and silent this long stops holding its windows open: events
     /// it delivers later may be late for windows the others closed (`None`: never).
     idle_timeout: Option<Duration>,
@@ -849,9 +988,16 @@ impl Sim {
         campaign_pipeline::setup::ensure_tables(&config, &pipeline, planned.sql())
             .await
             .map_err(|e| Failure(describe(&e)))?;
-        let catalog = open_catalog(&config, &pipeline.sink)
-            .await
-            .map_err(|e| Failure(describe(&e)))?;
+        let store = Arc::new(StoreFaults::default());
+        let faults = store.clone();
+        let catalog = open_catalog_over(&config, &pipeline.sink, |inner| {
+            Arc::new(FaultyStorageFactory {
+                inner: Some(inner),
+                faults,
+            })
+        })
+        .await
+        .map_err(|e| Failure(describe(&e)))?;
         let world = Arc::new(Mutex::new(World::new(&mut rng)));
         let (report_to, reports) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown) = shutdown_channel();
@@ -862,6 +1008,7 @@ impl Sim {
             pipeline,
             planned,
             catalog,
+            store,
             world,
             clock: Arc::new(SimClock {
                 start: Instant::now(),
@@ -889,6 +1036,7 @@ async fn run_schedule(
         catalog_errors: rng.random_bool(0.7),
         crashes: rng.random_bool(0.7),
         zombies: rng.random_bool(0.7),
+        store_errors: rng.random_bool(0.5),
         // Short spells are the ones that bite: a partition read to its end while another of the
         // runner's still has a backlog.
         idle_timeout: rng.random_bool(0.5).then(|| {
@@ -1019,6 +1167,14 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
                 }
                 None
             }
+            94..=95 if faults.store_errors => {
+                // The object store fails the next writes, whoever makes them: a data file, a
+                // manifest, a window checkpoint or a table's metadata.
+                let writes = sim.rng.random_range(1..=3);
+                sim.store.fail_next.store(writes, Ordering::Relaxed);
+                sim.note(format!("the object store fails the next {writes} writes"));
+                None
+            }
             _ => {
                 let partition = sim.rng.random_range(0..PARTITIONS);
                 let count = sim.rng.random_range(1..=8);
@@ -1041,6 +1197,7 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
     for id in sim.alive() {
         sim.crash(id);
     }
+    sim.store.fail_next.store(0, Ordering::Relaxed);
     sim.note("every runner is gone; a last one catches up".into());
     let last = sim.start(true).await?;
     if !sim.alive().contains(&last) {

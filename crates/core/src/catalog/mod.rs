@@ -66,6 +66,16 @@ pub async fn open_catalog(
     config: &Config,
     sink: &SinkConfig,
 ) -> Result<Arc<dyn Catalog>, CatalogError> {
+    open_catalog_over(config, sink, |storage| storage).await
+}
+
+/// [`open_catalog`] whose tables' files go through `layer(storage)`: the seam that lets the
+/// simulation tests fail the object store's calls the way they fail the catalog's.
+pub async fn open_catalog_over(
+    config: &Config,
+    sink: &SinkConfig,
+    layer: impl FnOnce(Arc<dyn StorageFactory>) -> Arc<dyn StorageFactory>,
+) -> Result<Arc<dyn Catalog>, CatalogError> {
     let storage = storage_properties(&sink.storage);
     match &sink.catalog {
         CatalogConfig::Sqlite {
@@ -86,7 +96,7 @@ pub async fn open_catalog(
                     .map_err(|e| fail(Failure::of("creating the database", e)))?;
             }
             let props = merged(properties, &storage);
-            sql_catalog(config, &url, warehouse, SqlBindStyle::QMark, props)
+            sql_catalog(config, &url, warehouse, SqlBindStyle::QMark, props, layer)
                 .await
                 .map_err(fail)
         }
@@ -98,16 +108,23 @@ pub async fn open_catalog(
             let fail = |failure: Failure| failure.into_error("postgres", redact(uri));
             connect_postgres(uri).await.map_err(fail)?;
             let props = merged(properties, &storage);
-            sql_catalog(config, uri, warehouse, SqlBindStyle::DollarNumeric, props)
-                .await
-                .map_err(fail)
+            sql_catalog(
+                config,
+                uri,
+                warehouse,
+                SqlBindStyle::DollarNumeric,
+                props,
+                layer,
+            )
+            .await
+            .map_err(fail)
         }
         CatalogConfig::Rest { uri, .. } => {
             let fail = |failure: Failure| failure.into_error("rest", uri.clone());
             let props = rest_properties(&sink.catalog, &storage);
             let catalog = RestCatalogBuilder::default()
                 .with_client(http_client().map_err(fail)?)
-                .with_storage_factory(object_storage())
+                .with_storage_factory(layer(object_storage()))
                 .load(CATALOG_NAME, props)
                 .await
                 .map_err(|e| fail(Failure::of("configuring the client", e)))?;
@@ -328,6 +345,7 @@ async fn sql_catalog(
     warehouse: &str,
     bind_style: SqlBindStyle,
     props: HashMap<String, String>,
+    layer: impl FnOnce(Arc<dyn StorageFactory>) -> Arc<dyn StorageFactory>,
 ) -> Result<Arc<dyn Catalog>, Failure> {
     let warehouse = warehouse_location(config, warehouse)?;
     sqlx::any::install_default_drivers();
@@ -340,7 +358,7 @@ async fn sql_catalog(
         .warehouse_location(warehouse.location())
         .sql_bind_style(bind_style)
         .props(props)
-        .with_storage_factory(storage)
+        .with_storage_factory(layer(storage))
         .load(CATALOG_NAME, HashMap::new())
         .await
         .map_err(|e| Failure::of("loading the catalog", e))?;
