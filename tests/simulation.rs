@@ -4,7 +4,9 @@
 //! source, group and clock. A seeded schedule interleaves them at every catalog call and picks
 //! what happens there: the call goes through, fails, loses its answer after landing, or the
 //! runner crashes. Between calls it rebalances the group (an old owner may read on for a few
-//! batches: a zombie), starts runners, crashes idle ones, appends events and moves the clock.
+//! batches: a zombie), starts runners, crashes idle ones, runs a maintenance pass, fails the
+//! object store's next writes, appends events and moves the clock; half the schedules set an
+//! idle timeout, so a silent partition's windows close with the others'.
 //! Then a last runner reads everything, flushes the open windows, and the tables and the dead
 //! letters are checked against what the log holds: every valid event once, every window once
 //! with exact counts, revenue and rates, every rejection in the dead letters, offsets never
