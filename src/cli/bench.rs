@@ -12,11 +12,12 @@ pub struct BenchArgs {
     /// Pipeline whose SQL and broker to use (default: the only one).
     #[arg(long)]
     pub pipeline: Option<String>,
-    /// Events for the in-memory benchmark (parse SQL and Parquet/Iceberg on pre-built batches).
+    /// Events for the in-memory benchmark (parse SQL and Parquet/Iceberg on pre-built batches,
+    /// and the window stage on them); 0 skips it.
     #[arg(long, default_value_t = 500_000)]
     pub memory_events: usize,
     /// Events over a fixed set of windows for the window-state memory measure (state is read
-    /// after these and after ten times as many).
+    /// after these and after ten times as many); 0 skips it.
     #[arg(long, default_value_t = 1_000_000)]
     pub window_events: usize,
     /// Events for the end-to-end benchmark through the pipeline's broker; 0 skips it.

@@ -285,125 +285,129 @@ pub async fn run(
     let generated = records(options.memory_events);
     let batches = kafka_batches(&generated, options.batch_rows)?;
 
-    let (_, baseline) = timed(async {
-        let mut valid = 0usize;
-        for r in &generated {
-            if serde_json::from_slice::<CampaignEvent>(&r.payload).is_ok() {
-                valid += 1;
-            }
-        }
-        Ok(valid)
-    })
-    .await?;
-    row(
-        "baseline: serde_json decode into structs",
-        per_second(generated.len(), baseline.wall),
-    );
-
     let ctx = new_session();
     let planned = plan_pipeline(&scratch, p, &ctx)
         .await
         .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
     let stage = SqlStage::new(&ctx, &planned.parse).await?;
-    // One untimed pass first, so that the first timed measure does not pay for warming up.
-    for batch in &batches {
-        stage.run(vec![batch.clone()]).await?;
-    }
-    let (_, parse_only) = timed(async {
+    if options.memory_events > 0 {
+        let (_, baseline) = timed(async {
+            let mut valid = 0usize;
+            for r in &generated {
+                if serde_json::from_slice::<CampaignEvent>(&r.payload).is_ok() {
+                    valid += 1;
+                }
+            }
+            Ok(valid)
+        })
+        .await?;
+        row(
+            "baseline: serde_json decode into structs",
+            per_second(generated.len(), baseline.wall),
+        );
+
+        // One untimed pass first, so that the first timed measure does not pay for warming up.
+        for batch in &batches {
+            stage.run(vec![batch.clone()]).await?;
+        }
+        let (_, parse_only) = timed(async {
+            for batch in &batches {
+                for out in stage.run(vec![batch.clone()]).await? {
+                    split_rejected(&out, ERROR_COLUMN)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        row(
+            "parse SQL only (in memory)",
+            per_second(generated.len(), parse_only.wall),
+        );
+        row(
+            "parse SQL only, CPU",
+            cpu_per_million(generated.len(), parse_only.cpu),
+        );
+        row(
+            "parse SQL vs serde_json baseline (time ratio)",
+            format!(
+                "{:.1}x",
+                parse_only.wall.as_secs_f64() / baseline.wall.as_secs_f64().max(1e-9)
+            ),
+        );
+
+        crate::setup::ensure_tables(&scratch, p, &planned).await?;
+        let catalog = open_catalog(&scratch, &p.sink).await?;
+        let mut writer = TableWriter::open(
+            catalog,
+            &p.sink.namespace,
+            &p.sink.events_table.name,
+            &p.name,
+            &planned.parse_output,
+        )
+        .await?;
+        let mut offsets = Offsets::new();
+        offsets.set("campaign_events", 0, generated.len() as i64);
+        let content = SnapshotContent {
+            offsets,
+            checkpoints: None,
+            jumps: Default::default(),
+        };
+        let (rows, full) = timed(async {
+            for batch in &batches {
+                for out in stage.run(vec![batch.clone()]).await? {
+                    let (valid, _) = split_rejected(&out, ERROR_COLUMN)?;
+                    writer.write(&valid).await?;
+                }
+            }
+            Ok(writer.commit(|_| Ok(content.clone())).await?.rows)
+        })
+        .await?;
+        row(
+            "parse SQL + Parquet/Iceberg commit (in memory)",
+            per_second(generated.len(), full.wall),
+        );
+        row(
+            "parse SQL + Parquet/Iceberg commit, CPU",
+            cpu_per_million(generated.len(), full.cpu),
+        );
+        row("  rows committed", rows.to_string());
+        // The write path alone (partition split, Parquet encoding, Iceberg commit), on the rows
+        // the parsing SQL produced beforehand: its share, measured rather than subtracted.
+        let mut parsed = Vec::new();
         for batch in &batches {
             for out in stage.run(vec![batch.clone()]).await? {
-                split_rejected(&out, ERROR_COLUMN)?;
+                parsed.push(split_rejected(&out, ERROR_COLUMN)?.0);
             }
         }
-        Ok(())
-    })
-    .await?;
-    row(
-        "parse SQL only (in memory)",
-        per_second(generated.len(), parse_only.wall),
-    );
-    row(
-        "parse SQL only, CPU",
-        cpu_per_million(generated.len(), parse_only.cpu),
-    );
-    row(
-        "parse SQL vs serde_json baseline (time ratio)",
-        format!(
-            "{:.1}x",
-            parse_only.wall.as_secs_f64() / baseline.wall.as_secs_f64().max(1e-9)
-        ),
-    );
-
-    crate::setup::ensure_tables(&scratch, p, &planned).await?;
-    let catalog = open_catalog(&scratch, &p.sink).await?;
-    let mut writer = TableWriter::open(
-        catalog,
-        &p.sink.namespace,
-        &p.sink.events_table.name,
-        &p.name,
-        &planned.parse_output,
-    )
-    .await?;
-    let mut offsets = Offsets::new();
-    offsets.set("campaign_events", 0, generated.len() as i64);
-    let content = SnapshotContent {
-        offsets,
-        checkpoints: None,
-        jumps: Default::default(),
-    };
-    let (rows, full) = timed(async {
-        for batch in &batches {
-            for out in stage.run(vec![batch.clone()]).await? {
-                let (valid, _) = split_rejected(&out, ERROR_COLUMN)?;
-                writer.write(&valid).await?;
+        let (rows, write_only) = timed(async {
+            for valid in &parsed {
+                writer.write(valid).await?;
             }
-        }
-        Ok(writer.commit(|_| Ok(content.clone())).await?.rows)
-    })
-    .await?;
-    row(
-        "parse SQL + Parquet/Iceberg commit (in memory)",
-        per_second(generated.len(), full.wall),
-    );
-    row(
-        "parse SQL + Parquet/Iceberg commit, CPU",
-        cpu_per_million(generated.len(), full.cpu),
-    );
-    row("  rows committed", rows.to_string());
-    // The write path alone (partition split, Parquet encoding, Iceberg commit), on the rows
-    // the parsing SQL produced beforehand: its share, measured rather than subtracted.
-    let mut parsed = Vec::new();
-    for batch in &batches {
-        for out in stage.run(vec![batch.clone()]).await? {
-            parsed.push(split_rejected(&out, ERROR_COLUMN)?.0);
-        }
+            Ok(writer.commit(|_| Ok(content.clone())).await?.rows)
+        })
+        .await?;
+        drop(parsed);
+        row(
+            "Parquet/Iceberg write only, on parsed rows (in memory), CPU",
+            format!(
+                "{:.2} CPU-s per 1M rows",
+                write_only.cpu.as_secs_f64() * 1e6 / (rows as f64).max(1.0)
+            ),
+        );
     }
-    let (rows, write_only) = timed(async {
-        for valid in &parsed {
-            writer.write(valid).await?;
-        }
-        Ok(writer.commit(|_| Ok(content.clone())).await?.rows)
-    })
-    .await?;
-    drop(parsed);
-    row(
-        "Parquet/Iceberg write only, on parsed rows (in memory), CPU",
-        format!(
-            "{:.2} CPU-s per 1M rows",
-            write_only.cpu.as_secs_f64() * 1e6 / (rows as f64).max(1.0)
-        ),
-    );
 
-    window::measure(
-        &ctx,
-        &planned,
-        &stage,
-        p,
-        &batches,
-        options.window_events,
-        &mut row,
-    )
-    .await?;
+    if options.memory_events > 0 && options.window_events > 0 {
+        window::measure(
+            &ctx,
+            &planned,
+            &stage,
+            p,
+            &batches,
+            options.window_events,
+            &mut row,
+        )
+        .await?;
+    }
 
     if options.kafka_events > 0 {
         end_to_end(config, pipeline, options, &mut row).await?;
