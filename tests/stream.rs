@@ -649,7 +649,10 @@ async fn sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly() {
     let pipeline = TestPipeline::new();
     // No commit is due before the signal: whatever the tables hold at the end, the shutdown
     // committed.
-    pipeline.edit_config(|yaml| yaml.replace("interval: 5s", "interval: 1h"));
+    pipeline.edit_config(|yaml| {
+        assert!(yaml.contains("interval: 5s"), "{yaml}");
+        yaml.replace("interval: 5s", "interval: 1h")
+    });
     let sent = setup_and_generate(&pipeline, &["--count", "5000", "--seed", "21"]);
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");

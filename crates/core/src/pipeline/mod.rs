@@ -337,7 +337,7 @@ pub enum Flow {
 }
 
 /// One run's moving parts: the source, the two branches, the dead letter writer and the
-/// offsets, with what the run has done so far. The binary's `pipeline::run` drives it on Kafka; the simulation tests
+/// offsets, with what the run has done so far. `campaign_kafka::run` drives it on Kafka; the simulation tests
 /// drive it step by step on a scripted source and a simulated clock.
 pub struct Runner<S: Source, D: Delivery> {
     pipeline: Arc<PipelineConfig>,

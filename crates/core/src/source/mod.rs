@@ -12,7 +12,8 @@ use crate::common::{Offsets, Watermarks};
 pub use batch::{MicroBatch, RawRecord};
 
 /// What a runner reads: the group's changes and micro-batches of its partitions. The Kafka
-/// consumer in production (the binary's `source::KafkaSource`); a scripted log in the simulation tests.
+/// consumer in production (`campaign_kafka::source::KafkaSource`); a scripted log in the
+/// simulation tests.
 #[async_trait]
 pub trait Source: Send {
     /// The next event; `None` once the source has stopped. Batches read before the last
