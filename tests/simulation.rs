@@ -51,6 +51,11 @@ use campaign_pipeline::pipeline::{
 use campaign_pipeline::source::batch::BatchBuilder;
 use campaign_pipeline::source::{Source, SourceError, SourceEvent};
 
+/// The product's allocator: thousands of schedules on a few threads allocate and free the
+/// catalog's metadata and Arrow buffers all the time, which glibc's arenas serve slowly.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const TOPIC: &str = "campaign_events";
 const PARTITIONS: i32 = 3;
 /// The simulated wall clock starts an hour after the first event, so no event is ahead of it.
@@ -1000,6 +1005,7 @@ impl Sim {
         })
         .await
         .map_err(|e| Failure(describe(&e)))?;
+        uncompressed(catalog.as_ref(), &pipeline.sink.namespace).await?;
         let world = Arc::new(Mutex::new(World::new(&mut rng)));
         let (report_to, reports) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown) = shutdown_channel();
@@ -1619,6 +1625,28 @@ fn seeds() -> Vec<u64> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6_000u64);
     (0..count).collect()
+}
+
+/// Sets both tables to write uncompressed files: a codec changes no decision of the commit
+/// protocol, and setting up a zstd context per column chunk is a good part of a schedule's time.
+async fn uncompressed(catalog: &dyn Catalog, namespace: &str) -> Result<(), Failure> {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    for name in ["campaign_events", "campaign_metrics"] {
+        let ident = TableIdent::new(NamespaceIdent::new(namespace.to_string()), name.to_string());
+        let failed = |e: Error| Failure(format!("setting {name}'s codec: {e}"));
+        let table = catalog.load_table(&ident).await.map_err(failed)?;
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .update_table_properties()
+            .set(
+                "write.parquet.compression-codec".to_string(),
+                "uncompressed".to_string(),
+            )
+            .apply(tx)
+            .map_err(failed)?;
+        tx.commit(catalog).await.map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Runs `seeds` on one thread, one schedule after another; the first failure ends it.

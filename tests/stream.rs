@@ -1077,3 +1077,112 @@ async fn the_products_example_event_takes_its_record_time_and_lands_in_both_tabl
     );
     assert_eq!(windows.len(), 1, "{windows:?}");
 }
+
+/// The codec of every column chunk of the table's data files, by file.
+fn codecs_by_file(pipeline: &TestPipeline, table: &str) -> BTreeMap<String, Vec<String>> {
+    let folder = pipeline
+        .dir
+        .path()
+        .join("data/warehouse/campaigns")
+        .join(table);
+    common::files_under(&folder)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|path| {
+            let file = std::fs::File::open(&path).unwrap();
+            let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+            use parquet::file::reader::FileReader;
+            let codecs = reader
+                .metadata()
+                .row_groups()
+                .iter()
+                .flat_map(|g| g.columns().iter().map(|c| c.compression().to_string()))
+                .collect();
+            (path.display().to_string(), codecs)
+        })
+        .collect()
+}
+
+/// Sets one property of `table`, as another engine's `ALTER TABLE … SET TBLPROPERTIES` does.
+async fn set_table_property(pipeline: &TestPipeline, table: &str, key: &str, value: &str) {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
+    let sink = &config.pipelines[0].sink;
+    let catalog = campaign_pipeline::catalog::open_catalog(&config, sink)
+        .await
+        .unwrap();
+    let loaded = common::load_table(&pipeline.config, table).await;
+    let tx = Transaction::new(&loaded);
+    let tx = tx
+        .update_table_properties()
+        .set(key.to_string(), value.to_string())
+        .apply(tx)
+        .unwrap();
+    tx.commit(catalog.as_ref()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tables_compression_codec_property_decides_how_new_files_are_written() {
+    let pipeline = TestPipeline::new();
+    setup_and_generate(&pipeline, &["--count", "100", "--seed", "5"]);
+    let first = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let before = codecs_by_file(&pipeline, "campaign_events");
+    assert!(!before.is_empty());
+    assert!(
+        before.values().flatten().all(|c| c.starts_with("ZSTD")),
+        "{before:?}"
+    );
+
+    set_table_property(
+        &pipeline,
+        "campaign_events",
+        "write.parquet.compression-codec",
+        "snappy",
+    )
+    .await;
+    let generate = pipeline.cli(&["generate", "--count", "50", "--seed", "6"]);
+    assert!(generate.status.success(), "{}", text(&generate));
+    let second = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(second.status.success(), "{}", text(&second));
+    let after = codecs_by_file(&pipeline, "campaign_events");
+    let new: Vec<_> = after
+        .iter()
+        .filter(|(path, _)| !before.contains_key(*path))
+        .collect();
+    assert!(!new.is_empty());
+    for (path, codecs) in &new {
+        assert!(codecs.iter().all(|c| c == "SNAPPY"), "{path}: {codecs:?}");
+    }
+    let rows: usize = scan_table(&pipeline.config, "campaign_events")
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 150);
+    let committed = snapshot_properties(&pipeline.config, "campaign_events").await;
+
+    // A codec the writer does not have stops the next run before it reads an event.
+    set_table_property(
+        &pipeline,
+        "campaign_events",
+        "write.parquet.compression-codec",
+        "lzo",
+    )
+    .await;
+    let generate = pipeline.cli(&["generate", "--count", "10", "--seed", "7"]);
+    assert!(generate.status.success(), "{}", text(&generate));
+    let refused = pipeline.cli(&["run", "--until-caught-up"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let message = text(&refused);
+    assert!(
+        message.contains("campaigns.campaign_events")
+            && message.contains("write.parquet.compression-codec = \"lzo\""),
+        "{message}"
+    );
+    // Nothing was committed: the table's offsets are where the second run left them.
+    assert_eq!(
+        snapshot_properties(&pipeline.config, "campaign_events").await,
+        committed
+    );
+}

@@ -22,7 +22,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, ErrorKind};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::task::{JoinError, JoinSet};
 
@@ -161,6 +161,9 @@ impl TableWriter {
             fenced_files: Vec::new(),
         };
         writer.state = read_state(&writer.table, &writer.pipeline, &writer.label)?;
+        // A codec the writer cannot follow is reported before any event is read, not at the
+        // first commit.
+        writer.file_writer_builder()?;
         Ok(writer)
     }
 
@@ -419,8 +422,12 @@ impl TableWriter {
 
     fn file_writer_builder(&self) -> Result<FileWriterBuilder, SinkError> {
         let metadata = self.table.metadata();
-        let parquet =
-            ParquetWriterBuilder::new(parquet_properties(), metadata.current_schema().clone());
+        let properties =
+            parquet_properties(metadata.properties()).map_err(|source| SinkError::Property {
+                table: self.label.clone(),
+                source,
+            })?;
+        let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
         let location = DefaultLocationGenerator::new(metadata)
             .map_err(|e| SinkError::iceberg(&self.label, e))?;
         // A fresh prefix per commit: a crash may leave uncommitted files behind, and a restart
@@ -470,15 +477,85 @@ impl TableWriter {
 }
 
 /// The Parquet settings of every data file the project writes (the sink and compaction).
-pub fn parquet_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+pub fn parquet_properties(
+    table_properties: &HashMap<String, String>,
+) -> Result<WriterProperties, TablePropertyError> {
+    Ok(WriterProperties::builder()
+        .set_compression(compression(table_properties)?)
         // A column's dictionary grows until its page passes this size, then the column falls
         // back to plain encoding. Identifiers (a new value per event) paid for hashing every
         // value into a dictionary that could never help until it reached the default 1 MiB;
         // columns of few values (campaign, event type, country) keep theirs far below 64 KiB.
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_LIMIT)
-        .build()
+        .build())
+}
+
+/// The table property naming the data files' codec (Iceberg's name for it).
+pub const CODEC_PROPERTY: &str = "write.parquet.compression-codec";
+/// The table property setting the codec's level.
+pub const LEVEL_PROPERTY: &str = "write.parquet.compression-level";
+
+/// A table property the writer cannot follow.
+#[derive(Debug, thiserror::Error)]
+#[error("table property {key} = {value:?}: {reason}")]
+pub struct TablePropertyError {
+    /// The property's name.
+    pub key: &'static str,
+    /// Its value in the table's metadata.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The codec the table's properties ask for, as every Iceberg writer reads them: zstd when
+/// unset (Iceberg's default), so another engine's `ALTER TABLE … SET TBLPROPERTIES` applies here too.
+fn compression(properties: &HashMap<String, String>) -> Result<Compression, TablePropertyError> {
+    let codec = properties
+        .get(CODEC_PROPERTY)
+        .map_or("zstd", String::as_str);
+    let level = match properties.get(LEVEL_PROPERTY) {
+        None => None,
+        Some(text) => Some(text.trim().parse::<i32>().map_err(|e| TablePropertyError {
+            key: LEVEL_PROPERTY,
+            value: text.clone(),
+            reason: e.to_string(),
+        })?),
+    };
+    let level_error = |e: parquet::errors::ParquetError| TablePropertyError {
+        key: LEVEL_PROPERTY,
+        value: level.map(|l| l.to_string()).unwrap_or_default(),
+        reason: format!("not a level of {codec}: {e}"),
+    };
+    Ok(match codec.to_ascii_lowercase().as_str() {
+        "zstd" => Compression::ZSTD(match level {
+            Some(level) => ZstdLevel::try_new(level).map_err(level_error)?,
+            None => ZstdLevel::default(),
+        }),
+        "gzip" => Compression::GZIP(match level {
+            Some(level) => {
+                GzipLevel::try_new(u32::try_from(level).unwrap_or(u32::MAX)).map_err(level_error)?
+            }
+            None => GzipLevel::default(),
+        }),
+        "brotli" => Compression::BROTLI(match level {
+            Some(level) => BrotliLevel::try_new(u32::try_from(level).unwrap_or(u32::MAX))
+                .map_err(level_error)?,
+            None => BrotliLevel::default(),
+        }),
+        "snappy" => Compression::SNAPPY,
+        // Parquet's LZ4 without Hadoop's framing: what current readers expect of "lz4".
+        "lz4" => Compression::LZ4_RAW,
+        "uncompressed" | "none" => Compression::UNCOMPRESSED,
+        _ => {
+            return Err(TablePropertyError {
+                key: CODEC_PROPERTY,
+                value: codec.to_string(),
+                reason:
+                    "not a codec this writer has (zstd, gzip, brotli, snappy, lz4, uncompressed)"
+                        .into(),
+            })
+        }
+    })
 }
 
 /// Data files of one commit closing at the same time. Each holds its encoded bytes and its

@@ -74,6 +74,12 @@ pub enum SinkError {
         #[source]
         source: serde_json::Error,
     },
+    /// A table property the writer follows has a value it cannot use.
+    #[error("table {table}: {source} (change it with any Iceberg engine's ALTER TABLE … SET TBLPROPERTIES)")]
+    Property {
+        table: String,
+        source: self::iceberg::TablePropertyError,
+    },
     /// A SQL output column has no Iceberg counterpart.
     #[error("table {table}: column `{column}` has type {data_type}, which Iceberg cannot store; cast it in the SQL")]
     UnsupportedType {

@@ -148,8 +148,11 @@ pub async fn rewrite(
         .read(futures::stream::iter(tasks).boxed())?
         .stream();
 
-    let parquet =
-        ParquetWriterBuilder::new(crate::sink::iceberg::parquet_properties(), schema.clone());
+    let properties =
+        crate::sink::iceberg::parquet_properties(metadata.properties()).map_err(|e| {
+            iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string()).with_source(e)
+        })?;
+    let parquet = ParquetWriterBuilder::new(properties, schema.clone());
     let location = DefaultLocationGenerator::new(metadata)?;
     // A fresh prefix per rewrite: files of a rewrite that never committed are orphans, and
     // must never be overwritten by a later one.
