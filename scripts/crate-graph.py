@@ -19,13 +19,17 @@ LIBRARIES = {
     "campaign-tables",
     "campaign-serve",
     "campaign-tools",
+    "campaign-http",
+    "campaign-collect",
 }
 ALLOWED = {
     "campaign-generator": set(),
     "campaign-core": set(),
     "campaign-kafka": {"campaign-core", "campaign-generator"},
     "campaign-tables": {"campaign-core"},
-    "campaign-serve": {"campaign-core"},
+    "campaign-serve": {"campaign-core", "campaign-http"},
+    "campaign-http": set(),
+    "campaign-collect": {"campaign-core", "campaign-kafka", "campaign-http"},
     "campaign-tools": {"campaign-core", "campaign-kafka"},
     "campaign-bench": LIBRARIES,
     "campaign-pipeline": LIBRARIES | {"campaign-bench"},
@@ -48,6 +52,10 @@ FORBIDDEN = {
     # The readers serve over HTTP and the PostgreSQL protocol, and never touch Kafka.
     "campaign-serve": KAFKA | BINARY,
     "campaign-bench": BINARY,
+    # The HTTP servers' front door knows neither Kafka, the tables nor the SQL engine.
+    "campaign-http": KAFKA | BINARY | {"datafusion", "iceberg"},
+    # The collector writes to Kafka over HTTP and serves no SQL.
+    "campaign-collect": BINARY | {"datafusion-postgres", "pgwire"},
 }
 
 

@@ -5,6 +5,7 @@ pub mod pipeline;
 pub mod source;
 
 pub use campaign_bench as bench;
+pub use campaign_collect as collect;
 pub use campaign_core::{catalog, common, config, engine, sink, telemetry, window};
 pub use campaign_generator as generator;
 pub use campaign_kafka as kafka;

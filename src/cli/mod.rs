@@ -2,6 +2,7 @@
 
 mod bench;
 mod check;
+mod collect;
 mod dlq;
 mod generate;
 mod maintain;
@@ -84,6 +85,9 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Measure throughput and CPU cost (build with --release for meaningful figures).
     Bench(bench::BenchArgs),
+    /// Take events from apps over HTTP (`POST /v1/events`) into the source topic, answering
+    /// 202 once Kafka has acknowledged them.
+    Collect(collect::CollectArgs),
     /// Produce synthetic campaign events (valid, malformed, out of order, late) to the source topic.
     Generate(generate::GenerateArgs),
 }
@@ -115,6 +119,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve(args) => serve::run(&cli.config, args, true).await,
             Command::Dashboard(args) => serve::run(&cli.config, args, false).await,
             Command::Dlq(args) => dlq::run(&cli.config, args).await,
+            Command::Collect(args) => collect::run(&cli.config, args).await,
         }
     });
     match result {

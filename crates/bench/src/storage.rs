@@ -107,6 +107,7 @@ fn scratch_in_configured_catalog(
     Config {
         pipelines: vec![p],
         sql_endpoint: config.sql_endpoint.clone(),
+        collector: config.collector.clone(),
         base_dir: config.base_dir.clone(),
         file: config.file.clone(),
     }

@@ -1,10 +1,12 @@
 //! `pipelines.yaml`: the typed configuration and its one loader.
 
+mod collector;
 pub mod env;
 mod maintenance;
 mod size;
 mod sql_endpoint;
 
+pub use collector::CollectorConfig;
 pub use maintenance::MaintenanceConfig;
 pub use size::ByteSize;
 pub use sql_endpoint::{SqlEndpointConfig, TlsConfig};
@@ -59,6 +61,9 @@ pub struct Config {
     /// The PostgreSQL-wire endpoint `serve` offers BI tools.
     #[serde(default)]
     pub sql_endpoint: SqlEndpointConfig,
+    /// The HTTP endpoint apps send events to (`collect`).
+    #[serde(default)]
+    pub collector: CollectorConfig,
     /// Directory of the configuration file; relative paths inside it resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -496,6 +501,9 @@ impl Config {
         let mut names = HashSet::new();
         if let Some((field, message)) = self.sql_endpoint.problem() {
             return Err(self.invalid(format!("sql_endpoint.{field}"), message));
+        }
+        if let Some((field, message)) = self.collector.problem() {
+            return Err(self.invalid(format!("collector.{field}"), message));
         }
         for (i, p) in self.pipelines.iter().enumerate() {
             let key = |field: &str| format!("pipelines[{i}].{field}");

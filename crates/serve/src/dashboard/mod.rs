@@ -39,9 +39,6 @@ pub enum DashboardError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    /// The server failed.
-    #[error("dashboard server")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Serves the dashboard on `listen` until `shutdown` becomes true.
@@ -63,13 +60,20 @@ pub async fn serve(
     tracing::info!(
         "dashboard on http://{listen}/ (JSON API under /api, Prometheus metrics at /metrics)"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-        .map_err(DashboardError::Serve)
+    campaign_http::serve(listener, app, LIMITS, async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await;
+    Ok(())
 }
+
+/// What the dashboard allows its clients: a few people and their browsers, each page a handful
+/// of requests; a query's own time and memory are bounded by the query engine's limits.
+const LIMITS: campaign_http::ServerLimits = campaign_http::ServerLimits {
+    max_connections: 256,
+    header_timeout: std::time::Duration::from_secs(10),
+    shutdown_grace: std::time::Duration::from_secs(5),
+};
 
 fn router(api: Arc<Api>) -> Router {
     Router::new()
