@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Seconds of the steady run (after a 5 s warm-up; 600 is the 10-minute check); 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub steady_seconds: u64,
+    /// Seconds of each load step of the HTTP collector rows (10,000 events/s in requests of 1
+    /// and of 100 events, then doubling rates); 0 skips them.
+    #[arg(long, default_value_t = 5)]
+    pub collector_seconds: u64,
 }
 
 /// Runs the benchmarks and prints the table.
@@ -81,6 +85,9 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
         steady: bench::SteadyOptions {
             rate: args.steady_rate,
             seconds: args.steady_seconds,
+        },
+        collector: bench::CollectorOptions {
+            seconds: args.collector_seconds,
         },
     };
     let rows = bench::run(&config, pipeline, &options).await?;

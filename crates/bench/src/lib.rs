@@ -4,6 +4,7 @@
 //! run: decoding the same payloads with serde_json, and a plain rdkafka consumer reading the
 //! same topic.
 
+mod collector;
 mod dashboard;
 mod day;
 mod dlq;
@@ -14,6 +15,7 @@ mod sql_endpoint;
 mod storage;
 mod window;
 
+use campaign_collect as collect;
 use campaign_core::{catalog, common, config, engine, pipeline, sink, source};
 use campaign_generator as generator;
 use campaign_kafka as kafka;
@@ -38,6 +40,7 @@ use crate::pipeline::plan::plan_pipeline;
 use crate::pipeline::{RunOptions, RunSummary};
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::source::batch::BatchBuilder;
+pub use collector::CollectorOptions;
 pub use freshness::FreshnessOptions;
 pub use memory::SteadyOptions;
 
@@ -65,6 +68,8 @@ pub struct BenchOptions {
     pub freshness: FreshnessOptions,
     /// The runner process's resident memory over a steady run (no seconds skips it).
     pub steady: SteadyOptions,
+    /// The HTTP collector under load (no seconds skips it).
+    pub collector: CollectorOptions,
 }
 
 /// One line of the result table.
@@ -430,6 +435,9 @@ pub async fn run(
             &mut row,
         )
         .await?;
+    }
+    if options.collector.seconds > 0 {
+        collector::measure(config, pipeline, options.collector, &mut row).await?;
     }
     if options.dlq_events > 0 {
         let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);

@@ -70,8 +70,33 @@ impl CollectorServer {
         pipeline: &PipelineConfig,
         listen: Option<SocketAddr>,
     ) -> Result<Self, CollectError> {
+        let tokens = Tokens::from_env(&config.collector.tokens_env)?;
+        Self::bind_with(config, pipeline, listen, tokens).await
+    }
+
+    /// As [`Self::bind`], accepting `tokens` instead of those of `collector.tokens_env`.
+    pub async fn bind_with_tokens(
+        config: &Config,
+        pipeline: &PipelineConfig,
+        listen: Option<SocketAddr>,
+        tokens: &[&str],
+    ) -> Result<Self, CollectError> {
+        let tokens = Tokens(tokens.iter().map(|t| t.as_bytes().to_vec()).collect());
+        if tokens.0.is_empty() {
+            return Err(CollectError::NoTokens {
+                variable: config.collector.tokens_env.clone(),
+            });
+        }
+        Self::bind_with(config, pipeline, listen, tokens).await
+    }
+
+    async fn bind_with(
+        config: &Config,
+        pipeline: &PipelineConfig,
+        listen: Option<SocketAddr>,
+        tokens: Tokens,
+    ) -> Result<Self, CollectError> {
         let settings = config.collector.clone();
-        let tokens = Tokens::from_env(&settings.tokens_env)?;
         let origins = settings
             .cors_origins
             .iter()
