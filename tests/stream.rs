@@ -3,6 +3,7 @@
 //! in the dead letter queue with its reason and source offset; restarts and SIGKILLs lose and
 //! duplicate nothing.
 
+mod collector;
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,8 +1,8 @@
 //! `collect`, the apps' way in, against a real broker and with real HTTP on the wire: what a
 //! 202 promises (every event in the topic as sent, keyed by campaign, once), what each kind of
-//! bad request gets, and a broker outage while apps keep posting.
-
-mod common;
+//! bad request gets, a broker outage while apps keep posting, and SIGTERM with a request in
+//! flight. A module of the `stream` test binary (which shares its broker), so CI links one
+//! binary fewer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{self, read_topic, scan_table, text, TestPipeline};
 use arrow::array::AsArray;
 use campaign_pipeline::dlq::DeadLetter;
-use common::{read_topic, scan_table, text, TestPipeline};
 
 const TOKEN: &str = "app-secret";
 
@@ -479,4 +479,68 @@ fn a_broker_outage_gets_503_and_every_acknowledged_event_is_in_the_topic_once() 
         }
     }
     assert!(common::http_get(port, "/healthz").is_some());
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_then_exits() {
+    // The broker behind a proxy: cut, a request's events wait for Kafka, in flight.
+    let proxy_address = format!("127.0.0.1:{}", common::free_port());
+    let broker_address = format!("127.0.0.1:{}", common::free_port());
+    let _broker = common::private_broker(&broker_address, &proxy_address);
+    let proxy = common::proxy::Proxy::start(&proxy_address, &broker_address);
+    let pipeline = TestPipeline::on_broker(&proxy.address);
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    let mut collector = start_collector(&pipeline, "  produce_timeout: 20s\n");
+    let port = collector.port;
+    assert_eq!(
+        accepted(&post(
+            port,
+            &[],
+            event("warm", "campaign_a", "click").as_bytes()
+        )),
+        1
+    );
+
+    proxy.cut();
+    let body = event("in-flight", "campaign_a", "click");
+    let request = std::thread::spawn(move || post(port, &[], body.as_bytes()));
+    // In flight once the collector holds its bytes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = common::http_get(port, "/metrics").map(|(_, m)| m);
+        let held = metrics
+            .as_deref()
+            .and_then(|m| common::metric_sample(m, "campaign_collector_in_flight_bytes"));
+        if held.is_some_and(|bytes| bytes > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request in flight: {metrics:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill only sends a signal to the collector's process id.
+    unsafe { libc::kill(collector.child.id() as i32, libc::SIGTERM) };
+    // Stopped taking connections, and still finishing the one in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "still taking connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(collector.child.try_wait().unwrap().is_none());
+    proxy.restore();
+    let reply = request.join().unwrap();
+    assert_eq!(accepted(&reply), 1);
+    let status = collector.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let ids: BTreeSet<String> = read_topic(&pipeline.brokers, &pipeline.topic)
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            value["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["warm".into(), "in-flight".into()]));
 }
