@@ -156,15 +156,10 @@ fn expected_files(live: &LiveFiles) -> usize {
 
 /// Data files (`.parquet`) under a table's folder.
 fn parquet_files(pipeline: &TestPipeline, table: &str) -> BTreeSet<String> {
-    let folder = pipeline
-        .dir
-        .path()
-        .join("data/warehouse/campaigns")
-        .join(table);
-    common::files_under(&folder)
+    pipeline
+        .parquet_files(table)
         .into_iter()
         .map(|p| p.display().to_string())
-        .filter(|p| p.ends_with(".parquet"))
         .collect()
 }
 

@@ -871,13 +871,9 @@ async fn each_parsing_rule_dead_letters_what_breaks_it_and_keeps_its_neighbours(
 
 #[test]
 fn a_broker_outage_is_logged_in_a_few_lines_and_loses_nothing() {
-    // A broker of its own behind a proxy: cutting the proxy is the broker going away, for this
-    // test only, with the broker's data kept.
-    let proxy_address = format!("127.0.0.1:{}", common::free_port());
-    let broker_address = format!("127.0.0.1:{}", common::free_port());
-    let _broker = common::private_broker(&broker_address, &proxy_address);
-    let proxy = common::proxy::Proxy::start(&proxy_address, &broker_address);
-    let pipeline = TestPipeline::on_broker(&proxy.address);
+    let common::ProxiedPipeline {
+        pipeline, proxy, ..
+    } = common::pipeline_behind_proxy();
     pipeline.edit_config(|yaml| yaml.replace("interval: 5s", "interval: 1s"));
     // Two stretches of 5,000 events 10 ms apart, the second right after the first in event
     // time (so that none is late), both in the past.
@@ -1081,14 +1077,9 @@ async fn the_products_example_event_takes_its_record_time_and_lands_in_both_tabl
 
 /// The codec of every column chunk of the table's data files, by file.
 fn codecs_by_file(pipeline: &TestPipeline, table: &str) -> BTreeMap<String, Vec<String>> {
-    let folder = pipeline
-        .dir
-        .path()
-        .join("data/warehouse/campaigns")
-        .join(table);
-    common::files_under(&folder)
+    pipeline
+        .parquet_files(table)
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .map(|path| {
             let file = std::fs::File::open(&path).unwrap();
             let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();

@@ -387,12 +387,9 @@ fn each_bad_request_gets_its_status_and_the_collector_stays_well() {
 
 #[test]
 fn a_broker_outage_gets_503_and_every_acknowledged_event_is_in_the_topic_once() {
-    // A broker of its own behind a proxy: cutting the proxy is the broker going away.
-    let proxy_address = format!("127.0.0.1:{}", common::free_port());
-    let broker_address = format!("127.0.0.1:{}", common::free_port());
-    let _broker = common::private_broker(&broker_address, &proxy_address);
-    let proxy = common::proxy::Proxy::start(&proxy_address, &broker_address);
-    let pipeline = TestPipeline::on_broker(&proxy.address);
+    let common::ProxiedPipeline {
+        pipeline, proxy, ..
+    } = common::pipeline_behind_proxy();
     let setup = pipeline.cli(&["setup"]);
     assert!(setup.status.success(), "{}", text(&setup));
     let collector = start_collector(&pipeline, "  produce_timeout: 2s\n");
@@ -484,11 +481,9 @@ fn a_broker_outage_gets_503_and_every_acknowledged_event_is_in_the_topic_once() 
 #[test]
 fn sigterm_finishes_the_request_in_flight_then_exits() {
     // The broker behind a proxy: cut, a request's events wait for Kafka, in flight.
-    let proxy_address = format!("127.0.0.1:{}", common::free_port());
-    let broker_address = format!("127.0.0.1:{}", common::free_port());
-    let _broker = common::private_broker(&broker_address, &proxy_address);
-    let proxy = common::proxy::Proxy::start(&proxy_address, &broker_address);
-    let pipeline = TestPipeline::on_broker(&proxy.address);
+    let common::ProxiedPipeline {
+        pipeline, proxy, ..
+    } = common::pipeline_behind_proxy();
     let setup = pipeline.cli(&["setup"]);
     assert!(setup.status.success(), "{}", text(&setup));
     let mut collector = start_collector(&pipeline, "  produce_timeout: 20s\n");

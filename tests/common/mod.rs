@@ -70,6 +70,29 @@ fn start_broker() -> Broker {
     start_broker_on(&address, &address)
 }
 
+/// A pipeline on a broker of its own behind a proxy: cutting the proxy is the broker going
+/// away, for this test only, with the broker's data kept.
+pub struct ProxiedPipeline {
+    /// The pipeline, configured with the proxy's address.
+    pub pipeline: TestPipeline,
+    /// The proxy in front of the broker.
+    pub proxy: proxy::Proxy,
+    _broker: Broker,
+}
+
+/// Starts a broker of the test's own behind a proxy, and a pipeline on it.
+pub fn pipeline_behind_proxy() -> ProxiedPipeline {
+    let proxy_address = format!("127.0.0.1:{}", free_port());
+    let broker_address = format!("127.0.0.1:{}", free_port());
+    let broker = private_broker(&broker_address, &proxy_address);
+    let proxy = proxy::Proxy::start(&proxy_address, &broker_address);
+    ProxiedPipeline {
+        pipeline: TestPipeline::on_broker(&proxy.address),
+        proxy,
+        _broker: broker,
+    }
+}
+
 /// A broker of a test's own, listening on `address` and telling clients to connect to
 /// `advertised` (a [`proxy::Proxy`] in front of it, for example).
 pub fn private_broker(address: &str, advertised: &str) -> Broker {
@@ -276,6 +299,15 @@ impl TestPipeline {
             dlq_topic,
             brokers,
         }
+    }
+
+    /// The data files (`.parquet`) under a table's folder in the embedded warehouse.
+    pub fn parquet_files(&self, table: &str) -> Vec<PathBuf> {
+        let folder = self.dir.path().join("data/warehouse/campaigns").join(table);
+        files_under(&folder)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect()
     }
 
     /// Rewrites the configuration file (for example to change the commit interval).

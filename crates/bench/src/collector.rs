@@ -88,16 +88,7 @@ pub async fn measure(
     let client = client_config(&p.source.brokers, &p.source.properties);
     let producer = EventProducer::new(&client, &p.source.topic)?;
     let before = super::cpu_time();
-    for chunk in records.chunks(1_000) {
-        producer
-            .send_records(
-                chunk
-                    .iter()
-                    .map(|r| (r.key.as_slice(), r.payload.as_slice())),
-            )
-            .await
-            .context("producing the baseline's events")?;
-    }
+    super::send_all(&producer, &records, 1_000).await?;
     let baseline = super::cpu_time() - before;
     drop(producer);
     row(

@@ -572,7 +572,20 @@ async fn fill_topic(p: &PipelineConfig, events: usize) -> anyhow::Result<Filled>
     let producer = EventProducer::new(&client, &p.source.topic)?;
     let generated = records(events);
     let started = Instant::now();
-    for chunk in generated.chunks(20_000) {
+    send_all(&producer, &generated, 20_000).await?;
+    Ok(Filled {
+        count: generated.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Produces `records` keyed as generated, `chunk` of them in flight at once.
+async fn send_all(
+    producer: &EventProducer,
+    records: &[GeneratedRecord],
+    chunk: usize,
+) -> anyhow::Result<()> {
+    for chunk in records.chunks(chunk) {
         producer
             .send_records(
                 chunk
@@ -582,10 +595,7 @@ async fn fill_topic(p: &PipelineConfig, events: usize) -> anyhow::Result<Filled>
             .await
             .context("producing benchmark events")?;
     }
-    Ok(Filled {
-        count: generated.len(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
 
 /// Creates the source topic (3 partitions) and the dead letter topic (1) of `p`.
