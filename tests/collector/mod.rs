@@ -157,6 +157,12 @@ async fn events_posted_in_each_body_form_land_as_sent_keyed_by_campaign() {
         event("e7", "campaign_c", "impression"),
         event("e8", "campaign_a", "impression"),
     ];
+    // Over the parsing SQL's 64 KiB limit and under the body's: produced, dead-lettered whole.
+    let oversized = event("e9", "campaign_b", "click").replacen(
+        "{ ",
+        &format!("{{ \"note\": \"{}\", ", "x".repeat(100 * 1024)),
+        1,
+    );
     let mut sent = 0;
     sent += accepted(&post(
         port,
@@ -178,7 +184,8 @@ async fn events_posted_in_each_body_form_land_as_sent_keyed_by_campaign() {
         &[("Content-Encoding", "gzip")],
         &gzip(format!("{}\n{}\n", zipped[0], zipped[1]).as_bytes()),
     ));
-    assert_eq!(sent, 8);
+    sent += accepted(&post(port, &[], oversized.as_bytes()));
+    assert_eq!(sent, 9);
 
     // In the topic: each event byte for byte, keyed by its campaign, a campaign on one partition.
     let records = read_topic(&pipeline.brokers, &pipeline.topic);
@@ -187,6 +194,7 @@ async fn events_posted_in_each_body_form_land_as_sent_keyed_by_campaign() {
         .chain(&lines)
         .chain(std::iter::once(&broken))
         .chain(&zipped)
+        .chain(std::iter::once(&oversized))
         .collect();
     let mut in_topic: Vec<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
     let mut want: Vec<Vec<u8>> = posted.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -229,13 +237,16 @@ async fn events_posted_in_each_body_form_land_as_sent_keyed_by_campaign() {
         .iter()
         .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].payload_bytes().unwrap(), broken.as_bytes());
+    let mut rejected: Vec<Vec<u8>> = letters.iter().map(|l| l.payload_bytes().unwrap()).collect();
+    rejected.sort();
+    let mut want_rejected = vec![broken.as_bytes().to_vec(), oversized.as_bytes().to_vec()];
+    want_rejected.sort();
+    assert_eq!(rejected, want_rejected);
 
     let metrics = common::http_get(port, "/metrics").unwrap().1;
     assert_eq!(
         common::metric_sample(&metrics, "campaign_collector_events_accepted_total"),
-        Some(8.0),
+        Some(9.0),
         "{metrics}"
     );
     assert_eq!(
@@ -243,7 +254,7 @@ async fn events_posted_in_each_body_form_land_as_sent_keyed_by_campaign() {
             &metrics,
             "campaign_collector_requests_total{status=\"202\"}"
         ),
-        Some(4.0),
+        Some(5.0),
         "{metrics}"
     );
 }
