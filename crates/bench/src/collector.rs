@@ -26,7 +26,7 @@ const P99_TARGET: Duration = Duration::from_millis(50);
 /// The rate the issue names.
 const RATE: usize = 10_000;
 /// The highest rate tried: each step holds its bodies in memory.
-const MAX_RATE: usize = 160_000;
+const MAX_RATE: usize = 1_280_000;
 const TOKEN: &str = "bench-token";
 
 /// How long each load step runs.
