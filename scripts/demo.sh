@@ -22,6 +22,25 @@ echo; echo "== setup: topics and Iceberg tables"
 echo; echo "== generate: campaign traffic, 2% malformed, 5% out of order, 1% late"
 "$bin" generate --count "${DEMO_EVENTS:-100000}" --campaigns 10 \
   --invalid-ratio 0.02 --out-of-order-ratio 0.05 --late-ratio 0.01 --truth data/truth.json
+echo; echo "== collect: an app posts two events over HTTP; the answer comes once Kafka has them"
+export CAMPAIGN_COLLECTOR_TOKENS=${CAMPAIGN_COLLECTOR_TOKENS:-demo-app-token}
+collector_listen=${COLLECTOR_LISTEN:-127.0.0.1:8090}
+"$bin" collect --listen "$collector_listen" &
+collector=$!
+trap 'kill "$collector" 2>/dev/null || true' EXIT
+until curl -fsS "http://$collector_listen/healthz" >/dev/null 2>&1; do
+  kill -0 "$collector" 2>/dev/null || exit 1 # it stopped at start, saying why above
+  sleep 0.2
+done
+now=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)
+for n in 1 2; do
+  printf '{"event_id":"app-%s","campaign_id":"campaign_001","event_type":"click","user_id":"app_user","platform":"web","timestamp":"%s","revenue":0,"country":"DE","device_type":"desktop"}\n' "$n" "$now"
+done | curl -sS "http://$collector_listen/v1/events" -H "Authorization: Bearer $CAMPAIGN_COLLECTOR_TOKENS" \
+  -H 'Content-Type: application/x-ndjson' --data-binary @-
+echo
+kill -TERM "$collector"
+wait "$collector" || true
+trap - EXIT
 echo; echo "== run --until-caught-up: Kafka -> parsing SQL -> Iceberg + windows + dead letter queue"
 "$bin" run --until-caught-up
 echo; echo "== the last two closed windows per campaign, from the Iceberg table campaign_metrics"
@@ -31,6 +50,9 @@ echo; echo "== the last two closed windows per campaign, from the Iceberg table 
   FROM (SELECT *, row_number() OVER (PARTITION BY campaign_id ORDER BY window_start DESC) AS n
         FROM campaign_metrics)
   WHERE n <= 2 ORDER BY campaign_id, window_start"
+echo; echo "== the app's events, from the Iceberg table campaign_events"
+"$bin" query "SELECT event_id, campaign_id, event_type, \"timestamp\" FROM campaign_events
+  WHERE event_id LIKE 'app-%' ORDER BY event_id"
 echo; echo "== per-campaign totals, from the Iceberg table campaign_events"
 "$bin" query "SELECT campaign_id,
     count(*) FILTER (WHERE event_type = 'impression') AS impressions,
