@@ -874,6 +874,18 @@ def as_a_user(args: argparse.Namespace) -> None:
             f"[@title='{text}' or normalize-space(.)='{text}' or .//*[normalize-space(text())='{text}']]",
         ).click()
 
+    def pick_existing(container_css: str, text: str) -> None:
+        """An Ant Design select that also offers to create what is typed: open it and click the
+        listed option that reads `text`, without typing. Typed before the list had loaded, the
+        text itself was offered as a new entry, and the chart went onto a new dashboard of the
+        same name."""
+        clickable(By.CSS_SELECTOR, container_css).click()
+        clickable(
+            By.XPATH,
+            "//div[contains(@class,'ant-select-item-option') and not(contains(@class,'disabled'))]"
+            f"[@title='{text}' or normalize-space(.)='{text}']",
+        ).click()
+
     step = "logging in"
     out: dict = {}
     try:
@@ -952,7 +964,7 @@ def as_a_user(args: argparse.Namespace) -> None:
         name = clickable(By.CSS_SELECTOR, "[data-test='new-chart-name']")
         name.send_keys(Keys.CONTROL, "a")
         name.send_keys(USER_CHART)
-        pick(".ant-modal [data-test='Select a dashboard']", DASHBOARD_TITLE)
+        pick_existing(".ant-modal [data-test='Select a dashboard']", DASHBOARD_TITLE)
         press(By.XPATH, "//*[@data-test='save-modal-footer']//button[normalize-space(.)='Save & go to dashboard']")
         wait.until(lambda drv: "/superset/dashboard/" in drv.current_url)
     except (WebDriverException, TimeoutException, ApiError) as e:
