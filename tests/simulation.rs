@@ -1639,7 +1639,7 @@ async fn uncompressed(catalog: &dyn Catalog, namespace: &str) -> Result<(), Fail
         let tx = tx
             .update_table_properties()
             .set(
-                "write.parquet.compression-codec".to_string(),
+                campaign_pipeline::sink::iceberg::CODEC_PROPERTY.to_string(),
                 "uncompressed".to_string(),
             )
             .apply(tx)

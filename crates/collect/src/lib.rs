@@ -81,12 +81,7 @@ impl CollectorServer {
         listen: Option<SocketAddr>,
         tokens: &[&str],
     ) -> Result<Self, CollectError> {
-        let tokens = Tokens(tokens.iter().map(|t| t.as_bytes().to_vec()).collect());
-        if tokens.0.is_empty() {
-            return Err(CollectError::NoTokens {
-                variable: config.collector.tokens_env.clone(),
-            });
-        }
+        let tokens = Tokens::new(tokens.iter().copied(), &config.collector.tokens_env)?;
         Self::bind_with(config, pipeline, listen, tokens).await
     }
 
@@ -194,8 +189,17 @@ struct Tokens(Vec<Vec<u8>>);
 impl Tokens {
     fn from_env(variable: &str) -> Result<Self, CollectError> {
         let text = std::env::var(variable).unwrap_or_default();
-        let tokens: Vec<Vec<u8>> = text
-            .split(',')
+        Self::new(text.split(','), variable)
+    }
+
+    /// The non-blank tokens of `given`; at least one is required (`variable` names where they
+    /// come from, for the error).
+    fn new<'a>(
+        given: impl IntoIterator<Item = &'a str>,
+        variable: &str,
+    ) -> Result<Self, CollectError> {
+        let tokens: Vec<Vec<u8>> = given
+            .into_iter()
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(|t| t.as_bytes().to_vec())

@@ -75,7 +75,7 @@ pub async fn ensure_table(
         .properties([
             ("write.format.default".to_string(), "parquet".to_string()),
             (
-                "write.parquet.compression-codec".to_string(),
+                super::iceberg::CODEC_PROPERTY.to_string(),
                 "zstd".to_string(),
             ),
         ])
