@@ -194,3 +194,32 @@ fn the_query_memory_bounds_read_as_sizes_and_a_share_over_the_whole_is_refused()
         "{err}"
     );
 }
+
+#[test]
+fn a_catalog_pool_property_that_does_not_read_is_refused_naming_it() {
+    for (property, value, says) in [
+        (
+            "pool.max-connections",
+            "ten",
+            "a whole number of connections",
+        ),
+        ("pool.idle-timeout", "10s", "a whole number of seconds"),
+        ("pool.test-before-acquire", "yes", "`true` or `false`"),
+    ] {
+        let text = shipped().replace(
+            "        warehouse: data/warehouse\n",
+            &format!("        warehouse: data/warehouse\n        properties: {{ {property}: {value} }}\n"),
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.contains(&format!("pipelines[0].sink.catalog.properties.{property}")),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
+    let fine = shipped().replace(
+        "        warehouse: data/warehouse\n",
+        "        warehouse: data/warehouse\n        properties: { pool.max-connections: 4, pool.test-before-acquire: true }\n",
+    );
+    parse(&fine).expect("pool properties that read are fine");
+}

@@ -982,30 +982,21 @@ struct Faults {
 }
 
 impl Sim {
-    /// A world of `seed` with the tables set up in `folder`, and no runner yet.
+    /// A world of `seed` with the tables of `template` copied into `folder`, and no runner
+    /// yet.
     async fn new(
         seed: u64,
         folder: &Path,
+        template: &Template,
         planned: Arc<Planned>,
         rng: ChaCha8Rng,
     ) -> Result<Sim, Failure> {
         let mut rng = rng;
-        let config = sim_config(folder);
+        let config = sim_config(folder, &template.warehouse());
         let pipeline = config.pipelines[0].clone();
-        campaign_pipeline::setup::ensure_tables(&config, &pipeline, planned.sql())
-            .await
-            .map_err(|e| Failure(describe(&e)))?;
+        template.copy_to(folder)?;
         let store = Arc::new(StoreFaults::default());
-        let faults = store.clone();
-        let catalog = open_catalog_over(&config, &pipeline.sink, |inner| {
-            Arc::new(FaultyStorageFactory {
-                inner: Some(inner),
-                faults,
-            })
-        })
-        .await
-        .map_err(|e| Failure(describe(&e)))?;
-        uncompressed(catalog.as_ref(), &pipeline.sink.namespace).await?;
+        let catalog = faulty_catalog(&config, store.clone()).await?;
         let world = Arc::new(Mutex::new(World::new(&mut rng)));
         let (report_to, reports) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown) = shutdown_channel();
@@ -1034,9 +1025,125 @@ impl Sim {
     }
 }
 
+/// The catalog of `config`, failing the warehouse writes `faults` fails.
+async fn faulty_catalog(
+    config: &Config,
+    faults: Arc<StoreFaults>,
+) -> Result<Arc<dyn Catalog>, Failure> {
+    open_catalog_over(config, &config.pipelines[0].sink, |inner| {
+        Arc::new(FaultyStorageFactory {
+            inner: Some(inner),
+            faults,
+        })
+    })
+    .await
+    .map_err(|e| Failure(describe(&e)))
+}
+
+/// The tables as `setup` leaves them (with uncompressed files), made once per thread: each
+/// of the thread's schedules starts from a copy of the catalog database in a folder of its own
+/// and of the warehouse files in the thread's warehouse folder (Iceberg's locations are
+/// absolute, and the thread runs one schedule at a time).
+struct Template {
+    folder: tempfile::TempDir,
+    /// The warehouse's files as set up, by path.
+    files: Vec<(std::path::PathBuf, Vec<u8>)>,
+}
+
+impl Template {
+    const DATABASE: &str = "catalog.db";
+    /// A snapshot of the database no connection has open.
+    const SNAPSHOT: &str = "catalog-snapshot.db";
+
+    async fn new(planned: &Planned) -> Result<Template, Failure> {
+        let folder = scratch_folder()?;
+        let warehouse = folder.path().join("warehouse");
+        let config = sim_config(folder.path(), &warehouse);
+        let pipeline = &config.pipelines[0];
+        campaign_pipeline::setup::ensure_tables(&config, pipeline, planned.sql())
+            .await
+            .map_err(|e| Failure(describe(&e)))?;
+        let catalog = faulty_catalog(&config, Arc::default()).await?;
+        uncompressed(catalog.as_ref(), &pipeline.sink.namespace).await?;
+        let mut files = Vec::new();
+        let mut folders = vec![warehouse];
+        while let Some(dir) = folders.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(|e| Failure(e.to_string()))? {
+                let path = entry.map_err(|e| Failure(e.to_string()))?.path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else {
+                    let bytes = std::fs::read(&path).map_err(|e| Failure(e.to_string()))?;
+                    files.push((path, bytes));
+                }
+            }
+        }
+        // The catalog's connections may still be open (and checkpoint their write-ahead log
+        // when they close): schedules copy a snapshot none of them touches.
+        snapshot(
+            &folder.path().join(Self::DATABASE),
+            &folder.path().join(Self::SNAPSHOT),
+        )
+        .await
+        .map_err(|e| Failure(format!("snapshotting the catalog: {e}")))?;
+        Ok(Template { folder, files })
+    }
+
+    fn warehouse(&self) -> std::path::PathBuf {
+        self.folder.path().join("warehouse")
+    }
+
+    /// Copies the catalog database into `folder` and puts the warehouse back as set up.
+    fn copy_to(&self, folder: &Path) -> Result<(), Failure> {
+        let failed = |what: &str, e: std::io::Error| Failure(format!("{what}: {e}"));
+        std::fs::copy(
+            self.folder.path().join(Self::SNAPSHOT),
+            folder.join(Self::DATABASE),
+        )
+        .map_err(|e| failed("copying the catalog", e))?;
+        let warehouse = self.warehouse();
+        match std::fs::remove_dir_all(&warehouse) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(failed("emptying the warehouse", e))
+            }
+            _ => {}
+        }
+        for (path, bytes) in &self.files {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| failed("copying the warehouse", e))?;
+            }
+            std::fs::write(path, bytes).map_err(|e| failed("copying the warehouse", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a consistent copy of the SQLite database `from` to `to`.
+async fn snapshot(from: &Path, to: &Path) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut connection =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", from.display())).await?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(to.display().to_string())
+        .execute(&mut connection)
+        .await?;
+    connection.close().await
+}
+
+/// A temporary folder, in memory where the machine has a memory file system: SQLite's
+/// writes need not reach a disk for the schedule to be the same.
+fn scratch_folder() -> Result<tempfile::TempDir, Failure> {
+    match Path::new("/dev/shm") {
+        shm if shm.is_dir() => tempfile::tempdir_in(shm),
+        _ => tempfile::tempdir(),
+    }
+    .map_err(|e| Failure(format!("a temporary folder: {e}")))
+}
+
 async fn run_schedule(
     seed: u64,
     folder: &Path,
+    template: &Template,
     planned: Arc<Planned>,
 ) -> Result<Vec<String>, (Failure, Vec<String>)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -1052,7 +1159,7 @@ async fn run_schedule(
             Duration::from_millis(rng.random_range(1..=longest))
         }),
     };
-    let mut sim = Sim::new(seed, folder, planned, rng)
+    let mut sim = Sim::new(seed, folder, template, planned, rng)
         .await
         .map_err(|failure| (failure, Vec::new()))?;
     if let Some(idle_timeout) = faults.idle_timeout {
@@ -1247,13 +1354,21 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
 // ---------------------------------------------------------------------------------------------
 // What the tables and the dead letters must hold.
 
-async fn scan(catalog: &dyn Catalog, name: &str) -> Result<(Table, Vec<RecordBatch>), Failure> {
+/// The rows of table `name`, with the `columns` given (all when `None`).
+async fn scan(
+    catalog: &dyn Catalog,
+    name: &str,
+    columns: Option<&[&str]>,
+) -> Result<(Table, Vec<RecordBatch>), Failure> {
     let fail = |e: Error| Failure(format!("reading {name}: {e}"));
     let ident = TableIdent::from_strs(["sim", name]).map_err(fail)?;
     let table = catalog.load_table(&ident).await.map_err(fail)?;
-    let batches = table
-        .scan()
-        .select_all()
+    let scan = table.scan();
+    let scan = match columns {
+        Some(columns) => scan.select(columns.iter().copied()),
+        None => scan.select_all(),
+    };
+    let batches = scan
         .build()
         .map_err(fail)?
         .to_arrow()
@@ -1329,8 +1444,10 @@ fn late_events(world: &World) -> BTreeSet<String> {
 }
 
 async fn check(sim: &Sim) -> Result<(), Failure> {
-    let (events_table, batches) = scan(sim.catalog.as_ref(), "campaign_events").await?;
-    let (metrics_table, metrics_batches) = scan(sim.catalog.as_ref(), "campaign_metrics").await?;
+    let (events_table, batches) =
+        scan(sim.catalog.as_ref(), "campaign_events", Some(&["event_id"])).await?;
+    let (metrics_table, metrics_batches) =
+        scan(sim.catalog.as_ref(), "campaign_metrics", None).await?;
     let world = lock(&sim.world);
 
     // The dead letters by the source coordinates they name, with their categories.
@@ -1554,7 +1671,9 @@ async fn check(sim: &Sim) -> Result<(), Failure> {
     Ok(())
 }
 
-fn sim_config(folder: &Path) -> Config {
+/// The simulation's configuration: the catalog database in `folder`, the warehouse at
+/// `warehouse`.
+fn sim_config(folder: &Path, warehouse: &Path) -> Config {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = format!(
         r#"
@@ -1586,7 +1705,7 @@ pipelines:
       catalog:
         type: sqlite
         path: catalog.db
-        warehouse: warehouse
+        warehouse: {warehouse}
       namespace: sim
       events_table:
         name: campaign_events
@@ -1609,6 +1728,7 @@ pipelines:
 "#,
         parse = root.join("sql/campaign_events.sql").display(),
         metrics = root.join("sql/campaign_metrics.sql").display(),
+        warehouse = warehouse.display(),
     );
     let path = folder.join("pipelines.yaml");
     Config::parse(&text, &path).expect("the simulation's configuration reads")
@@ -1657,20 +1777,20 @@ fn run_seeds(seeds: Vec<u64>, verbose: bool) -> Result<usize, String> {
         .map_err(|e| e.to_string())?;
     let local = tokio::task::LocalSet::new();
     let planned = local.block_on(&runtime, async {
-        let config = sim_config(Path::new("/nonexistent"));
+        let config = sim_config(Path::new("/nonexistent"), Path::new("/nonexistent"));
         Planned::new(&config, &config.pipelines[0]).await
     });
     let planned = Arc::new(planned.map_err(|e| describe(&e))?);
+    let template = local
+        .block_on(&runtime, Template::new(&planned))
+        .map_err(|Failure(why)| format!("setting up the tables: {why}"))?;
     let mut ran = 0;
     for seed in seeds {
-        // A memory file system where there is one: SQLite's and the warehouse's writes need
-        // not reach a disk for the schedule to be the same.
-        let folder = match Path::new("/dev/shm") {
-            shm if shm.is_dir() => tempfile::tempdir_in(shm),
-            _ => tempfile::tempdir(),
-        }
-        .map_err(|e| e.to_string())?;
-        let outcome = local.block_on(&runtime, run_schedule(seed, folder.path(), planned.clone()));
+        let folder = scratch_folder().map_err(|Failure(why)| why)?;
+        let outcome = local.block_on(
+            &runtime,
+            run_schedule(seed, folder.path(), &template, planned.clone()),
+        );
         match outcome {
             Ok(trace) => {
                 if verbose {
@@ -1734,16 +1854,19 @@ where
     let local = tokio::task::LocalSet::new();
     let planned = local
         .block_on(&runtime, async {
-            let config = sim_config(Path::new("/nonexistent"));
+            let config = sim_config(Path::new("/nonexistent"), Path::new("/nonexistent"));
             Planned::new(&config, &config.pipelines[0]).await
         })
         .map(Arc::new)
         .unwrap_or_else(|e| panic!("{}", describe(&e)));
+    let template = local
+        .block_on(&runtime, Template::new(&planned))
+        .unwrap_or_else(|Failure(why)| panic!("setting up the tables: {why}"));
     for seed in seeds {
-        let folder = tempfile::tempdir().expect("a temporary folder");
+        let folder = scratch_folder().unwrap_or_else(|Failure(why)| panic!("{why}"));
         let outcome = local.block_on(&runtime, async {
             let rng = ChaCha8Rng::seed_from_u64(seed);
-            let mut sim = Sim::new(seed, folder.path(), planned.clone(), rng).await?;
+            let mut sim = Sim::new(seed, folder.path(), &template, planned.clone(), rng).await?;
             let outcome = scenario(&mut sim).await;
             for slot in &sim.slots {
                 slot.task.abort();

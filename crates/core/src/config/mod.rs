@@ -579,6 +579,11 @@ impl Config {
                     "must differ from sink.events_table.name",
                 ));
             }
+            if let Some((property, message)) = p.sink.catalog.pool_problem() {
+                return Err(
+                    self.invalid(key(&format!("sink.catalog.properties.{property}")), message)
+                );
+            }
             for (field, file) in [("sql.parse", &p.sql.parse), ("sql.metrics", &p.sql.metrics)] {
                 let resolved = self.resolve(file);
                 if !resolved.is_file() {
@@ -591,6 +596,39 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl CatalogConfig {
+    /// The connection pool property of a SQL catalog whose value iceberg-catalog-sql cannot
+    /// read (it would panic parsing it), with why.
+    fn pool_problem(&self) -> Option<(&'static str, String)> {
+        let (CatalogConfig::Sqlite { properties, .. } | CatalogConfig::Postgres { properties, .. }) =
+            self
+        else {
+            return None;
+        };
+        let expect = |property: &'static str, kind: &str, reads: fn(&str) -> bool| {
+            properties
+                .get(property)
+                .filter(|value| !reads(value))
+                .map(|value| (property, format!("`{value}` is not {kind}")))
+        };
+        expect(
+            "pool.max-connections",
+            "a whole number of connections",
+            |v| v.parse::<u32>().is_ok(),
+        )
+        .or_else(|| {
+            expect("pool.idle-timeout", "a whole number of seconds", |v| {
+                v.parse::<u64>().is_ok()
+            })
+        })
+        .or_else(|| {
+            expect("pool.test-before-acquire", "`true` or `false`", |v| {
+                v.parse::<bool>().is_ok()
+            })
+        })
     }
 }
 
