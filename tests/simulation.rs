@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -1743,7 +1743,7 @@ fn seeds() -> Vec<u64> {
     let count = std::env::var("SIM_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6_000u64);
+        .unwrap_or(10_000u64);
     (0..count).collect()
 }
 
@@ -1769,8 +1769,28 @@ async fn uncompressed(catalog: &dyn Catalog, namespace: &str) -> Result<(), Fail
     Ok(())
 }
 
-/// Runs `seeds` on one thread, one schedule after another; the first failure ends it.
-fn run_seeds(seeds: Vec<u64>, verbose: bool) -> Result<usize, String> {
+/// The seeds still to run, taken one at a time by the threads that run them (a thread that
+/// drew longer schedules takes fewer), and whether one failed (the others then stop).
+struct SeedQueue {
+    seeds: Vec<u64>,
+    next: AtomicUsize,
+    failed: AtomicBool,
+}
+
+impl SeedQueue {
+    fn take(&self) -> Option<u64> {
+        if self.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.seeds
+            .get(self.next.fetch_add(1, Ordering::Relaxed))
+            .copied()
+    }
+}
+
+/// Runs seeds from `queue` on one thread, one schedule after another, until none is left or
+/// one fails.
+fn run_seeds(queue: &SeedQueue, verbose: bool) -> Result<usize, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1785,7 +1805,7 @@ fn run_seeds(seeds: Vec<u64>, verbose: bool) -> Result<usize, String> {
         .block_on(&runtime, Template::new(&planned))
         .map_err(|Failure(why)| format!("setting up the tables: {why}"))?;
     let mut ran = 0;
-    for seed in seeds {
+    while let Some(seed) = queue.take() {
         let folder = scratch_folder().map_err(|Failure(why)| why)?;
         let outcome = local.block_on(
             &runtime,
@@ -1798,6 +1818,7 @@ fn run_seeds(seeds: Vec<u64>, verbose: bool) -> Result<usize, String> {
                 }
             }
             Err((Failure(why), trace)) => {
+                queue.failed.store(true, Ordering::Relaxed);
                 return Err(format!(
                     "seed {seed} failed: {why}\nits schedule:\n  {}\nreplay: SIM_SEED={seed} cargo test --test simulation -- --nocapture",
                     trace.join("\n  ")
@@ -1813,17 +1834,22 @@ fn run_seeds(seeds: Vec<u64>, verbose: bool) -> Result<usize, String> {
 fn every_schedule_of_runners_crashes_rebalances_and_outages_keeps_the_tables_exact() {
     let seeds = seeds();
     let verbose = seeds.len() == 1;
-    // Two schedules per core: a schedule's thread waits on SQLite's connection threads and
-    // the blocking pool's file writes, and another schedule fills that time.
+    // Two schedules per core: a schedule's thread waits on SQLite's connection threads, and
+    // another schedule fills that time.
     let threads =
         (2 * std::thread::available_parallelism().map_or(2, |n| n.get())).min(seeds.len().max(1));
     let started = Instant::now();
-    let chunks: Vec<Vec<u64>> = (0..threads)
-        .map(|t| seeds.iter().copied().skip(t).step_by(threads).collect())
-        .collect();
-    let handles: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| std::thread::spawn(move || run_seeds(chunk, verbose)))
+    let count = seeds.len();
+    let queue = Arc::new(SeedQueue {
+        seeds,
+        next: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+    });
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let queue = queue.clone();
+            std::thread::spawn(move || run_seeds(&queue, verbose))
+        })
         .collect();
     let mut ran = 0;
     let mut failures = Vec::new();
@@ -1835,7 +1861,7 @@ fn every_schedule_of_runners_crashes_rebalances_and_outages_keeps_the_tables_exa
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert_eq!(ran, seeds.len());
+    assert_eq!(ran, count);
     println!(
         "{ran} schedules in {:.1} s",
         started.elapsed().as_secs_f64()

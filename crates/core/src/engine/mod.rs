@@ -4,6 +4,7 @@ pub mod case_guard;
 pub mod flat_json;
 pub mod json_fields;
 pub mod now;
+pub mod plain_projection;
 pub mod problem;
 pub mod projections;
 pub mod stage;

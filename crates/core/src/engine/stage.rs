@@ -90,12 +90,14 @@ impl SqlStage {
         let plan = ctx.state().create_physical_plan(logical).await?;
         let plan = super::case_guard::guard_long_cases(plan)?;
         let plan = super::utc_timestamps::read_utc_text_directly(plan)?;
-        Ok(Self::from_physical(ctx, plan))
+        Self::from_physical(ctx, plan)
     }
 
-    /// Binds an already built physical plan (whose input table is a [`BatchSlot`]).
-    pub fn from_physical(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Self {
-        Self::with_task(plan, &ctx.task_ctx())
+    /// Binds an already built physical plan (whose input table is a [`BatchSlot`]); its
+    /// projections run untimed (see [`super::plain_projection`]).
+    pub fn from_physical(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let plan = super::plain_projection::without_expression_timers(plan)?;
+        Ok(Self::with_task(plan, &ctx.task_ctx()))
     }
 
     fn with_task(plan: Arc<dyn ExecutionPlan>, task: &TaskContext) -> Self {

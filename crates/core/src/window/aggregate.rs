@@ -113,9 +113,9 @@ impl SplitAggregate {
             })?
             .data;
         Ok(Self {
-            partial: SqlStage::from_physical(ctx, partial),
-            reduce: SqlStage::from_physical(ctx, reduce),
-            finish: SqlStage::from_physical(ctx, finish),
+            partial: SqlStage::from_physical(ctx, partial)?,
+            reduce: SqlStage::from_physical(ctx, reduce)?,
+            finish: SqlStage::from_physical(ctx, finish)?,
             state_schema,
             window_column,
             group_columns,
