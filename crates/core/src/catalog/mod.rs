@@ -95,12 +95,7 @@ pub async fn open_catalog_over(
                     .await
                     .map_err(|e| fail(Failure::of("creating the database", e)))?;
             }
-            let mut props = merged(properties, &storage);
-            // A connection to a local file has nothing to check before each use; the check
-            // would add a round trip to SQLite's connection thread to every catalog call.
-            props
-                .entry(TEST_BEFORE_ACQUIRE.to_string())
-                .or_insert_with(|| "false".to_string());
+            let props = merged(properties, &storage);
             sql_catalog(config, &url, warehouse, SqlBindStyle::QMark, props, layer)
                 .await
                 .map_err(fail)
@@ -316,9 +311,6 @@ fn merged(
 fn object_storage() -> Arc<dyn StorageFactory> {
     Arc::new(iceberg_storage_opendal::OpenDalResolvingStorageFactory::new())
 }
-
-/// iceberg-catalog-sql's property for checking a pooled connection before each use.
-const TEST_BEFORE_ACQUIRE: &str = "pool.test-before-acquire";
 
 /// A connection URI without its password, for messages.
 fn redact(uri: &str) -> String {
