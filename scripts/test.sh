@@ -4,7 +4,8 @@
 # catalog, PyIceberg as an independent reader of its tables, Apache Superset 6.1.0 for the SQL
 # endpoint's dashboard (its venv also gives the tests psycopg2), Debian's PostgreSQL 15 for the
 # PostgreSQL catalog and psql, Debian's Chromium and ChromeDriver for the dashboard's browser test), then
-# `cargo test` with one target dir.
+# builds and runs every test with one target dir. Arguments go to `cargo test` instead (one test
+# binary, a filter, `--no-run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +37,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 # Panics keep their backtraces (RUST_BACKTRACE); error values do not: iceberg captures one for
 # every error it builds, also for the ones it builds and drops while reading a table.
 export RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE:-0}
+if [ $# -eq 0 ]; then
+  # Every test binary: the ones that mostly wait on servers side by side, then the simulation
+  # alone (scripts/test-binaries.py says why).
+  exec scripts/test-binaries.py
+fi
 cargo test --locked --all-targets --features test-hooks "$@"
