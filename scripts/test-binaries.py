@@ -72,7 +72,7 @@ def run(binary):
         print(f"     Running {binary['display']} ({executable})", flush=True)
     environment = dict(os.environ, CARGO_MANIFEST_DIR=binary["package_dir"])
     started = time.monotonic()
-    with tempfile.TemporaryFile(mode="w+") as output:
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as output:
         code = subprocess.call(
             [binary["executable"]],
             cwd=binary["package_dir"],
