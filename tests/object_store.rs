@@ -53,6 +53,10 @@ async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() 
             "6000",
             "--freshness-seconds",
             "0",
+            "--contention-seconds",
+            "2",
+            "--contention-writers",
+            "2",
         ],
     );
     let uri = &seaweed().catalog_uri;
@@ -61,8 +65,14 @@ async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() 
         format!("| end to end, rest catalog at {uri} "),
         format!("|   commit latency, rest catalog at {uri} "),
         "| configured vs embedded (wall clock, CPU) ".to_string(),
+        "| commit contention, embedded SQLite, 2 writers ".to_string(),
+        format!("| commit contention, rest catalog at {uri}, 2 writers "),
     ] {
         assert!(bench.contains(&row), "{row}: {bench}");
+    }
+    // Both contention runs landed commits of both writers, none starved.
+    for line in bench.lines().filter(|l| l.contains("commit contention")) {
+        assert!(line.contains("0 of 2 writers starved"), "{line}");
     }
     let namespaces = cli_ok(
         &pipeline,
@@ -74,6 +84,7 @@ async fn rest_catalog_and_s3_warehouse_hold_every_event_once_across_a_sigkill() 
         ],
     );
     assert!(!namespaces.contains("bench_storage"), "{namespaces}");
+    assert!(!namespaces.contains("bench_contention"), "{namespaces}");
     // An independent reader, PyIceberg through the same REST catalog, reads the same rows.
     let server = seaweed();
     let properties = serde_json::json!({

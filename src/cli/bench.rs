@@ -61,6 +61,13 @@ pub struct BenchArgs {
     /// and of 100 events, then doubling rates); 0 skips them.
     #[arg(long, default_value_t = 5)]
     pub collector_seconds: u64,
+    /// Seconds of each run of the commit-contention rows (writers that each hold a partition
+    /// commit small appends to one table at the pipeline's commit interval); 0 skips them.
+    #[arg(long, default_value_t = 0)]
+    pub contention_seconds: u64,
+    /// Writer counts of the commit-contention rows, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    pub contention_writers: Vec<usize>,
 }
 
 /// Runs the benchmarks and prints the table.
@@ -88,6 +95,10 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
         },
         collector: bench::CollectorOptions {
             seconds: args.collector_seconds,
+        },
+        contention: bench::ContentionOptions {
+            writers: args.contention_writers.clone(),
+            seconds: args.contention_seconds,
         },
     };
     let rows = bench::run(&config, pipeline, &options).await?;

@@ -5,6 +5,7 @@
 //! same topic.
 
 mod collector;
+mod contention;
 mod dashboard;
 mod day;
 mod dlq;
@@ -41,6 +42,7 @@ use crate::pipeline::{RunOptions, RunSummary};
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
 use crate::source::batch::BatchBuilder;
 pub use collector::CollectorOptions;
+pub use contention::ContentionOptions;
 pub use freshness::FreshnessOptions;
 pub use memory::SteadyOptions;
 
@@ -70,6 +72,8 @@ pub struct BenchOptions {
     pub steady: SteadyOptions,
     /// The HTTP collector under load (no seconds skips it).
     pub collector: CollectorOptions,
+    /// Writers committing to one table at the commit interval (no seconds skips it).
+    pub contention: ContentionOptions,
 }
 
 /// One line of the result table.
@@ -425,6 +429,9 @@ pub async fn run(
     }
     if options.storage_events > 0 {
         storage::measure(config, pipeline, options.storage_events, &mut row).await?;
+    }
+    if options.contention.seconds > 0 {
+        contention::measure(config, pipeline, &options.contention, &mut row).await?;
     }
     if options.day_commits > 0 {
         day::measure(

@@ -17,19 +17,12 @@ pub async fn measure(
     events: usize,
     row: &mut impl FnMut(&str, String),
 ) -> anyhow::Result<()> {
-    let sink = &pipeline.sink;
-    let configured = match &sink.catalog {
-        CatalogConfig::Sqlite { warehouse, .. } if !warehouse.contains("://") => {
-            row(
-                "configured catalog vs embedded default",
-                "skipped: the configured catalog is the embedded default".into(),
-            );
-            return Ok(());
-        }
-        CatalogConfig::Sqlite { warehouse, .. } | CatalogConfig::Postgres { warehouse, .. } => {
-            format!("{} catalog, {warehouse}", sink.catalog.kind())
-        }
-        CatalogConfig::Rest { uri, .. } => format!("rest catalog at {uri}"),
+    let Some(configured) = configured_catalog(pipeline) else {
+        row(
+            "configured catalog vs embedded default",
+            "skipped: the configured catalog is the embedded default".into(),
+        );
+        return Ok(());
     };
     let id = format!(
         "bench_storage_{}_{}",
@@ -85,7 +78,20 @@ pub async fn measure(
 
 /// `pipeline` with the embedded scratch's topics and group, writing to a namespace of its own
 /// (and checkpoints in a folder of their own) in the configured catalog.
-fn scratch_in_configured_catalog(
+/// The pipeline's catalog and warehouse, for row names; `None` when they are the embedded
+/// default (SQLite, a local folder).
+pub(crate) fn configured_catalog(pipeline: &PipelineConfig) -> Option<String> {
+    let sink = &pipeline.sink;
+    match &sink.catalog {
+        CatalogConfig::Sqlite { warehouse, .. } if !warehouse.contains("://") => None,
+        CatalogConfig::Sqlite { warehouse, .. } | CatalogConfig::Postgres { warehouse, .. } => {
+            Some(format!("{} catalog, {warehouse}", sink.catalog.kind()))
+        }
+        CatalogConfig::Rest { uri, .. } => Some(format!("rest catalog at {uri}")),
+    }
+}
+
+pub(crate) fn scratch_in_configured_catalog(
     config: &Config,
     pipeline: &PipelineConfig,
     embedded: &PipelineConfig,
