@@ -107,26 +107,31 @@ async fn run(
     crate::setup::ensure_tables(scratch, p, &planned).await?;
     let rows = valid_rows(&ctx, &planned).await?;
     let catalog = open_catalog(scratch, &p.sink).await?;
+    let mut opened = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        opened.push(
+            TableWriter::open(
+                catalog.clone(),
+                &p.sink.namespace,
+                &p.sink.events_table.name,
+                &p.name,
+                &planned.parse_output,
+            )
+            .await?,
+        );
+    }
+    // The run starts once every writer is open, so that opening is not counted as waiting.
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..writers {
-        let writer = TableWriter::open(
-            catalog.clone(),
-            &p.sink.namespace,
-            &p.sink.events_table.name,
-            &p.name,
-            &planned.parse_output,
-        )
-        .await?;
-        let rows = rows.clone();
+    for (index, writer) in opened.into_iter().enumerate() {
         // Runners start when they start: each writer's commits fall at a phase of its own,
         // spread over the interval (the golden ratio's multiples modulo 1).
         let phase = interval.mul_f64((index as f64 * 0.618_033_988_75).fract());
         tasks.spawn(write(
             writer,
             index as i32,
-            rows,
+            rows.clone(),
             started + phase,
             interval,
             until,
