@@ -32,7 +32,8 @@ fn shipped_configuration_loads_with_every_documented_key() {
     assert_eq!(p.window.max_future.as_secs(), 300);
     assert_eq!(p.window.max_past.as_secs(), 7 * 24 * 3600);
     assert_eq!(p.batch.max_rows, 10_000);
-    assert_eq!(p.commit.interval.as_secs(), 5);
+    assert_eq!(p.commit.interval.as_millis(), 1000);
+    assert_eq!(p.maintenance.max_snapshots, 100);
     assert_eq!(
         p.sink.events_table.partition_by,
         ["campaign_id", "event_type"]
@@ -127,6 +128,10 @@ fn duplicate_pipeline_names_and_bad_bounds_are_rejected() {
     assert!(parse(&short_past)
         .unwrap_err()
         .contains("window.max_past: must be longer than window.allowed_lateness (10s)"));
+    let capped_below_kept = shipped().replace("max_snapshots: 100 ", "max_snapshots: 5 ");
+    assert!(parse(&capped_below_kept)
+        .unwrap_err()
+        .contains("maintenance.max_snapshots: must be at least keep_snapshots (20)"));
 }
 
 #[test]

@@ -20,15 +20,15 @@ use common::{load_table, pyiceberg, scan_table, text, TestPipeline};
 const TABLES: [&str; 2] = ["campaign_events", "campaign_metrics"];
 
 /// A pipeline with many small commits and maintenance settings that act at once: any two
-/// small files of a partition are rewritten, three snapshots are kept, and unreferenced files
-/// are swept after `grace`. `background` turns `run`'s own maintenance on (every second).
+/// small files of a partition are rewritten, three snapshots are kept (by the count cap: none is
+/// an hour old), and unreferenced files are swept after `grace`. `background` turns `run`'s own maintenance on (every second).
 fn maintained_pipeline_with_grace(background: bool, grace: &str) -> TestPipeline {
     let pipeline = TestPipeline::new();
     small_commits(&pipeline);
     pipeline.edit_config(|yaml| {
         let yaml = yaml.replace("max_rows: 2000\n", "max_rows: 2000\n      retry_for: 1s\n");
         format!(
-            "{yaml}    maintenance:\n      enabled: {background}\n      interval: 1s\n      min_input_files: 2\n      max_manifests: 4\n      keep_snapshots: 3\n      snapshot_max_age: 0s\n      orphan_grace: {grace}\n"
+            "{yaml}    maintenance:\n      enabled: {background}\n      interval: 1s\n      min_input_files: 2\n      max_manifests: 4\n      keep_snapshots: 2\n      max_snapshots: 3\n      snapshot_max_age: 1h\n      orphan_grace: {grace}\n"
         )
     });
     pipeline

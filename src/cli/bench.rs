@@ -31,8 +31,8 @@ pub struct BenchArgs {
     /// configured catalog is the embedded default).
     #[arg(long, default_value_t = 200_000)]
     pub storage_events: usize,
-    /// Commits of the simulated day of table maintenance (on, then off; 17,280 is a day of
-    /// 5 s commits; 0 skips it).
+    /// Commits of the simulated day of table maintenance (on, then off; 86,400 is a day of
+    /// 1 s commits; 0 skips it).
     #[arg(long, default_value_t = 0)]
     pub day_commits: usize,
     /// Wall clock after which the simulated day without maintenance stops (its commits get
@@ -45,12 +45,12 @@ pub struct BenchArgs {
     /// Seconds each freshness rate is produced (after a 5 s warm-up); 0 skips the rows.
     #[arg(long, default_value_t = 20)]
     pub freshness_seconds: u64,
-    /// The runner's `commit.interval` in the freshness rows.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub freshness_commit_interval: std::time::Duration,
-    /// The runner's `batch.max_wait` in the freshness rows.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub freshness_batch_wait: std::time::Duration,
+    /// The runner's `commit.interval` in the freshness rows (default: the pipeline's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub freshness_commit_interval: Option<std::time::Duration>,
+    /// The runner's `batch.max_wait` in the freshness rows (default: the pipeline's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub freshness_batch_wait: Option<std::time::Duration>,
     /// Events per second of the steady run whose runner memory is sampled.
     #[arg(long, default_value_t = 5_000)]
     pub steady_rate: u64,

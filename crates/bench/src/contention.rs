@@ -109,9 +109,12 @@ async fn run(
     let catalog = open_catalog(scratch, &p.sink).await?;
     let mut opened = Vec::with_capacity(writers);
     for _ in 0..writers {
+        // A catalog client of its own, as each runner process has (its own connection pool or
+        // HTTP client), so that the writers do not queue for one client's connections.
+        let own = open_catalog(scratch, &p.sink).await?;
         opened.push(
             TableWriter::open(
-                catalog.clone(),
+                own,
                 &p.sink.namespace,
                 &p.sink.events_table.name,
                 &p.name,

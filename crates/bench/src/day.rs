@@ -6,7 +6,8 @@
 //! SQL, events written, the window operator's closed windows written, its state checkpointed,
 //! both tables committed with their offsets), at a compressed pace. Time-based retention cannot be
 //! compressed, so snapshots are kept by count: `maintenance.snapshot_max_age` over
-//! `commit.interval` commits (at least `keep_snapshots`), what the settings keep at full pace.
+//! `commit.interval` commits (at least `keep_snapshots`, at most `max_snapshots`), what the
+//! settings keep at full pace.
 //! With maintenance on, a pass starts every `maintenance.interval` of simulated time, beside
 //! the commits (not between them), as in `run`. Only the idle time between commits is
 //! compressed: a pass runs at real speed, and while it runs the commits arrive at the real
@@ -87,6 +88,7 @@ pub async fn measure(
         .max(1.0) as usize;
     let keep = ((settings.snapshot_max_age.as_secs_f64() / simulated.as_secs_f64().max(1e-3))
         as usize)
+        .min(settings.max_snapshots)
         .max(settings.keep_snapshots);
     row(
         "simulated day: commits, events per commit",
@@ -209,6 +211,7 @@ async fn day(
     p.maintenance = pipeline.maintenance.clone();
     if let Some((_, keep)) = maintenance {
         p.maintenance.keep_snapshots = keep;
+        p.maintenance.max_snapshots = keep;
         p.maintenance.snapshot_max_age = Duration::ZERO;
     }
     // Every micro-batch with a valid row is committed: `commit.max_rows` 1 makes each one due.

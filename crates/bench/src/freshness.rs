@@ -40,10 +40,10 @@ pub struct FreshnessOptions {
     pub rates: Vec<u64>,
     /// How long each rate is produced after the warm-up.
     pub seconds: u64,
-    /// The runner's `commit.interval`.
-    pub commit_interval: Duration,
-    /// The runner's `batch.max_wait`.
-    pub batch_wait: Duration,
+    /// The runner's `commit.interval` (the pipeline's own when not given).
+    pub commit_interval: Option<Duration>,
+    /// The runner's `batch.max_wait` (the pipeline's own when not given).
+    pub batch_wait: Option<Duration>,
 }
 
 /// An event whose latency is measured.
@@ -84,8 +84,10 @@ async fn one_rate(
     let topic = super::scratch_topic(&format!("bench_fresh_{rate}"));
     let dir = tempfile::tempdir()?;
     let mut scratch = scratch_config(config, pipeline, dir.path(), &topic)?;
-    scratch.pipelines[0].commit.interval = options.commit_interval;
-    scratch.pipelines[0].batch.max_wait = options.batch_wait;
+    let commit_interval = options.commit_interval.unwrap_or(pipeline.commit.interval);
+    let batch_wait = options.batch_wait.unwrap_or(pipeline.batch.max_wait);
+    scratch.pipelines[0].commit.interval = commit_interval;
+    scratch.pipelines[0].batch.max_wait = batch_wait;
     let p = scratch.pipelines[0].clone();
     create_topics(&p).await?;
     let planned = crate::setup::plan(&scratch, &p).await?;
@@ -143,7 +145,7 @@ async fn one_rate(
         summary.rows,
         summary.messages
     );
-    let interval = humantime::format_duration(options.commit_interval);
+    let interval = humantime::format_duration(commit_interval);
     row(
         &format!("event to queryable at {rate} events/s: p50 / p99 / max"),
         format!(
@@ -158,7 +160,7 @@ async fn one_rate(
             } else {
                 String::new()
             },
-            humantime::format_duration(options.batch_wait),
+            humantime::format_duration(batch_wait),
         ),
     );
     let files = added_files(&scratch, &p).await?;

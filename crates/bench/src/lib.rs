@@ -14,6 +14,7 @@ mod memory;
 mod replay;
 mod sql_endpoint;
 mod storage;
+mod threads;
 mod window;
 
 use campaign_collect as collect;
@@ -481,7 +482,9 @@ async fn end_to_end(
         cpu_per_million(count, plain.cpu),
     );
 
+    let sampler = threads::Sampler::start()?;
     let (summaries, run) = run_runners(&scratch, 1).await?;
+    let threads = sampler.stop();
     let summary = summaries.into_iter().next().unwrap_or_default();
     row(
         "run --until-caught-up (end to end)",
@@ -491,6 +494,7 @@ async fn end_to_end(
         "run --until-caught-up, CPU",
         cpu_per_million(summary.messages as usize, run.cpu),
     );
+    stage_rows(&summary, &threads, run.cpu, row);
     row(
         "run vs plain consumer (wall-clock ratio)",
         format!(
@@ -554,6 +558,47 @@ async fn end_to_end(
     }
     memory::catch_up(config, pipeline, &topic, events, row).await?;
     Ok(())
+}
+
+/// Where one runner's CPU went: its threads (the source's, librdkafka's) and, on the others,
+/// its stages as the runner accounts them; the rows add up to the sampled threads' CPU, set
+/// against the whole run's.
+fn stage_rows(
+    summary: &RunSummary,
+    threads: &threads::ThreadCpu,
+    whole: Duration,
+    row: &mut impl FnMut(&str, String),
+) {
+    let stages = &summary.cpu;
+    let events = summary.messages.max(1) as f64;
+    let share = |spent: Duration| {
+        format!(
+            "{:.2} CPU-s per 1M events, {:.0}% of the run",
+            spent.as_secs_f64() * 1e6 / events,
+            spent.as_secs_f64() * 100.0 / whole.as_secs_f64().max(1e-9)
+        )
+    };
+    let outside = threads.rest.saturating_sub(stages.total());
+    let rows = [
+        ("source thread: messages into Arrow batches", threads.source),
+        ("Kafka client's threads (librdkafka)", threads.kafka),
+        ("parsing SQL and routing its output", stages.parse),
+        ("events buffer: rows split by partition", stages.buffer),
+        ("window operator and its checkpoints", stages.window),
+        ("Parquet data files, both tables", stages.data_files),
+        ("landing snapshots: manifests, catalog", stages.landing),
+        ("dead letters", stages.dead_letters),
+        ("async threads outside those stages", outside),
+    ];
+    let mut sum = Duration::ZERO;
+    for (stage, spent) in rows {
+        sum += spent;
+        row(&format!("  stage: {stage}"), share(spent));
+    }
+    row(
+        "  stages' sum vs run --until-caught-up, CPU",
+        format!("{:.2}x", sum.as_secs_f64() / whole.as_secs_f64().max(1e-9)),
+    );
 }
 
 /// A topic name no earlier bench run used: `prefix`, this process and the second.

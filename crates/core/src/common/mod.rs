@@ -1,6 +1,7 @@
 //! Plain types shared by the stages: the Arrow schema of raw Kafka records and the campaign event.
 
 pub mod clock;
+pub mod cpu;
 pub mod error;
 pub mod hashing;
 pub mod offsets;

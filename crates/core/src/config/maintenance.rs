@@ -27,9 +27,13 @@ pub struct MaintenanceConfig {
     /// Snapshots older than this are expired (time travel reaches this far back)...
     #[serde(with = "humantime_serde", default = "default_snapshot_age")]
     pub snapshot_max_age: Duration,
-    /// ...except the newest this many, which are always kept.
+    /// ...except the newest this many, which are always kept...
     #[serde(default = "default_keep_snapshots")]
     pub keep_snapshots: usize,
+    /// ...and no more than this many are kept, however young: each commit adds one, and every
+    /// commit and every query reads the metadata that lists them all.
+    #[serde(default = "default_max_snapshots")]
+    pub max_snapshots: usize,
     /// Superseded metadata files kept beside the current one.
     #[serde(default = "default_keep_metadata_files")]
     pub keep_metadata_files: usize,
@@ -60,6 +64,9 @@ fn default_snapshot_age() -> Duration {
 fn default_keep_snapshots() -> usize {
     20
 }
+fn default_max_snapshots() -> usize {
+    100
+}
 fn default_keep_metadata_files() -> usize {
     20
 }
@@ -77,6 +84,7 @@ impl Default for MaintenanceConfig {
             max_manifests: default_max_manifests(),
             snapshot_max_age: default_snapshot_age(),
             keep_snapshots: default_keep_snapshots(),
+            max_snapshots: default_max_snapshots(),
             keep_metadata_files: default_keep_metadata_files(),
             orphan_grace: default_orphan_grace(),
         }
@@ -105,6 +113,12 @@ impl MaintenanceConfig {
         }
         if self.keep_snapshots == 0 {
             return Some(("keep_snapshots", "must be at least 1".into()));
+        }
+        if self.max_snapshots < self.keep_snapshots {
+            return Some((
+                "max_snapshots",
+                format!("must be at least keep_snapshots ({})", self.keep_snapshots),
+            ));
         }
         if self.interval.is_zero() {
             return Some(("interval", "must be longer than 0s".into()));

@@ -372,7 +372,7 @@ fn default_batch_wait() -> Duration {
     Duration::from_millis(200)
 }
 fn default_commit_interval() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(1)
 }
 fn default_retry_for() -> Duration {
     Duration::from_secs(15 * 60)

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use iceberg::Catalog;
@@ -14,7 +14,7 @@ use super::progress::{Progress, TableRole};
 use super::{Landing, PipelineError};
 use crate::common::error::Causes;
 use crate::common::summary::PartitionCheckpoint;
-use crate::common::{format_micros, Clock, Offsets};
+use crate::common::{cpu, format_micros, Clock, Offsets};
 use crate::config::{Config, PipelineConfig};
 use crate::sink::checkpoint;
 use crate::sink::iceberg::{SnapshotContent, TableWriter};
@@ -52,6 +52,8 @@ pub struct MetricsBranch {
     /// Where checkpoints go instead of the table's folder (`sink.checkpoints`).
     checkpoints: Option<String>,
     clock: Arc<dyn Clock>,
+    /// CPU time checkpointing since [`Self::take_checkpoint_cpu`].
+    checkpoint_cpu: Duration,
 }
 
 impl MetricsBranch {
@@ -95,6 +97,7 @@ impl MetricsBranch {
             bounds: EventTimeBounds::new(pipeline.window.max_future, pipeline.window.max_past),
             checkpoints,
             clock,
+            checkpoint_cpu: Duration::ZERO,
         })
     }
 
@@ -234,26 +237,10 @@ impl MetricsBranch {
     /// the offsets `progress` decides and the checkpoints of the held partitions, on the table
     /// state the commit lands on; then deletes the checkpoints it replaced.
     pub async fn commit(&mut self, progress: &mut Progress) -> Result<Landing, PipelineError> {
-        let mut saved: BTreeMap<i32, PartitionCheckpoint> = BTreeMap::new();
-        for partition in progress.owned().clone() {
-            let (state, time) = self
-                .operator
-                .checkpoint(partition)
-                .await
-                .map_err(|e| self.window_err(e))?;
-            let file =
-                checkpoint::save(&self.writer, self.checkpoints.as_deref(), partition, state)
-                    .await
-                    .map_err(|e| self.sink_err(e))?;
-            saved.insert(
-                partition,
-                PartitionCheckpoint {
-                    file,
-                    max_event: time.max_event,
-                    watermark: time.watermark,
-                },
-            );
-        }
+        let partitions = progress.owned().clone();
+        let (saved, spent) = cpu::timed(self.save_checkpoints(partitions)).await;
+        self.checkpoint_cpu += spent;
+        let saved = saved?;
         let mut replaced: Vec<String> = Vec::new();
         let decided = self
             .writer
@@ -290,6 +277,39 @@ impl MetricsBranch {
             }
             Err(other) => Err(self.sink_err(other)),
         }
+    }
+
+    /// CPU time spent checkpointing the window state since the last call.
+    pub fn take_checkpoint_cpu(&mut self) -> Duration {
+        std::mem::take(&mut self.checkpoint_cpu)
+    }
+
+    /// Checkpoints each of `partitions`' open windows into a file of its own.
+    async fn save_checkpoints(
+        &mut self,
+        partitions: BTreeSet<i32>,
+    ) -> Result<BTreeMap<i32, PartitionCheckpoint>, PipelineError> {
+        let mut saved: BTreeMap<i32, PartitionCheckpoint> = BTreeMap::new();
+        for partition in partitions {
+            let (state, time) = self
+                .operator
+                .checkpoint(partition)
+                .await
+                .map_err(|e| self.window_err(e))?;
+            let file =
+                checkpoint::save(&self.writer, self.checkpoints.as_deref(), partition, state)
+                    .await
+                    .map_err(|e| self.sink_err(e))?;
+            saved.insert(
+                partition,
+                PartitionCheckpoint {
+                    file,
+                    max_event: time.max_event,
+                    watermark: time.watermark,
+                },
+            );
+        }
+        Ok(saved)
     }
 
     /// Drops the windows written since the last commit and every partition's state (it is

@@ -22,7 +22,7 @@ use crate::common::clock::wall_text;
 use crate::common::error::Causes;
 use crate::common::records::Coordinates;
 use crate::common::summary::OffsetJump;
-use crate::common::{Clock, Fenced, Offsets, ERROR_COLUMN};
+use crate::common::{cpu, Clock, Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dlq::{DeadLetterWriter, Delivery, DeliveryError};
 use crate::engine::{new_session, split_rejected, SqlProblem, SqlStage};
@@ -183,6 +183,34 @@ pub struct RunSummary {
     pub offsets: Offsets,
     /// How long each commit of both tables took, in commit order.
     pub commit_times: Vec<Duration>,
+    /// CPU time per stage.
+    pub cpu: StageCpu,
+}
+
+/// CPU time a runner spent in each stage, on whichever threads ran it (the source's thread and
+/// the Kafka client's own are not among them). The files and the landing of a commit that did not
+/// land are not counted.
+#[derive(Debug, Clone, Default)]
+pub struct StageCpu {
+    /// The parsing SQL over the micro-batches, and routing its output.
+    pub parse: Duration,
+    /// Taking valid rows into the events table's buffer, split by partition.
+    pub buffer: Duration,
+    /// The window operator: folding rows in, closing windows, checkpointing its state.
+    pub window: Duration,
+    /// Encoding both tables' data files (Parquet).
+    pub data_files: Duration,
+    /// Landing both tables' snapshots: manifests, catalog commits, reloads.
+    pub landing: Duration,
+    /// Building dead letters and handing them to the producer.
+    pub dead_letters: Duration,
+}
+
+impl StageCpu {
+    /// The stages' sum.
+    pub fn total(&self) -> Duration {
+        self.parse + self.buffer + self.window + self.data_files + self.landing + self.dead_letters
+    }
 }
 
 /// How a commit of one table ended.
@@ -594,7 +622,12 @@ impl<S: Source, D: Delivery> Runner<S, D> {
         }
         let letters = self
             .stages
-            .process(&batch, &self.progress, &mut self.branches)
+            .process(
+                &batch,
+                &self.progress,
+                &mut self.branches,
+                &mut self.summary.cpu,
+            )
             .await?;
         self.progress.handed_on(&batch.next_offsets);
         for Rejected {
@@ -603,14 +636,12 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             rejection,
         } in letters
         {
-            let sent = self
-                .dlq
-                .send(&letter, key.as_deref())
-                .await
-                .map_err(|source| PipelineError::DeadLetters {
-                    pipeline: self.pipeline.name.clone(),
-                    source,
-                })?;
+            let (sent, spent) = cpu::timed(self.dlq.send(&letter, key.as_deref())).await;
+            self.summary.cpu.dead_letters += spent;
+            let sent = sent.map_err(|source| PipelineError::DeadLetters {
+                pipeline: self.pipeline.name.clone(),
+                source,
+            })?;
             if !sent {
                 continue;
             }
@@ -628,10 +659,10 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                 }
             }
         }
-        self.branches
-            .metrics
-            .advance(&batch.at_end, self.clock.now())
-            .await?;
+        let now = self.clock.now();
+        let (advanced, spent) = cpu::timed(self.branches.metrics.advance(&batch.at_end, now)).await;
+        self.summary.cpu.window += spent;
+        advanced?;
         if let Some(t) = &options.telemetry {
             report_progress(
                 t,
@@ -799,13 +830,12 @@ impl<S: Source, D: Delivery> Runner<S, D> {
     /// what it holds and reads again.
     async fn commit(&mut self) -> Result<Option<Committed>, PipelineError> {
         let pipeline = self.pipeline.clone();
-        self.dlq
-            .flush()
-            .await
-            .map_err(|source| PipelineError::DeadLetters {
-                pipeline: pipeline.name.clone(),
-                source,
-            })?;
+        let (flushed, spent) = cpu::timed(self.dlq.flush()).await;
+        self.summary.cpu.dead_letters += spent;
+        flushed.map_err(|source| PipelineError::DeadLetters {
+            pipeline: pipeline.name.clone(),
+            source,
+        })?;
         let fenced = |table: &str, fenced: Fenced| {
             tracing::warn!(pipeline = %pipeline.name, table, "commit refused, {fenced}: dropping what this runner read of its partitions and reading them again from the tables");
             None
@@ -814,7 +844,9 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             Landing::Committed(stats) => stats,
             Landing::Fenced(f) => return Ok(fenced(self.branches.events.label(), f)),
         };
-        let metrics = match self.branches.metrics.commit(&mut self.progress).await? {
+        let landed = self.branches.metrics.commit(&mut self.progress).await;
+        self.summary.cpu.window += self.branches.metrics.take_checkpoint_cpu();
+        let metrics = match landed? {
             Landing::Committed(stats) => stats,
             Landing::Fenced(f) => return Ok(fenced(self.branches.metrics.label(), f)),
         };
@@ -1054,6 +1086,10 @@ impl RunSummary {
             u64::from(committed.events.conflicts + committed.metrics.conflicts);
         self.rows += committed.events.rows;
         self.windows += committed.metrics.rows;
+        for stats in [&committed.events, &committed.metrics] {
+            self.cpu.data_files += stats.files_cpu;
+            self.cpu.landing += stats.landing_cpu;
+        }
         let millis = committed.events.millis + committed.metrics.millis;
         self.commit_times
             .push(Duration::from_millis(millis.try_into().unwrap_or(u64::MAX)));
@@ -1100,6 +1136,7 @@ impl Stages {
         batch: &MicroBatch,
         progress: &Progress,
         branches: &mut Branches,
+        cpu: &mut StageCpu,
     ) -> Result<Vec<Rejected>, PipelineError> {
         let events_skip = &progress.absorbed_ahead(TableRole::Events);
         let metrics_skip = &progress.absorbed_ahead(TableRole::Metrics);
@@ -1130,46 +1167,51 @@ impl Stages {
             at: describe_batch(batch),
             source,
         };
-        let outputs = self
-            .parse
-            .run(vec![batch.records.clone()])
-            .await
-            .map_err(exec_err)?;
+        let (outputs, spent) = cpu::timed(self.parse.run(vec![batch.records.clone()])).await;
+        cpu.parse += spent;
+        let outputs = outputs.map_err(exec_err)?;
         let now = self.clock.now();
         let limits = self.bounds.at(wall);
         for output in &outputs {
+            let (routed, spent) = cpu::measure(|| route(output, limits, &self.time_column));
+            cpu.parse += spent;
             let Routed {
                 valid,
                 rejected,
                 future,
-            } = route(output, limits, &self.time_column).map_err(exec_err)?;
-            branches.events.take(&valid, events_skip).await?;
-            for rejected in [rejected, future] {
-                let rejected =
-                    unabsorbed(&rejected, events_skip).map_err(|e| exec_err(e.into()))?;
-                letters.extend(
-                    from_rejected_rows(
+            } = routed.map_err(exec_err)?;
+            let (taken, spent) = cpu::timed(branches.events.take(&valid, events_skip)).await;
+            cpu.buffer += spent;
+            taken?;
+            let (rejected_letters, spent) = cpu::measure(|| {
+                let mut built = Vec::new();
+                for rejected in [rejected, future] {
+                    let rejected = unabsorbed(&rejected, events_skip)?;
+                    built.extend(from_rejected_rows(
                         &rejected,
                         Rejection::Error,
                         &batch.records,
                         pipeline,
                         &failed_at,
-                    )
-                    .map_err(|e| exec_err(e.into()))?,
-                );
-            }
-            let sorted = branches
-                .metrics
-                .take(&valid, metrics_skip, limits, now)
-                .await?;
+                    )?);
+                }
+                Ok::<_, arrow::error::ArrowError>(built)
+            });
+            cpu.dead_letters += spent;
+            letters.extend(rejected_letters.map_err(|e| exec_err(e.into()))?);
+            let (sorted, spent) =
+                cpu::timed(branches.metrics.take(&valid, metrics_skip, limits, now)).await;
+            cpu.window += spent;
+            let sorted = sorted?;
             for (rows, rejection) in [
                 (&sorted.late, Rejection::Late),
                 (&sorted.untimed, Rejection::Untimed),
             ] {
-                letters.extend(
+                let (built, spent) = cpu::measure(|| {
                     from_rejected_rows(rows, rejection, &batch.records, pipeline, &failed_at)
-                        .map_err(|e| exec_err(e.into()))?,
-                );
+                });
+                cpu.dead_letters += spent;
+                letters.extend(built.map_err(|e| exec_err(e.into()))?);
             }
         }
         tag_replays(&mut letters, batch);

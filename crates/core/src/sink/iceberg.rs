@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{new_null_array, ArrayRef};
 use arrow::compute::cast;
@@ -34,7 +34,7 @@ use super::table::{check_storage, load_table};
 use super::waiting;
 use super::SinkError;
 use crate::common::summary::{self, Checkpoints, OffsetJumps};
-use crate::common::{Fenced, Offsets};
+use crate::common::{cpu, Fenced, Offsets};
 
 /// How many times a commit is decided again after other writers committed first.
 const MAX_COMMIT_ATTEMPTS: u32 = 50;
@@ -58,6 +58,10 @@ pub struct CommitStats {
     pub millis: u128,
     /// Attempts that found another writer's commit first and were decided again.
     pub conflicts: u32,
+    /// CPU time encoding the data files (Parquet), on every thread that did.
+    pub files_cpu: Duration,
+    /// CPU time landing the snapshot: manifests, the catalog commit, reloads after conflicts.
+    pub landing_cpu: Duration,
 }
 
 /// What a table holds for one pipeline, read from the snapshot summaries of one table state.
@@ -93,6 +97,10 @@ pub struct TableWriter {
     state: TableState,
     /// Files closed for a commit that was fenced, waiting for [`Self::discard`].
     fenced_files: Vec<DataFile>,
+    /// Whether other writers committed to the table since this one's previous commit. The next
+    /// commit then loads the table before deciding: a base it knows is stale would fail at the
+    /// catalog after its manifests were written, and cost a reload anyway.
+    others_committing: bool,
 }
 
 impl TableWriter {
@@ -159,6 +167,7 @@ impl TableWriter {
             buffered: BufferedRows::default(),
             state: TableState::default(),
             fenced_files: Vec::new(),
+            others_committing: false,
         };
         writer.state = read_state(&writer.table, &writer.pipeline, &writer.label)?;
         // A codec the writer cannot follow is reported before any event is read, not at the
@@ -238,14 +247,34 @@ impl TableWriter {
     /// ([`SinkError::Fenced`]) and the files are kept for [`Self::discard`].
     pub async fn commit(
         &mut self,
-        mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
+        decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
     ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
-        let files = {
-            let writing = || format!("{}: writing the data files", self.label);
-            waiting::logged(writing, self.write_files()).await?
-        };
+        let writing = || format!("{}: writing the data files", self.label);
+        let (written, polls) = cpu::timed(waiting::logged(writing, self.write_files())).await;
+        let (files, closes) = written?;
+        let (landed, landing_cpu) = cpu::timed(self.land(files, decide)).await;
+        Ok(CommitStats {
+            millis: started.elapsed().as_millis(),
+            files_cpu: polls + closes,
+            landing_cpu,
+            ..landed?
+        })
+    }
+
+    /// Commits `files` in one snapshot as [`Self::commit`] says.
+    async fn land(
+        &mut self,
+        files: Vec<DataFile>,
+        mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
+    ) -> Result<CommitStats, SinkError> {
         let file_count = files.len();
+        let mut moved = false;
+        if self.others_committing {
+            let known = self.table.metadata_location().map(str::to_string);
+            self.refresh().await?;
+            moved = self.table.metadata_location() != known.as_deref();
+        }
         let mut base = self.table.clone();
         let mut state = self.state.clone();
         let mut conflicts = 0;
@@ -342,13 +371,14 @@ impl TableWriter {
                 }
             }
         }
+        self.others_committing = moved || conflicts > 0;
         let rows = std::mem::take(&mut self.buffered).rows();
         Ok(CommitStats {
             rows,
             files: file_count,
             snapshot_id: self.table.metadata().current_snapshot_id(),
-            millis: started.elapsed().as_millis(),
             conflicts,
+            ..CommitStats::default()
         })
     }
 
@@ -373,10 +403,12 @@ impl TableWriter {
     /// Encodes the buffered rows into data files, one partition at a time, so that only one
     /// file's Parquet writer is being filled at any moment (and at most [`CLOSING_AT_ONCE`]
     /// more are closing).
-    async fn write_files(&self) -> Result<Vec<DataFile>, SinkError> {
+    /// Returns the files with the CPU time their closing took on other tasks.
+    async fn write_files(&self) -> Result<(Vec<DataFile>, Duration), SinkError> {
         let builder = self.file_writer_builder()?;
         let iceberg_err = |e| SinkError::iceberg(&self.label, e);
         let mut files = Vec::new();
+        let mut closes = Duration::ZERO;
         // Closing a file writes it out and syncs it to disk: time spent waiting, not computing.
         // So the next partition is encoded while the last ones close, a few at once.
         let mut closing = JoinSet::new();
@@ -394,24 +426,28 @@ impl TableWriter {
             }
             if closing.len() >= CLOSING_AT_ONCE {
                 if let Some(ended) = closing.join_next().await {
-                    files.extend(self.closed(ended)?);
+                    files.extend(self.closed(ended, &mut closes)?);
                 }
             }
-            closing.spawn(async move { writer.close().await });
+            closing.spawn(cpu::timed(async move { writer.close().await }));
         }
         while let Some(ended) = closing.join_next().await {
-            files.extend(self.closed(ended)?);
+            files.extend(self.closed(ended, &mut closes)?);
         }
-        Ok(files)
+        Ok((files, closes))
     }
 
     /// The files of a writer whose close ended.
     fn closed(
         &self,
-        ended: Result<iceberg::Result<Vec<DataFile>>, JoinError>,
+        ended: Result<(iceberg::Result<Vec<DataFile>>, Duration), JoinError>,
+        closes: &mut Duration,
     ) -> Result<Vec<DataFile>, SinkError> {
         match ended {
-            Ok(closed) => closed.map_err(|e| SinkError::iceberg(&self.label, e)),
+            Ok((closed, spent)) => {
+                *closes += spent;
+                closed.map_err(|e| SinkError::iceberg(&self.label, e))
+            }
             Err(failed) => Err(SinkError::iceberg(
                 &self.label,
                 iceberg::Error::new(ErrorKind::Unexpected, "closing a data file")

@@ -50,11 +50,10 @@ pub fn snapshots_to_keep(table: &Table, keep: usize) -> usize {
     depth_needed
 }
 
-/// Snapshots that the retention rules would expire (older than `max_age`, beyond the newest
+/// Snapshots that the retention rules would expire (older than `cutoff`, beyond the newest
 /// `keep` of main).
-fn expirable(table: &Table, max_age: Duration, keep: usize, now: SystemTime) -> usize {
+fn expirable(table: &Table, cutoff: i64, keep: usize) -> usize {
     let metadata = table.metadata();
-    let cutoff = cutoff_ms(max_age, now);
     let mut kept = HashSet::new();
     let mut next = metadata.current_snapshot().cloned();
     while let Some(snapshot) = next {
@@ -79,25 +78,50 @@ fn cutoff_ms(max_age: Duration, now: SystemTime) -> i64 {
     now.saturating_sub(max_age.as_millis() as i64)
 }
 
-/// Expires `table`'s snapshots older than `max_age` beyond the newest `keep`, then deletes the
-/// files only they referenced. Returns the table as the expiry left it.
+/// Which snapshots expiry keeps: the newest `keep` of main always, and beyond them those younger
+/// than `max_age`, up to `max_count` in all (a cap that holds the metadata's size when commits
+/// come often, whatever their age).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Snapshots older than this expire...
+    pub max_age: Duration,
+    /// ...except the newest this many of main...
+    pub keep: usize,
+    /// ...and main keeps no more than this many, however young.
+    pub max_count: usize,
+}
+
+impl Retention {
+    /// The retention the maintenance settings ask for.
+    pub fn of(settings: &crate::config::MaintenanceConfig) -> Self {
+        Self {
+            max_age: settings.snapshot_max_age,
+            keep: settings.keep_snapshots,
+            max_count: settings.max_snapshots,
+        }
+    }
+}
+
+/// Expires `table`'s snapshots that `retention` lets go, then deletes the files only they
+/// referenced. Returns the table as the expiry left it.
 pub async fn expire(
     catalog: &Arc<dyn Catalog>,
     table: Table,
-    max_age: Duration,
-    keep: usize,
+    retention: Retention,
     now: SystemTime,
     cache: &mut ManifestCache,
 ) -> iceberg::Result<(Table, Expired)> {
-    let keep = snapshots_to_keep(&table, keep);
-    if expirable(&table, max_age, keep, now) == 0 {
+    let keep = snapshots_to_keep(&table, retention.keep);
+    let cutoff = cutoff_ms(retention.max_age, now)
+        .max(capped_cutoff_ms(&table, retention.max_count.max(keep)));
+    if expirable(&table, cutoff, keep) == 0 {
         return Ok((table, Expired::default()));
     }
     let before = table.metadata().clone();
     let tx = Transaction::new(&table);
     let tx = tx
         .expire_snapshots()
-        .expire_older_than_ms(cutoff_ms(max_age, now))
+        .expire_older_than_ms(cutoff)
         .retain_last(keep)
         .apply(tx)?;
     let after = tx.commit(catalog.as_ref()).await?;
@@ -107,6 +131,26 @@ pub async fn expire(
         .filter(|s| after.metadata().snapshot_by_id(s.snapshot_id()).is_none())
         .count();
     Ok((after, Expired { snapshots, files }))
+}
+
+/// The age cutoff that keeps no more than the newest `count` snapshots of `table`'s main branch:
+/// the timestamp of the oldest of them (older ones expire), or none when main is not that long.
+/// A cutoff rather than named snapshots, so that a branch or tag another engine made keeps the
+/// snapshots it points at.
+fn capped_cutoff_ms(table: &Table, count: usize) -> i64 {
+    let metadata = table.metadata();
+    let mut next = metadata.current_snapshot().cloned();
+    let mut depth = 0;
+    while let Some(snapshot) = next {
+        depth += 1;
+        if depth == count {
+            return snapshot.timestamp_ms();
+        }
+        next = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    i64::MIN
 }
 
 /// Deletes the files of snapshots in `before` that `after` no longer has, unless a snapshot of

@@ -284,8 +284,7 @@ impl Maintainer {
         let (table, expired) = expire::expire(
             &self.catalog,
             table,
-            self.settings.snapshot_max_age,
-            self.settings.keep_snapshots,
+            expire::Retention::of(&self.settings),
             now,
             cache,
         )
