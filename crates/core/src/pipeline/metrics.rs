@@ -279,6 +279,12 @@ impl MetricsBranch {
         }
     }
 
+    /// Whether the partition whose checkpoint this is may still have open windows.
+    pub fn has_open_windows(&self, checkpoint: &PartitionCheckpoint) -> bool {
+        self.operator
+            .has_open_windows(checkpoint.max_event, checkpoint.watermark)
+    }
+
     /// CPU time spent checkpointing the window state since the last call.
     pub fn take_checkpoint_cpu(&mut self) -> Duration {
         std::mem::take(&mut self.checkpoint_cpu)

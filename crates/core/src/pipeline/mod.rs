@@ -106,6 +106,16 @@ pub enum PipelineError {
         waited: Duration,
         members: String,
     },
+    /// `run --until-caught-up --flush-open-windows`: partitions with open windows, which only
+    /// the runner holding a partition can flush, stayed with other members for too long.
+    #[error("pipeline {pipeline}: --flush-open-windows: partition(s) {partitions} of {topic} have open windows and stayed with other members of the consumer group ({members} member(s)) for {waited:?}, so this run could not flush them; run it again once no other runner holds them")]
+    Unflushed {
+        pipeline: String,
+        topic: String,
+        partitions: String,
+        waited: Duration,
+        members: String,
+    },
     /// Running the SQL on a micro-batch failed.
     #[error("pipeline {pipeline}: running {file} on the batch at {at}")]
     Execution {
@@ -394,6 +404,9 @@ pub struct Runner<S: Source, D: Delivery> {
     /// `--until-caught-up`: the partitions of other runners last seen behind, and since when
     /// they have not moved.
     waiting: Option<(Vec<Behind>, Instant)>,
+    /// `--flush-open-windows`: since when the tables have held every partition and only
+    /// other members' open windows kept the run from ending.
+    unflushed_since: Option<Instant>,
 }
 
 impl<S: Source, D: Delivery> Runner<S, D> {
@@ -450,6 +463,7 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             outage: None,
             catalog,
             waiting: None,
+            unflushed_since: None,
             clock,
         })
     }
@@ -699,8 +713,39 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                 // hold every other partition up to its end too.
                 let behind = self.others_behind().await?;
                 if behind.is_empty() {
-                    tracing::info!(pipeline = %self.name(), "caught up: the tables hold every partition of the topic up to its end");
-                    return Ok(Flow::Stop);
+                    // A flush needs the windows of every partition, which only the runner
+                    // holding one has: wait for the group to hand the others over (a runner
+                    // that died leaves it when its session times out).
+                    let unflushed = if options.flush_open_windows {
+                        self.unflushed_elsewhere().await?
+                    } else {
+                        Vec::new()
+                    };
+                    if unflushed.is_empty() {
+                        tracing::info!(pipeline = %self.name(), "caught up: the tables hold every partition of the topic up to its end");
+                        return Ok(Flow::Stop);
+                    }
+                    let waited =
+                        now.saturating_duration_since(*self.unflushed_since.get_or_insert(now));
+                    if waited > options.max_unassigned {
+                        return Err(PipelineError::Unflushed {
+                            pipeline: self.name().to_string(),
+                            topic: self.pipeline.source.topic.clone(),
+                            partitions: unflushed
+                                .iter()
+                                .map(i32::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            waited,
+                            members: self
+                                .source
+                                .group_members()
+                                .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
+                        });
+                    }
+                    tracing::info!(pipeline = %self.name(), partitions = ?unflushed, "the tables hold every partition to its end; waiting for the group to hand over the partitions whose open windows other members hold, to flush them");
+                    self.caught_up_since = Some(now);
+                    return Ok(Flow::Next);
                 }
                 let still = match self.waiting.take() {
                     Some((before, at)) if before == behind => at,
@@ -731,6 +776,33 @@ impl<S: Source, D: Delivery> Runner<S, D> {
 
     /// The partitions of the topic this runner does not hold whose events the tables do not
     /// hold up to the partition's end (a partition whose end could not be read counts).
+    /// The partitions other members hold whose window state, as the metrics table's newest
+    /// checkpoints record it, may have open windows.
+    async fn unflushed_elsewhere(&self) -> Result<Vec<i32>, PipelineError> {
+        let sink = &self.pipeline.sink;
+        let metrics = load_state(
+            self.catalog.as_ref(),
+            &sink.namespace,
+            &sink.metrics_table.name,
+            &self.pipeline.name,
+        )
+        .await
+        .map_err(|source| PipelineError::Sink {
+            pipeline: self.pipeline.name.clone(),
+            source,
+        })?;
+        Ok(metrics
+            .checkpoints
+            .0
+            .iter()
+            .filter(|(partition, checkpoint)| {
+                !self.assigned.contains(partition)
+                    && self.branches.metrics.has_open_windows(checkpoint)
+            })
+            .map(|(partition, _)| *partition)
+            .collect())
+    }
+
     async fn others_behind(&self) -> Result<Vec<Behind>, PipelineError> {
         let sink = &self.pipeline.sink;
         let load = |table: &str| {

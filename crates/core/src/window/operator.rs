@@ -330,6 +330,17 @@ impl WindowOperator {
         self.states.values().map(WindowState::rows).sum()
     }
 
+    /// Whether a partition whose checkpoint records `max_event` and `watermark` may still have
+    /// open windows: the window of its latest event stays open until the watermark reaches its
+    /// end, and every other window ends before it.
+    pub fn has_open_windows(&self, max_event: Option<Micros>, watermark: Option<Micros>) -> bool {
+        let Some(latest) = max_event else {
+            return false;
+        };
+        let end = self.window_start(latest) + self.size;
+        watermark.is_none_or(|w| w < end)
+    }
+
     /// The runner's watermark: the lowest of its partitions' watermarks.
     pub fn watermark(&self) -> Option<Micros> {
         self.tracker.current()
