@@ -615,10 +615,7 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                     pipeline: self.name().to_string(),
                     topic: self.pipeline.source.topic.clone(),
                     waited: elapsed(since),
-                    members: self
-                        .source
-                        .group_members()
-                        .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
+                    members: self.group_members(),
                 });
             }
         }
@@ -737,10 +734,7 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                                 .collect::<Vec<_>>()
                                 .join(", "),
                             waited,
-                            members: self
-                                .source
-                                .group_members()
-                                .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
+                            members: self.group_members(),
                         });
                     }
                     tracing::info!(pipeline = %self.name(), partitions = ?unflushed, "the tables hold every partition to its end; waiting for the group to hand over the partitions whose open windows other members hold, to flush them");
@@ -758,10 +752,7 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                         topic: self.pipeline.source.topic.clone(),
                         behind: describe_behind(&behind),
                         waited,
-                        members: self
-                            .source
-                            .group_members()
-                            .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
+                        members: self.group_members(),
                     });
                 }
                 tracing::info!(pipeline = %self.name(), behind = %describe_behind(&behind), "own partitions caught up; waiting for the runners that hold the others");
@@ -776,6 +767,13 @@ impl<S: Source, D: Delivery> Runner<S, D> {
 
     /// The partitions of the topic this runner does not hold whose events the tables do not
     /// hold up to the partition's end (a partition whose end could not be read counts).
+    /// How many members the consumer group has, for messages.
+    fn group_members(&self) -> String {
+        self.source
+            .group_members()
+            .map_or_else(|| "an unknown number of".into(), |n| n.to_string())
+    }
+
     /// The partitions other members hold whose window state, as the metrics table's newest
     /// checkpoints record it, may have open windows.
     async fn unflushed_elsewhere(&self) -> Result<Vec<i32>, PipelineError> {
