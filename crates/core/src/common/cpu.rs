@@ -32,25 +32,30 @@ pub fn measure<T>(work: impl FnOnce() -> T) -> (T, Duration) {
 /// `future`, which resolves to its output and the CPU time its polls took.
 pub fn timed<F: Future>(future: F) -> OnCpu<F> {
     OnCpu {
-        future: Box::pin(future),
+        future,
         spent: Duration::ZERO,
     }
 }
 
-/// A future whose polls are timed: see [`timed`].
-pub struct OnCpu<F> {
-    future: Pin<Box<F>>,
-    spent: Duration,
+pin_project_lite::pin_project! {
+    /// A future whose polls are timed: see [`timed`].
+    pub struct OnCpu<F> {
+        #[pin]
+        future: F,
+        spent: Duration,
+    }
 }
 
 impl<F: Future> Future for OnCpu<F> {
     type Output = (F::Output, Duration);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
         let before = thread_cpu();
-        let polled = self.future.as_mut().poll(cx);
-        self.spent += thread_cpu().saturating_sub(before);
-        polled.map(|output| (output, self.spent))
+        let polled = this.future.poll(cx);
+        *this.spent += thread_cpu().saturating_sub(before);
+        let spent = *this.spent;
+        polled.map(|output| (output, spent))
     }
 }
 

@@ -26,7 +26,7 @@ use crate::common::{cpu, Clock, Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::dlq::{DeadLetterWriter, Delivery, DeliveryError};
 use crate::engine::{new_session, split_rejected, SqlProblem, SqlStage};
-use crate::sink::iceberg::{load_state, CommitStats};
+use crate::sink::iceberg::{load_state, CommitStats, TableState};
 use crate::sink::SinkError;
 use crate::source::{MicroBatch, Source, SourceError, SourceEvent};
 use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
@@ -347,6 +347,12 @@ struct Behind {
     end: Option<i64>,
 }
 
+/// What both tables hold for the pipeline, as one load found them.
+struct Standing {
+    events: TableState,
+    metrics: TableState,
+}
+
 /// `partition 0 (tables at 120 of 300), ...` for logs and errors.
 fn describe_behind(behind: &[Behind]) -> String {
     let offset = |o: Option<i64>| o.map_or_else(|| "?".to_string(), |o| o.to_string());
@@ -641,35 +647,9 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             )
             .await?;
         self.progress.handed_on(&batch.next_offsets);
-        for Rejected {
-            letter,
-            key,
-            rejection,
-        } in letters
-        {
-            let (sent, spent) = cpu::timed(self.dlq.send(&letter, key.as_deref())).await;
-            self.summary.cpu.dead_letters += spent;
-            let sent = sent.map_err(|source| PipelineError::DeadLetters {
-                pipeline: self.pipeline.name.clone(),
-                source,
-            })?;
-            if !sent {
-                continue;
-            }
-            let late = rejection == Rejection::Late;
-            self.window.dead_letters += 1;
-            self.window.late += u64::from(late);
-            if let Some(t) = &options.telemetry {
-                t.dead_letters
-                    .get_or_create(&CategoryLabel {
-                        category: letter.category.clone(),
-                    })
-                    .inc();
-                if late {
-                    t.late_events.inc();
-                }
-            }
-        }
+        let (sent, spent) = cpu::timed(self.send_dead_letters(letters)).await;
+        self.summary.cpu.dead_letters += spent;
+        sent?;
         let now = self.clock.now();
         let (advanced, spent) = cpu::timed(self.branches.metrics.advance(&batch.at_end, now)).await;
         self.summary.cpu.window += spent;
@@ -708,13 +688,14 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             if now.saturating_duration_since(since) >= SETTLE {
                 // Done with its own partitions: the run is caught up only when the tables
                 // hold every other partition up to its end too.
-                let behind = self.others_behind().await?;
+                let standing = self.standing().await?;
+                let behind = self.others_behind(&standing).await?;
                 if behind.is_empty() {
                     // A flush needs the windows of every partition, which only the runner
                     // holding one has: wait for the group to hand the others over (a runner
                     // that died leaves it when its session times out).
                     let unflushed = if options.flush_open_windows {
-                        self.unflushed_elsewhere().await?
+                        self.unflushed_elsewhere(&standing)
                     } else {
                         Vec::new()
                     };
@@ -767,6 +748,42 @@ impl<S: Source, D: Delivery> Runner<S, D> {
 
     /// The partitions of the topic this runner does not hold whose events the tables do not
     /// hold up to the partition's end (a partition whose end could not be read counts).
+    /// Hands a micro-batch's dead letters to the producer and counts the ones sent.
+    async fn send_dead_letters(&mut self, letters: Vec<Rejected>) -> Result<(), PipelineError> {
+        for Rejected {
+            letter,
+            key,
+            rejection,
+        } in letters
+        {
+            let sent = self
+                .dlq
+                .send(&letter, key.as_deref())
+                .await
+                .map_err(|source| PipelineError::DeadLetters {
+                    pipeline: self.pipeline.name.clone(),
+                    source,
+                })?;
+            if !sent {
+                continue;
+            }
+            let late = rejection == Rejection::Late;
+            self.window.dead_letters += 1;
+            self.window.late += u64::from(late);
+            if let Some(t) = &self.options.telemetry {
+                t.dead_letters
+                    .get_or_create(&CategoryLabel {
+                        category: letter.category.clone(),
+                    })
+                    .inc();
+                if late {
+                    t.late_events.inc();
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How many members the consumer group has, for messages.
     fn group_members(&self) -> String {
         self.source
@@ -776,20 +793,9 @@ impl<S: Source, D: Delivery> Runner<S, D> {
 
     /// The partitions other members hold whose window state, as the metrics table's newest
     /// checkpoints record it, may have open windows.
-    async fn unflushed_elsewhere(&self) -> Result<Vec<i32>, PipelineError> {
-        let sink = &self.pipeline.sink;
-        let metrics = load_state(
-            self.catalog.as_ref(),
-            &sink.namespace,
-            &sink.metrics_table.name,
-            &self.pipeline.name,
-        )
-        .await
-        .map_err(|source| PipelineError::Sink {
-            pipeline: self.pipeline.name.clone(),
-            source,
-        })?;
-        Ok(metrics
+    fn unflushed_elsewhere(&self, standing: &Standing) -> Vec<i32> {
+        standing
+            .metrics
             .checkpoints
             .0
             .iter()
@@ -798,10 +804,11 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                     && self.branches.metrics.has_open_windows(checkpoint)
             })
             .map(|(partition, _)| *partition)
-            .collect())
+            .collect()
     }
 
-    async fn others_behind(&self) -> Result<Vec<Behind>, PipelineError> {
+    /// What both tables hold for this pipeline now, loaded afresh.
+    async fn standing(&self) -> Result<Standing, PipelineError> {
         let sink = &self.pipeline.sink;
         let load = |table: &str| {
             let catalog = self.catalog.clone();
@@ -816,8 +823,16 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             pipeline: self.pipeline.name.clone(),
             source,
         };
-        let events = load(&sink.events_table.name).await.map_err(sink_err)?;
-        let metrics = load(&sink.metrics_table.name).await.map_err(sink_err)?;
+        Ok(Standing {
+            events: load(&sink.events_table.name).await.map_err(sink_err)?,
+            metrics: load(&sink.metrics_table.name).await.map_err(sink_err)?,
+        })
+    }
+
+    /// The partitions of the topic this runner does not hold whose events `standing` does not
+    /// hold up to the partition's end (a partition whose end could not be read counts).
+    async fn others_behind(&self, standing: &Standing) -> Result<Vec<Behind>, PipelineError> {
+        let Standing { events, metrics } = standing;
         let topic = self.pipeline.source.topic.clone();
         let from: BTreeMap<i32, Option<i64>> = (0..self.topic_partitions as i32)
             .filter(|p| !self.assigned.contains(p))
