@@ -3,21 +3,25 @@
 //! on the table state, reload and decide again on a conflict), each at the pipeline's commit
 //! interval, in one process with no broker. It shows what the catalog's commit protocol does
 //! as runners are added: how many commits land, how often they conflict, how long a writer
-//! waits to land.
+//! waits to land. Each writer count runs twice: every writer committing for itself, and the
+//! same writers handing their data files and claims to one committer that lands whatever it
+//! has in one snapshot (the shares travel in the JSON form a control topic carries).
 
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use iceberg::Catalog;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{kafka_batches, quantile, records, scratch_config, storage};
 use crate::catalog::open_catalog;
-use crate::common::{Offsets, ERROR_COLUMN};
+use crate::common::ERROR_COLUMN;
 use crate::config::{Config, PipelineConfig};
 use crate::engine::{new_session, split_rejected, SqlStage};
 use crate::pipeline::plan::{plan_pipeline, PlannedSql};
+use crate::sink::claim::{Claim, PartitionClaim};
 use crate::sink::commit::is_conflict;
-use crate::sink::iceberg::{SnapshotContent, TableWriter};
+use crate::sink::iceberg::{ShareOutcome, SharedFiles, SnapshotContent, TableWriter};
 use crate::sink::SinkError;
 
 /// What to run.
@@ -34,6 +38,34 @@ const ROWS_PER_COMMIT: usize = 100;
 
 /// The topic the writers' offsets name.
 const TOPIC: &str = "bench_contention";
+
+/// Who lands the writers' rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Every writer commits its own snapshots, deciding again after a conflict.
+    EveryWriter,
+    /// The writers hand their files and claims to one committer.
+    OneCommitter,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::EveryWriter => "each writer commits",
+            Protocol::OneCommitter => "one committer",
+        }
+    }
+}
+
+/// A share on its way to the committer, with where its outcome goes.
+type Handed = (SharedFiles, oneshot::Sender<Result<Handled, String>>);
+
+/// What the committer did with a share.
+struct Handled {
+    outcome: ShareOutcome,
+    /// Attempts of the commit that carried it.
+    attempts: u32,
+}
 
 /// One writer's commit that landed.
 struct Landing {
@@ -82,19 +114,25 @@ pub async fn measure(
             ));
         }
         for (label, scratch) in runs {
-            let figures = run(&scratch, writers, interval, options.seconds).await?;
-            row(
-                &format!("commit contention, {label}, {writers} writers"),
-                figures.describe(writers, interval, options.seconds),
-            );
+            for protocol in [Protocol::EveryWriter, Protocol::OneCommitter] {
+                let figures = run(&scratch, protocol, writers, interval, options.seconds).await?;
+                row(
+                    &format!(
+                        "commit contention, {label}, {writers} writers, {}",
+                        protocol.label()
+                    ),
+                    figures.describe(writers, interval, options.seconds),
+                );
+            }
         }
     }
     Ok(())
 }
 
-/// `writers` writers committing to the events table of `scratch` for `seconds`.
+/// `writers` writers landing rows in the events table of `scratch` for `seconds`.
 async fn run(
     scratch: &Config,
+    protocol: Protocol,
     writers: usize,
     interval: Duration,
     seconds: u64,
@@ -123,6 +161,22 @@ async fn run(
             .await?,
         );
     }
+    let (to_committer, handed) = mpsc::channel::<Handed>(writers.max(1));
+    let committer = match protocol {
+        Protocol::EveryWriter => None,
+        Protocol::OneCommitter => {
+            let own = open_catalog(scratch, &p.sink).await?;
+            let writer = TableWriter::open(
+                own,
+                &p.sink.namespace,
+                &p.sink.events_table.name,
+                &p.name,
+                &planned.parse_output,
+            )
+            .await?;
+            Some(tokio::spawn(commit_shares(writer, handed)))
+        }
+    };
     // The run starts once every writer is open, so that opening is not counted as waiting.
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
@@ -131,21 +185,34 @@ async fn run(
         // Runners start when they start: each writer's commits fall at a phase of its own,
         // spread over the interval (the golden ratio's multiples modulo 1).
         let phase = interval.mul_f64((index as f64 * 0.618_033_988_75).fract());
+        let lands = match protocol {
+            Protocol::EveryWriter => Lands::Itself,
+            Protocol::OneCommitter => Lands::Through(to_committer.clone()),
+        };
         tasks.spawn(write(
             writer,
+            lands,
             index as i32,
             rows.clone(),
-            started + phase,
-            interval,
-            until,
+            Schedule {
+                first: started + phase,
+                interval,
+                until,
+            },
         ));
     }
+    drop(to_committer);
     let mut runs = Vec::new();
     while let Some(done) = tasks.join_next().await {
         runs.push(done??);
     }
+    let elapsed = started.elapsed();
+    let snapshots = match committer {
+        Some(committer) => Some(committer.await??),
+        None => None,
+    };
     drop_scratch(catalog.as_ref(), scratch).await;
-    Ok(Figures::of(runs, started.elapsed()))
+    Ok(Figures::of(runs, elapsed, snapshots))
 }
 
 /// The valid rows of one commit, through the pipeline's parsing SQL.
@@ -167,52 +234,159 @@ async fn valid_rows(
     Ok(arrow::compute::concat_batches(&schema, &valid)?)
 }
 
-/// One writer: from `first` on, every `interval` until `until`, appends `rows` and commits
-/// them with its partition's offset moved on, decided on the table state the commit lands on.
-async fn write(
-    mut writer: TableWriter,
-    partition: i32,
-    rows: RecordBatch,
+/// When a writer's commits fall due.
+struct Schedule {
     first: Instant,
     interval: Duration,
     until: Instant,
+}
+
+/// How a writer's rows land.
+enum Lands {
+    /// It commits them itself.
+    Itself,
+    /// It hands them to the committer.
+    Through(mpsc::Sender<Handed>),
+}
+
+/// One writer: from `first` on, every `interval` until `until`, appends `rows` and lands them
+/// with its partition's offset moved on, decided on the table state the snapshot lands on.
+async fn write(
+    mut writer: TableWriter,
+    lands: Lands,
+    partition: i32,
+    rows: RecordBatch,
+    schedule: Schedule,
 ) -> anyhow::Result<WriterRun> {
     let mut run = WriterRun::default();
-    let mut due = first;
-    let mut next = 0_i64;
-    while due < until {
+    let mut due = schedule.first;
+    let mut next = None;
+    while due < schedule.until {
         tokio::time::sleep_until(due.into()).await;
         writer.write(&rows).await?;
-        let offset = next + rows.num_rows() as i64;
-        let landed = writer
-            .commit(|state| {
-                let mut offsets: Offsets = state.offsets.clone();
-                offsets.set(TOPIC, partition, offset);
-                Ok(SnapshotContent {
-                    offsets,
-                    checkpoints: None,
-                    jumps: Default::default(),
-                })
-            })
-            .await;
-        match landed {
-            Ok(stats) => {
-                next = offset;
+        let offset = next.unwrap_or(0) + rows.num_rows() as i64;
+        let claim = Claim {
+            topic: TOPIC.into(),
+            partitions: [(
+                partition,
+                PartitionClaim {
+                    starts: next,
+                    records: Some(offset),
+                    jump: None,
+                },
+            )]
+            .into(),
+            checkpoints: None,
+        };
+        let attempts = match &lands {
+            Lands::Itself => commit_own(&mut writer, &claim).await?,
+            Lands::Through(committer) => {
+                let share = writer.share(claim).await?;
+                let (reply, outcome) = oneshot::channel();
+                committer
+                    .send((writer.encode(share)?, reply))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the committer stopped"))?;
+                let handled = outcome
+                    .await?
+                    .map_err(|error| anyhow::anyhow!("the committer failed: {error}"))?;
+                match handled.outcome {
+                    ShareOutcome::Landed { .. } => Some(handled.attempts),
+                    ShareOutcome::Fenced(fenced) => {
+                        anyhow::bail!("writer {partition} was fenced: {fenced}")
+                    }
+                }
+            }
+        };
+        match attempts {
+            Some(attempts) => {
+                next = Some(offset);
                 run.landings.push(Landing {
-                    attempts: stats.conflicts + 1,
+                    attempts,
                     took: due.elapsed(),
                 });
             }
-            Err(SinkError::Iceberg { source, .. }) if is_conflict(&source) => {
-                run.gave_up += 1;
-                writer.abandon();
-            }
-            Err(error) => return Err(error.into()),
+            None => run.gave_up += 1,
         }
         // A writer behind its interval commits again at once, as a runner with a backlog does.
-        due = (due + interval).max(Instant::now());
+        due = (due + schedule.interval).max(Instant::now());
     }
     Ok(run)
+}
+
+/// A writer's own commit of what it wrote under `claim`: the attempts it took, or `None` when
+/// it ran out of them (its rows dropped).
+async fn commit_own(writer: &mut TableWriter, claim: &Claim) -> anyhow::Result<Option<u32>> {
+    let landed = writer
+        .commit(|state| {
+            Ok(SnapshotContent {
+                offsets: claim.decide(&state.offsets)?,
+                checkpoints: None,
+                jumps: Default::default(),
+            })
+        })
+        .await;
+    match landed {
+        Ok(stats) => Ok(Some(stats.conflicts + 1)),
+        Err(SinkError::Iceberg { source, .. }) if is_conflict(&source) => {
+            writer.abandon();
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The committer: waits for a share, takes every other one waiting too, and lands them in one
+/// snapshot; until the writers are gone. Returns the snapshots it made.
+async fn commit_shares(
+    mut writer: TableWriter,
+    mut handed: mpsc::Receiver<Handed>,
+) -> anyhow::Result<usize> {
+    let mut snapshots = 0;
+    while let Some(first) = handed.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = handed.try_recv() {
+            batch.push(more);
+        }
+        let (sent, replies): (Vec<SharedFiles>, Vec<_>) = batch.into_iter().unzip();
+        let landed = async {
+            let shares = sent
+                .into_iter()
+                .map(|shared| writer.decode(shared))
+                .collect::<Result<Vec<_>, _>>()?;
+            writer
+                .commit_with(
+                    |state| {
+                        Ok(SnapshotContent {
+                            offsets: state.offsets.clone(),
+                            checkpoints: None,
+                            jumps: Default::default(),
+                        })
+                    },
+                    &shares,
+                )
+                .await
+        }
+        .await;
+        match landed {
+            Ok((stats, outcomes)) => {
+                snapshots += usize::from(stats.snapshot_id.is_some());
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(Handled {
+                        outcome,
+                        attempts: stats.conflicts + 1,
+                    }));
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+                return Err(error.into());
+            }
+        }
+    }
+    Ok(snapshots)
 }
 
 /// Drops the scratch table from a catalog that outlives the run (the embedded one goes with
@@ -245,10 +419,12 @@ struct Figures {
     /// Writers that landed nothing.
     starved: usize,
     elapsed: Duration,
+    /// Snapshots the committer made (with one committer).
+    snapshots: Option<usize>,
 }
 
 impl Figures {
-    fn of(runs: Vec<WriterRun>, elapsed: Duration) -> Self {
+    fn of(runs: Vec<WriterRun>, elapsed: Duration, snapshots: Option<usize>) -> Self {
         let starved = runs.iter().filter(|r| r.landings.is_empty()).count();
         let gave_up = runs.iter().map(|r| r.gave_up).sum();
         let landings: Vec<&Landing> = runs.iter().flat_map(|r| &r.landings).collect();
@@ -270,13 +446,20 @@ impl Figures {
             longest: took.last().copied().unwrap_or_default(),
             starved,
             elapsed,
+            snapshots,
         }
     }
 
     fn describe(&self, writers: usize, interval: Duration, seconds: u64) -> String {
         let offered = writers as f64 / interval.as_secs_f64();
+        let snapshots = self.snapshots.map_or_else(String::new, |snapshots| {
+            format!(
+                " in {:.2} snapshots/s",
+                snapshots as f64 / self.elapsed.as_secs_f64().max(seconds as f64)
+            )
+        });
         format!(
-            "{:.2} commits/s landed of {offered:.2} offered ({} in {:.0} s), {:.2} conflicts per commit, attempts p99 {}, due to landed p50 {} ms p99 {} ms longest {} ms (interval {} ms), {} gave up, {} of {writers} writers starved",
+            "{:.2} commits/s landed{snapshots} of {offered:.2} offered ({} in {:.0} s), {:.2} conflicts per commit, attempts p99 {}, due to landed p50 {} ms p99 {} ms longest {} ms (interval {} ms), {} gave up, {} of {writers} writers starved",
             self.landed as f64 / self.elapsed.as_secs_f64().max(seconds as f64),
             self.landed,
             self.elapsed.as_secs_f64(),

@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::common::offsets::MovedPartition;
 use crate::common::summary::{OffsetJump, OffsetJumps};
 use crate::common::{Fenced, Offsets};
+use crate::sink::claim::{Claim, PartitionClaim};
 
 /// One of the pipeline's two tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,32 +174,41 @@ impl Progress {
     /// held partition raised to where the source has handed on. Refused when `loaded` does not
     /// stand where this runner's batch of a held partition starts: another runner moved it on.
     pub fn decide(&self, table: TableRole, loaded: &Offsets) -> Result<Offsets, Fenced> {
+        self.claim(table).decide(loaded)
+    }
+
+    /// What this runner's rows make a commit of `table` record, as a [`Claim`]: every held
+    /// partition starts where the table stood for this runner, and is recorded where the source
+    /// has handed on (or where reading jumped to, lower too).
+    pub fn claim(&self, table: TableRole) -> Claim {
         let base = self.table(table);
-        let moved: Vec<MovedPartition> = self
+        let jumps = self.jumps_of(table);
+        let partitions = self
             .owned
             .iter()
-            .filter_map(|partition| {
-                let expected = base.get(&self.topic, *partition);
-                let found = loaded.get(&self.topic, *partition);
-                (expected != found).then(|| MovedPartition {
-                    topic: self.topic.clone(),
-                    partition: *partition,
-                    batch_starts: expected,
-                    table_stands: found,
-                })
+            .map(|partition| {
+                let starts = base.get(&self.topic, *partition);
+                let jump = jumps.get(partition).copied();
+                let from = jump.map(|j| j.to).or(starts);
+                let records = match (from, self.handed_on.get(&self.topic, *partition)) {
+                    (Some(from), Some(next)) => Some(from.max(next)),
+                    (from, next) => from.or(next),
+                };
+                (
+                    *partition,
+                    PartitionClaim {
+                        starts,
+                        records,
+                        jump,
+                    },
+                )
             })
             .collect();
-        if !moved.is_empty() {
-            return Err(Fenced { partitions: moved });
+        Claim {
+            topic: self.topic.clone(),
+            partitions,
+            checkpoints: None,
         }
-        let mut record = loaded.clone();
-        for (partition, jump) in self.jumps_of(table) {
-            record.set(&self.topic, *partition, jump.to);
-        }
-        for (topic, partition, next) in self.handed_on.iter() {
-            record.advance(topic, partition, next);
-        }
-        Ok(record)
     }
 
     /// A commit of `table` recorded `recorded` (and the jumps decided with it): the held

@@ -11,7 +11,9 @@ use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use iceberg::arrow::schema_to_arrow_schema;
-use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::spec::{
+    deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, DataFileFormat,
+};
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -27,6 +29,7 @@ use parquet::file::properties::WriterProperties;
 use tokio::task::{JoinError, JoinSet};
 
 use super::buffer::BufferedRows;
+use super::claim::Claim;
 use super::commit::{is_conflict, PinnedCatalog};
 use super::evolve::columns_to_add;
 use super::partition::PartitionSplitter;
@@ -35,6 +38,7 @@ use super::waiting;
 use super::SinkError;
 use crate::common::summary::{self, Checkpoints, OffsetJumps};
 use crate::common::{cpu, Fenced, Offsets};
+use serde::{Deserialize, Serialize};
 
 /// How many times a commit is decided again after other writers committed first.
 const MAX_COMMIT_ATTEMPTS: u32 = 50;
@@ -82,6 +86,40 @@ pub struct SnapshotContent {
     pub checkpoints: Option<Checkpoints>,
     /// Where `offsets` jumps (nothing in the usual case).
     pub jumps: OffsetJumps,
+}
+
+/// Another writer's part of a snapshot: its data files, already in the table's folder, and its
+/// claim on the partitions it holds. A committer lands several in one snapshot
+/// ([`TableWriter::commit_with`]), each only if its claim holds.
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// The data files it adds.
+    pub files: Vec<DataFile>,
+    /// What its rows make the snapshot record.
+    pub claim: Claim,
+}
+
+/// How a [`Share`] fared in a commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShareOutcome {
+    /// It is in the snapshot the commit landed.
+    Landed {
+        /// That snapshot.
+        snapshot_id: Option<i64>,
+    },
+    /// Its claim did not hold on the table state the commit landed on; its files were left
+    /// out (its writer deletes them).
+    Fenced(Fenced),
+}
+
+/// The JSON form of a [`Share`], as it travels from its writer to the committer: the data
+/// files in Iceberg's own JSON form (partition values and column statistics included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedFiles {
+    /// The data files, one JSON document each.
+    pub files: Vec<String>,
+    /// The claim.
+    pub claim: Claim,
 }
 
 /// An open Iceberg table being appended to by one pipeline.
@@ -249,26 +287,96 @@ impl TableWriter {
         &mut self,
         decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
     ) -> Result<CommitStats, SinkError> {
+        self.commit_with(decide, &[]).await.map(|(stats, _)| stats)
+    }
+
+    /// [`Self::commit`], with other writers' shares landed in the same snapshot: each one whose
+    /// claim holds on the state that `decide` and the shares before it leave. Their outcomes
+    /// come back in their order. With no rows of its own and no share that holds, nothing is
+    /// committed.
+    pub async fn commit_with(
+        &mut self,
+        decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
+        others: &[Share],
+    ) -> Result<(CommitStats, Vec<ShareOutcome>), SinkError> {
         let started = Instant::now();
         let writing = || format!("{}: writing the data files", self.label);
         let (written, polls) = cpu::timed(waiting::logged(writing, self.write_files())).await;
         let (files, closes) = written?;
-        let (landed, landing_cpu) = cpu::timed(self.land(files, decide)).await;
-        Ok(CommitStats {
-            millis: started.elapsed().as_millis(),
-            files_cpu: polls + closes,
-            landing_cpu,
-            ..landed?
+        let (landed, landing_cpu) = cpu::timed(self.land(files, decide, others)).await;
+        let (stats, outcomes) = landed?;
+        Ok((
+            CommitStats {
+                millis: started.elapsed().as_millis(),
+                files_cpu: polls + closes,
+                landing_cpu,
+                ..stats
+            },
+            outcomes,
+        ))
+    }
+
+    /// Writes the rows taken since the last commit into data files for a committer to land
+    /// with `claim` ([`Self::commit_with`]); the rows are then no longer held here.
+    pub async fn share(&mut self, claim: Claim) -> Result<Share, SinkError> {
+        let writing = || format!("{}: writing the data files", self.label);
+        let (files, _) = waiting::logged(writing, self.write_files()).await?;
+        self.buffered = BufferedRows::default();
+        Ok(Share { files, claim })
+    }
+
+    /// `share` in the form it travels in.
+    pub fn encode(&self, share: Share) -> Result<SharedFiles, SinkError> {
+        let metadata = self.table.metadata();
+        let partition_type = metadata.default_partition_type();
+        let files = share
+            .files
+            .into_iter()
+            .map(|file| {
+                serialize_data_file_to_json(file, partition_type, metadata.format_version())
+            })
+            .collect::<iceberg::Result<Vec<String>>>()
+            .map_err(|e| SinkError::iceberg(format!("{}: encoding data files", self.label), e))?;
+        Ok(SharedFiles {
+            files,
+            claim: share.claim,
         })
     }
 
-    /// Commits `files` in one snapshot as [`Self::commit`] says.
+    /// A share another writer sent, read against this table's partition spec and schema.
+    pub fn decode(&self, shared: SharedFiles) -> Result<Share, SinkError> {
+        let metadata = self.table.metadata();
+        let spec = metadata.default_partition_spec();
+        let files = shared
+            .files
+            .iter()
+            .map(|text| {
+                deserialize_data_file_from_json(
+                    text,
+                    spec.spec_id(),
+                    metadata.default_partition_type(),
+                    metadata.current_schema(),
+                )
+            })
+            .collect::<iceberg::Result<Vec<DataFile>>>()
+            .map_err(|e| {
+                SinkError::iceberg(format!("{}: reading shared data files", self.label), e)
+            })?;
+        Ok(Share {
+            files,
+            claim: shared.claim,
+        })
+    }
+
+    /// Commits `files` and the shares whose claims hold in one snapshot, as
+    /// [`Self::commit_with`] says.
     async fn land(
         &mut self,
         files: Vec<DataFile>,
         mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
-    ) -> Result<CommitStats, SinkError> {
-        let file_count = files.len();
+        others: &[Share],
+    ) -> Result<(CommitStats, Vec<ShareOutcome>), SinkError> {
+        let own_files = files.len();
         let mut moved = false;
         if self.others_committing {
             let known = self.table.metadata_location().map(str::to_string);
@@ -278,8 +386,8 @@ impl TableWriter {
         let mut base = self.table.clone();
         let mut state = self.state.clone();
         let mut conflicts = 0;
-        loop {
-            let content = match decide(&state) {
+        let (landed, outcomes, replaced) = loop {
+            let mut content = match decide(&state) {
                 Ok(content) => content,
                 Err(fenced) => {
                     // The rows are in these files now, which `discard` deletes.
@@ -293,6 +401,29 @@ impl TableWriter {
                     });
                 }
             };
+            let own_content = content.clone();
+            let mut added = files.clone();
+            let mut outcomes = Vec::with_capacity(others.len());
+            let mut replaced = Vec::new();
+            for share in others {
+                match share.claim.apply(&mut content, &state.checkpoints) {
+                    Ok(files) => {
+                        replaced.extend(files);
+                        added.extend(share.files.iter().cloned());
+                        outcomes.push(None);
+                    }
+                    Err(fenced) => outcomes.push(Some(fenced)),
+                }
+            }
+            if !others.is_empty()
+                && added.is_empty()
+                && own_content.offsets == state.offsets
+                && own_content.jumps.is_empty()
+                && outcomes.iter().all(Option::is_some)
+            {
+                // Nothing of its own and no share that holds: no snapshot to make.
+                break (None, outcomes, replaced);
+            }
             let mut properties = HashMap::from([
                 (summary::OFFSETS.to_string(), content.offsets.to_json()),
                 (summary::PIPELINE.to_string(), self.pipeline.clone()),
@@ -311,7 +442,7 @@ impl TableWriter {
                 // File names carry a fresh UUID, so the duplicate check (which reads every
                 // manifest of the table on each commit) can only cost time.
                 .with_check_duplicate(false)
-                .add_data_files(files.clone())
+                .add_data_files(added)
                 .set_snapshot_properties(properties);
             let tx = action
                 .apply(tx)
@@ -325,7 +456,7 @@ impl TableWriter {
                         checkpoints: content.checkpoints.unwrap_or(state.checkpoints),
                     };
                     self.table = table;
-                    break;
+                    break (Some(()), outcomes, replaced);
                 }
                 Err(error) if is_conflict(&error) && conflicts + 1 < MAX_COMMIT_ATTEMPTS => {
                     conflicts += 1;
@@ -370,16 +501,34 @@ impl TableWriter {
                     ));
                 }
             }
-        }
+        };
         self.others_committing = moved || conflicts > 0;
+        let snapshot_id = landed.and(self.table.metadata().current_snapshot_id());
+        if landed.is_some() {
+            // The other writers' checkpoints this snapshot replaced: no snapshot to come points
+            // to them (the committer's own are its caller's to delete).
+            for file in replaced {
+                super::checkpoint::remove(self, &file).await;
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|fenced| match fenced {
+                None => ShareOutcome::Landed { snapshot_id },
+                Some(fenced) => ShareOutcome::Fenced(fenced),
+            })
+            .collect();
         let rows = std::mem::take(&mut self.buffered).rows();
-        Ok(CommitStats {
-            rows,
-            files: file_count,
-            snapshot_id: self.table.metadata().current_snapshot_id(),
-            conflicts,
-            ..CommitStats::default()
-        })
+        Ok((
+            CommitStats {
+                rows,
+                files: own_files,
+                snapshot_id,
+                conflicts,
+                ..CommitStats::default()
+            },
+            outcomes,
+        ))
     }
 
     /// Drops the rows written since the last commit (their partitions moved to another runner

@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod checkpoint;
+pub mod claim;
 pub mod commit;
 pub mod evolve;
 pub mod iceberg;
