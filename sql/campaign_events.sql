@@ -37,6 +37,7 @@ typed AS (
     _topic,
     _partition,
     _offset,
+    _timestamp,
     _bytes,
     -- The rules below read this flag rather than f itself: the rows some rule matches are
     -- copied with every column the CASE reads, and f holds every field.
@@ -54,9 +55,10 @@ typed AS (
     -- Event time: the event's own `timestamp`; an event that carries none (absent or null)
     -- takes its Kafka record's timestamp (the producer's CreateTime), so apps that send no
     -- clock of their own still count. A timestamp that is present but unreadable stays NULL
-    -- here and is rejected below.
+    -- here and is rejected below, and so does a record timestamp outside the years
+    -- 1677-2262 that TIMESTAMPTZ holds (a producer may set any).
     CASE
-      WHEN f['timestamp'] IS NULL THEN CAST(_timestamp AS TIMESTAMPTZ)
+      WHEN f['timestamp'] IS NULL THEN try_cast(_timestamp AS TIMESTAMPTZ)
       ELSE try_cast(f['timestamp'] AS TIMESTAMPTZ)
     END                                          AS _event_time,
     try_cast(f['revenue'] AS DOUBLE)             AS _revenue
@@ -107,8 +109,12 @@ SELECT
                                                      THEN 'unknown event_type: ' || event_type
     -- Without a timestamp of its own an event has its record's; only a record without one
     -- (a producer that sets none) leaves it missing.
-    WHEN _timestamp_text IS NULL AND _event_time IS NULL
+    WHEN _timestamp_text IS NULL AND _timestamp IS NULL
                                                      THEN 'missing timestamp'
+    WHEN _timestamp_text IS NULL AND _event_time IS NULL
+                                                     THEN 'record timestamp out of range: '
+                                                          || arrow_cast(_timestamp, 'Int64')
+                                                          || ' ms'
     WHEN _event_time IS NULL                         THEN 'bad timestamp: ' || _timestamp_text
     WHEN _revenue < 0                                THEN 'negative revenue: ' || _revenue_json
   END AS _error

@@ -1027,14 +1027,21 @@ async fn the_products_example_event_takes_its_record_time_and_lands_in_both_tabl
         .set("bootstrap.servers", &pipeline.brokers)
         .create()
         .unwrap();
-    for (payload, _) in &payloads {
+    // A producer may stamp a record with any time: one in the year 3000, which no TIMESTAMPTZ
+    // holds, is a dead letter that says so (it stopped the runner, batch after batch).
+    let year_3000_ms = 32_503_680_000_000;
+    let stamped = payloads
+        .iter()
+        .map(|(payload, _)| (payload.clone(), created_ms))
+        .chain([(example("evt_128", "click"), year_3000_ms)]);
+    for (payload, stamp) in stamped {
         producer
             .send(
                 BaseRecord::to(&pipeline.topic)
                     .partition(0)
                     .key("camp_789")
-                    .timestamp(created_ms)
-                    .payload(payload),
+                    .timestamp(stamp)
+                    .payload(&payload),
             )
             .map_err(|(e, _)| e)
             .expect("send");
@@ -1061,8 +1068,15 @@ async fn the_products_example_event_takes_its_record_time_and_lands_in_both_tabl
     }
     let letters = dead_letters(&pipeline);
     let reasons: Vec<&str> = letters.iter().map(|(_, l)| l.error.as_str()).collect();
-    assert_eq!(reasons, ["bad timestamp: yesterday"]);
+    assert_eq!(
+        reasons,
+        [
+            "bad timestamp: yesterday",
+            "record timestamp out of range: 32503680000000 ms"
+        ]
+    );
     assert_eq!(letters[0].1.source.offset, 4);
+    assert_eq!(letters[1].1.source.offset, 5);
 
     let metrics = scan_table(&pipeline.config, "campaign_metrics").await;
     let windows = common::windows::windows(&metrics, None);

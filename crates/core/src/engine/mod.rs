@@ -1,6 +1,7 @@
 //! The SQL engine: one DataFusion session per pipeline, with the JSON functions registered.
 
 pub mod case_guard;
+pub mod case_inputs;
 pub mod flat_json;
 pub mod json_fields;
 pub mod now;

@@ -79,13 +79,20 @@ pub fn from_rejected_rows(
     let (partitions, offsets) = (&at.partitions, &at.offsets);
 
     let records = KafkaRecords::new(input)?;
-    let rows: FastMap<(i32, i64), usize> = (0..records.len())
-        .map(|i| ((records.partition(i), records.offset(i)), i))
+    // A few rows of a batch are rejected: the input is looked up in a map of those rows rather
+    // than a map of every input row built for a few lookups.
+    let mut rows: FastMap<(i32, i64), Option<usize>> = (0..rejected.num_rows())
+        .map(|i| ((partitions.value(i), offsets.value(i)), None))
         .collect();
+    for row in 0..records.len() {
+        if let Some(found) = rows.get_mut(&(records.partition(row), records.offset(row))) {
+            *found = Some(row);
+        }
+    }
 
     let mut letters = Vec::with_capacity(rejected.num_rows());
     for i in 0..rejected.num_rows() {
-        let Some(&row) = rows.get(&(partitions.value(i), offsets.value(i))) else {
+        let Some(&Some(row)) = rows.get(&(partitions.value(i), offsets.value(i))) else {
             // The SQL invented a row that matches no message: report it rather than lose it.
             tracing::warn!(
                 partition = partitions.value(i),
