@@ -201,6 +201,196 @@ async fn two_runners_committing_on_each_others_snapshots_both_land_never_doubled
     );
 }
 
+/// One committer lands other runners' shares in its own snapshots: a runner's data files
+/// written on its side, sent in the form they travel in, each claim checked on the state the
+/// snapshot lands on. A zombie's share is refused and its rows never reach the table; two
+/// shares of one runner chain in one snapshot; a checkpoint a share replaces is deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_committer_lands_other_runners_shares_once_and_refuses_a_zombies() {
+    use campaign_pipeline::common::summary::PartitionCheckpoint;
+    use campaign_pipeline::sink::iceberg::ShareOutcome;
+    let pipeline = common::TestPipeline::new();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, true),
+        Field::new("_offset", DataType::Int64, true),
+    ]));
+    {
+        let config = campaign_pipeline::config::Config::load(&pipeline.config).unwrap();
+        let p = &config.pipelines[0];
+        let catalog = open_catalog(&config, &p.sink).await.unwrap();
+        ensure_namespace(catalog.as_ref(), &p.sink.namespace)
+            .await
+            .unwrap();
+        ensure_table(catalog.as_ref(), &p.sink.namespace, "shared", &schema, &[])
+            .await
+            .unwrap();
+    }
+    let topic = "events";
+    let mut committer = writer(&pipeline, &schema).await;
+    let mut runner = writer(&pipeline, &schema).await;
+    let mut zombie = writer(&pipeline, &schema).await;
+    let mut own = Progress::new(topic);
+    let mut theirs = Progress::new(topic);
+    own.hold(&BTreeSet::from([0]), &Offsets::new(), &Offsets::new());
+    theirs.hold(&BTreeSet::from([1, 2]), &Offsets::new(), &Offsets::new());
+    // A checkpoint file per share, so that replacing one can be seen deleting it.
+    let location = runner.location().to_string();
+    let checkpoint = |name: &str| PartitionCheckpoint {
+        file: format!("{location}/checkpoints/{name}"),
+        max_event: None,
+        watermark: None,
+    };
+    for name in ["r0", "r1", "r2", "r2a", "r2b"] {
+        let output = runner.file_io().new_output(&checkpoint(name).file).unwrap();
+        output
+            .write(bytes::Bytes::from_static(b"state"))
+            .await
+            .unwrap();
+    }
+
+    for round in 0..3_i64 {
+        let range = round * 100..(round + 1) * 100;
+        committer
+            .write(&rows(&schema, 0, range.clone()))
+            .await
+            .unwrap();
+        runner
+            .write(&rows(&schema, 1, range.clone()))
+            .await
+            .unwrap();
+        runner
+            .write(&rows(&schema, 2, range.clone()))
+            .await
+            .unwrap();
+        own.handed_on(&offsets(topic, &[(0, range.end)]));
+        theirs.handed_on(&offsets(topic, &[(1, range.end), (2, range.end)]));
+        let mut claim = theirs.claim(TableRole::Events);
+        claim.checkpoints = Some(BTreeMap::from([(1, checkpoint(&format!("r{round}")))]));
+        let share = runner.share(claim.clone()).await.unwrap();
+        // What a control topic carries: Iceberg's JSON of each data file, and the claim.
+        let sent = serde_json::to_string(&runner.encode(share).unwrap()).unwrap();
+        let received = committer
+            .decode(serde_json::from_str(&sent).unwrap())
+            .unwrap();
+        if round == 1 {
+            // Partition 1's old owner, paused since before the first commit, read it from the
+            // start and shares that too.
+            zombie.write(&rows(&schema, 1, 0..50)).await.unwrap();
+        }
+        let mut shares = vec![received];
+        if round == 1 {
+            let mut stale = Progress::new(topic);
+            stale.hold(&BTreeSet::from([1]), &Offsets::new(), &Offsets::new());
+            stale.handed_on(&offsets(topic, &[(1, 50)]));
+            shares.push(zombie.share(stale.claim(TableRole::Events)).await.unwrap());
+        }
+        let (stats, outcomes) = committer
+            .commit_with(
+                |state| {
+                    Ok(SnapshotContent {
+                        offsets: own.decide(TableRole::Events, &state.offsets)?,
+                        checkpoints: None,
+                        jumps: Default::default(),
+                    })
+                },
+                &shares,
+            )
+            .await
+            .expect("the committer lands");
+        own.committed(TableRole::Events, &committer.state().offsets);
+        assert_eq!(stats.rows, 100, "the committer's own rows");
+        assert!(
+            matches!(outcomes[0], ShareOutcome::Landed { snapshot_id } if snapshot_id == stats.snapshot_id),
+            "{outcomes:?}"
+        );
+        if round == 1 {
+            let ShareOutcome::Fenced(fenced) = &outcomes[1] else {
+                panic!("the zombie's share landed: {outcomes:?}");
+            };
+            assert_eq!(fenced.partitions[0].partition, 1);
+            assert_eq!(
+                fenced.partitions[0].table_stands,
+                Some(200),
+                "checked after the runner's share in the same snapshot"
+            );
+        }
+        let recorded = claim.decide(theirs.table(TableRole::Events)).unwrap();
+        theirs.committed(TableRole::Events, &recorded);
+    }
+    // The runner's next two shares chain in one snapshot: the second starts where the first
+    // records, and replaces its checkpoint, which the committer deletes once it has landed.
+    let mut chained = Vec::new();
+    for (name, end) in [("r2a", 350), ("r2b", 400)] {
+        runner
+            .write(&rows(&schema, 2, end - 50..end))
+            .await
+            .unwrap();
+        theirs.handed_on(&offsets(topic, &[(2, end)]));
+        let mut claim = theirs.claim(TableRole::Events);
+        claim.checkpoints = Some(BTreeMap::from([(2, checkpoint(name))]));
+        chained.push(runner.share(claim.clone()).await.unwrap());
+        let recorded = claim.decide(theirs.table(TableRole::Events)).unwrap();
+        theirs.committed(TableRole::Events, &recorded);
+    }
+    let (stats, outcomes) = committer
+        .commit_with(
+            |state| {
+                Ok(SnapshotContent {
+                    offsets: state.offsets.clone(),
+                    checkpoints: None,
+                    jumps: Default::default(),
+                })
+            },
+            &chained,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats.rows, 0);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, ShareOutcome::Landed { .. })),
+        "{outcomes:?}"
+    );
+    let exists = |name: &str| {
+        let file = checkpoint(name).file;
+        let io = committer.file_io().clone();
+        async move { io.exists(&file).await.unwrap() }
+    };
+    assert!(!exists("r2a").await, "the replaced checkpoint is deleted");
+    assert!(exists("r2b").await && exists("r2").await);
+    assert!(!exists("r1").await && !exists("r0").await);
+    let state = committer.state().checkpoints.clone();
+    assert_eq!(state.0[&1].file, checkpoint("r2").file);
+    assert_eq!(state.0[&2].file, checkpoint("r2b").file);
+
+    let history = offsets_history(&pipeline).await;
+    assert_eq!(history.len(), 4, "one snapshot per landing");
+    assert_eq!(
+        history.last().unwrap(),
+        &offsets(topic, &[(0, 300), (1, 300), (2, 400)])
+    );
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    for batch in common::scan_table(&pipeline.config, "shared").await {
+        let column = batch.column_by_name("event_id").unwrap();
+        let column = column.as_any().downcast_ref::<StringArray>().unwrap();
+        for id in column.iter().flatten() {
+            *ids.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    assert!(ids.values().all(|n| *n == 1), "no row doubled");
+    for (partition, end) in [(0, 300), (1, 300), (2, 400)] {
+        let count = ids
+            .keys()
+            .filter(|id| id.starts_with(&format!("{partition}-")))
+            .count();
+        assert_eq!(
+            count as i64, end,
+            "partition {partition}: every row below its offset"
+        );
+    }
+}
+
 async fn history_last(pipeline: &common::TestPipeline) -> Offsets {
     offsets_history(pipeline).await.pop().unwrap_or_default()
 }
