@@ -355,16 +355,7 @@ async fn commit_shares(
                 .map(|shared| writer.decode(shared))
                 .collect::<Result<Vec<_>, _>>()?;
             writer
-                .commit_with(
-                    |state| {
-                        Ok(SnapshotContent {
-                            offsets: state.offsets.clone(),
-                            checkpoints: None,
-                            jumps: Default::default(),
-                        })
-                    },
-                    &shares,
-                )
+                .commit_with(|state| Ok(SnapshotContent::unchanged(state)), &shares)
                 .await
         }
         .await;

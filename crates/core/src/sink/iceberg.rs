@@ -122,6 +122,18 @@ pub struct SharedFiles {
     pub claim: Claim,
 }
 
+impl SnapshotContent {
+    /// What a snapshot that adds files and moves no partition records on `state`: a committer
+    /// landing other writers' shares alone.
+    pub fn unchanged(state: &TableState) -> Self {
+        Self {
+            offsets: state.offsets.clone(),
+            checkpoints: None,
+            jumps: OffsetJumps::default(),
+        }
+    }
+}
+
 /// An open Iceberg table being appended to by one pipeline.
 pub struct TableWriter {
     catalog: Arc<dyn Catalog>,
