@@ -59,10 +59,14 @@ fn is_input(expr: &Arc<dyn PhysicalExpr>) -> bool {
 pub struct NarrowCase {
     /// What the `CASE` reads, evaluated on the full batch.
     inputs: Vec<Arc<dyn PhysicalExpr>>,
-    /// The narrow batch's schema: one column per input.
+    /// The narrow batch's schema: one column per input, each nullable (a field of a struct
+    /// may be declared not null and still be null where the struct is).
     schema: SchemaRef,
     /// The `CASE`, reading the narrow batch.
     case: Arc<dyn PhysicalExpr>,
+    /// The `CASE` as planned, reading the full batch: its type and nullability are the ones
+    /// the plan was built with.
+    planned: Arc<dyn PhysicalExpr>,
 }
 
 impl NarrowCase {
@@ -71,6 +75,7 @@ impl NarrowCase {
         let mut inputs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
         let mut fields: Vec<Field> = Vec::new();
         let remapped = case
+            .clone()
             .transform_down(|e| {
                 if !is_input(&e) {
                     return Ok(Transformed::no(e));
@@ -83,7 +88,7 @@ impl NarrowCase {
                             Field::new(
                                 format!("input_{}", inputs.len()),
                                 field.data_type().clone(),
-                                field.is_nullable(),
+                                true,
                             )
                             .with_metadata(field.metadata().clone()),
                         );
@@ -100,20 +105,21 @@ impl NarrowCase {
             inputs,
             schema: Arc::new(Schema::new(fields)),
             case: remapped,
+            planned: case,
         }))
     }
 }
 
 impl PartialEq for NarrowCase {
     fn eq(&self, other: &Self) -> bool {
-        self.inputs == other.inputs && self.case.eq(&other.case)
+        self.inputs == other.inputs && self.planned.eq(&other.planned)
     }
 }
 
 impl Hash for NarrowCase {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.inputs.hash(state);
-        self.case.hash(state);
+        self.planned.hash(state);
     }
 }
 
@@ -129,16 +135,16 @@ impl PhysicalExpr for NarrowCase {
         self
     }
 
-    fn data_type(&self, _input_schema: &Schema) -> Result<DataType> {
-        self.case.data_type(&self.schema)
+    fn data_type(&self, input_schema: &Schema) -> Result<DataType> {
+        self.planned.data_type(input_schema)
     }
 
-    fn nullable(&self, _input_schema: &Schema) -> Result<bool> {
-        self.case.nullable(&self.schema)
+    fn nullable(&self, input_schema: &Schema) -> Result<bool> {
+        self.planned.nullable(input_schema)
     }
 
-    fn return_field(&self, _input_schema: &Schema) -> Result<FieldRef> {
-        self.case.return_field(&self.schema)
+    fn return_field(&self, input_schema: &Schema) -> Result<FieldRef> {
+        self.planned.return_field(input_schema)
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
@@ -164,6 +170,7 @@ impl PhysicalExpr for NarrowCase {
             inputs: children,
             schema: self.schema.clone(),
             case: self.case.clone(),
+            planned: self.planned.clone(),
         }))
     }
 
@@ -185,10 +192,11 @@ mod tests {
     fn batch() -> RecordBatch {
         let ts = StringArray::from(vec![Some("a"), None, Some("c"), None]);
         let wide = StringArray::from(vec!["x".repeat(100); 4]);
+        // `wide` is declared not null in a struct that is null in one row.
         let f = StructArray::new(
             vec![
                 Arc::new(Field::new("ts", DataType::Utf8, true)),
-                Arc::new(Field::new("wide", DataType::Utf8, true)),
+                Arc::new(Field::new("wide", DataType::Utf8, false)),
             ]
             .into(),
             vec![Arc::new(ts), Arc::new(wide)],
@@ -210,7 +218,8 @@ mod tests {
         ctx.register_batch("t", batch()).expect("register");
         let sql = "SELECT CASE WHEN f['ts'] IS NULL THEN CAST(n * 10 AS VARCHAR) \
                    ELSE f['ts'] END AS picked, \
-                   CASE WHEN n > 2 THEN CASE WHEN f['ts'] = 'c' THEN 'third' END END AS nested \
+                   CASE WHEN n > 2 THEN CASE WHEN f['ts'] = 'c' THEN 'third' END END AS nested, \
+                   CASE WHEN n > 1 THEN f['wide'] END AS wide \
                    FROM t";
         let planned = ctx
             .sql(sql)
@@ -243,5 +252,9 @@ mod tests {
         let nested = nested.as_string::<i32>();
         assert_eq!(nested.value(2), "third");
         assert!(nested.is_null(0) && nested.is_null(3));
+        let wide = text(2);
+        let wide = wide.as_string::<i32>();
+        assert!(wide.is_null(0));
+        assert_eq!(wide.value(1).len(), 100);
     }
 }
