@@ -26,6 +26,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, ErrorKind};
 use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
 use tokio::task::{JoinError, JoinSet};
 
 use super::buffer::BufferedRows;
@@ -38,7 +39,6 @@ use super::waiting;
 use super::SinkError;
 use crate::common::summary::{self, Checkpoints, OffsetJumps};
 use crate::common::{cpu, Fenced, Offsets};
-use serde::{Deserialize, Serialize};
 
 /// How many times a commit is decided again after other writers committed first.
 const MAX_COMMIT_ATTEMPTS: u32 = 50;
@@ -123,8 +123,8 @@ pub struct SharedFiles {
 }
 
 impl SnapshotContent {
-    /// What a snapshot that adds files and moves no partition records on `state`: a committer
-    /// landing other writers' shares alone.
+    /// What a snapshot on `state` records when it adds files and moves no partition of its
+    /// own: a committer landing other writers' shares alone.
     pub fn unchanged(state: &TableState) -> Self {
         Self {
             offsets: state.offsets.clone(),
