@@ -29,7 +29,7 @@ const SAMPLER_NAME: &str = "cpu-sampler";
 impl Kind {
     fn of(name: &str) -> Self {
         match name {
-            "kafka-source" => Kind::Source,
+            crate::kafka::source::SOURCE_THREAD => Kind::Source,
             SAMPLER_NAME => Kind::Sampler,
             n if n.starts_with("rdk:") => Kind::Kafka,
             _ => Kind::Rest,

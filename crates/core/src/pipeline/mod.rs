@@ -746,8 +746,6 @@ impl<S: Source, D: Delivery> Runner<S, D> {
         Ok(Flow::Next)
     }
 
-    /// The partitions of the topic this runner does not hold whose events the tables do not
-    /// hold up to the partition's end (a partition whose end could not be read counts).
     /// Hands a micro-batch's dead letters to the producer and counts the ones sent.
     async fn send_dead_letters(&mut self, letters: Vec<Rejected>) -> Result<(), PipelineError> {
         for Rejected {

@@ -413,7 +413,7 @@ impl TableWriter {
                     });
                 }
             };
-            let own_content = content.clone();
+            let moves_nothing_itself = content.offsets == state.offsets && content.jumps.is_empty();
             let mut added = files.clone();
             let mut outcomes = Vec::with_capacity(others.len());
             let mut replaced = Vec::new();
@@ -429,8 +429,7 @@ impl TableWriter {
             }
             if !others.is_empty()
                 && added.is_empty()
-                && own_content.offsets == state.offsets
-                && own_content.jumps.is_empty()
+                && moves_nothing_itself
                 && outcomes.iter().all(Option::is_some)
             {
                 // Nothing of its own and no share that holds: no snapshot to make.

@@ -23,6 +23,9 @@ use crate::telemetry::repeated::repeated_errors;
 use campaign_core::source::batch::BatchBuilder;
 use campaign_core::source::{Source, SourceError, SourceEvent};
 
+/// The name of the thread that reads the source topic (profiles and the bench tell it apart by it).
+pub const SOURCE_THREAD: &str = "kafka-source";
+
 /// How the source reads.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
@@ -313,7 +316,7 @@ impl KafkaSource {
             session_timeout,
         };
         let thread = std::thread::Builder::new()
-            .name("kafka-source".into())
+            .name(SOURCE_THREAD.into())
             .spawn(move || reader.run())
             .map_err(|source| SourceError::Thread {
                 topic: topic.clone(),

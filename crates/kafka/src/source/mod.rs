@@ -5,4 +5,4 @@ mod cursor;
 pub mod kafka;
 mod quirks;
 
-pub use kafka::{KafkaSource, ResumeLookup, SourceOptions};
+pub use kafka::{KafkaSource, ResumeLookup, SourceOptions, SOURCE_THREAD};
