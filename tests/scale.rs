@@ -601,10 +601,35 @@ async fn assert_tables_equal_the_truth(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once() {
+    three_runners_with_kills_and_restarts("each_runner").await;
+}
+
+/// The same with one committer: the runner holding partition 0 lands the others' shares, and
+/// the kills take the committer away too (its shares' runners then land them themselves).
+#[tokio::test(flavor = "multi_thread")]
+async fn three_runners_handing_their_commits_to_one_committer_write_every_event_and_window_once() {
+    let pipeline = three_runners_with_kills_and_restarts("one_committer").await;
+    let table = common::load_table(&pipeline.config, "campaign_events").await;
+    let shared = table
+        .metadata()
+        .snapshots()
+        .filter(|s| {
+            s.summary()
+                .additional_properties
+                .contains_key(campaign_pipeline::common::summary::SHARES)
+        })
+        .count();
+    assert!(shared > 0, "no snapshot took another runner's share");
+}
+
+async fn three_runners_with_kills_and_restarts(mode: &str) -> common::TestPipeline {
     let pipeline = common::TestPipeline::new();
     pipeline.edit_config(|yaml| {
-        yaml.replace("interval: 5s", "interval: 1s")
-            .replace("max_rows: 10000", "max_rows: 5000")
+        yaml.replace(
+            "    commit:\n      interval: 5s",
+            &format!("    commit:\n      mode: {mode}\n      interval: 1s"),
+        )
+        .replace("max_rows: 10000", "max_rows: 5000")
     });
     cli_ok(&pipeline, &["setup"]);
     // The first 3,000 events have no late ones: a partition's first event has no watermark to
@@ -714,6 +739,7 @@ async fn three_runners_with_kills_and_restarts_write_every_event_and_window_once
     let context =
         format!("{kills} kills, {assignments} assignments, {conflicts} commit conflicts, {fenced} fenced commits\n{last}");
     assert_tables_equal_the_truth(&pipeline, &truths, &context).await;
+    pipeline
 }
 
 /// A batch run beside a runner that stopped moving (SIGSTOP: its partitions stay assigned to it

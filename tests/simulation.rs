@@ -6,7 +6,10 @@
 //! runner crashes. Between calls it rebalances the group (an old owner may read on for a few
 //! batches: a zombie), starts runners, crashes idle ones, runs a maintenance pass, fails the
 //! object store's next writes, appends events and moves the clock; half the schedules set an
-//! idle timeout, so a silent partition's windows close with the others'.
+//! idle timeout, so a silent partition's windows close with the others'. Half run in
+//! `commit.mode: one_committer`: the holder of partition 0 lands the others' shares, and
+//! sending on the control topic and waiting for an answer are gates too (a share or an answer
+//! lost, the committer crashing between landing and answering, an answer too late).
 //! Then a last runner reads everything, flushes the open windows, and the tables and the dead
 //! letters are checked against what the log holds: every valid event once, every window once
 //! with exact counts, revenue and rates, every rejection in the dead letters, offsets never
@@ -42,7 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 use campaign_pipeline::catalog::open_catalog_over;
 use campaign_pipeline::common::summary::OFFSETS;
 use campaign_pipeline::common::{Clock, Offsets, Watermarks};
-use campaign_pipeline::config::{Config, PipelineConfig};
+use campaign_pipeline::config::{CommitMode, Config, PipelineConfig};
+use campaign_pipeline::control::{Control, ControlError, ControlMessage};
 use campaign_pipeline::dlq::{DeadLetterWriter, Delivery, DeliveryError};
 use campaign_pipeline::maintain::Maintainer;
 use campaign_pipeline::pipeline::{
@@ -483,11 +487,15 @@ impl Storage for FaultyStorage {
 // ---------------------------------------------------------------------------------------------
 // The catalog, gated: each call waits for the schedule's decision.
 
-/// A catalog call a runner waits at.
+/// A catalog call or a use of the control topic a runner waits at.
 #[derive(Clone)]
 enum Op {
     Load(String),
     Commit(String),
+    /// Sending a message of this kind on the control topic.
+    Send(&'static str),
+    /// Waiting for the committer's answer.
+    Await,
 }
 
 impl std::fmt::Display for Op {
@@ -495,6 +503,8 @@ impl std::fmt::Display for Op {
         match self {
             Op::Load(table) => write!(f, "load {table}"),
             Op::Commit(table) => write!(f, "commit {table}"),
+            Op::Send(kind) => write!(f, "send {kind}"),
+            Op::Await => write!(f, "await the committer's answer"),
         }
     }
 }
@@ -522,19 +532,20 @@ struct GatedCatalog {
 
 impl GatedCatalog {
     async fn gate(&self, op: Op) -> Decision {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .reports
-            .send((self.runner, Report::AtGate(op, tx)))
-            .is_err()
-        {
-            return std::future::pending().await;
-        }
-        match rx.await {
-            Ok(decision) => decision,
-            // The schedule crashed this runner: it never goes on.
-            Err(_) => std::future::pending().await,
-        }
+        gate(&self.reports, self.runner, op).await
+    }
+}
+
+/// Runner `runner` waits at `op` for the schedule's decision.
+async fn gate(reports: &mpsc::UnboundedSender<(usize, Report)>, runner: usize, op: Op) -> Decision {
+    let (tx, rx) = oneshot::channel();
+    if reports.send((runner, Report::AtGate(op, tx))).is_err() {
+        return std::future::pending().await;
+    }
+    match rx.await {
+        Ok(decision) => decision,
+        // The schedule crashed this runner: it never goes on.
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -622,6 +633,85 @@ impl Catalog for GatedCatalog {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The control topic of `commit.mode: one_committer`.
+
+/// The control topic: every message sent, in order.
+type ControlLog = Shared<Vec<ControlMessage>>;
+
+/// One runner's end of the control topic: it reads from where the topic ended when it started.
+/// Sending and waiting for an answer are gates the schedule decides, as catalog calls are: a
+/// send goes through or fails (the committer's answer or a share lost), or the runner crashes
+/// there (the committer between landing shares and answering them); a wait for an answer finds
+/// what was sent meanwhile, or gives up (an answer that comes too late).
+struct SimControl {
+    log: ControlLog,
+    read: usize,
+    reports: mpsc::UnboundedSender<(usize, Report)>,
+    runner: usize,
+    clock: Arc<SimClock>,
+}
+
+impl SimControl {
+    fn take(&mut self) -> Option<ControlMessage> {
+        let message = lock(&self.log).get(self.read).cloned()?;
+        self.read += 1;
+        Some(message)
+    }
+
+    async fn gate(&self, op: Op) -> Decision {
+        gate(&self.reports, self.runner, op).await
+    }
+}
+
+#[async_trait]
+impl Control for SimControl {
+    async fn send(&mut self, message: &ControlMessage) -> Result<(), ControlError> {
+        match self.gate(Op::Send(control_kind(message))).await {
+            Decision::Proceed => {
+                lock(&self.log).push(message.clone());
+                Ok(())
+            }
+            Decision::Fail | Decision::LoseAnswer => Err(ControlError {
+                topic: "control".into(),
+                action: "sending".into(),
+                source: "simulated control topic outage".into(),
+            }),
+        }
+    }
+
+    async fn next(&mut self) -> Option<ControlMessage> {
+        match self.take() {
+            Some(message) => Some(message),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn next_within(&mut self, patience: Duration) -> Option<ControlMessage> {
+        loop {
+            if let Some(message) = self.take() {
+                return Some(message);
+            }
+            // Waits on while the schedule steps the others, until it says the wait is over.
+            if self.gate(Op::Await).await != Decision::Proceed {
+                self.clock.advance(patience);
+                return None;
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<ControlMessage> {
+        self.take()
+    }
+}
+
+fn control_kind(message: &ControlMessage) -> &'static str {
+    match message {
+        ControlMessage::Share(_) => "share",
+        ControlMessage::Outcomes { .. } => "outcomes",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Runners as tasks the schedule steps.
 
 enum Command {
@@ -654,6 +744,8 @@ struct Sim {
     /// The warehouse's writes the schedule fails.
     store: Arc<StoreFaults>,
     world: Shared<World>,
+    /// The control topic (`commit.mode: one_committer`).
+    control: ControlLog,
     clock: Arc<SimClock>,
     reports: mpsc::UnboundedReceiver<(usize, Report)>,
     report_to: mpsc::UnboundedSender<(usize, Report)>,
@@ -708,6 +800,15 @@ impl Sim {
             world: self.world.clone(),
             queued: Vec::new(),
         };
+        let control = (self.pipeline.commit.mode == CommitMode::OneCommitter).then(|| {
+            Box::new(SimControl {
+                read: lock(&self.control).len(),
+                log: self.control.clone(),
+                reports: self.report_to.clone(),
+                runner: id,
+                clock: self.clock.clone(),
+            }) as Box<dyn Control>
+        });
         let (config, pipeline, options) = (
             self.config.clone(),
             self.pipeline.clone(),
@@ -724,6 +825,7 @@ impl Sim {
                         source,
                         dead_letters: DeadLetterWriter::to(delivery),
                         topic_partitions: PARTITIONS as usize,
+                        control,
                     })
                 })
                 .await
@@ -979,6 +1081,8 @@ struct Faults {
     /// A partition read to its end and silent this long stops holding its windows open: events
     /// it delivers later may be late for windows the others closed (`None`: never).
     idle_timeout: Option<Duration>,
+    /// `commit.mode: one_committer`: the holder of partition 0 lands the others' shares.
+    one_committer: bool,
 }
 
 impl Sim {
@@ -1009,6 +1113,7 @@ impl Sim {
             catalog,
             store,
             world,
+            control: ControlLog::default(),
             clock: Arc::new(SimClock {
                 start: Instant::now(),
                 elapsed: Mutex::new(Duration::ZERO),
@@ -1158,10 +1263,18 @@ async fn run_schedule(
             let longest = if rng.random_bool(0.5) { 50 } else { 3_000 };
             Duration::from_millis(rng.random_range(1..=longest))
         }),
+        // Drawn apart from the schedule's own numbers, which stay what they were.
+        one_committer: ChaCha8Rng::seed_from_u64(seed ^ 0x0c0_aa17).random_bool(0.5),
     };
     let mut sim = Sim::new(seed, folder, template, planned, rng)
         .await
         .map_err(|failure| (failure, Vec::new()))?;
+    if faults.one_committer {
+        let mut config = (*sim.config).clone();
+        config.pipelines[0].commit.mode = CommitMode::OneCommitter;
+        sim.pipeline = config.pipelines[0].clone();
+        sim.config = Arc::new(config);
+    }
     if let Some(idle_timeout) = faults.idle_timeout {
         // Partitions whose event times drift apart: one that falls silent is raised to the
         // others' watermark, and what it delivers later may be late.
@@ -1219,6 +1332,7 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
             0..=79 if !gated.is_empty() => {
                 let id = gated[sim.rng.random_range(0..gated.len())];
                 let is_commit = matches!(sim.slots[id].state, State::Gated(Op::Commit(_), _));
+                let is_wait = matches!(sim.slots[id].state, State::Gated(Op::Await, _));
                 let fault = sim.rng.random_range(0..100);
                 if faults.crashes && fault < 5 {
                     sim.note(format!("runner {id} crashes at its catalog call"));
@@ -1226,6 +1340,10 @@ async fn schedule(sim: &mut Sim, faults: Faults) -> Result<(), Failure> {
                     None
                 } else {
                     let decision = match fault {
+                        // A runner waiting for the committer's answer gives up (the answer,
+                        // if one comes, comes too late), or waits on.
+                        0..=29 if is_wait => Decision::Fail,
+                        _ if is_wait => Decision::Proceed,
                         5..=9 if faults.catalog_errors => Decision::Fail,
                         10..=14 if faults.catalog_errors && is_commit => Decision::LoseAnswer,
                         _ => Decision::Proceed,

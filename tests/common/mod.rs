@@ -13,7 +13,7 @@ pub mod windows;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -57,12 +57,52 @@ fn tansu_binary() -> PathBuf {
     candidate
 }
 
-/// A free port on the loopback interface.
+/// A free port on the loopback interface, below the kernel's ephemeral range: a port that
+/// `bind(0)` hands out comes from that range, where any outgoing connection (a test's client, a
+/// runner's, a server's) can take it as its source port before the server meant for it binds
+/// it, and the server then fails to start. Picked at random (test binaries run side by side,
+/// and a server may take ports next to the ones it is given).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    const LOWEST: u64 = 10_000;
+    let highest = u64::from(ephemeral_start());
+    if highest <= LOWEST + 1_000 {
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+    }
+    loop {
+        let port = (LOWEST + random() % (highest - LOWEST)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A pseudo-random number (splitmix64), seeded per process from its id and the time.
+fn random() -> u64 {
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    static STATE: OnceLock<AtomicU64> = OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as u64);
+        AtomicU64::new(nanos ^ (u64::from(std::process::id()) << 32))
+    });
+    let mut z = state
+        .fetch_add(GOLDEN, Ordering::Relaxed)
+        .wrapping_add(GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Where the kernel's ephemeral ports begin (Linux's default when it cannot be read).
+pub fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn start_broker() -> Broker {

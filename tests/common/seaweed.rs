@@ -70,6 +70,7 @@ pub fn proxied_seaweed() -> &'static ProxiedSeaweed {
 }
 
 /// The S3 and REST catalog ports a server is started on, and the S3 endpoint it hands out.
+#[derive(Clone)]
 struct Ports {
     s3: u16,
     iceberg: u16,
@@ -80,17 +81,42 @@ fn weed_binary() -> PathBuf {
     super::installed("WEED_BIN", "seaweedfs.sh", "path")
 }
 
-/// A free port whose gRPC twin (port + 10000, SeaweedFS's default) is free too.
+/// A free port whose gRPC twin (port + 10000, SeaweedFS's default) is free too, both below the
+/// ephemeral range (see [`super::free_port`]).
 fn free_pair() -> u16 {
+    // Where the ephemeral range starts too low to fit both below it, any twin under 65536 does.
+    let below = Some(super::ephemeral_start())
+        .filter(|start| *start > 21_000)
+        .unwrap_or(65_536);
     loop {
         let port = super::free_port();
-        if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+        if u32::from(port) + 10_000 < below
+            && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+        {
             return port;
         }
     }
 }
 
+/// Starts a server, on other ports when one it was given was taken before it could bind it
+/// (the ports of its own servers inside: `ports` stay as given).
 fn start(ports: Option<Ports>) -> Seaweed {
+    const ATTEMPTS: usize = 3;
+    let mut exits = Vec::new();
+    for _ in 0..ATTEMPTS {
+        match try_start(ports.clone()) {
+            Ok(server) => return server,
+            Err(exited) => exits.push(exited),
+        }
+    }
+    panic!(
+        "weed mini exited at start {ATTEMPTS} times: {}",
+        exits.join("; ")
+    );
+}
+
+/// A started server, or how it exited at start.
+fn try_start(ports: Option<Ports>) -> Result<Seaweed, String> {
     let dir = super::server_dir("seaweedfs");
     let [master, volume, filer, admin] = [(); 4].map(|_| free_pair());
     let ports = ports.unwrap_or_else(|| {
@@ -131,13 +157,12 @@ fn start(ports: Option<Ports>) -> Seaweed {
         .stderr(std::fs::File::create(dir.join("weed.log")).expect("log file"));
     let mut child = super::spawn_tied(command);
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut exited = None;
     let mut wait_until = |what: &str, ready: &dyn Fn() -> bool| {
-        while !ready() {
+        while exited.is_none() && !ready() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "weed mini exited at start ({status}); see {}/weed.log",
-                    dir.display()
-                );
+                exited = Some(format!("{status}, see {}/weed.log", dir.display()));
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -157,12 +182,16 @@ fn start(ports: Option<Ports>) -> Seaweed {
     wait_until(&format!("serving {TABLE_BUCKET}"), &|| {
         table_bucket_served(iceberg)
     });
+    if let Some(exited) = exited {
+        let _ = child.wait();
+        return Err(exited);
+    }
     std::mem::forget(child);
-    Seaweed {
+    Ok(Seaweed {
         s3_endpoint,
         catalog_uri: format!("http://127.0.0.1:{iceberg}"),
         dir,
-    }
+    })
 }
 
 /// Whether the REST catalog on `port` lists the table bucket's namespaces for a token holder.

@@ -252,6 +252,7 @@ async fn day(
                 source,
                 dead_letters: DeadLetterWriter::to(DroppedDeadLetters),
                 topic_partitions: 3,
+                control: None,
             })
         },
     )

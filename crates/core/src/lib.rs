@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod common;
 pub mod config;
+pub mod control;
 pub mod dlq;
 pub mod engine;
 pub mod pipeline;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod client_log;
+pub mod control_topic;
 pub mod delivery;
 pub mod ends;
 pub mod producer;

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use campaign_core::catalog::{check_warehouse, open_catalog};
 use campaign_core::common::SystemClock;
-use campaign_core::config::{Config, PipelineConfig};
+use campaign_core::config::{CommitMode, Config, PipelineConfig};
+use campaign_core::control::Control;
 use campaign_core::pipeline::{
     resume_offsets, Connections, PipelineError, Planned, RunOptions, RunSummary, Runner,
 };
 
 use crate::admin::TopicAdmin;
+use crate::control_topic::KafkaControl;
 use crate::delivery::KafkaDelivery;
 use crate::source::{KafkaSource, ResumeLookup, SourceOptions};
 use crate::{client_config, KafkaError};
@@ -91,10 +93,21 @@ fn connect_kafka(
             source,
         })
     })?;
+    let control = match pipeline.commit.mode {
+        CommitMode::EachRunner => None,
+        CommitMode::OneCommitter => {
+            let topic = pipeline.control_topic();
+            partitions_of(&topic).map_err(kafka_err)?;
+            let control = KafkaControl::start(&client, &pipeline.source.group_id, &topic)
+                .map_err(kafka_err)?;
+            Some(Box::new(control) as Box<dyn Control>)
+        }
+    };
     Ok(Connections {
         source,
         dead_letters,
         topic_partitions,
+        control,
     })
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::admin::{TopicAdmin, TopicSpec, TopicStatus};
-use crate::config::PipelineConfig;
+use crate::config::{CommitMode, PipelineConfig};
 use crate::dlq::MAX_RECORD_BYTES;
 use crate::{client_config, KafkaError};
 
@@ -31,10 +31,11 @@ pub async fn ensure_topics(pipeline: &PipelineConfig) -> Result<Vec<EnsuredTopic
     Ok(topics)
 }
 
-/// The source and dead letter topics and the replay ledger of a pipeline.
-pub fn topic_specs(pipeline: &PipelineConfig) -> [TopicSpec; 3] {
+/// The source and dead letter topics and the replay ledger of a pipeline, and its control topic
+/// with `commit.mode: one_committer`.
+pub fn topic_specs(pipeline: &PipelineConfig) -> Vec<TopicSpec> {
     let retention_ms = pipeline.dead_letter.retention.as_millis().to_string();
-    [
+    let mut specs = vec![
         TopicSpec {
             name: pipeline.source.topic.clone(),
             partitions: pipeline.source.partitions,
@@ -54,7 +55,22 @@ pub fn topic_specs(pipeline: &PipelineConfig) -> [TopicSpec; 3] {
             ]),
         },
         ledger_spec(pipeline),
-    ]
+    ];
+    if pipeline.commit.mode == CommitMode::OneCommitter {
+        specs.push(control_spec(pipeline));
+    }
+    specs
+}
+
+/// The control topic: one partition (the committer reads every share in the order sent),
+/// kept an hour (a share is answered within seconds, or its runner lands it itself).
+pub fn control_spec(pipeline: &PipelineConfig) -> TopicSpec {
+    TopicSpec {
+        name: pipeline.control_topic(),
+        partitions: 1,
+        replication: pipeline.source.replication_factor,
+        configs: BTreeMap::from([("retention.ms".to_string(), "3600000".to_string())]),
+    }
 }
 
 /// The replay ledger topic (`dlq replay`'s record of what it sent): one partition, kept forever

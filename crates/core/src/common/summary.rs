@@ -18,6 +18,9 @@ pub const OFFSETS: &str = "campaign-pipeline.offsets";
 pub const OFFSET_JUMPS: &str = "campaign-pipeline.offset-jumps";
 /// The pipeline that made the snapshot; a runner only reads its own pipeline's snapshots.
 pub const PIPELINE: &str = "campaign-pipeline.pipeline";
+/// How many other runners' shares a committer landed in the snapshot (`commit.mode:
+/// one_committer`); absent from a runner's own commits.
+pub const SHARES: &str = "campaign-pipeline.shares";
 /// Metrics table: the window-state checkpoint of each source partition (JSON of [`Checkpoints`]).
 pub const CHECKPOINT: &str = "campaign-pipeline.checkpoint";
 /// Metrics table: the watermark (lowest over partitions) and highest event time per partition,

@@ -195,6 +195,25 @@ pub struct CommitConfig {
     /// has not committed and trying again with backoff) before it stops with the error.
     #[serde(with = "humantime_serde", default = "default_retry_for")]
     pub retry_for: Duration,
+    /// Who lands the runners' rows in the tables.
+    #[serde(default)]
+    pub mode: CommitMode,
+    /// The topic where runners hand their data files to the committer (`one_committer`);
+    /// [`PipelineConfig::control_topic`] names the default.
+    #[serde(default, deserialize_with = "env::opt_string")]
+    pub control_topic: Option<String>,
+}
+
+/// Who lands the runners' rows in the tables (DESIGN.md, scale model).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitMode {
+    /// Every runner commits both tables for itself; competing commits are retried.
+    #[default]
+    EachRunner,
+    /// The runner holding source partition 0 lands every runner's data files, handed to it over
+    /// the control topic, each only if its writer's claim holds.
+    OneCommitter,
 }
 
 /// Iceberg catalog and the pipeline's two tables.
@@ -402,12 +421,25 @@ impl Default for BatchConfig {
     }
 }
 
+impl PipelineConfig {
+    /// The control topic of `commit.mode: one_committer`: `commit.control_topic`, or the source
+    /// topic's name with `_commits` after it.
+    pub fn control_topic(&self) -> String {
+        self.commit
+            .control_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}_commits", self.source.topic))
+    }
+}
+
 impl Default for CommitConfig {
     fn default() -> Self {
         Self {
             interval: default_commit_interval(),
             max_rows: default_commit_rows(),
             retry_for: default_retry_for(),
+            mode: CommitMode::default(),
+            control_topic: None,
         }
     }
 }
@@ -559,13 +591,21 @@ impl Config {
             if p.source.brokers.trim().is_empty() {
                 return Err(self.invalid(key("source.brokers"), "must not be empty"));
             }
+            let control_topic = p.control_topic();
             for (field, topic) in [
                 ("source.topic", &p.source.topic),
                 ("dead_letter.topic", &p.dead_letter.topic),
+                ("commit.control_topic", &control_topic),
             ] {
                 if let Some(problem) = topic_name_problem(topic) {
                     return Err(self.invalid(key(field), problem));
                 }
+            }
+            if control_topic == p.source.topic || control_topic == p.dead_letter.topic {
+                return Err(self.invalid(
+                    key("commit.control_topic"),
+                    "must differ from source.topic and dead_letter.topic",
+                ));
             }
             if p.source.topic == p.dead_letter.topic {
                 return Err(self.invalid(

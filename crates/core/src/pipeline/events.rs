@@ -10,7 +10,7 @@ use super::progress::{Progress, TableRole};
 use super::{Landing, PipelineError};
 use crate::common::Offsets;
 use crate::config::PipelineConfig;
-use crate::sink::iceberg::{SnapshotContent, TableWriter};
+use crate::sink::iceberg::{Share, SnapshotContent, TableWriter};
 use crate::sink::SinkError;
 
 /// The events table and the rows written to it since the last commit.
@@ -105,6 +105,29 @@ impl EventsBranch {
             Err(SinkError::Fenced { source, .. }) => Ok(Landing::Fenced(source)),
             Err(other) => Err(self.sink_err(other)),
         }
+    }
+
+    /// Writes the rows taken since the last commit into data files for the committer, with
+    /// this runner's claim on the table.
+    pub async fn share(&mut self, progress: &Progress) -> Result<Share, PipelineError> {
+        let claim = progress.claim(TableRole::Events);
+        self.writer.share(claim).await.map_err(|e| self.sink_err(e))
+    }
+
+    /// The committer landed this runner's share: its partitions stand where the claim said.
+    pub fn landed_elsewhere(&mut self, progress: &mut Progress, share: &Share) {
+        progress.committed(TableRole::Events, &share.claim.records());
+        self.writer.landed_elsewhere(&share.claim);
+    }
+
+    /// Deletes the files of a share that no snapshot took.
+    pub async fn delete_share(&self, share: &Share) {
+        self.writer.delete_share(share).await;
+    }
+
+    /// The table's writer (shares are encoded, decoded and landed on it).
+    pub fn writer(&mut self) -> &mut TableWriter {
+        &mut self.writer
     }
 
     /// Drops the rows written since the last commit.

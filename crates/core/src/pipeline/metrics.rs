@@ -17,7 +17,8 @@ use crate::common::summary::PartitionCheckpoint;
 use crate::common::{cpu, format_micros, Clock, Offsets};
 use crate::config::{Config, PipelineConfig};
 use crate::sink::checkpoint;
-use crate::sink::iceberg::{SnapshotContent, TableWriter};
+use crate::sink::claim::Claim;
+use crate::sink::iceberg::{Share, SnapshotContent, TableWriter};
 use crate::sink::SinkError;
 use crate::window::{
     EventTimeBounds, PartitionTime, Sorted, TimeLimits, WindowError, WindowOperator,
@@ -277,6 +278,48 @@ impl MetricsBranch {
             }
             Err(other) => Err(self.sink_err(other)),
         }
+    }
+
+    /// Checkpoints the held partitions' window state and writes the windows closed since the
+    /// last commit into data files for the committer, with this runner's claim on the table.
+    pub async fn share(&mut self, progress: &Progress) -> Result<Share, PipelineError> {
+        let partitions = progress.owned().clone();
+        let (saved, spent) = cpu::timed(self.save_checkpoints(partitions)).await;
+        self.checkpoint_cpu += spent;
+        let mut claim = progress.claim(TableRole::Metrics);
+        claim.checkpoints = Some(saved?);
+        self.emitted = 0;
+        match self.writer.share(claim.clone()).await {
+            Ok(share) => Ok(share),
+            Err(e) => {
+                self.delete_checkpoints(&claim).await;
+                Err(self.sink_err(e))
+            }
+        }
+    }
+
+    /// The committer landed this runner's share: its partitions stand where the claim said,
+    /// with its checkpoints.
+    pub fn landed_elsewhere(&mut self, progress: &mut Progress, share: &Share) {
+        progress.committed(TableRole::Metrics, &share.claim.records());
+        self.writer.landed_elsewhere(&share.claim);
+    }
+
+    /// Deletes the files and checkpoints of a share that no snapshot took.
+    pub async fn delete_share(&self, share: &Share) {
+        self.writer.delete_share(share).await;
+        self.delete_checkpoints(&share.claim).await;
+    }
+
+    async fn delete_checkpoints(&self, claim: &Claim) {
+        for checkpoint in claim.checkpoints.iter().flat_map(|c| c.values()) {
+            checkpoint::remove(&self.writer, &checkpoint.file).await;
+        }
+    }
+
+    /// The table's writer (shares are encoded, decoded and landed on it).
+    pub fn writer(&mut self) -> &mut TableWriter {
+        &mut self.writer
     }
 
     /// Whether the partition whose checkpoint this is may still have open windows.

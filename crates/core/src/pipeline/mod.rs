@@ -2,6 +2,7 @@
 //! queue, and owns the commit loop.
 
 pub mod events;
+pub mod handover;
 pub mod memory;
 pub mod metrics;
 pub mod outage;
@@ -24,6 +25,7 @@ use crate::common::records::Coordinates;
 use crate::common::summary::OffsetJump;
 use crate::common::{cpu, Clock, Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
+use crate::control::Control;
 use crate::dlq::{DeadLetterWriter, Delivery, DeliveryError};
 use crate::engine::{new_session, split_rejected, SqlProblem, SqlStage};
 use crate::sink::iceberg::{load_state, CommitStats, TableState};
@@ -33,6 +35,7 @@ use crate::telemetry::{CategoryLabel, PartitionLabel, TableLabel, Telemetry};
 use crate::window::aggregate::SplitAggregate;
 use crate::window::{EventTimeBounds, TimeLimits, WindowError, WindowOperator};
 use events::EventsBranch;
+use handover::Handover;
 use metrics::MetricsBranch;
 use outage::Outage;
 use plan::{plan_pipeline, PlannedSql};
@@ -327,6 +330,8 @@ pub struct Connections<S, D> {
     pub dead_letters: DeadLetterWriter<D>,
     /// Partitions of the source topic when the run starts.
     pub topic_partitions: usize,
+    /// The control topic, with `commit.mode: one_committer`.
+    pub control: Option<Box<dyn Control>>,
 }
 
 /// How long a runner that holds only some of the partitions stays caught up before it looks
@@ -413,6 +418,18 @@ pub struct Runner<S: Source, D: Delivery> {
     /// `--flush-open-windows`: since when the tables have held every partition and only
     /// other members' open windows kept the run from ending.
     unflushed_since: Option<Instant>,
+    /// With `commit.mode: one_committer`: where rows are handed to the committer.
+    handover: Option<Handover>,
+    /// Whether the control topic went first at the last step.
+    control_first: bool,
+}
+
+/// What a step takes in.
+enum Input {
+    /// The source's next event (`None`: the source stopped, or a shutdown was asked for).
+    Source(Option<Result<SourceEvent, SourceError>>),
+    /// A message of the control topic.
+    Control(crate::control::ControlMessage),
 }
 
 impl<S: Source, D: Delivery> Runner<S, D> {
@@ -470,6 +487,10 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             catalog,
             waiting: None,
             unflushed_since: None,
+            handover: connections
+                .control
+                .map(|control| Handover::new(control, format!("pid {}", std::process::id()))),
+            control_first: false,
             clock,
         })
     }
@@ -491,9 +512,33 @@ impl<S: Source, D: Delivery> Runner<S, D> {
     /// or the catalog). `None` once the source has stopped or a shutdown was asked for.
     pub async fn step(&mut self) -> Result<Option<Flow>, PipelineError> {
         let mut shutdown = self.options.shutdown.clone();
-        let event = tokio::select! {
-            event = self.source.next() => event,
-            _ = shutdown.wait_for(|stop| *stop) => None,
+        // The source and the control topic take turns going first, so that neither a steady
+        // stream of batches nor one of shares keeps the other waiting (and a schedule of the
+        // simulation names one order).
+        self.control_first = !self.control_first;
+        let input = if self.control_first {
+            tokio::select! {
+                biased;
+                message = Handover::next(&mut self.handover) => Input::Control(message),
+                event = self.source.next() => Input::Source(event),
+                _ = shutdown.wait_for(|stop| *stop) => Input::Source(None),
+            }
+        } else {
+            tokio::select! {
+                biased;
+                event = self.source.next() => Input::Source(event),
+                message = Handover::next(&mut self.handover) => Input::Control(message),
+                _ = shutdown.wait_for(|stop| *stop) => Input::Source(None),
+            }
+        };
+        let event = match input {
+            Input::Source(event) => event,
+            Input::Control(message) => {
+                if let Err(error) = self.control_message(message).await {
+                    self.ride_out(error).await?;
+                }
+                return Ok(Some(Flow::Next));
+            }
         };
         let Some(event) = event else {
             return Ok(None);
@@ -923,17 +968,26 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             tracing::warn!(pipeline = %pipeline.name, table, "commit refused, {fenced}: dropping what this runner read of its partitions and reading them again from the tables");
             None
         };
-        let events = match self.branches.events.commit(&mut self.progress).await? {
-            Landing::Committed(stats) => stats,
-            Landing::Fenced(f) => return Ok(fenced(self.branches.events.label(), f)),
+        let committed = if self.hands_over() {
+            let handed = self.hand_over().await;
+            self.summary.cpu.window += self.branches.metrics.take_checkpoint_cpu();
+            match handed? {
+                Some(committed) => committed,
+                None => return Ok(None),
+            }
+        } else {
+            let events = match self.branches.events.commit(&mut self.progress).await? {
+                Landing::Committed(stats) => stats,
+                Landing::Fenced(f) => return Ok(fenced(self.branches.events.label(), f)),
+            };
+            let landed = self.branches.metrics.commit(&mut self.progress).await;
+            self.summary.cpu.window += self.branches.metrics.take_checkpoint_cpu();
+            let metrics = match landed? {
+                Landing::Committed(stats) => stats,
+                Landing::Fenced(f) => return Ok(fenced(self.branches.metrics.label(), f)),
+            };
+            Committed { events, metrics }
         };
-        let landed = self.branches.metrics.commit(&mut self.progress).await;
-        self.summary.cpu.window += self.branches.metrics.take_checkpoint_cpu();
-        let metrics = match landed? {
-            Landing::Committed(stats) => stats,
-            Landing::Fenced(f) => return Ok(fenced(self.branches.metrics.label(), f)),
-        };
-        let committed = Committed { events, metrics };
         let resume = self.progress.resume();
         self.source.commit_group_offsets(&resume);
         self.dlq.settle(&resume);

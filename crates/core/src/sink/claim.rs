@@ -66,6 +66,17 @@ impl Claim {
         Ok(record)
     }
 
+    /// Where a snapshot that took this claim records its partitions (those it records).
+    pub fn records(&self) -> Offsets {
+        let mut records = Offsets::new();
+        for (partition, claim) in &self.partitions {
+            if let Some(next) = claim.records {
+                records.set(&self.topic, *partition, next);
+            }
+        }
+        records
+    }
+
     /// Adds this claim to `content`, a snapshot being built on a table whose checkpoints were
     /// `base` (the claims applied before may have changed its offsets). Returns the checkpoint
     /// files the snapshot no longer points to; refused, leaving `content` as it was, like

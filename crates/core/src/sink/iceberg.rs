@@ -134,6 +134,14 @@ impl SnapshotContent {
     }
 }
 
+/// Whether a landing commits the rows its writer took (they are in its files) or leaves them
+/// taken for the writer's own next commit (a committer landing shares between two of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnRows {
+    Committed,
+    Kept,
+}
+
 /// An open Iceberg table being appended to by one pipeline.
 pub struct TableWriter {
     catalog: Arc<dyn Catalog>,
@@ -315,7 +323,8 @@ impl TableWriter {
         let writing = || format!("{}: writing the data files", self.label);
         let (written, polls) = cpu::timed(waiting::logged(writing, self.write_files())).await;
         let (files, closes) = written?;
-        let (landed, landing_cpu) = cpu::timed(self.land(files, decide, others)).await;
+        let (landed, landing_cpu) =
+            cpu::timed(self.land(files, decide, others, OwnRows::Committed)).await;
         let (stats, outcomes) = landed?;
         Ok((
             CommitStats {
@@ -335,6 +344,62 @@ impl TableWriter {
         let (files, _) = waiting::logged(writing, self.write_files()).await?;
         self.buffered = BufferedRows::default();
         Ok(Share { files, claim })
+    }
+
+    /// Lands other writers' shares alone, in one snapshot that moves nothing of this writer's
+    /// own: each lands where its claim holds on the state the ones before it leave. The rows this
+    /// writer took since its last commit stay taken. With no share that holds, nothing is
+    /// committed.
+    pub async fn land_shares(
+        &mut self,
+        shares: &[Share],
+    ) -> Result<(CommitStats, Vec<ShareOutcome>), SinkError> {
+        if shares.is_empty() {
+            return Ok((CommitStats::default(), Vec::new()));
+        }
+        let started = Instant::now();
+        let (landed, landing_cpu) = cpu::timed(self.land(
+            Vec::new(),
+            |state| Ok(SnapshotContent::unchanged(state)),
+            shares,
+            OwnRows::Kept,
+        ))
+        .await;
+        let (stats, outcomes) = landed?;
+        Ok((
+            CommitStats {
+                millis: started.elapsed().as_millis(),
+                landing_cpu,
+                ..stats
+            },
+            outcomes,
+        ))
+    }
+
+    /// A committer landed this writer's share: the table holds its claim (the table state is
+    /// loaded again before this writer's next commit of its own).
+    pub fn landed_elsewhere(&mut self, claim: &Claim) {
+        for (topic, partition, next) in claim.records().iter() {
+            self.state.offsets.set(topic, partition, next);
+        }
+        if let Some(checkpoints) = &claim.checkpoints {
+            for (partition, checkpoint) in checkpoints {
+                self.state
+                    .checkpoints
+                    .0
+                    .insert(*partition, checkpoint.clone());
+            }
+        }
+        self.others_committing = true;
+    }
+
+    /// Deletes the data files of a share that no snapshot took.
+    pub async fn delete_share(&self, share: &Share) {
+        for file in &share.files {
+            if let Err(err) = self.table.file_io().delete(file.file_path()).await {
+                tracing::warn!(table = %self.label, file = file.file_path(), "deleting a refused share's file: {err}");
+            }
+        }
     }
 
     /// `share` in the form it travels in.
@@ -387,6 +452,7 @@ impl TableWriter {
         files: Vec<DataFile>,
         mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
         others: &[Share],
+        own: OwnRows,
     ) -> Result<(CommitStats, Vec<ShareOutcome>), SinkError> {
         let own_files = files.len();
         let mut moved = false;
@@ -441,6 +507,10 @@ impl TableWriter {
             ]);
             if !content.jumps.is_empty() {
                 properties.insert(summary::OFFSET_JUMPS.to_string(), content.jumps.to_json());
+            }
+            let shares = outcomes.iter().filter(|o| o.is_none()).count();
+            if shares > 0 {
+                properties.insert(summary::SHARES.to_string(), shares.to_string());
             }
             if let Some(checkpoints) = &content.checkpoints {
                 properties.insert(summary::CHECKPOINT.to_string(), checkpoints.to_json());
@@ -522,14 +592,22 @@ impl TableWriter {
                 super::checkpoint::remove(self, &file).await;
             }
         }
-        let outcomes = outcomes
+        let outcomes: Vec<ShareOutcome> = outcomes
             .into_iter()
             .map(|fenced| match fenced {
                 None => ShareOutcome::Landed { snapshot_id },
                 Some(fenced) => ShareOutcome::Fenced(fenced),
             })
             .collect();
-        let rows = std::mem::take(&mut self.buffered).rows();
+        let rows = match own {
+            OwnRows::Committed => std::mem::take(&mut self.buffered).rows(),
+            OwnRows::Kept => others
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| matches!(outcome, ShareOutcome::Landed { .. }))
+                .flat_map(|(share, _)| share.files.iter().map(|f| f.record_count()))
+                .sum(),
+        };
         Ok((
             CommitStats {
                 rows,

@@ -3,6 +3,6 @@
 
 mod cursor;
 pub mod kafka;
-mod quirks;
+pub(crate) mod quirks;
 
 pub use kafka::{KafkaSource, ResumeLookup, SourceOptions, SOURCE_THREAD};
