@@ -84,6 +84,7 @@ fn connect_kafka(
             max_rows: pipeline.batch.max_rows,
             max_wait: pipeline.batch.max_wait,
             accept_offset_jumps,
+            partitions: topic_partitions,
         },
         resume_lookup(pipeline, catalog),
     )

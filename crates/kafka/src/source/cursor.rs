@@ -143,6 +143,11 @@ impl Cursors {
     pub fn is_empty(&self) -> bool {
         self.partitions.is_empty()
     }
+
+    /// How many partitions are held.
+    pub fn len(&self) -> usize {
+        self.partitions.len()
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,9 @@ pub struct SourceOptions {
     /// Read on past offsets the topic no longer holds instead of stopping (`run
     /// --accept-offset-jumps`).
     pub accept_offset_jumps: bool,
+    /// Partitions of the topic when the run starts (a lone member holding fewer is stuck: see
+    /// the broker workaround [`Rejoin`]).
+    pub partitions: usize,
 }
 
 /// Where newly assigned partitions resume: asked of the tables at every assignment, so that
@@ -533,6 +536,7 @@ impl Reader {
         };
         let mut idle = Unassigned::new();
         let mut rejoin = Rejoin::new(self.session_timeout);
+        let mut rejoin_partial = Rejoin::new(self.session_timeout);
         while !self.stop.load(Ordering::SeqCst) {
             let polled = self.consumer.poll(poll_timeout);
             let now = Instant::now();
@@ -549,6 +553,11 @@ impl Reader {
             }
             if let Some(attempt) = rejoin.due(reading.cursors.is_empty(), now) {
                 self.rejoin(attempt);
+            }
+            let partial =
+                !reading.cursors.is_empty() && reading.cursors.len() < self.options.partitions;
+            if rejoin_partial.due(partial, now).is_some() {
+                self.rejoin_if_alone(reading.cursors.len());
             }
             let flow = match polled {
                 Some(Ok(message)) => {
@@ -797,6 +806,28 @@ impl Reader {
             ?members,
             ?partitions,
             "this runner has held no partition for twice the session timeout although the group has no more members than partitions: leaving and joining the group again as a new member"
+        );
+        self.consumer.unsubscribe();
+        if let Err(err) = self.consumer.subscribe(&[topic]) {
+            tracing::warn!(topic = %topic, "rejoining the group failed: {err}");
+        }
+    }
+}
+
+impl Reader {
+    /// Rejoins the group when its coordinator lists this runner, holding `held` of the topic's
+    /// partitions, as its only member (see [`Rejoin`]).
+    fn rejoin_if_alone(&self, held: usize) {
+        if self.group_members() != Some(1) {
+            return;
+        }
+        let topic = &self.options.topic;
+        tracing::warn!(
+            topic = %topic,
+            group = %self.options.group_id,
+            held,
+            partitions = self.options.partitions,
+            "this runner is the group's only member but holds only some partitions: leaving and joining the group again as a new member"
         );
         self.consumer.unsubscribe();
         if let Err(err) = self.consumer.subscribe(&[topic]) {

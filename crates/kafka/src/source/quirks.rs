@@ -139,6 +139,14 @@ impl ResumeCheck {
 /// (up to ten minutes), so that a real standby on Apache Kafka (more runners than partitions)
 /// rarely disturbs the group.
 ///
+/// The same coordinator can leave a runner that is the group's only member holding only some
+/// of the partitions (a member that died kept the others; seen after a broker outage and after
+/// kills). A runner that has held fewer partitions than the topic has for twice the session
+/// timeout asks the coordinator who is in the group, and rejoins when it is listed alone (its
+/// own [`Rejoin`], so that the many runners of a healthy group, each holding some, back off
+/// from asking). On Apache Kafka a lone member always holds every partition: the check never
+/// finds one.
+///
 /// A group can also get stuck for good (a dead leader comes back as a phantom: every SyncGroup
 /// answers REBALANCE_IN_PROGRESS until the broker restarts). When a rejoin did not help and the
 /// coordinator lists this runner as the group's only member, the runner assigns itself every
