@@ -668,7 +668,18 @@ impl Control for SimControl {
     async fn send(&mut self, message: &ControlMessage) -> Result<(), ControlError> {
         match self.gate(Op::Send(control_kind(message))).await {
             Decision::Proceed => {
-                lock(&self.log).push(message.clone());
+                // In the form it travels in, as the Kafka topic carries it.
+                let text = serde_json::to_vec(message).map_err(|e| ControlError {
+                    topic: "control".into(),
+                    action: "encoding".into(),
+                    source: Box::new(e),
+                })?;
+                let read = serde_json::from_slice(&text).map_err(|e| ControlError {
+                    topic: "control".into(),
+                    action: "decoding".into(),
+                    source: Box::new(e),
+                })?;
+                lock(&self.log).push(read);
                 Ok(())
             }
             Decision::Fail | Decision::LoseAnswer => Err(ControlError {

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::sink::iceberg::SharedFiles;
 
-/// One message of the control topic.
+/// One message of the control topic. Externally tagged, as `Verdict` is: serde reads an
+/// internally tagged enum through a buffer that refuses the claims' integer map keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ControlMessage {
     /// A runner's rows of both tables, for the committer to land.
     Share(Box<ShareMessage>),
@@ -49,7 +50,7 @@ pub struct Outcome {
 
 /// How one table's part of a share fared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// It is in this snapshot of the table.
     Landed {
@@ -95,4 +96,66 @@ pub trait Control: Send {
 
     /// The next message when one is already there, without waiting.
     fn try_next(&mut self) -> Option<ControlMessage>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::common::summary::PartitionCheckpoint;
+    use crate::sink::claim::{Claim, PartitionClaim};
+
+    fn shared(checkpoints: bool) -> SharedFiles {
+        let claimed = PartitionClaim {
+            starts: Some(10),
+            records: Some(25),
+            jump: None,
+        };
+        SharedFiles {
+            files: vec![r#"{"file-path":"s3://b/t/data/f.parquet"}"#.into()],
+            claim: Claim {
+                topic: "campaign_events".into(),
+                partitions: BTreeMap::from([(1, claimed), (2, claimed)]),
+                checkpoints: checkpoints.then(|| {
+                    BTreeMap::from([(
+                        1,
+                        PartitionCheckpoint {
+                            file: "c1".into(),
+                            max_event: Some(7),
+                            watermark: None,
+                        },
+                    )])
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn shares_and_outcomes_travel_as_json() {
+        let messages = [
+            ControlMessage::Share(Box::new(ShareMessage {
+                id: "a".into(),
+                sender: "pid 1".into(),
+                events: shared(false),
+                metrics: shared(true),
+            })),
+            ControlMessage::Outcomes {
+                outcomes: vec![Outcome {
+                    id: "a".into(),
+                    events: Verdict::Landed {
+                        snapshot_id: Some(3),
+                    },
+                    metrics: Verdict::Refused {
+                        partitions: vec![2],
+                    },
+                }],
+            },
+        ];
+        for message in messages {
+            let text = serde_json::to_vec(&message).expect("encodes");
+            let read: ControlMessage = serde_json::from_slice(&text).expect("decodes");
+            assert_eq!(read, message);
+        }
+    }
 }

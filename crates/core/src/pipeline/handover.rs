@@ -163,9 +163,13 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                 self.branches
                     .metrics
                     .landed_elsewhere(&mut self.progress, &metrics);
+                // One hand-over lands both tables: its time counts once, with the events.
                 Ok(Some(Committed {
                     events: stats(&events, events_snapshot, events_cpu),
-                    metrics: stats(&metrics, metrics_snapshot, metrics_cpu),
+                    metrics: CommitStats {
+                        millis: 0,
+                        ..stats(&metrics, metrics_snapshot, metrics_cpu)
+                    },
                 }))
             }
             Fate::EventsOnly { events: snapshot } => {
@@ -389,10 +393,9 @@ async fn land_one(
     share: &Share,
 ) -> Result<Option<Option<i64>>, SinkError> {
     writer.refresh().await?;
-    let (_, outcomes) = writer.land_shares(std::slice::from_ref(share)).await?;
-    Ok(match outcomes.into_iter().next() {
-        Some(ShareOutcome::Landed { snapshot_id }) => Some(snapshot_id),
-        _ => None,
+    Ok(match writer.land_own_share(share).await? {
+        ShareOutcome::Landed { snapshot_id } => Some(snapshot_id),
+        ShareOutcome::Fenced(_) => None,
     })
 }
 

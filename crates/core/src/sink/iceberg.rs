@@ -134,12 +134,15 @@ impl SnapshotContent {
     }
 }
 
-/// Whether a landing commits the rows its writer took (they are in its files) or leaves them
-/// taken for the writer's own next commit (a committer landing shares between two of its own).
+/// Whose rows a landing commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OwnRows {
-    Committed,
-    Kept,
+enum Lands {
+    /// The writer's own rows (in its files), with other writers' shares.
+    Own,
+    /// Other writers' shares alone; the rows the writer took stay for its own next commit.
+    Others,
+    /// A share of the writer's own that no committer answered for.
+    OwnShare,
 }
 
 /// An open Iceberg table being appended to by one pipeline.
@@ -323,8 +326,7 @@ impl TableWriter {
         let writing = || format!("{}: writing the data files", self.label);
         let (written, polls) = cpu::timed(waiting::logged(writing, self.write_files())).await;
         let (files, closes) = written?;
-        let (landed, landing_cpu) =
-            cpu::timed(self.land(files, decide, others, OwnRows::Committed)).await;
+        let (landed, landing_cpu) = cpu::timed(self.land(files, decide, others, Lands::Own)).await;
         let (stats, outcomes) = landed?;
         Ok((
             CommitStats {
@@ -354,6 +356,28 @@ impl TableWriter {
         &mut self,
         shares: &[Share],
     ) -> Result<(CommitStats, Vec<ShareOutcome>), SinkError> {
+        self.land_alone(shares, Lands::Others).await
+    }
+
+    /// Lands a share of this writer's own that no committer answered for, as a committer would
+    /// (the snapshot does not count it among other writers' shares).
+    pub async fn land_own_share(&mut self, share: &Share) -> Result<ShareOutcome, SinkError> {
+        let (_, outcomes) = self
+            .land_alone(std::slice::from_ref(share), Lands::OwnShare)
+            .await?;
+        outcomes.into_iter().next().ok_or_else(|| {
+            SinkError::iceberg(
+                &self.label,
+                iceberg::Error::new(ErrorKind::Unexpected, "a landing answered no share"),
+            )
+        })
+    }
+
+    async fn land_alone(
+        &mut self,
+        shares: &[Share],
+        lands: Lands,
+    ) -> Result<(CommitStats, Vec<ShareOutcome>), SinkError> {
         if shares.is_empty() {
             return Ok((CommitStats::default(), Vec::new()));
         }
@@ -362,7 +386,7 @@ impl TableWriter {
             Vec::new(),
             |state| Ok(SnapshotContent::unchanged(state)),
             shares,
-            OwnRows::Kept,
+            lands,
         ))
         .await;
         let (stats, outcomes) = landed?;
@@ -452,7 +476,7 @@ impl TableWriter {
         files: Vec<DataFile>,
         mut decide: impl FnMut(&TableState) -> Result<SnapshotContent, Fenced>,
         others: &[Share],
-        own: OwnRows,
+        lands: Lands,
     ) -> Result<(CommitStats, Vec<ShareOutcome>), SinkError> {
         let own_files = files.len();
         let mut moved = false;
@@ -509,7 +533,7 @@ impl TableWriter {
                 properties.insert(summary::OFFSET_JUMPS.to_string(), content.jumps.to_json());
             }
             let shares = outcomes.iter().filter(|o| o.is_none()).count();
-            if shares > 0 {
+            if shares > 0 && lands != Lands::OwnShare {
                 properties.insert(summary::SHARES.to_string(), shares.to_string());
             }
             if let Some(checkpoints) = &content.checkpoints {
@@ -599,9 +623,9 @@ impl TableWriter {
                 Some(fenced) => ShareOutcome::Fenced(fenced),
             })
             .collect();
-        let rows = match own {
-            OwnRows::Committed => std::mem::take(&mut self.buffered).rows(),
-            OwnRows::Kept => others
+        let rows = match lands {
+            Lands::Own => std::mem::take(&mut self.buffered).rows(),
+            Lands::Others | Lands::OwnShare => others
                 .iter()
                 .zip(&outcomes)
                 .filter(|(_, outcome)| matches!(outcome, ShareOutcome::Landed { .. }))
