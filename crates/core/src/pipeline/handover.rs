@@ -124,17 +124,7 @@ impl<S: Source, D: Delivery> Runner<S, D> {
                 (Verdict::Refused { .. }, _) => Fate::Refused,
                 // The committer cannot tell whether the windows landed: their claim decides.
                 (Verdict::Landed { snapshot_id }, Verdict::Unknown) => {
-                    let writer = self.branches.metrics.writer();
-                    match land_one(writer, &metrics)
-                        .await
-                        .map_err(|e| self.sink_err(e))?
-                    {
-                        Some(metrics) => Fate::Landed {
-                            events: snapshot_id,
-                            metrics,
-                        },
-                        None => Fate::Unsure,
-                    }
+                    self.land_windows_itself(snapshot_id, &metrics).await?
                 }
                 // The committer cannot tell what landed: the claims decide.
                 (Verdict::Unknown, _) => self.land_itself(&events, &metrics).await?,
@@ -262,15 +252,20 @@ impl<S: Source, D: Delivery> Runner<S, D> {
             Some(snapshot) => snapshot,
             None => return Ok(Fate::Unsure),
         };
-        let metrics_writer = self.branches.metrics.writer();
-        let landed = land_one(metrics_writer, metrics).await;
+        self.land_windows_itself(events_snapshot, metrics).await
+    }
+
+    /// Lands the metrics part of this runner's own share itself, its events part being in
+    /// snapshot `events`. Refused, the windows may have landed or not: [`Fate::Unsure`] (the
+    /// tables decide where the partitions are read again from).
+    async fn land_windows_itself(
+        &mut self,
+        events: Option<i64>,
+        metrics: &Share,
+    ) -> Result<Fate, PipelineError> {
+        let landed = land_one(self.branches.metrics.writer(), metrics).await;
         Ok(match landed.map_err(|e| self.sink_err(e))? {
-            Some(metrics) => Fate::Landed {
-                events: events_snapshot,
-                metrics,
-            },
-            // The events landed; the windows may have landed too, or not: the tables decide
-            // where the partitions are read again from.
+            Some(metrics) => Fate::Landed { events, metrics },
             None => Fate::Unsure,
         })
     }
