@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Builds every test binary of the workspace (as `cargo test --all-targets --features
 test-hooks` does) and runs them: the CPU-bound ones first, alone, then the others several at
-once.
+once. The integration tests are one binary (`tests/suite`, linked once); each of its modules
+runs in a process of its own, as if it were a binary.
 
 `cargo test` runs one binary after another, and most of ours spend their time waiting on
 servers, runner processes and consumer-group rebalances with the CPU idle; run side by side
@@ -26,16 +27,18 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 # CPU-bound binaries: they run first, one at a time.
 ALONE = {"simulation"}
-# The longest binaries start first so that the pool does not end on one of them alone. A binary
-# missing here still runs; it only starts later.
-LONGEST_FIRST = ["outage", "object_store", "scale", "superset", "stream", "metrics", "dlq"]
+# The binary whose modules run as processes of their own.
+SUITE = "suite"
+# The longest binaries (or suite modules) start first so that the pool does not end on one of
+# them alone. One missing here still runs; it only starts later.
+LONGEST_FIRST = ["superset", "outage", "object_store", "scale", "stream", "metrics", "maintain", "dlq"]
 # One binary's lines at a time on the terminal.
 PRINTING = threading.Lock()
 
 
 def build():
-    """Builds the test binaries; returns each one's display name, target name, executable and
-    package folder."""
+    """Builds the test binaries; returns each one's display name, target name, executable,
+    package folder and arguments."""
     command = [
         "cargo", "test", "--locked", "--all-targets", "--features", "test-hooks", "--no-run",
         "--message-format=json-render-diagnostics",
@@ -54,15 +57,45 @@ def build():
         target = message["target"]
         source = os.path.relpath(target["src_path"], root)
         kind = "unittests " if target["kind"] != ["test"] else ""
-        binaries.append(
-            {
-                "display": f"{kind}{source}",
-                "name": target["name"],
-                "executable": message["executable"],
-                "package_dir": os.path.dirname(message["manifest_path"]),
-            }
-        )
+        binary = {
+            "display": f"{kind}{source}",
+            "name": target["name"],
+            "executable": message["executable"],
+            "package_dir": os.path.dirname(message["manifest_path"]),
+            "arguments": [],
+        }
+        if target["name"] == SUITE:
+            binaries.extend(suite_modules(binary))
+        else:
+            binaries.append(binary)
     return binaries
+
+
+def suite_modules(binary):
+    """One entry per top-level module of the suite binary, running exactly that module's tests."""
+    listed = subprocess.run(
+        [binary["executable"], "--list", "--format", "terse"],
+        cwd=binary["package_dir"],
+        env=dict(os.environ, CARGO_MANIFEST_DIR=binary["package_dir"]),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    modules = {}
+    for line in listed.stdout.splitlines():
+        name, _, kind = line.rpartition(": ")
+        if kind != "test":
+            continue
+        modules.setdefault(name.split("::", 1)[0], []).append(name)
+    return [
+        dict(
+            binary,
+            display=f"{binary['display']}: {module}",
+            name=module,
+            arguments=["--exact", *names],
+        )
+        for module, names in sorted(modules.items())
+    ]
 
 
 def run(binary):
@@ -74,7 +107,7 @@ def run(binary):
     started = time.monotonic()
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as output:
         code = subprocess.call(
-            [binary["executable"]],
+            [binary["executable"], *binary["arguments"]],
             cwd=binary["package_dir"],
             env=environment,
             stdin=subprocess.DEVNULL,

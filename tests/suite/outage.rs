@@ -2,7 +2,7 @@
 //! or the catalog (SeaweedFS's REST catalog, PostgreSQL) unreachable for 20 s. The runner rides
 //! them out and the tables end up holding every event once, read back through the catalog.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -1,6 +1,6 @@
 //! `check`: plans both SQL files and cites file and line for every problem, without Kafka.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

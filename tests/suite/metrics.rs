@@ -3,7 +3,7 @@
 //! changes nothing, an idle partition stops holding the watermark, and SQL edits evolve the
 //! table or are refused.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

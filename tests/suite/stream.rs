@@ -4,7 +4,7 @@
 //! duplicate nothing.
 
 mod collector;
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! partitions move between them (kills, concurrent commits). Paused runners whose partitions
 //! moved (zombies) are covered by the simulation (`tests/simulation.rs`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

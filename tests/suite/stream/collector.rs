@@ -1,8 +1,7 @@
 //! `collect`, the apps' way in, against a real broker and with real HTTP on the wire: what a
 //! 202 promises (every event in the topic as sent, keyed by campaign, once), what each kind of
 //! bad request gets, a broker outage while apps keep posting, and SIGTERM with a request in
-//! flight. A module of the `stream` test binary (which shares its broker), so CI links one
-//! binary fewer.
+//! flight. A part of the `stream` module, whose process shares its broker.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};

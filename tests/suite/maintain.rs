@@ -3,7 +3,7 @@
 //! survive SIGKILL at each stage, and expiry deletes exactly what only expired snapshots
 //! referenced.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! Iceberg REST catalog (SeaweedFS's), against real servers; values read back through the same
 //! catalog.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `setup` against a real broker and a real SQLite catalog: topics and tables read back, and a
 //! second run changes nothing.
 
-mod common;
+use crate::common;
 
 use campaign_pipeline::catalog::open_catalog;
 use campaign_pipeline::config::Config;

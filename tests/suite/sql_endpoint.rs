@@ -3,7 +3,7 @@
 //! the numbers equal `query`'s, the catalog queries BI tools send on connect answer, writes
 //! and a wrong password are refused, and the statement limits stop a query with an error.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

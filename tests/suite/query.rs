@@ -1,7 +1,7 @@
 //! `query`, `tables` and `snapshots` on tables the pipeline wrote: values the truth file
 //! predicts, CSV and JSON that parse, writes refused, time travel to older snapshots.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! tables: the shown totals equal the table's, the charts draw a line per campaign, a
 //! screenshot is saved; and `/metrics` parses as Prometheus exposition matching the run.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;

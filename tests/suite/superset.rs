@@ -3,7 +3,7 @@
 //! Superset's chart-data API returns it equals the tables' values read through `query`, and the
 //! dashboard drawn in headless Chromium shows every chart and the tables' totals.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! through the pipeline, then the tools' reports, files and replays are checked against what the
 //! topics and the events table hold.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;

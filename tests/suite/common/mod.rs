@@ -1,4 +1,4 @@
-//! Shared test support: one real tansu broker per test binary on a free loopback port, isolated
+//! Shared test support: one real tansu broker per test process on a free loopback port, isolated
 //! configurations per test, the built runner binary, and read-back helpers.
 #![allow(dead_code)]
 
@@ -32,7 +32,7 @@ pub struct Broker {
     pub address: String,
 }
 
-/// The broker shared by the tests of this binary, started on first use. Tests stay independent by
+/// The broker shared by the tests of this process, started on first use. Tests stay independent by
 /// using their own topic names (see [`unique`]).
 pub fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();

@@ -1,7 +1,7 @@
 //! `generate` against a real broker: reproducible payloads, campaign_id keys, and a truth file
 //! that matches what was actually sent.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
