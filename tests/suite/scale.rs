@@ -532,8 +532,11 @@ fn cli_ok(pipeline: &common::TestPipeline, args: &[&str]) -> String {
     common::text(&output)
 }
 
-/// Events per campaign in the events table, asserting that no event_id appears twice.
-async fn events_per_campaign(pipeline: &common::TestPipeline) -> BTreeMap<String, u64> {
+/// Event ids in the events table, with the number of events per campaign; asserts that no
+/// event_id appears twice.
+async fn events_per_campaign(
+    pipeline: &common::TestPipeline,
+) -> (BTreeMap<String, u64>, std::collections::HashSet<String>) {
     use arrow::array::AsArray;
     let mut seen = std::collections::HashSet::new();
     let mut per_campaign = BTreeMap::new();
@@ -557,7 +560,53 @@ async fn events_per_campaign(pipeline: &common::TestPipeline) -> BTreeMap<String
                 .or_default() += 1;
         }
     }
-    per_campaign
+    (per_campaign, seen)
+}
+
+/// The source offsets of the valid events the table lacks, as ranges per partition (the
+/// topic's events whose id is missing), for a failure to say where they were lost.
+fn missing_offsets(
+    pipeline: &common::TestPipeline,
+    in_table: &std::collections::HashSet<String>,
+) -> String {
+    let mut missing: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for record in common::read_topic(&pipeline.brokers, &pipeline.topic) {
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload) else {
+            continue;
+        };
+        let Some(id) = event.get("event_id").and_then(|id| id.as_str()) else {
+            continue;
+        };
+        if !in_table.contains(id) {
+            missing
+                .entry(record.partition)
+                .or_default()
+                .push(record.offset);
+        }
+    }
+    // Invalid and late events are missing by design: only runs of several in a row stand out.
+    missing
+        .iter()
+        .map(|(partition, offsets)| {
+            let mut ranges: Vec<(i64, i64)> = Vec::new();
+            for &offset in offsets {
+                match ranges.last_mut() {
+                    Some((_, end)) if *end + 1 == offset => *end = offset,
+                    _ => ranges.push((offset, offset)),
+                }
+            }
+            let runs: Vec<String> = ranges
+                .iter()
+                .filter(|(start, end)| end - start >= 3)
+                .map(|(start, end)| format!("{start}..={end}"))
+                .collect();
+            format!(
+                "partition {partition}: {} missing, runs of 4 or more: {runs:?}",
+                offsets.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The events table, the metrics table and the dead letter topic equal the generator's truths.
@@ -566,14 +615,20 @@ async fn assert_tables_equal_the_truth(
     truths: &[campaign_pipeline::generator::Truth],
     context: &str,
 ) {
-    let per_campaign = events_per_campaign(pipeline).await;
+    let (per_campaign, in_table) = events_per_campaign(pipeline).await;
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
     for truth in truths {
         for (campaign, n) in &truth.campaigns {
             *want.entry(campaign.clone()).or_default() += n.impressions + n.clicks + n.conversions;
         }
     }
-    assert_eq!(per_campaign, want, "events per campaign\n{context}");
+    if per_campaign != want {
+        let missing = missing_offsets(pipeline, &in_table);
+        assert_eq!(
+            per_campaign, want,
+            "events per campaign\n{context}\nevents of the topic not in the table:\n{missing}"
+        );
+    }
     let got = common::windows::windows(
         &common::scan_table(&pipeline.config, "campaign_metrics").await,
         None,
@@ -736,8 +791,17 @@ async fn three_runners_with_kills_and_restarts(mode: &str) -> common::TestPipeli
     // Runners committing to the same tables at the same moment: the later one decides again
     // on the table state the other left (the table contents below prove nothing doubled).
     let conflicts = conflicts(&logs);
-    let context =
-        format!("{kills} kills, {assignments} assignments, {conflicts} commit conflicts, {fenced} fenced commits\n{last}");
+    // What the runners said of their partitions' positions, for a failure to show.
+    let positions: Vec<&String> = logs
+        .iter()
+        .filter(|l| {
+            l.contains(" WARN ") || l.contains("seeking back") || l.contains("holding partitions")
+        })
+        .collect();
+    let context = format!(
+        "{kills} kills, {assignments} assignments, {conflicts} commit conflicts, {fenced} fenced commits\n{last}\nthe runners' positions:\n{}",
+        positions.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+    );
     assert_tables_equal_the_truth(&pipeline, &truths, &context).await;
     pipeline
 }
@@ -753,7 +817,7 @@ async fn until_caught_up_does_not_end_well_while_partitions_it_lacks_stay_behind
     cli_ok(&pipeline, &["generate", "--count", "3000", "--seed", "41"]);
     let mut stalled = Runner::start(&pipeline, &["run"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while events_per_campaign(&pipeline).await.values().sum::<u64>() < 2_900 {
+    while events_per_campaign(&pipeline).await.0.values().sum::<u64>() < 2_900 {
         assert!(
             std::time::Instant::now() < deadline,
             "the first runner never committed: {}",

@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::cursor::{Cursors, Rewound};
-use super::quirks::{Rejoin, ResumeCheck, Resumed};
+use super::quirks::{End, Rejoin, ResumeCheck, Resumed};
 use crate::common::summary::OffsetJump;
 use crate::common::{Offsets, Watermarks};
 use crate::config::StartFrom;
@@ -710,6 +710,11 @@ impl Reader {
     /// means the topic is not the one they read.
     fn reached_end(&self, reading: &mut Reading, partition: i32, now: Instant) -> ControlFlow<()> {
         let resume = reading.cursors.resume(partition);
+        let end = cached_watermarks(&self.consumer, &self.options.topic, partition).map(|m| m.high);
+        if reading.resumes.end_of_partition(partition, resume, end) == End::Stale {
+            tracing::debug!(topic = %self.options.topic, partition, ?resume, ?end, "an end of partition that does not show the resume offset reached: waiting for the first message");
+            return ControlFlow::Continue(());
+        }
         let Some((start, beyond)) = resume.and_then(|resume| self.beyond_end(partition, resume))
         else {
             reading.cursors.reached_end(partition);

@@ -37,6 +37,15 @@ pub struct ResumeCheck {
     waiting: BTreeMap<i32, Instant>,
 }
 
+/// What an end-of-partition event stands for ([`ResumeCheck::end_of_partition`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The partition is read to its end.
+    Reached,
+    /// The event is older than the partition's position: it says nothing of it.
+    Stale,
+}
+
 /// What to do with the first message a freshly positioned partition delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resumed {
@@ -74,6 +83,27 @@ impl ResumeCheck {
     pub fn reached_end(&mut self, partition: i32) {
         self.waiting.remove(&partition);
         self.confirmed.insert(partition);
+    }
+
+    /// What an end-of-partition event says of a partition positioned at `resume` whose end
+    /// (the high watermark of the last fetch answer) is `end`.
+    ///
+    /// Until its first message, only an end known to lie at or below the resume offset is one:
+    /// an end beyond it means the event is stale, from before the partition was positioned (the
+    /// reader was at the end before a rebalance or a seek back), since a fetch from the resume
+    /// offset either delivers what lies beyond it or, on tansu, nothing at all. Taking such an
+    /// event as the end confirmed the resume offset without a message, and tansu's answer from
+    /// the batch after it then went through unnoticed: the rest of the batch the resume offset
+    /// falls in was lost. A stale event is passed over; the first message or, after a silence,
+    /// a seek back ([`ResumeCheck::stalled`]) confirms the partition.
+    pub fn end_of_partition(&self, partition: i32, resume: Option<i64>, end: Option<i64>) -> End {
+        let awaits_first =
+            !self.confirmed.contains(&partition) && self.waiting.contains_key(&partition);
+        match (resume, end) {
+            // An unknown end proves nothing either: a message or a seek back decides.
+            (Some(resume), end) if awaits_first && end.is_none_or(|end| end > resume) => End::Stale,
+            _ => End::Reached,
+        }
     }
 
     /// Partitions silent for too long since they were positioned, with where to seek them.
@@ -192,7 +222,34 @@ impl Rejoin {
 
 #[cfg(test)]
 mod tests {
-    use super::{ResumeCheck, Resumed};
+    use super::{End, ResumeCheck, Resumed};
+
+    #[test]
+    fn an_end_beyond_the_resume_offset_before_the_first_message_is_stale() {
+        use std::time::Instant;
+        let mut check = ResumeCheck::default();
+        check.expect([0, 1], Instant::now());
+        // Positioned at 2909 while the partition ends at 3500: the end event is older.
+        assert_eq!(
+            check.end_of_partition(0, Some(2909), Some(3500)),
+            End::Stale
+        );
+        // A partition that ends where it resumes is at its end.
+        assert_eq!(
+            check.end_of_partition(1, Some(2909), Some(2909)),
+            End::Reached
+        );
+        // Without a known end only a message (or a seek back, after a silence) confirms.
+        assert_eq!(check.end_of_partition(0, Some(2909), None), End::Stale);
+        // A partition the tables hold nothing from has no resume offset to check.
+        assert_eq!(check.end_of_partition(0, None, Some(3500)), End::Reached);
+        // Once its first message confirmed the resume offset, an end is an end.
+        assert_eq!(check.check(0, 2909, Some(2909)), Resumed::ReadOn);
+        assert_eq!(
+            check.end_of_partition(0, Some(2909), Some(3500)),
+            End::Reached
+        );
+    }
 
     #[test]
     fn seeks_back_until_the_resume_offset_is_delivered() {
