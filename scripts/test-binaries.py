@@ -8,7 +8,7 @@ runs in a process of its own, as if it were a binary.
 servers, runner processes and consumer-group rebalances with the CPU idle; run side by side
 they take a fraction of the time. The simulation keeps every core busy on its own, so it runs
 alone, where its time means something. The line `==> side by side` marks where the CPU turns
-mostly idle (CI starts its lints there).
+mostly idle.
 
 Each binary's output is printed in one piece when it ends (the `Running` line when it starts),
 then a summary of every binary's time. Exits non-zero when any binary failed, after all ran.
