@@ -508,8 +508,12 @@ impl Reader {
     /// partition only grows and the tables once read up to `resume` from it, so any end below
     /// that proves the topic was recreated or truncated.
     /// With it, the partition's start (its low watermark, where reading may go on).
-    fn beyond_end(&self, partition: i32, resume: i64) -> Option<(i64, SourceError)> {
-        let marks = cached_watermarks(&self.consumer, &self.options.topic, partition)?;
+    fn beyond_end(
+        &self,
+        partition: i32,
+        resume: i64,
+        marks: Watermarks,
+    ) -> Option<(i64, SourceError)> {
         (marks.high < resume).then(|| {
             let beyond = SourceError::BeyondEnd {
                 topic: self.options.topic.clone(),
@@ -538,9 +542,13 @@ impl Reader {
         let mut rejoin = Rejoin::new(self.session_timeout);
         let mut rejoin_partial = Rejoin::new(self.session_timeout);
         while !self.stop.load(Ordering::SeqCst) {
+            // Rewinds and seeks back before the poll: a message polled before a seek comes from
+            // the old position, and checked against the new one it could confirm a resume
+            // offset the broker never answered from (the messages after it were then lost).
+            self.reposition(&mut reading, Instant::now());
             let polled = self.consumer.poll(poll_timeout);
             let now = Instant::now();
-            if self.reposition(&mut reading, now).is_break() {
+            if self.take_rebalance(&mut reading, now).is_break() {
                 return;
             }
             if idle.report_empty(reading.cursors.is_empty()).is_some() {
@@ -579,25 +587,30 @@ impl Reader {
         }
     }
 
-    /// Takes in what moved the partitions since the last poll: a rebalance (its changes are
-    /// handed on before anything read afterwards, and what was read before is forgotten: the
-    /// pipeline drops it), the pipeline's rewinds, and the broker workaround's seeks back for
-    /// resumed partitions that stay silent.
-    fn reposition(&self, reading: &mut Reading, now: Instant) -> ControlFlow<()> {
-        // The rebalance callback runs inside `poll`.
+    /// Takes in a rebalance that happened inside the last poll (its callback runs there): its
+    /// changes are handed on before anything read afterwards, and what was read before is
+    /// forgotten (the pipeline drops it). The message that poll returned came after it.
+    fn take_rebalance(&self, reading: &mut Reading, now: Instant) -> ControlFlow<()> {
         let changes = self.shared.take_changes();
-        let mut repositioned: Vec<i32> = Vec::new();
-        if !changes.is_empty() {
-            for change in changes {
-                if !self.send(change) {
-                    return ControlFlow::Break(());
-                }
-            }
-            reading.builder.clear();
-            reading.cursors = self.assignment();
-            reading.resumes = ResumeCheck::default();
-            repositioned.extend(reading.cursors.resumed());
+        if changes.is_empty() {
+            return ControlFlow::Continue(());
         }
+        for change in changes {
+            if !self.send(change) {
+                return ControlFlow::Break(());
+            }
+        }
+        reading.builder.clear();
+        reading.cursors = self.assignment();
+        reading.resumes = ResumeCheck::default();
+        reading.resumes.expect(reading.cursors.resumed(), now);
+        ControlFlow::Continue(())
+    }
+
+    /// Positions partitions again before the next poll: the pipeline's rewinds, and the broker
+    /// workaround's seeks back for resumed partitions that stay silent.
+    fn reposition(&self, reading: &mut Reading, now: Instant) {
+        let mut repositioned: Vec<i32> = Vec::new();
         while let Ok(Command::Rewind {
             epoch,
             partitions,
@@ -635,7 +648,6 @@ impl Reader {
             );
             self.seek(partition, back_to);
         }
-        ControlFlow::Continue(())
     }
 
     /// A message of the topic: checked against where its partition resumes (the broker
@@ -710,12 +722,15 @@ impl Reader {
     /// means the topic is not the one they read.
     fn reached_end(&self, reading: &mut Reading, partition: i32, now: Instant) -> ControlFlow<()> {
         let resume = reading.cursors.resume(partition);
-        let end = cached_watermarks(&self.consumer, &self.options.topic, partition).map(|m| m.high);
+        let marks = cached_watermarks(&self.consumer, &self.options.topic, partition);
+        let end = marks.map(|m| m.high);
         if reading.resumes.end_of_partition(partition, resume, end) == End::Stale {
             tracing::debug!(topic = %self.options.topic, partition, ?resume, ?end, "an end of partition that does not show the resume offset reached: waiting for the first message");
             return ControlFlow::Continue(());
         }
-        let Some((start, beyond)) = resume.and_then(|resume| self.beyond_end(partition, resume))
+        let beyond = resume.zip(marks);
+        let Some((start, beyond)) =
+            beyond.and_then(|(resume, marks)| self.beyond_end(partition, resume, marks))
         else {
             reading.cursors.reached_end(partition);
             reading.resumes.reached_end(partition);

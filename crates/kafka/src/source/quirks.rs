@@ -89,13 +89,12 @@ impl ResumeCheck {
     /// (the high watermark of the last fetch answer) is `end`.
     ///
     /// Until its first message, only an end known to lie at or below the resume offset is one:
-    /// an end beyond it means the event is stale, from before the partition was positioned (the
-    /// reader was at the end before a rebalance or a seek back), since a fetch from the resume
-    /// offset either delivers what lies beyond it or, on tansu, nothing at all. Taking such an
-    /// event as the end confirmed the resume offset without a message, and tansu's answer from
-    /// the batch after it then went through unnoticed: the rest of the batch the resume offset
-    /// falls in was lost. A stale event is passed over; the first message or, after a silence,
-    /// a seek back ([`ResumeCheck::stalled`]) confirms the partition.
+    /// a fetch from the resume offset either delivers what lies beyond it or, on tansu, nothing
+    /// at all, so an end beyond it says nothing of where the broker answers from. Taken as the
+    /// end, it would confirm the resume offset without a message, and tansu's answer from the
+    /// batch after it would go through unnoticed (the rest of the batch the resume offset
+    /// falls in lost). Such an event is passed over; the first message or, after a silence, a
+    /// seek back ([`ResumeCheck::stalled`]) confirms the partition.
     pub fn end_of_partition(&self, partition: i32, resume: Option<i64>, end: Option<i64>) -> End {
         let awaits_first =
             !self.confirmed.contains(&partition) && self.waiting.contains_key(&partition);
