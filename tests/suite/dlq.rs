@@ -639,3 +639,111 @@ fn monitor_without_a_duration_runs_until_interrupted_then_summarises() {
     assert!(rest.contains("monitor summary"), "{rest}");
     assert!(rest.contains("0 new dead letters"), "{rest}");
 }
+
+/// An app sends `revenue` as a string ("12.50"), and a user edits the parsing SQL to take it:
+/// drops the rule that wants a number and writes `CAST` where the shipped file has `try_cast`.
+/// Then another event's "twelve" makes that cast fail. The events it fails on go to the dead
+/// letter queue with the SQL's error (the runner neither stops at that micro-batch nor drops it),
+/// `check --sample` names the line, and once the SQL is fixed a replay lands them.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_the_parsing_sql_fails_on_are_dead_lettered_and_land_when_replayed_after_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = dir.path().join("campaign_events.sql");
+    let original = std::fs::read_to_string(repo_root().join("sql/campaign_events.sql")).unwrap();
+    let lenient = original.replace(
+        "    WHEN t['revenue'] <> 'number'                    THEN 'wrong type: revenue'\n",
+        "",
+    );
+    let strict = lenient.replace(
+        "try_cast(f['revenue'] AS DOUBLE)",
+        "CAST(f['revenue'] AS DOUBLE)",
+    );
+    assert!(lenient != original && strict != lenient);
+    std::fs::write(&parse, &strict).unwrap();
+    let pipeline = TestPipeline::with_sql(&parse, &repo_root().join("sql/campaign_metrics.sql"));
+    ok(&pipeline, &["setup"]);
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
+        .map(|i| (b"camp".to_vec(), event(i).to_payload()))
+        .collect();
+    // Among the others, so that each fails a micro-batch that also holds good events.
+    for (at, i, revenue) in [
+        (5, 100, "12.50"),
+        (12, 101, "twelve"),
+        (30, 102, "12.50"),
+        (31, 103, "n/a"),
+    ] {
+        records.insert(at, (b"camp".to_vec(), with_field(i, "revenue", revenue)));
+    }
+    produce(&pipeline.brokers, &pipeline.topic, &records).await;
+    ok(&pipeline, &["run", "--until-caught-up"]);
+
+    let mut ids = event_ids(&pipeline).await;
+    ids.sort();
+    let mut want: Vec<String> = (0..40).map(|i| event(i).event_id).collect();
+    want.extend(["dlq-test-100".to_string(), "dlq-test-102".to_string()]);
+    want.sort();
+    assert_eq!(ids, want, "every event the SQL takes, once");
+    let letters = read_topic(&pipeline.brokers, &pipeline.dlq_topic);
+    let source = read_topic(&pipeline.brokers, &pipeline.topic);
+    let mut failed: Vec<(i64, String)> = letters
+        .iter()
+        .map(|r| {
+            let letter: DeadLetter = serde_json::from_slice(&r.payload).unwrap();
+            let sent = source
+                .iter()
+                .find(|s| {
+                    s.partition == letter.source.partition && s.offset == letter.source.offset
+                })
+                .expect("the letter names a message of the topic");
+            assert_eq!(
+                letter.payload_bytes().unwrap(),
+                sent.payload,
+                "the raw payload"
+            );
+            assert!(
+                letter.error.starts_with("parsing SQL failed: ") && letter.error.contains("Cast"),
+                "{}",
+                letter.error
+            );
+            let id: Value = serde_json::from_slice(&sent.payload).unwrap();
+            (
+                letter.source.offset,
+                id["revenue"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    failed.sort();
+    let revenues: Vec<&str> = failed.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(
+        revenues,
+        vec!["twelve", "n/a"],
+        "one letter per failed event"
+    );
+    let stats = json(&pipeline, &["dlq", "stats", "--format", "json"]);
+    assert_eq!(stats["total"], 2, "{stats}");
+
+    // `check --sample` says which line the SQL fails on and why.
+    let sample = dir.path().join("sample.jsonl");
+    let mut lines = event(200).to_payload();
+    lines.push(b'\n');
+    lines.extend(with_field(201, "revenue", "twelve"));
+    std::fs::write(&sample, &lines).unwrap();
+    let checked = ok(&pipeline, &["check", "--sample", sample.to_str().unwrap()]);
+    assert!(
+        checked.contains("  line 2: parsing SQL failed: "),
+        "{checked}"
+    );
+
+    // Fixed (`try_cast`: a revenue that is no number counts 0), the replays land once.
+    std::fs::write(&parse, &lenient).unwrap();
+    let replay = ok(
+        &pipeline,
+        &["dlq", "replay", "--category", "parsing_sql_failed"],
+    );
+    assert!(replay.contains("2 payloads sent"), "{replay}");
+    ok(&pipeline, &["run", "--until-caught-up"]);
+    let ids = event_ids(&pipeline).await;
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (44, 44), "every event once");
+    assert_eq!(read_topic(&pipeline.brokers, &pipeline.dlq_topic).len(), 2);
+}

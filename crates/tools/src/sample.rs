@@ -15,7 +15,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::common::{records, ERROR_COLUMN};
 use crate::config::PipelineConfig;
-use crate::engine::SqlStage;
+use crate::engine::{Isolated, SqlStage};
 use crate::pipeline::plan::{window_operator, PlannedSql};
 use crate::pipeline::rejects::Rejection;
 use crate::pipeline::{route, Routed};
@@ -118,10 +118,16 @@ pub async fn run_sample(
     let stage = SqlStage::new(ctx, &planned.parse)
         .await
         .map_err(SampleError::Parse)?;
-    let outputs = stage
-        .run(vec![batch.records.clone()])
+    let Isolated { outputs, failed } = stage
+        .run_isolating(&batch.records)
         .await
         .map_err(SampleError::Parse)?;
+    if !failed.is_empty() {
+        let messages = records::KafkaRecords::new(&batch.records).map_err(SampleError::Arrow)?;
+        for row in &failed {
+            reject(messages.offset(row.row), row.reason());
+        }
+    }
     let mut operator = window_operator(
         ctx,
         planned,

@@ -20,6 +20,12 @@ impl Offsets {
         self.0.get(topic)?.get(&partition).copied()
     }
 
+    /// Whether the message at `offset` lies behind its partition's next offset here (a table
+    /// that records these offsets holds what it made of it); a partition not listed holds none.
+    pub fn passed(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.get(topic, partition).is_some_and(|next| offset < next)
+    }
+
     /// Sets the next offset of a partition.
     pub fn set(&mut self, topic: &str, partition: i32, next: i64) {
         match self.0.get_mut(topic) {

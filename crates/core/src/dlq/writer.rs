@@ -80,11 +80,8 @@ impl<D: Delivery> DeadLetterWriter<D> {
     /// Forgets the records whose source messages are behind `resume` (where the held
     /// partitions resume from the tables): the source never hands those on again.
     pub fn settle(&mut self, resume: &Offsets) {
-        self.unsettled.retain(|(topic, partition, offset)| {
-            resume
-                .get(topic, *partition)
-                .is_none_or(|next| *offset >= next)
-        });
+        self.unsettled
+            .retain(|(topic, partition, offset)| !resume.passed(topic, *partition, *offset));
     }
 
     /// Records sent since start, by category.

@@ -15,7 +15,7 @@ use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;
 
 pub use problem::SqlProblem;
-pub use stage::{split_rejected, BatchSlot, SqlStage};
+pub use stage::{split_rejected, BatchSlot, FailedRow, Isolated, SqlStage};
 
 /// A session configured the way every pipeline SQL runs: JSON functions and source spans for errors.
 pub fn new_session() -> SessionContext {

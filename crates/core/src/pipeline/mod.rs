@@ -21,13 +21,13 @@ use tokio::sync::watch;
 
 use crate::common::clock::wall_text;
 use crate::common::error::Causes;
-use crate::common::records::Coordinates;
+use crate::common::records::{Coordinates, KafkaRecords};
 use crate::common::summary::OffsetJump;
 use crate::common::{cpu, Clock, Fenced, Offsets, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::control::Control;
 use crate::dlq::{DeadLetterWriter, Delivery, DeliveryError};
-use crate::engine::{new_session, split_rejected, SqlProblem, SqlStage};
+use crate::engine::{new_session, split_rejected, FailedRow, Isolated, SqlProblem, SqlStage};
 use crate::sink::iceberg::{load_state, CommitStats, TableState};
 use crate::sink::SinkError;
 use crate::source::{MicroBatch, Source, SourceError, SourceEvent};
@@ -40,7 +40,7 @@ use metrics::MetricsBranch;
 use outage::Outage;
 use plan::{plan_pipeline, PlannedSql};
 use progress::{resume_point, Progress, TableRole};
-use rejects::{dead_letter, from_rejected_rows, Rejected, Rejection};
+use rejects::{dead_letter, from_failed_rows, from_rejected_rows, Rejected, Rejection};
 
 /// Why a pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -1283,11 +1283,7 @@ impl Stages {
         let mut letters: Vec<Rejected> = batch
             .not_utf8
             .iter()
-            .filter(|raw| {
-                events_skip
-                    .get(&raw.topic, raw.partition)
-                    .is_none_or(|next| raw.offset >= next)
-            })
+            .filter(|raw| !events_skip.passed(&raw.topic, raw.partition, raw.offset))
             .map(|raw| {
                 let rejection = Rejection::InvalidUtf8;
                 let reason = rejection.fixed_reason().unwrap_or_default();
@@ -1304,9 +1300,17 @@ impl Stages {
             at: describe_batch(batch),
             source,
         };
-        let (outputs, spent) = cpu::timed(self.parse.run(vec![batch.records.clone()])).await;
+        let (parsed, spent) = cpu::timed(self.parse.run_isolating(&batch.records)).await;
         cpu.parse += spent;
-        let outputs = outputs.map_err(exec_err)?;
+        let Isolated { outputs, failed } = parsed.map_err(exec_err)?;
+        if !failed.is_empty() {
+            let (built, spent) = cpu::measure(|| {
+                let failed = unabsorbed_rows(failed, &batch.records, events_skip)?;
+                from_failed_rows(&failed, &batch.records, pipeline, &failed_at)
+            });
+            cpu.dead_letters += spent;
+            letters.extend(built.map_err(|e| exec_err(e.into()))?);
+        }
         let now = self.clock.now();
         let limits = self.bounds.at(wall);
         for output in &outputs {
@@ -1397,17 +1401,41 @@ pub fn unabsorbed(
     let at = Coordinates::of(rows)?;
     let keep: BooleanArray = (0..rows.num_rows())
         .map(|i| {
-            Some(
-                absorbed
-                    .get(at.topics.value(i), at.partitions.value(i))
-                    .is_none_or(|next| at.offsets.value(i) >= next),
-            )
+            Some(!absorbed.passed(
+                at.topics.value(i),
+                at.partitions.value(i),
+                at.offsets.value(i),
+            ))
         })
         .collect();
     if keep.true_count() == rows.num_rows() {
         return Ok(rows.clone());
     }
     filter_record_batch(rows, &keep)
+}
+
+/// The rows the parsing SQL failed on at or past `absorbed` in their partition (see
+/// [`unabsorbed`]: the others' dead letters were sent with the table's commit that holds them).
+fn unabsorbed_rows(
+    failed: Vec<FailedRow>,
+    input: &RecordBatch,
+    absorbed: &Offsets,
+) -> Result<Vec<FailedRow>, arrow::error::ArrowError> {
+    if absorbed.is_empty() {
+        return Ok(failed);
+    }
+    let records = KafkaRecords::new(input)?;
+    Ok(failed
+        .into_iter()
+        .filter(|f| {
+            let row = f.row;
+            !absorbed.passed(
+                records.topic(row),
+                records.partition(row),
+                records.offset(row),
+            )
+        })
+        .collect())
 }
 
 /// `topic partition p offsets a..b, ...` for error messages.

@@ -8,6 +8,7 @@ use crate::common::hashing::FastMap;
 use crate::common::records::{Coordinates, KafkaRecords};
 use crate::common::ERROR_COLUMN;
 use crate::dlq::{DeadLetter, SourceCoordinates};
+use crate::engine::FailedRow;
 use crate::source::RawRecord;
 
 use crate::dlq::record::{LATE_REASON, UNTIMED_REASON};
@@ -101,29 +102,61 @@ pub fn from_rejected_rows(
             );
             continue;
         };
-        let raw = RawRecord {
-            topic: records.topic(row).to_string(),
-            partition: records.partition(row),
-            offset: records.offset(row),
-            timestamp_ms: records.timestamp_ms(row),
-            key: records.key(row).map(<[u8]>::to_vec),
-            payload: Vec::new(),
-        };
         let reason = match (rejection.fixed_reason(), errors) {
             (Some(fixed), _) => fixed,
             (None, Some(errors)) if errors.is_valid(i) => errors.value(i),
             (None, _) => "rejected",
         };
-        letters.push(dead_letter(
-            &raw,
-            records.value(row).as_bytes(),
-            rejection,
-            reason,
-            pipeline,
-            failed_at,
+        letters.push(input_dead_letter(
+            &records, row, rejection, reason, pipeline, failed_at,
         ));
     }
     Ok(letters)
+}
+
+/// The dead letter of message `row` of the micro-batch.
+fn input_dead_letter(
+    records: &KafkaRecords<'_>,
+    row: usize,
+    rejection: Rejection,
+    reason: &str,
+    pipeline: &str,
+    failed_at: &str,
+) -> Rejected {
+    let raw = RawRecord {
+        topic: records.topic(row).to_string(),
+        partition: records.partition(row),
+        offset: records.offset(row),
+        timestamp_ms: records.timestamp_ms(row),
+        key: records.key(row).map(<[u8]>::to_vec),
+        payload: Vec::new(),
+    };
+    let payload = records.value(row).as_bytes();
+    dead_letter(&raw, payload, rejection, reason, pipeline, failed_at)
+}
+
+/// Dead letters for the input rows the parsing SQL failed on by themselves (their reason is the
+/// SQL's error).
+pub fn from_failed_rows(
+    failed: &[FailedRow],
+    input: &RecordBatch,
+    pipeline: &str,
+    failed_at: &str,
+) -> Result<Vec<Rejected>, arrow::error::ArrowError> {
+    if failed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = KafkaRecords::new(input)?;
+    Ok(failed
+        .iter()
+        .map(|failed| {
+            let reason = failed.reason();
+            let rejection = Rejection::Error;
+            input_dead_letter(
+                &records, failed.row, rejection, &reason, pipeline, failed_at,
+            )
+        })
+        .collect())
 }
 
 /// A dead letter for a raw record (payload taken from `payload`, not from the record), giving
