@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::cursor::{Cursors, Rewound};
-use super::quirks::{End, Rejoin, ResumeCheck, Resumed};
+use super::quirks::{End, Poll, Rejoin, ResumeCheck, Resumed};
 use crate::common::summary::OffsetJump;
 use crate::common::{Offsets, Watermarks};
 use crate::config::StartFrom;
@@ -69,6 +69,9 @@ struct Shared {
     changed: AtomicBool,
     /// Consumer lag per partition, from librdkafka's statistics (the fetch high watermark).
     lag: Mutex<BTreeMap<i32, i64>>,
+    /// The source is stopping: the consumer's close may still run the rebalance callback, on
+    /// whatever thread drops it (an async runtime's, where the resume lookup cannot block).
+    closing: AtomicBool,
 }
 
 impl Shared {
@@ -215,13 +218,17 @@ impl ConsumerContext for SourceContext {
             self.shared.report(Ok(SourceEvent::Revoked));
             return;
         }
+        drop(assigned);
+        if self.shared.closing.load(Ordering::SeqCst) {
+            tracing::debug!(topic = %self.topic, "partitions assigned while the source closes: not taken");
+            return;
+        }
         let partitions: Vec<i32> = tpl
             .elements()
             .iter()
             .filter(|e| e.topic() == self.topic)
             .map(|e| e.partition())
             .collect();
-        drop(assigned);
         self.take_over(&partitions, tpl, |tpl| consumer.assign(tpl));
     }
 
@@ -429,6 +436,7 @@ impl Source for KafkaSource {
     }
 
     fn stop(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
     }
 }
@@ -542,11 +550,13 @@ impl Reader {
         let mut rejoin = Rejoin::new(self.session_timeout);
         let mut rejoin_partial = Rejoin::new(self.session_timeout);
         while !self.stop.load(Ordering::SeqCst) {
-            // Rewinds and seeks back before the poll: a message polled before a seek comes from
-            // the old position, and checked against the new one it could confirm a resume
-            // offset the broker never answered from (the messages after it were then lost).
+            // Rewinds and seeks back before the poll, so that what it returns comes from the new
+            // positions (`ResumeCheck` drops what earlier polls returned of a partition positioned
+            // after them: checked against the new position, it could confirm a resume offset the
+            // broker never answered from, and the messages after that offset were lost).
             self.reposition(&mut reading, Instant::now());
             let polled = self.consumer.poll(poll_timeout);
+            let poll = reading.resumes.polled();
             let now = Instant::now();
             if self.take_rebalance(&mut reading, now).is_break() {
                 return;
@@ -570,10 +580,10 @@ impl Reader {
             let flow = match polled {
                 Some(Ok(message)) => {
                     repeated_errors().recovered();
-                    self.arrived(&mut reading, &message, now)
+                    self.arrived(&mut reading, &message, poll, now)
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    self.reached_end(&mut reading, partition, now)
+                    self.reached_end(&mut reading, partition, poll, now)
                 }
                 Some(Err(err)) => {
                     crate::client_log::report_error(&err, "reading the source topic");
@@ -602,7 +612,7 @@ impl Reader {
         }
         reading.builder.clear();
         reading.cursors = self.assignment();
-        reading.resumes = ResumeCheck::default();
+        reading.resumes.reset();
         reading.resumes.expect(reading.cursors.resumed(), now);
         ControlFlow::Continue(())
     }
@@ -656,6 +666,7 @@ impl Reader {
         &self,
         reading: &mut Reading,
         message: &BorrowedMessage<'_>,
+        poll: Poll,
         now: Instant,
     ) -> ControlFlow<()> {
         let partition = message.partition();
@@ -666,8 +677,12 @@ impl Reader {
             return ControlFlow::Continue(());
         }
         let resume = reading.cursors.resume(partition);
-        match reading.resumes.check(partition, offset, resume) {
+        match reading.resumes.check(partition, offset, resume, poll) {
             Resumed::ReadOn => {}
+            Resumed::Stale => {
+                tracing::debug!(topic = %self.options.topic, partition, offset, "a message polled before its partition was positioned: dropped");
+                return ControlFlow::Continue(());
+            }
             Resumed::SeekBack(back_to) => {
                 tracing::info!(
                     topic = %self.options.topic,
@@ -720,11 +735,21 @@ impl Reader {
 
     /// A fetch answer reached the end of `partition`; an end below where the tables resume it
     /// means the topic is not the one they read.
-    fn reached_end(&self, reading: &mut Reading, partition: i32, now: Instant) -> ControlFlow<()> {
+    fn reached_end(
+        &self,
+        reading: &mut Reading,
+        partition: i32,
+        poll: Poll,
+        now: Instant,
+    ) -> ControlFlow<()> {
         let resume = reading.cursors.resume(partition);
         let marks = cached_watermarks(&self.consumer, &self.options.topic, partition);
         let end = marks.map(|m| m.high);
-        if reading.resumes.end_of_partition(partition, resume, end) == End::Stale {
+        if reading
+            .resumes
+            .end_of_partition(partition, resume, end, poll)
+            == End::Stale
+        {
             tracing::debug!(topic = %self.options.topic, partition, ?resume, ?end, "an end of partition that does not show the resume offset reached: waiting for the first message");
             return ControlFlow::Continue(());
         }

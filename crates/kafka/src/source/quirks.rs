@@ -27,6 +27,12 @@ pub const FETCH_WAIT_MAX_MS: &str = "50";
 /// the offset falls in
 /// the partition's last batch, tansu answers nothing at all (no records, no end of partition),
 /// so a resumed partition that stays silent for [`RESUME_PATIENCE`] is sought back the same way.
+///
+/// What a poll returned before a partition was positioned comes from its old position and says
+/// nothing of where the broker answers from the new one: a message below the new resume offset
+/// would confirm it, and the broker's answer from the batch after it would then go through. So
+/// every message and end carries the number of the poll it came from ([`ResumeCheck::polled`]),
+/// and one from before the positioning is [`Resumed::Stale`].
 #[derive(Default)]
 pub struct ResumeCheck {
     /// Partitions whose resume offset was confirmed since the last assignment.
@@ -34,7 +40,21 @@ pub struct ResumeCheck {
     /// Current seek-back distance per partition.
     distance: BTreeMap<i32, i64>,
     /// Partitions not yet confirmed, with when they were last (re)positioned.
-    waiting: BTreeMap<i32, Instant>,
+    waiting: BTreeMap<i32, Positioned>,
+    /// The last poll counted.
+    polls: Poll,
+}
+
+/// The number of a poll of the consumer, as [`ResumeCheck::polled`] counts them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Poll(u64);
+
+/// When a partition was last positioned.
+#[derive(Debug, Clone, Copy)]
+struct Positioned {
+    at: Instant,
+    /// The last poll before: what it and earlier polls returned is from the old position.
+    after: Poll,
 }
 
 /// What an end-of-partition event stands for ([`ResumeCheck::end_of_partition`]).
@@ -42,7 +62,8 @@ pub struct ResumeCheck {
 pub enum End {
     /// The partition is read to its end.
     Reached,
-    /// The event is older than the partition's position: it says nothing of it.
+    /// The event says nothing of the partition's position (see
+    /// [`ResumeCheck::end_of_partition`]).
     Stale,
 }
 
@@ -59,12 +80,36 @@ pub enum Resumed {
         /// The first offset the partition still holds at or after the resume offset.
         first: i64,
     },
+    /// Polled before the partition was positioned: from the old position, so neither handed on
+    /// nor taken as an answer from the new one.
+    Stale,
 }
 
 /// How long a resumed partition may stay silent before the reader seeks it further back.
 const RESUME_PATIENCE: Duration = Duration::from_secs(1);
 
 impl ResumeCheck {
+    /// Counts a poll of the consumer: what it returned carries this number.
+    pub fn polled(&mut self) -> Poll {
+        self.polls = Poll(self.polls.0 + 1);
+        self.polls
+    }
+
+    /// Forgets every partition (a new assignment), still counting polls.
+    pub fn reset(&mut self) {
+        *self = Self {
+            polls: self.polls,
+            ..Self::default()
+        };
+    }
+
+    /// Whether what poll `from` returned of `partition` predates its positioning.
+    fn before_positioning(&self, partition: i32, from: Poll) -> bool {
+        self.waiting
+            .get(&partition)
+            .is_some_and(|positioned| from <= positioned.after)
+    }
+
     /// Forgets what was confirmed of a partition (it is positioned again).
     pub fn forget(&mut self, partition: i32) {
         self.confirmed.remove(&partition);
@@ -72,10 +117,15 @@ impl ResumeCheck {
         self.waiting.remove(&partition);
     }
 
-    /// Starts waiting for the first message of freshly positioned partitions.
+    /// Starts waiting for the first message of freshly positioned partitions: what the polls
+    /// counted so far returned of them is stale.
     pub fn expect(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
+        let positioned = Positioned {
+            at: now,
+            after: self.polls,
+        };
         for partition in partitions {
-            self.waiting.insert(partition, now);
+            self.waiting.insert(partition, positioned);
         }
     }
 
@@ -85,8 +135,9 @@ impl ResumeCheck {
         self.confirmed.insert(partition);
     }
 
-    /// What an end-of-partition event says of a partition positioned at `resume` whose end
-    /// (the high watermark of the last fetch answer) is `end`.
+    /// What an end-of-partition event of poll `from` says of a partition positioned at
+    /// `resume` whose end (the high watermark of the last fetch answer) is `end`. One polled
+    /// before the positioning is stale.
     ///
     /// Until its first message, only an end known to lie at or below the resume offset is one:
     /// a fetch from the resume offset either delivers what lies beyond it or, on tansu, nothing
@@ -95,7 +146,16 @@ impl ResumeCheck {
     /// batch after it would go through unnoticed (the rest of the batch the resume offset
     /// falls in lost). Such an event is passed over; the first message or, after a silence, a
     /// seek back ([`ResumeCheck::stalled`]) confirms the partition.
-    pub fn end_of_partition(&self, partition: i32, resume: Option<i64>, end: Option<i64>) -> End {
+    pub fn end_of_partition(
+        &self,
+        partition: i32,
+        resume: Option<i64>,
+        end: Option<i64>,
+        from: Poll,
+    ) -> End {
+        if self.before_positioning(partition, from) {
+            return End::Stale;
+        }
         let awaits_first =
             !self.confirmed.contains(&partition) && self.waiting.contains_key(&partition);
         match (resume, end) {
@@ -114,7 +174,7 @@ impl ResumeCheck {
         let silent: Vec<i32> = self
             .waiting
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= RESUME_PATIENCE)
+            .filter(|(_, positioned)| now.duration_since(positioned.at) >= RESUME_PATIENCE)
             .map(|(partition, _)| *partition)
             .collect();
         silent
@@ -123,20 +183,32 @@ impl ResumeCheck {
                 let resume = resume_of(partition)?;
                 // As if the broker had answered from beyond the resume offset; silent even from
                 // offset 0 means nothing to read (the end of the partition decides the rest).
-                let Resumed::SeekBack(target) = self.check(partition, resume + 1, Some(resume))
+                let fresh = Poll(self.polls.0 + 1);
+                let Resumed::SeekBack(target) =
+                    self.check(partition, resume + 1, Some(resume), fresh)
                 else {
                     return None;
                 };
-                self.waiting.insert(partition, now);
+                self.expect([partition], now);
                 Some((partition, target))
             })
             .collect()
     }
 
-    /// What to do with a message at `offset` of a partition positioned at `resume`.
-    pub fn check(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Resumed {
+    /// What to do with a message at `offset`, returned by poll `from`, of a partition
+    /// positioned at `resume`.
+    pub fn check(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        resume: Option<i64>,
+        from: Poll,
+    ) -> Resumed {
         if self.confirmed.contains(&partition) {
             return Resumed::ReadOn;
+        }
+        if self.before_positioning(partition, from) {
+            return Resumed::Stale;
         }
         self.waiting.remove(&partition);
         let Some(resume) = resume else {
@@ -228,37 +300,86 @@ mod tests {
         use std::time::Instant;
         let mut check = ResumeCheck::default();
         check.expect([0, 1], Instant::now());
-        // Positioned at 2909 while the partition ends at 3500: the end event is older.
+        let fresh = check.polled();
+        // Positioned at 2909 while the partition ends at 3500: the end says nothing of where
+        // the broker answers from.
         assert_eq!(
-            check.end_of_partition(0, Some(2909), Some(3500)),
+            check.end_of_partition(0, Some(2909), Some(3500), fresh),
             End::Stale
         );
         // A partition that ends where it resumes is at its end.
         assert_eq!(
-            check.end_of_partition(1, Some(2909), Some(2909)),
+            check.end_of_partition(1, Some(2909), Some(2909), fresh),
             End::Reached
         );
         // Without a known end only a message (or a seek back, after a silence) confirms.
-        assert_eq!(check.end_of_partition(0, Some(2909), None), End::Stale);
-        // A partition the tables hold nothing from has no resume offset to check.
-        assert_eq!(check.end_of_partition(0, None, Some(3500)), End::Reached);
-        // Once its first message confirmed the resume offset, an end is an end.
-        assert_eq!(check.check(0, 2909, Some(2909)), Resumed::ReadOn);
+        let fresh = check.polled();
         assert_eq!(
-            check.end_of_partition(0, Some(2909), Some(3500)),
+            check.end_of_partition(0, Some(2909), None, fresh),
+            End::Stale
+        );
+        // A partition the tables hold nothing from has no resume offset to check.
+        let fresh = check.polled();
+        assert_eq!(
+            check.end_of_partition(0, None, Some(3500), fresh),
             End::Reached
         );
+        // Once its first message confirmed the resume offset, an end is an end.
+        let fresh = check.polled();
+        assert_eq!(check.check(0, 2909, Some(2909), fresh), Resumed::ReadOn);
+        assert_eq!(
+            check.end_of_partition(0, Some(2909), Some(3500), fresh),
+            End::Reached
+        );
+    }
+
+    #[test]
+    fn what_a_poll_returned_before_a_partition_was_positioned_says_nothing_of_it() {
+        use std::time::Instant;
+        let mut check = ResumeCheck::default();
+        // A message of the old position (the source was reading from an earlier table state)
+        // is polled; then the pipeline's rewind positions the partition at 36812.
+        let before = check.polled();
+        check.expect([0], Instant::now());
+        // Below 36812, it would have confirmed the new resume offset.
+        assert_eq!(check.check(0, 30_000, Some(36_812), before), Resumed::Stale);
+        assert_eq!(
+            check.end_of_partition(0, Some(36_812), Some(36_812), before),
+            End::Stale
+        );
+        // So the broker's answer from the batch after 36812 is still caught.
+        let after = check.polled();
+        assert_eq!(
+            check.check(0, 36_880, Some(36_812), after),
+            Resumed::SeekBack(35_812)
+        );
+        // A new assignment forgets the partitions, not the count of polls.
+        check.reset();
+        check.expect([0], Instant::now());
+        assert_eq!(check.check(0, 36_812, Some(36_812), after), Resumed::Stale);
+        let fresh = check.polled();
+        assert_eq!(check.check(0, 36_812, Some(36_812), fresh), Resumed::ReadOn);
     }
 
     #[test]
     fn seeks_back_until_the_resume_offset_is_delivered() {
         let mut check = ResumeCheck::default();
         // Resume at 12000 but the broker answers from 13795: seek back, further each time.
-        assert_eq!(check.check(1, 13795, Some(12000)), Resumed::SeekBack(11000));
-        assert_eq!(check.check(1, 13795, Some(12000)), Resumed::SeekBack(10000));
+        let fresh = check.polled();
+        assert_eq!(
+            check.check(1, 13795, Some(12000), fresh),
+            Resumed::SeekBack(11000)
+        );
+        let fresh = check.polled();
+        assert_eq!(
+            check.check(1, 13795, Some(12000), fresh),
+            Resumed::SeekBack(10000)
+        );
         // Now an earlier batch arrives: confirmed, and later messages pass untouched.
-        assert_eq!(check.check(1, 9500, Some(12000)), Resumed::ReadOn);
-        assert_eq!(check.check(1, 13795, Some(12000)), Resumed::ReadOn);
+        let fresh = check.polled();
+        assert_eq!(check.check(1, 9500, Some(12000), fresh), Resumed::ReadOn);
+        let fresh = check.polled();
+        assert_eq!(check.check(1, 13795, Some(12000), fresh), Resumed::ReadOn);
     }
 
     #[test]
@@ -281,7 +402,8 @@ mod tests {
         );
         let even_later = later + Duration::from_secs(2);
         assert_eq!(check.stalled(resume_at, even_later), vec![(2, 12_000)]);
-        assert_eq!(check.check(2, 12_500, Some(14_000)), Resumed::ReadOn);
+        let fresh = check.polled();
+        assert_eq!(check.check(2, 12_500, Some(14_000), fresh), Resumed::ReadOn);
         assert!(check
             .stalled(resume_at, even_later + Duration::from_secs(9))
             .is_empty());
@@ -333,9 +455,20 @@ mod tests {
     #[test]
     fn names_a_real_gap_once_offset_zero_was_tried() {
         let mut check = ResumeCheck::default();
-        assert_eq!(check.check(0, 900, Some(500)), Resumed::SeekBack(0));
-        assert_eq!(check.check(0, 900, Some(500)), Resumed::Gone { first: 900 });
-        assert_eq!(check.check(0, 901, Some(500)), Resumed::ReadOn, "said once");
-        assert_eq!(check.check(2, 5, None), Resumed::ReadOn);
+        let fresh = check.polled();
+        assert_eq!(check.check(0, 900, Some(500), fresh), Resumed::SeekBack(0));
+        let fresh = check.polled();
+        assert_eq!(
+            check.check(0, 900, Some(500), fresh),
+            Resumed::Gone { first: 900 }
+        );
+        let fresh = check.polled();
+        assert_eq!(
+            check.check(0, 901, Some(500), fresh),
+            Resumed::ReadOn,
+            "said once"
+        );
+        let fresh = check.polled();
+        assert_eq!(check.check(2, 5, None, fresh), Resumed::ReadOn);
     }
 }
