@@ -183,9 +183,7 @@ impl ResumeCheck {
                 let resume = resume_of(partition)?;
                 // As if the broker had answered from beyond the resume offset; silent even from
                 // offset 0 means nothing to read (the end of the partition decides the rest).
-                let fresh = Poll(self.polls.0 + 1);
-                let Resumed::SeekBack(target) =
-                    self.check(partition, resume + 1, Some(resume), fresh)
+                let Resumed::SeekBack(target) = self.answered(partition, resume + 1, Some(resume))
                 else {
                     return None;
                 };
@@ -210,6 +208,12 @@ impl ResumeCheck {
         if self.before_positioning(partition, from) {
             return Resumed::Stale;
         }
+        self.answered(partition, offset, resume)
+    }
+
+    /// What the broker's answer from `offset` means for a partition positioned at `resume`
+    /// and not yet confirmed.
+    fn answered(&mut self, partition: i32, offset: i64, resume: Option<i64>) -> Resumed {
         self.waiting.remove(&partition);
         let Some(resume) = resume else {
             self.confirmed.insert(partition);
