@@ -1127,28 +1127,75 @@ async fn set_table_property(pipeline: &TestPipeline, table: &str, key: &str, val
     tx.commit(catalog.as_ref()).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_tables_compression_codec_property_decides_how_new_files_are_written() {
-    let pipeline = TestPipeline::new();
-    setup_and_generate(&pipeline, &["--count", "100", "--seed", "5"]);
-    let first = pipeline.cli(&["run", "--until-caught-up"]);
-    assert!(first.status.success(), "{}", text(&first));
-    let before = codecs_by_file(&pipeline, "campaign_events");
-    assert!(!before.is_empty());
-    assert!(
-        before.values().flatten().all(|c| c.starts_with("ZSTD")),
-        "{before:?}"
-    );
+/// Rows of the events table, read back through the catalog.
+async fn event_rows(pipeline: &TestPipeline) -> usize {
+    scan_table(&pipeline.config, "campaign_events")
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum()
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_write_the_file_codec_and_compaction_the_tables_codec_property() {
+    let pipeline = TestPipeline::new();
+    pipeline.edit_config(|yaml| format!("{yaml}    maintenance:\n      min_input_files: 2\n"));
+    let setup = pipeline.cli(&["setup"]);
+    assert!(setup.status.success(), "{}", text(&setup));
+    // One campaign: three partitions, each given a file of about the same size by every run, so
+    // that compaction takes them all.
+    for seed in ["5", "6", "7"] {
+        generate(
+            &pipeline,
+            &["--count", "90", "--seed", seed, "--campaigns", "1"],
+        );
+        let run = pipeline.cli(&["run", "--until-caught-up"]);
+        assert!(run.status.success(), "{}", text(&run));
+    }
+    let committed = codecs_by_file(&pipeline, "campaign_events");
+    assert!(committed.len() >= 6, "{committed:?}");
+    // The default `sink.file_codec`.
+    assert!(
+        committed.values().flatten().all(|c| c == "UNCOMPRESSED"),
+        "{committed:?}"
+    );
+    let rows = event_rows(&pipeline).await;
+    assert!(rows > 0);
+
+    // Compaction writes the table's codec, zstd as `setup` created it.
+    let maintain = pipeline.cli(&["maintain"]);
+    assert!(maintain.status.success(), "{}", text(&maintain));
+    let after = codecs_by_file(&pipeline, "campaign_events");
+    let compacted: Vec<_> = after
+        .iter()
+        .filter(|(path, _)| !committed.contains_key(*path))
+        .collect();
+    assert!(!compacted.is_empty(), "{}", text(&maintain));
+    for (path, codecs) in &compacted {
+        assert!(
+            codecs.iter().all(|c| c.starts_with("ZSTD")),
+            "{path}: {codecs:?}"
+        );
+    }
+    assert_eq!(event_rows(&pipeline).await, rows);
+
+    // `file_codec: table`: the runner writes the table's codec too, as another engine's
+    // `ALTER TABLE … SET TBLPROPERTIES` changed it.
+    pipeline.edit_config(|yaml| {
+        yaml.replace(
+            "        partition_by: [campaign_id]\n",
+            "        partition_by: [campaign_id]\n      file_codec: table\n",
+        )
+    });
     set_table_property(
         &pipeline,
         "campaign_events",
         "write.parquet.compression-codec",
-        "snappy",
+        "gzip",
     )
     .await;
-    let generate = pipeline.cli(&["generate", "--count", "50", "--seed", "6"]);
-    assert!(generate.status.success(), "{}", text(&generate));
+    let before = codecs_by_file(&pipeline, "campaign_events");
+    generate(&pipeline, &["--count", "50", "--seed", "8"]);
     let second = pipeline.cli(&["run", "--until-caught-up"]);
     assert!(second.status.success(), "{}", text(&second));
     let after = codecs_by_file(&pipeline, "campaign_events");
@@ -1158,14 +1205,12 @@ async fn the_tables_compression_codec_property_decides_how_new_files_are_written
         .collect();
     assert!(!new.is_empty());
     for (path, codecs) in &new {
-        assert!(codecs.iter().all(|c| c == "SNAPPY"), "{path}: {codecs:?}");
+        assert!(
+            codecs.iter().all(|c| c.starts_with("GZIP")),
+            "{path}: {codecs:?}"
+        );
     }
-    let rows: usize = scan_table(&pipeline.config, "campaign_events")
-        .await
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
-    assert_eq!(rows, 150);
+    assert_eq!(event_rows(&pipeline).await, rows + 50);
     let committed = snapshot_properties(&pipeline.config, "campaign_events").await;
 
     // A codec the writer does not have stops the next run before it reads an event.

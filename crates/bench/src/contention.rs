@@ -158,7 +158,8 @@ async fn run(
                 &p.name,
                 &planned.parse_output,
             )
-            .await?,
+            .await?
+            .with_file_codec(p.sink.file_codec),
         );
     }
     let (to_committer, handed) = mpsc::channel::<Handed>(writers.max(1));
@@ -173,7 +174,8 @@ async fn run(
                 &p.name,
                 &planned.parse_output,
             )
-            .await?;
+            .await?
+            .with_file_codec(p.sink.file_codec);
             Some(tokio::spawn(commit_shares(writer, handed)))
         }
     };

@@ -354,7 +354,8 @@ pub async fn run(
             &p.name,
             &planned.parse_output,
         )
-        .await?;
+        .await?
+        .with_file_codec(p.sink.file_codec);
         let mut offsets = Offsets::new();
         offsets.set("campaign_events", 0, generated.len() as i64);
         let content = SnapshotContent {

@@ -216,6 +216,26 @@ pub enum CommitMode {
     OneCommitter,
 }
 
+/// The codec of the Parquet files each commit writes. Those files are small and short-lived:
+/// compaction rewrites them within minutes with the table's own codec
+/// (`write.parquet.compression-codec`), so compressing them first is work done twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileCodec {
+    /// No compression: the dictionaries still shrink the columns of few values, and the
+    /// identifiers, random text, compress little.
+    #[default]
+    Uncompressed,
+    /// Snappy.
+    Snappy,
+    /// The table's `write.parquet.compression-codec` and level, as compaction writes.
+    Table,
+    /// Zstandard at its default level, whatever the table says.
+    Zstd,
+    /// LZ4 without Hadoop's framing (Parquet's `LZ4_RAW`).
+    Lz4,
+}
+
 /// Iceberg catalog and the pipeline's two tables.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,6 +252,9 @@ pub struct SinkConfig {
     /// Object storage settings for an `s3://` warehouse (data, metadata, checkpoints).
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Codec of the data files each commit writes (compaction writes the table's own).
+    #[serde(default)]
+    pub file_codec: FileCodec,
     /// Where window-state checkpoints go (default: the metrics table's `checkpoints/` folder).
     /// Stores that accept only Iceberg's own files in a table's folder (S3 table buckets) need a
     /// location of a plain bucket here, e.g. `s3://warehouse/checkpoints`.

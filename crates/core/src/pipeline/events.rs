@@ -37,7 +37,8 @@ impl EventsBranch {
         .map_err(|source| PipelineError::Sink {
             pipeline: pipeline.name.clone(),
             source,
-        })?;
+        })?
+        .with_file_codec(pipeline.sink.file_codec);
         Ok(Self {
             writer,
             pipeline: pipeline.name.clone(),

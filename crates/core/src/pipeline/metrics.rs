@@ -81,7 +81,8 @@ impl MetricsBranch {
         .map_err(|source| PipelineError::Sink {
             pipeline: name.clone(),
             source,
-        })?;
+        })?
+        .with_file_codec(pipeline.sink.file_codec);
         let checkpoints = pipeline.sink.checkpoints.clone();
         checkpoint::probe(&writer, checkpoints.as_deref())
             .await

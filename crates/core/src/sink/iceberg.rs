@@ -39,6 +39,7 @@ use super::waiting;
 use super::SinkError;
 use crate::common::summary::{self, Checkpoints, OffsetJumps};
 use crate::common::{cpu, Fenced, Offsets};
+use crate::config::FileCodec;
 
 /// How many times a commit is decided again after other writers committed first.
 const MAX_COMMIT_ATTEMPTS: u32 = 50;
@@ -162,6 +163,8 @@ pub struct TableWriter {
     /// commit then loads the table before deciding: a base it knows is stale would fail at the
     /// catalog after its manifests were written, and cost a reload anyway.
     others_committing: bool,
+    /// The codec of the files this writer writes.
+    file_codec: FileCodec,
 }
 
 impl TableWriter {
@@ -229,12 +232,24 @@ impl TableWriter {
             state: TableState::default(),
             fenced_files: Vec::new(),
             others_committing: false,
+            file_codec: FileCodec::default(),
         };
         writer.state = read_state(&writer.table, &writer.pipeline, &writer.label)?;
-        // A codec the writer cannot follow is reported before any event is read, not at the
-        // first commit.
-        writer.file_writer_builder()?;
+        // A codec compaction cannot follow is reported before any event is read, not at the
+        // first maintenance pass.
+        parquet_properties(writer.table.metadata().properties()).map_err(|source| {
+            SinkError::Property {
+                table: writer.label.clone(),
+                source,
+            }
+        })?;
         Ok(writer)
+    }
+
+    /// Writes the files of every commit with `codec` (the default is [`FileCodec::Uncompressed`]).
+    pub fn with_file_codec(mut self, codec: FileCodec) -> Self {
+        self.file_codec = codec;
+        self
     }
 
     /// `namespace.name`, for messages.
@@ -721,9 +736,11 @@ impl TableWriter {
     fn file_writer_builder(&self) -> Result<FileWriterBuilder, SinkError> {
         let metadata = self.table.metadata();
         let properties =
-            parquet_properties(metadata.properties()).map_err(|source| SinkError::Property {
-                table: self.label.clone(),
-                source,
+            commit_file_properties(metadata.properties(), self.file_codec).map_err(|source| {
+                SinkError::Property {
+                    table: self.label.clone(),
+                    source,
+                }
             })?;
         let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
         let location = DefaultLocationGenerator::new(metadata)
@@ -774,18 +791,38 @@ impl TableWriter {
     }
 }
 
-/// The Parquet settings of every data file the project writes (the sink and compaction).
+/// The Parquet settings of the files compaction writes: the table's codec.
 pub fn parquet_properties(
     table_properties: &HashMap<String, String>,
 ) -> Result<WriterProperties, TablePropertyError> {
-    Ok(WriterProperties::builder()
-        .set_compression(compression(table_properties)?)
+    Ok(writer_properties(compression(table_properties)?))
+}
+
+/// The Parquet settings of the files a commit writes: `codec`, or the table's for
+/// [`FileCodec::Table`].
+pub fn commit_file_properties(
+    table_properties: &HashMap<String, String>,
+    codec: FileCodec,
+) -> Result<WriterProperties, TablePropertyError> {
+    let compression = match codec {
+        FileCodec::Table => compression(table_properties)?,
+        FileCodec::Snappy => Compression::SNAPPY,
+        FileCodec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+        FileCodec::Lz4 => Compression::LZ4_RAW,
+        FileCodec::Uncompressed => Compression::UNCOMPRESSED,
+    };
+    Ok(writer_properties(compression))
+}
+
+fn writer_properties(compression: Compression) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(compression)
         // A column's dictionary grows until its page passes this size, then the column falls
         // back to plain encoding. Identifiers (a new value per event) paid for hashing every
         // value into a dictionary that could never help until it reached the default 1 MiB;
         // columns of few values (campaign, event type, country) keep theirs far below 64 KiB.
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_LIMIT)
-        .build())
+        .build()
 }
 
 /// The table property naming the data files' codec (Iceberg's name for it).
@@ -927,4 +964,36 @@ pub async fn load_state(
 ) -> Result<TableState, SinkError> {
     let table = load_table(catalog, namespace, name).await?;
     read_state(&table, pipeline, &format!("{namespace}.{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::schema::types::ColumnPath;
+
+    fn codec_of(properties: &WriterProperties) -> Compression {
+        properties.compression(&ColumnPath::from("event_id"))
+    }
+
+    #[test]
+    fn a_commits_files_take_the_file_codec_and_compaction_the_tables() {
+        let table: HashMap<String, String> =
+            [(CODEC_PROPERTY.to_string(), "gzip".to_string())].into();
+        let commit = |codec| codec_of(&commit_file_properties(&table, codec).unwrap());
+        assert_eq!(commit(FileCodec::Snappy), Compression::SNAPPY);
+        assert_eq!(commit(FileCodec::Lz4), Compression::LZ4_RAW);
+        assert_eq!(commit(FileCodec::Uncompressed), Compression::UNCOMPRESSED);
+        assert!(matches!(commit(FileCodec::Zstd), Compression::ZSTD(_)));
+        assert!(matches!(commit(FileCodec::Table), Compression::GZIP(_)));
+        assert!(matches!(
+            codec_of(&parquet_properties(&table).unwrap()),
+            Compression::GZIP(_)
+        ));
+        // A codec the table names but the writer lacks fails where it is followed.
+        let unknown: HashMap<String, String> =
+            [(CODEC_PROPERTY.to_string(), "lzo".to_string())].into();
+        assert!(parquet_properties(&unknown).is_err());
+        assert!(commit_file_properties(&unknown, FileCodec::Table).is_err());
+        assert!(commit_file_properties(&unknown, FileCodec::Snappy).is_ok());
+    }
 }

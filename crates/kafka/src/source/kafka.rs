@@ -554,7 +554,7 @@ impl Reader {
             // positions (`ResumeCheck` drops what earlier polls returned of a partition positioned
             // after them: checked against the new position, it could confirm a resume offset the
             // broker never answered from, and the messages after that offset were lost).
-            self.reposition(&mut reading, Instant::now());
+            self.reposition(&mut reading);
             let polled = self.consumer.poll(poll_timeout);
             let poll = reading.resumes.polled();
             let now = Instant::now();
@@ -619,7 +619,7 @@ impl Reader {
 
     /// Positions partitions again before the next poll: the pipeline's rewinds, and the broker
     /// workaround's seeks back for resumed partitions that stay silent.
-    fn reposition(&self, reading: &mut Reading, now: Instant) {
+    fn reposition(&self, reading: &mut Reading) {
         let mut repositioned: Vec<i32> = Vec::new();
         while let Ok(Command::Rewind {
             epoch,
@@ -647,6 +647,11 @@ impl Reader {
                 }
             }
         }
+        // The clock only when a partition awaits its answer: this runs before every poll.
+        if repositioned.is_empty() && !reading.resumes.awaits_answers() {
+            return;
+        }
+        let now = Instant::now();
         reading.resumes.expect(repositioned, now);
         let cursors = &reading.cursors;
         for (partition, back_to) in reading.resumes.stalled(|p| cursors.resume(p), now) {

@@ -165,6 +165,11 @@ impl ResumeCheck {
         }
     }
 
+    /// Whether a positioned partition still awaits its first answer (only then can one stall).
+    pub fn awaits_answers(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Partitions silent for too long since they were positioned, with where to seek them.
     pub fn stalled(
         &mut self,
