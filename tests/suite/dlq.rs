@@ -394,18 +394,46 @@ fn replay_headers(record: &Record) -> Option<String> {
         .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
 }
 
+/// A copy of the shipped parsing SQL that a test edits, as a user edits the file.
+struct EditedParseSql {
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    /// The shipped file's text.
+    shipped: String,
+}
+
+impl EditedParseSql {
+    /// The copy, with the shipped text until [`Self::write`].
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("campaign_events.sql");
+        let shipped = std::fs::read_to_string(repo_root().join("sql/campaign_events.sql")).unwrap();
+        std::fs::write(&path, &shipped).unwrap();
+        Self { dir, path, shipped }
+    }
+
+    /// Replaces the copy's text.
+    fn write(&self, sql: &str) {
+        std::fs::write(&self.path, sql).unwrap();
+    }
+
+    /// A pipeline that parses with the copy (and the shipped metrics SQL).
+    fn pipeline(&self) -> TestPipeline {
+        TestPipeline::with_sql(&self.path, &repo_root().join("sql/campaign_metrics.sql"))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_after_fixing_the_rule_lands_each_event_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let parse = dir.path().join("campaign_events.sql");
-    let original = std::fs::read_to_string(repo_root().join("sql/campaign_events.sql")).unwrap();
+    let sql = EditedParseSql::new();
+    let original = &sql.shipped;
     let blocking = original.replace(
         "    WHEN _revenue < 0 ",
         "    WHEN country = 'US'                              THEN 'blocked country: ' || country\n    WHEN _revenue < 0 ",
     );
-    assert_ne!(blocking, original);
-    std::fs::write(&parse, &blocking).unwrap();
-    let pipeline = TestPipeline::with_sql(&parse, &repo_root().join("sql/campaign_metrics.sql"));
+    assert_ne!(&blocking, original);
+    sql.write(&blocking);
+    let pipeline = sql.pipeline();
     ok(&pipeline, &["setup"]);
     ok(&pipeline, &["generate", "--count", "1000", "--seed", "3"]);
     ok(&pipeline, &["run", "--until-caught-up"]);
@@ -460,7 +488,7 @@ async fn replay_after_fixing_the_rule_lands_each_event_once() {
 
     // Fixed: the replays that failed again are new dead letters and go back once more; the
     // originals, replayed already, do not.
-    std::fs::write(&parse, &original).unwrap();
+    sql.write(original);
     let replay = ok(
         &pipeline,
         &["dlq", "replay", "--category", "blocked_country"],
@@ -647,9 +675,8 @@ fn monitor_without_a_duration_runs_until_interrupted_then_summarises() {
 /// `check --sample` names the line, and once the SQL is fixed a replay lands them.
 #[tokio::test(flavor = "multi_thread")]
 async fn events_the_parsing_sql_fails_on_are_dead_lettered_and_land_when_replayed_after_a_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let parse = dir.path().join("campaign_events.sql");
-    let original = std::fs::read_to_string(repo_root().join("sql/campaign_events.sql")).unwrap();
+    let sql = EditedParseSql::new();
+    let original = &sql.shipped;
     let lenient = original.replace(
         "    WHEN t['revenue'] <> 'number'                    THEN 'wrong type: revenue'\n",
         "",
@@ -658,9 +685,9 @@ async fn events_the_parsing_sql_fails_on_are_dead_lettered_and_land_when_replaye
         "try_cast(f['revenue'] AS DOUBLE)",
         "CAST(f['revenue'] AS DOUBLE)",
     );
-    assert!(lenient != original && strict != lenient);
-    std::fs::write(&parse, &strict).unwrap();
-    let pipeline = TestPipeline::with_sql(&parse, &repo_root().join("sql/campaign_metrics.sql"));
+    assert!(&lenient != original && strict != lenient);
+    sql.write(&strict);
+    let pipeline = sql.pipeline();
     ok(&pipeline, &["setup"]);
     let mut records: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
         .map(|i| (b"camp".to_vec(), event(i).to_payload()))
@@ -723,7 +750,7 @@ async fn events_the_parsing_sql_fails_on_are_dead_lettered_and_land_when_replaye
     assert_eq!(stats["total"], 2, "{stats}");
 
     // `check --sample` says which line the SQL fails on and why.
-    let sample = dir.path().join("sample.jsonl");
+    let sample = sql.dir.path().join("sample.jsonl");
     let mut lines = event(200).to_payload();
     lines.push(b'\n');
     lines.extend(with_field(201, "revenue", "twelve"));
@@ -735,7 +762,7 @@ async fn events_the_parsing_sql_fails_on_are_dead_lettered_and_land_when_replaye
     );
 
     // Fixed (`try_cast`: a revenue that is no number counts 0), the replays land once.
-    std::fs::write(&parse, &lenient).unwrap();
+    sql.write(&lenient);
     let replay = ok(
         &pipeline,
         &["dlq", "replay", "--category", "parsing_sql_failed"],

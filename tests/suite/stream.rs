@@ -1109,6 +1109,17 @@ fn codecs_by_file(pipeline: &TestPipeline, table: &str) -> BTreeMap<String, Vec<
         .collect()
 }
 
+/// The codecs of the files `after` lists and `before` does not.
+fn added<'a>(
+    before: &BTreeMap<String, Vec<String>>,
+    after: &'a BTreeMap<String, Vec<String>>,
+) -> Vec<(&'a String, &'a Vec<String>)> {
+    after
+        .iter()
+        .filter(|(path, _)| !before.contains_key(*path))
+        .collect()
+}
+
 /// Sets one property of `table`, as another engine's `ALTER TABLE … SET TBLPROPERTIES` does.
 async fn set_table_property(pipeline: &TestPipeline, table: &str, key: &str, value: &str) {
     use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -1166,10 +1177,7 @@ async fn commits_write_the_file_codec_and_compaction_the_tables_codec_property()
     let maintain = pipeline.cli(&["maintain"]);
     assert!(maintain.status.success(), "{}", text(&maintain));
     let after = codecs_by_file(&pipeline, "campaign_events");
-    let compacted: Vec<_> = after
-        .iter()
-        .filter(|(path, _)| !committed.contains_key(*path))
-        .collect();
+    let compacted = added(&committed, &after);
     assert!(!compacted.is_empty(), "{}", text(&maintain));
     for (path, codecs) in &compacted {
         assert!(
@@ -1199,10 +1207,7 @@ async fn commits_write_the_file_codec_and_compaction_the_tables_codec_property()
     let second = pipeline.cli(&["run", "--until-caught-up"]);
     assert!(second.status.success(), "{}", text(&second));
     let after = codecs_by_file(&pipeline, "campaign_events");
-    let new: Vec<_> = after
-        .iter()
-        .filter(|(path, _)| !before.contains_key(*path))
-        .collect();
+    let new = added(&before, &after);
     assert!(!new.is_empty());
     for (path, codecs) in &new {
         assert!(
