@@ -817,7 +817,13 @@ def as_a_user(args: argparse.Namespace) -> None:
     Superset saved them, the chart's results as shown and its saved query (SQL and rows, from the API,
     with the time bounds Superset applied). A chart of this name that an earlier run saved is deleted
     first, and an existing dataset on the table is used as it is (Superset allows one per table)."""
-    from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException, WebDriverException
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        ElementNotInteractableException,
+        StaleElementReferenceException,
+        TimeoutException,
+        WebDriverException,
+    )
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
@@ -843,18 +849,30 @@ def as_a_user(args: argparse.Namespace) -> None:
     wait = WebDriverWait(d, 60, poll_frequency=0.2)
     clickable = lambda how, what: wait.until(EC.element_to_be_clickable((how, what)))  # noqa: E731
 
-    def press(how: str, what: str) -> None:
-        """Click it once nothing covers it (a toast such as "The dataset has been saved" can, for
-        a few seconds)."""
+    def retried(action) -> None:
+        """Do it once what it acts on is drawn and nothing covers it. A toast such as "The dataset
+        has been saved" can cover an element for a few seconds, and React can redraw one between
+        finding and using it (the database selector does once the databases have loaded): both
+        are tried again, as is an input not yet ready for keys. Such an element refuses the click
+        or the keys, so nothing is ever done twice."""
 
-        def clicked(_drv) -> bool:
+        def done(_drv) -> bool:
             try:
-                clickable(how, what).click()
+                action()
                 return True
-            except ElementClickInterceptedException:
+            except (ElementClickInterceptedException, ElementNotInteractableException, StaleElementReferenceException):
                 return False
 
-        wait.until(clicked)
+        wait.until(done)
+
+    def press(how: str, what: str) -> None:
+        """Click it (see `retried`)."""
+        retried(lambda: clickable(how, what).click())
+
+    def type_into(how: str, what: str, *keys: str) -> None:
+        """Type into it (see `retried`); an Ant Design select's search input is transparent, so
+        it is found, not waited on as clickable."""
+        retried(lambda: d.find_element(how, what).send_keys(*keys))
 
     def shown(css: str):
         """The element on screen among those that match (SQL Lab keeps every tab's in the page)."""
@@ -863,28 +881,27 @@ def as_a_user(args: argparse.Namespace) -> None:
                 return e
         raise ApiError(f"nothing on screen matches {css}")
 
+    def option(text: str, by_child: bool = True) -> str:
+        """The enabled option of an open Ant Design select that reads `text`."""
+        child = f" or .//*[normalize-space(text())='{text}']" if by_child else ""
+        return (
+            "//div[contains(@class,'ant-select-item-option') and not(contains(@class,'disabled'))]"
+            f"[@title='{text}' or normalize-space(.)='{text}'{child}]"
+        )
+
     def pick(container_css: str, text: str) -> None:
         """An Ant Design select: open it, type, click the option that reads `text`."""
-        box = clickable(By.CSS_SELECTOR, container_css)
-        box.click()
-        box.find_element(By.CSS_SELECTOR, "input").send_keys(text)
-        clickable(
-            By.XPATH,
-            "//div[contains(@class,'ant-select-item-option') and not(contains(@class,'disabled'))]"
-            f"[@title='{text}' or normalize-space(.)='{text}' or .//*[normalize-space(text())='{text}']]",
-        ).click()
+        press(By.CSS_SELECTOR, container_css)
+        type_into(By.CSS_SELECTOR, f"{container_css} input", text)
+        press(By.XPATH, option(text))
 
     def pick_existing(container_css: str, text: str) -> None:
         """An Ant Design select that also offers to create what is typed: open it and click the
         listed option that reads `text`, without typing. Typed before the list had loaded, the
         text itself was offered as a new entry, and the chart went onto a new dashboard of the
         same name."""
-        clickable(By.CSS_SELECTOR, container_css).click()
-        clickable(
-            By.XPATH,
-            "//div[contains(@class,'ant-select-item-option') and not(contains(@class,'disabled'))]"
-            f"[@title='{text}' or normalize-space(.)='{text}']",
-        ).click()
+        press(By.CSS_SELECTOR, container_css)
+        press(By.XPATH, option(text, by_child=False))
 
     step = "logging in"
     out: dict = {}
@@ -895,24 +912,24 @@ def as_a_user(args: argparse.Namespace) -> None:
         d.get(f"{base}/sqllab/")
         wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, ".ace_editor") or drv.find_elements(By.CSS_SELECTOR, "[data-test='add-tab-icon']"))
         if not d.find_elements(By.CSS_SELECTOR, ".ace_editor"):  # every tab closed earlier: open one
-            clickable(By.CSS_SELECTOR, "[data-test='add-tab-icon']").click()
+            press(By.CSS_SELECTOR, "[data-test='add-tab-icon']")
             wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".ace_editor")))
-        clickable(By.CSS_SELECTOR, "[data-test='sql-editor-left-bar'] [data-test='DatabaseSelector']").click()
+        press(By.CSS_SELECTOR, "[data-test='sql-editor-left-bar'] [data-test='DatabaseSelector']")
         pick(".ant-popover [data-test='select-database']", DATABASE_NAME)
         pick(".ant-popover [data-test='Select schema']", schema)
-        clickable(By.XPATH, "//div[contains(@class,'ant-popover')]//button[normalize-space(.)='Select']").click()
+        press(By.XPATH, "//div[contains(@class,'ant-popover')]//button[normalize-space(.)='Select']")
         step = "SQL Lab's schema browser"
         tree = "//*[@data-test='sql-editor-left-bar']//*[@role='treeitem']"
-        clickable(By.XPATH, f"{tree}[normalize-space(.)='{schema}']").click()
-        clickable(By.XPATH, f"{tree}[normalize-space(.)='{table}']").click()
+        press(By.XPATH, f"{tree}[normalize-space(.)='{schema}']")
+        press(By.XPATH, f"{tree}[normalize-space(.)='{table}']")
         wait.until(EC.presence_of_element_located((By.XPATH, f"{tree}[contains(normalize-space(.),'window_start')]")))
         out["browser"] = [e.text for e in d.find_elements(By.XPATH, tree) if e.text]
         step = "a query in SQL Lab"
-        editor = shown(".ace_editor").find_element(By.CSS_SELECTOR, "textarea.ace_text-input")
-        editor.send_keys(Keys.CONTROL, "a")
-        editor.send_keys(Keys.DELETE)
-        editor.send_keys(args.sql)
-        shown("[data-test='run-query-action']").click()
+        editor = lambda: shown(".ace_editor").find_element(By.CSS_SELECTOR, "textarea.ace_text-input")  # noqa: E731
+        retried(lambda: editor().send_keys(Keys.CONTROL, "a"))
+        retried(lambda: editor().send_keys(Keys.DELETE))
+        retried(lambda: editor().send_keys(args.sql))
+        retried(lambda: shown("[data-test='run-query-action']").click())
         wait.until(lambda drv: any(e.is_displayed() for e in drv.find_elements(By.CSS_SELECTOR, "[data-test='south-pane'] .ag-center-cols-container [role='row']")))
         out["sqllab"] = d.execute_script(GRID_ROWS_JS, shown("[data-test='south-pane']"))
 
@@ -933,37 +950,36 @@ def as_a_user(args: argparse.Namespace) -> None:
         wait.until(lambda drv: "/explore" in drv.current_url)
 
         step = "the chart's x-axis"
-        clickable(By.CSS_SELECTOR, "[data-test='x_axis'] [data-test='dnd-labels-container']").click()
+        press(By.CSS_SELECTOR, "[data-test='x_axis'] [data-test='dnd-labels-container']")
         pick(".ant-popover [data-test='Columns and metrics']", TIME_COL)
-        clickable(By.CSS_SELECTOR, "[data-test='ColumnEdit#save']").click()
+        press(By.CSS_SELECTOR, "[data-test='ColumnEdit#save']")
         step = "the chart's time grain"
         pick("[data-test='Time Grain']", "Hour")
         step = "the chart's metric"
-        clickable(By.CSS_SELECTOR, "[data-test='metrics'] [data-test='dnd-labels-container']").click()
-        clickable(By.XPATH, "//div[contains(@class,'ant-popover')]//div[contains(@class,'ant-tabs-tab')][normalize-space(.)='Simple']").click()
+        press(By.CSS_SELECTOR, "[data-test='metrics'] [data-test='dnd-labels-container']")
+        press(By.XPATH, "//div[contains(@class,'ant-popover')]//div[contains(@class,'ant-tabs-tab')][normalize-space(.)='Simple']")
         pick(".ant-popover [data-test='Select column']", "impressions")
         pick(".ant-popover [data-test='Select aggregate options']", "SUM")
-        clickable(By.CSS_SELECTOR, "[data-test='AdhocMetricEdit#save']").click()
+        press(By.CSS_SELECTOR, "[data-test='AdhocMetricEdit#save']")
         step = "the chart's time range"
-        clickable(By.XPATH, f"//*[@data-test='adhoc_filters']//*[@data-test='control-label'][contains(.,'{TIME_COL}')]").click()
-        clickable(By.CSS_SELECTOR, "[data-test='time-range-trigger']").click()
+        press(By.XPATH, f"//*[@data-test='adhoc_filters']//*[@data-test='control-label'][contains(.,'{TIME_COL}')]")
+        press(By.CSS_SELECTOR, "[data-test='time-range-trigger']")
         pick("[data-test='Range type']", "Last")
-        clickable(By.XPATH, "//label[contains(@class,'ant-radio-wrapper')][normalize-space(.)='Last day']").click()
-        clickable(By.CSS_SELECTOR, "[data-test='date-filter-control__apply-button']").click()
-        clickable(By.CSS_SELECTOR, "[data-test='adhoc-filter-edit-popover-save-button']").click()
+        press(By.XPATH, "//label[contains(@class,'ant-radio-wrapper')][normalize-space(.)='Last day']")
+        press(By.CSS_SELECTOR, "[data-test='date-filter-control__apply-button']")
+        press(By.CSS_SELECTOR, "[data-test='adhoc-filter-edit-popover-save-button']")
         step = "running the chart"
         press(By.CSS_SELECTOR, "[data-test='run-query-button']")
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-test='chart-container'] canvas")))
-        clickable(By.XPATH, "//*[@data-test='some-purposeful-instance']//*[contains(@class,'ant-tabs-tab')][normalize-space(.)='Results']").click()
+        press(By.XPATH, "//*[@data-test='some-purposeful-instance']//*[contains(@class,'ant-tabs-tab')][normalize-space(.)='Results']")
         results = "[data-test='some-purposeful-instance'] .ag-center-cols-container [role='row']"
         wait.until(lambda drv: any(e.is_displayed() for e in drv.find_elements(By.CSS_SELECTOR, results)))
         out["chart_shown"] = d.execute_script(GRID_ROWS_JS, shown("[data-test='some-purposeful-instance']"))
 
         step = "saving the chart onto the dashboard"
         press(By.CSS_SELECTOR, "[data-test='query-save-button']")
-        name = clickable(By.CSS_SELECTOR, "[data-test='new-chart-name']")
-        name.send_keys(Keys.CONTROL, "a")
-        name.send_keys(USER_CHART)
+        type_into(By.CSS_SELECTOR, "[data-test='new-chart-name']", Keys.CONTROL, "a")
+        type_into(By.CSS_SELECTOR, "[data-test='new-chart-name']", USER_CHART)
         pick_existing(".ant-modal [data-test='Select a dashboard']", DASHBOARD_TITLE)
         press(By.XPATH, "//*[@data-test='save-modal-footer']//button[normalize-space(.)='Save & go to dashboard']")
         wait.until(lambda drv: "/superset/dashboard/" in drv.current_url)
