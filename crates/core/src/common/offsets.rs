@@ -41,11 +41,13 @@ impl Offsets {
 
     /// Raises a partition's next offset to `next` (never lowers it).
     pub fn advance(&mut self, topic: &str, partition: i32, next: i64) {
-        if self
-            .get(topic, partition)
-            .is_none_or(|current| current < next)
-        {
-            self.set(topic, partition, next);
+        // One lookup of the topic: the source calls this for every message.
+        match self.0.get_mut(topic) {
+            Some(partitions) => {
+                let current = partitions.entry(partition).or_insert(next);
+                *current = (*current).max(next);
+            }
+            None => self.set(topic, partition, next),
         }
     }
 
