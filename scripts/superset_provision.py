@@ -925,10 +925,16 @@ def as_a_user(args: argparse.Namespace) -> None:
         wait.until(EC.presence_of_element_located((By.XPATH, f"{tree}[contains(normalize-space(.),'window_start')]")))
         out["browser"] = [e.text for e in d.find_elements(By.XPATH, tree) if e.text]
         step = "a query in SQL Lab"
-        editor = lambda: shown(".ace_editor").find_element(By.CSS_SELECTOR, "textarea.ace_text-input")  # noqa: E731
-        retried(lambda: editor().send_keys(Keys.CONTROL, "a"))
-        retried(lambda: editor().send_keys(Keys.DELETE))
-        retried(lambda: editor().send_keys(args.sql))
+
+        def replace_query() -> None:
+            """Select all, delete, type: begun again whole if the editor is redrawn midway, so
+            no half-typed query is left to add to."""
+            editor = shown(".ace_editor").find_element(By.CSS_SELECTOR, "textarea.ace_text-input")
+            editor.send_keys(Keys.CONTROL, "a")
+            editor.send_keys(Keys.DELETE)
+            editor.send_keys(args.sql)
+
+        retried(replace_query)
         retried(lambda: shown("[data-test='run-query-action']").click())
         wait.until(lambda drv: any(e.is_displayed() for e in drv.find_elements(By.CSS_SELECTOR, "[data-test='south-pane'] .ag-center-cols-container [role='row']")))
         out["sqllab"] = d.execute_script(GRID_ROWS_JS, shown("[data-test='south-pane']"))
@@ -978,8 +984,9 @@ def as_a_user(args: argparse.Namespace) -> None:
 
         step = "saving the chart onto the dashboard"
         press(By.CSS_SELECTOR, "[data-test='query-save-button']")
-        type_into(By.CSS_SELECTOR, "[data-test='new-chart-name']", Keys.CONTROL, "a")
-        type_into(By.CSS_SELECTOR, "[data-test='new-chart-name']", USER_CHART)
+        # one action, so that a redraw between selecting and typing cannot leave the old name
+        # (Keys.NULL lets go of Ctrl, which the keys after it would otherwise be typed with)
+        type_into(By.CSS_SELECTOR, "[data-test='new-chart-name']", Keys.CONTROL, "a", Keys.NULL, Keys.DELETE, USER_CHART)
         pick_existing(".ant-modal [data-test='Select a dashboard']", DASHBOARD_TITLE)
         press(By.XPATH, "//*[@data-test='save-modal-footer']//button[normalize-space(.)='Save & go to dashboard']")
         wait.until(lambda drv: "/superset/dashboard/" in drv.current_url)
