@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::cursor::{Cursors, Rewound};
+use super::queue::{Fetched, HeaderName, MessageQueue, Taken};
 use super::quirks::{End, Poll, Rejoin, ResumeCheck, Resumed};
 use crate::common::summary::OffsetJump;
 use crate::common::{Offsets, Watermarks};
@@ -72,6 +72,9 @@ struct Shared {
     /// The source is stopping: the consumer's close may still run the rebalance callback, on
     /// whatever thread drops it (an async runtime's, where the resume lookup cannot block).
     closing: AtomicBool,
+    /// The queue assigned partitions are forwarded to (taken out before the consumer is
+    /// dropped: it must not outlive the client).
+    queue: Mutex<Option<Arc<MessageQueue>>>,
 }
 
 impl Shared {
@@ -157,13 +160,14 @@ impl SourceContext {
 }
 
 impl SourceContext {
-    /// Positions `partitions` (in `tpl`) where the tables stand, assigns them with `assign`,
-    /// and reports the new assignment to the reading thread.
+    /// Positions `partitions` (in `tpl`) where the tables stand, assigns them to `consumer`
+    /// with their messages forwarded to the source's queue, and reports the new assignment to
+    /// the reading thread.
     fn take_over(
         &self,
+        consumer: &BaseConsumer<Self>,
         partitions: &[i32],
         tpl: &mut TopicPartitionList,
-        assign: impl FnOnce(&TopicPartitionList) -> Result<(), KafkaError>,
     ) {
         let resume = match self.look_up(partitions) {
             Ok(resume) => resume,
@@ -191,7 +195,16 @@ impl SourceContext {
         }
         *lock(&self.shared.resume) = resume;
         tracing::info!(topic = %self.topic, partitions = ?assigned, "partitions assigned");
-        if let Err(err) = assign(tpl) {
+        // Before the assignment, so that fetching starts forwarded (a partition not forwarded
+        // is read from the consumer's own queue, one message a poll).
+        if let Some(queue) = lock(&self.shared.queue).as_ref() {
+            for partition in partitions {
+                if !queue.forward(consumer, &self.topic, *partition) {
+                    tracing::warn!(topic = %self.topic, partition, "forwarding the partition to the source's queue failed: reading it one message a poll");
+                }
+            }
+        }
+        if let Err(err) = consumer.assign(tpl) {
             tracing::error!("assigning partitions failed: {err}");
         }
         self.shared.report(Ok(SourceEvent::Assigned {
@@ -229,7 +242,7 @@ impl ConsumerContext for SourceContext {
             .filter(|e| e.topic() == self.topic)
             .map(|e| e.partition())
             .collect();
-        self.take_over(&partitions, tpl, |tpl| consumer.assign(tpl));
+        self.take_over(consumer, &partitions, tpl);
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {}
@@ -311,6 +324,7 @@ impl KafkaSource {
         };
         let consumer: BaseConsumer<SourceContext> =
             config.create_with_context(context).map_err(fail)?;
+        *lock(&shared.queue) = MessageQueue::new(&consumer).map(Arc::new);
         consumer.subscribe(&[&topic]).map_err(fail)?;
         let consumer = Arc::new(consumer);
         let (sender, events) = mpsc::channel(2);
@@ -328,9 +342,13 @@ impl KafkaSource {
         let thread = std::thread::Builder::new()
             .name(SOURCE_THREAD.into())
             .spawn(move || reader.run())
-            .map_err(|source| SourceError::Thread {
-                topic: topic.clone(),
-                source,
+            .map_err(|source| {
+                // Released before the consumer, which this return drops.
+                lock(&shared.queue).take();
+                SourceError::Thread {
+                    topic: topic.clone(),
+                    source,
+                }
             })?;
         Ok(Self {
             consumer,
@@ -448,6 +466,8 @@ impl Drop for KafkaSource {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The reading thread's handle went with it: this releases the queue before the client.
+        lock(&self.shared.queue).take();
     }
 }
 
@@ -476,6 +496,9 @@ struct Reading {
     /// The pipeline's last rewind: batches read before it carry an older one.
     epoch: u64,
 }
+
+/// How long the consumer's own queue stays the one waited on after it last handed a message.
+const OWN_QUEUE_QUIET: Duration = Duration::from_secs(1);
 
 /// How often a runner that holds no partition says so.
 const UNASSIGNED_REPORT: Duration = Duration::from_secs(10);
@@ -539,6 +562,9 @@ impl Reader {
 
     fn run(self) {
         let poll_timeout = self.options.max_wait.min(Duration::from_millis(100));
+        let queue = lock(&self.shared.queue).clone();
+        let replay_of = HeaderName::new(crate::common::REPLAY_OF_HEADER);
+        let mut taken = Taken::default();
         let mut reading = Reading {
             builder: BatchBuilder::new(self.options.max_rows),
             cursors: self.assignment(),
@@ -549,13 +575,23 @@ impl Reader {
         let mut idle = Unassigned::new();
         let mut rejoin = Rejoin::new(self.session_timeout);
         let mut rejoin_partial = Rejoin::new(self.session_timeout);
+        // When the consumer's own queue last handed a message: while it does, it is the one
+        // waited on (a partition whose forwarding did not take is read from it).
+        let mut own_queue_read: Option<Instant> = None;
         while !self.stop.load(Ordering::SeqCst) {
             // Rewinds and seeks back before the poll, so that what it returns comes from the new
             // positions (`ResumeCheck` drops what earlier polls returned of a partition positioned
             // after them: checked against the new position, it could confirm a resume offset the
             // broker never answered from, and the messages after that offset were lost).
             self.reposition(&mut reading);
-            let polled = self.consumer.poll(poll_timeout);
+            // The consumer's own queue: the group's events (the rebalance callback runs in this
+            // poll), and the messages of any partition not forwarded to the source's queue.
+            let own_wait = if queue.is_none() || own_queue_read.is_some() {
+                poll_timeout
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.consumer.poll(own_wait);
             let poll = reading.resumes.polled();
             let now = Instant::now();
             if self.take_rebalance(&mut reading, now).is_break() {
@@ -577,22 +613,73 @@ impl Reader {
             if rejoin_partial.due(partial, now).is_some() {
                 self.rejoin_if_alone(reading.cursors.len());
             }
-            let flow = match polled {
-                Some(Ok(message)) => {
-                    repeated_errors().recovered();
-                    self.arrived(&mut reading, &message, poll, now)
+            let handed = polled.is_some();
+            if matches!(polled, Some(Ok(_))) {
+                if own_queue_read.is_none() {
+                    tracing::debug!(topic = %self.options.topic, "a message on the consumer's own queue: a partition is not forwarded");
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    self.reached_end(&mut reading, partition, poll, now)
+                own_queue_read = Some(now);
+            } else if own_queue_read.is_some_and(|at| now.duration_since(at) > OWN_QUEUE_QUIET) {
+                own_queue_read = None;
+            }
+            if let Some(fetched) = polled {
+                if self
+                    .fetched(&mut reading, fetched, &replay_of, poll, now)
+                    .is_break()
+                {
+                    return;
                 }
-                Some(Err(err)) => {
-                    crate::client_log::report_error(&err, "reading the source topic");
-                    ControlFlow::Continue(())
-                }
-                None => ControlFlow::Continue(()),
-            };
-            if flow.is_break() || self.hand_on_batch(&mut reading, now).is_break() {
+            }
+            if self.hand_on_batch(&mut reading, now).is_break() {
                 return;
+            }
+            let Some(queue) = &queue else {
+                continue;
+            };
+            let wait = if handed || own_queue_read.is_some() {
+                Duration::ZERO
+            } else {
+                poll_timeout
+            };
+            queue.take(wait, &mut taken);
+            let mut fetched = taken.iter().peekable();
+            if fetched.peek().is_none() {
+                continue;
+            }
+            let poll = reading.resumes.polled();
+            let now = Instant::now();
+            for fetched in fetched {
+                if self
+                    .fetched(&mut reading, fetched, &replay_of, poll, now)
+                    .is_break()
+                    || self.hand_on_batch(&mut reading, now).is_break()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What one poll or take handed: a message, a partition's end, or an error.
+    fn fetched<M: Fetched>(
+        &self,
+        reading: &mut Reading,
+        fetched: Result<M, KafkaError>,
+        replay_of: &HeaderName,
+        poll: Poll,
+        now: Instant,
+    ) -> ControlFlow<()> {
+        match fetched {
+            Ok(message) => {
+                repeated_errors().recovered();
+                self.arrived(reading, &message, replay_of, poll, now)
+            }
+            Err(KafkaError::PartitionEOF(partition)) => {
+                self.reached_end(reading, partition, poll, now)
+            }
+            Err(err) => {
+                crate::client_log::report_error(&err, "reading the source topic");
+                ControlFlow::Continue(())
             }
         }
     }
@@ -670,7 +757,8 @@ impl Reader {
     fn arrived(
         &self,
         reading: &mut Reading,
-        message: &BorrowedMessage<'_>,
+        message: &impl Fetched,
+        replay_of: &HeaderName,
         poll: Poll,
         now: Instant,
     ) -> ControlFlow<()> {
@@ -727,11 +815,11 @@ impl Reader {
                 &self.options.topic,
                 partition,
                 offset,
-                message.timestamp().to_millis(),
+                message.timestamp_ms(),
                 message.key(),
                 message.payload(),
             );
-            if let Some(original) = crate::header_text(message, crate::common::REPLAY_OF_HEADER) {
+            if let Some(original) = message.header_text(replay_of) {
                 reading.builder.mark_replay(partition, offset, original);
             }
         }
@@ -847,7 +935,7 @@ impl Reader {
             }
             self.consumer
                 .context()
-                .take_over(&all, &mut tpl, |tpl| self.consumer.assign(tpl));
+                .take_over(&self.consumer, &all, &mut tpl);
             return;
         }
         tracing::warn!(

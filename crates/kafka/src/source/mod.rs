@@ -3,6 +3,7 @@
 
 mod cursor;
 pub mod kafka;
+mod queue;
 pub(crate) mod quirks;
 
 pub use kafka::{KafkaSource, ResumeLookup, SourceOptions, SOURCE_THREAD};
