@@ -491,9 +491,14 @@ async fn end_to_end(
         "run --until-caught-up (end to end)",
         per_second(summary.messages as usize, run.wall),
     );
+    let per_event = |cpu: Duration, events: usize| cpu.as_secs_f64() / events.max(1) as f64;
     row(
         "run --until-caught-up, CPU",
-        cpu_per_million(summary.messages as usize, run.cpu),
+        format!(
+            "{}, {:.2}x the plain consumer's",
+            cpu_per_million(summary.messages as usize, run.cpu),
+            per_event(run.cpu, summary.messages as usize) / per_event(plain.cpu, count).max(1e-12)
+        ),
     );
     stage_rows(&summary, &threads, run.cpu, row);
     row(
