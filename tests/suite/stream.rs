@@ -206,6 +206,48 @@ fn by_event_id(rows: Vec<Row>) -> BTreeMap<String, Row> {
     map
 }
 
+/// A partition left on the consumer's own queue (as a forwarding to the source's queue that did
+/// not take would leave it) is read beside the forwarded ones: every event lands once and every
+/// invalid one is dead-lettered once.
+#[cfg(feature = "test-hooks")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_read_from_the_consumers_own_queue_lands_like_the_others() {
+    let pipeline = TestPipeline::new();
+    let sent = setup_and_generate(
+        &pipeline,
+        &["--count", "3000", "--seed", "11", "--invalid-ratio", "0.1"],
+    );
+    assert!(
+        sent.iter().any(|r| r.partition == 1) && sent.iter().any(|r| r.partition != 1),
+        "events in partition 1 and in others"
+    );
+    let output = pipeline
+        .command(&["run", "--until-caught-up"])
+        .env("CAMPAIGN_TEST_UNFORWARDED_PARTITIONS", "1")
+        .output()
+        .expect("run the runner");
+    assert!(output.status.success(), "{}", text(&output));
+
+    let (valid, invalid): (Vec<&Record>, Vec<&Record>) =
+        sent.iter().partition(|r| expected(&r.payload).is_ok());
+    let want: BTreeMap<String, Row> = valid
+        .iter()
+        .filter_map(|r| expected(&r.payload).ok())
+        .map(|row| (row.event_id.clone(), row))
+        .collect();
+    let got = by_event_id(table_rows(&pipeline).await);
+    assert_eq!(got, want, "{}", text(&output));
+    let mut rejected: Vec<(i32, i64)> = dead_letters(&pipeline)
+        .iter()
+        .map(|(_, letter)| (letter.source.partition, letter.source.offset))
+        .collect();
+    rejected.sort_unstable();
+    let mut want_rejected: Vec<(i32, i64)> =
+        invalid.iter().map(|r| (r.partition, r.offset)).collect();
+    want_rejected.sort_unstable();
+    assert_eq!(rejected, want_rejected);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn valid_events_land_value_for_value_and_invalid_ones_in_the_dead_letter_queue() {
     let pipeline = TestPipeline::new();
