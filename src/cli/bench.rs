@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// Events for the end-to-end benchmark through the pipeline's broker; 0 skips it.
     #[arg(long, default_value_t = 1_000_000)]
     pub kafka_events: usize,
+    /// Alternating pairs of the plain consumer and one runner over those events, for the
+    /// median and spread of the end-to-end CPU ratio (1: the end-to-end run alone).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kafka_pairs: u64,
     /// Dead letters for the DLQ tools benchmark (stats, export) through the broker; 0 skips it.
     #[arg(long, default_value_t = 200_000)]
     pub dlq_events: usize,
@@ -77,6 +81,7 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
     let options = BenchOptions {
         memory_events: args.memory_events,
         kafka_events: args.kafka_events,
+        kafka_pairs: usize::try_from(args.kafka_pairs).unwrap_or(usize::MAX),
         batch_rows: pipeline.batch.max_rows,
         window_events: args.window_events,
         dlq_events: args.dlq_events,
