@@ -2,9 +2,9 @@
 //!
 //! rust-rdkafka hands out one message per poll, and each poll takes the queue's lock and reads
 //! the clock several times (librdkafka's timeout and poll-interval bookkeeping, rust-rdkafka's
-//! own): on a backlog that per-message overhead cost about as much as everything else the
-//! reading thread does. Here every assigned partition's fetch queue is forwarded to one queue
-//! of the source's, emptied with `rd_kafka_consume_batch_queue`, which pays that once per call.
+//! own): on a backlog that per-message overhead was most of the reading thread's time. Here
+//! every assigned partition's fetch queue is forwarded to one queue of the source's, emptied
+//! with `rd_kafka_consume_batch_queue`, which pays that once per call.
 //!
 //! Rebalance events stay on the consumer's own queue, which the reading thread still polls
 //! through rust-rdkafka: served by the batch call instead, they would be acknowledged by
