@@ -12,6 +12,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use arrow::array::BooleanBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Int8Array, StringArray, StructArray,
 };
@@ -159,6 +160,9 @@ impl ScalarUDFImpl for JsonFields {
         let input = arrow::compute::cast(&input, &DataType::Utf8)?;
         let input = input.as_string::<i32>();
         let rows = input.len();
+        // Every column's text is made of parts of the documents at most as long as they are
+        // (decoding escapes only shortens): with i32 offsets in the input, each column's fit.
+        debug_assert!(i32::try_from(input.values().len()).is_ok());
         // Every extracted value is a part of its document at most as long (decoding escapes only
         // shortens), so the input's bytes bound what all columns together hold.
         let per_column = input.values().len() / keys.len().max(1);
@@ -166,14 +170,14 @@ impl ScalarUDFImpl for JsonFields {
             .iter()
             .map(|_| FieldColumn::with_capacity(rows, per_column))
             .collect();
-        let mut valid = Vec::with_capacity(rows);
+        let mut valid = BooleanBufferBuilder::new(rows);
         let wanted = WantedKeys::new(&keys);
         for row in 0..rows {
             let ok =
                 input.is_valid(row) && extract(input.value(row), &wanted, &mut columns).is_ok();
-            valid.push(ok);
+            valid.append(ok);
             for column in &mut columns {
-                column.end_row(ok)?;
+                column.end_row(ok);
             }
         }
         let names: ArrayRef = Arc::new(StringArray::from(TYPE_NAMES.to_vec()));
@@ -192,7 +196,8 @@ impl ScalarUDFImpl for JsonFields {
             types,
             None,
         )?));
-        let array = StructArray::try_new(fields.clone(), texts, Some(NullBuffer::from(valid)))?;
+        let array =
+            StructArray::try_new(fields.clone(), texts, Some(NullBuffer::new(valid.finish())))?;
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
 }
@@ -205,7 +210,7 @@ struct FieldColumn {
     bytes: Vec<u8>,
     /// The JSON type of each row's value, as an index into [`TYPE_NAMES`] (0 where null).
     types: Vec<i8>,
-    valid: Vec<bool>,
+    valid: BooleanBufferBuilder,
     /// The JSON type of the value the row being read holds (`None`: absent or null so far).
     current: Option<i8>,
 }
@@ -218,7 +223,7 @@ impl FieldColumn {
             offsets,
             bytes: Vec::with_capacity(bytes),
             types: Vec::with_capacity(rows),
-            valid: Vec::with_capacity(rows),
+            valid: BooleanBufferBuilder::new(rows),
             current: None,
         }
     }
@@ -242,30 +247,37 @@ impl FieldColumn {
     }
 
     /// Closes the row: with the value read when the document was `ok`, else null.
-    fn end_row(&mut self, ok: bool) -> Result<()> {
+    fn end_row(&mut self, ok: bool) {
         if !ok {
             self.set_null();
         }
-        let Ok(end) = i32::try_from(self.bytes.len()) else {
-            return exec_err!("json_fields: more than 2 GiB of text in one batch");
-        };
-        self.offsets.push(end);
+        // No wider than i32: a column holds at most its batch's input text (see the caller).
+        self.offsets.push(self.bytes.len() as i32);
         self.types.push(self.current.unwrap_or(0));
-        self.valid.push(self.current.is_some());
+        self.valid.append(self.current.is_some());
         self.current = None;
-        Ok(())
     }
 
     /// The text column and the type column (dictionary-encoded over `names`).
-    fn finish(self, names: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
-        let nulls = NullBuffer::from(self.valid);
-        let text = StringArray::try_new(
-            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
-            Buffer::from_vec(self.bytes),
-            Some(nulls.clone()),
-        )?;
+    fn finish(mut self, names: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
+        let nulls = NullBuffer::new(self.valid.finish());
+        if names.len() != TYPE_NAMES.len() {
+            return exec_err!("json_fields: the type names are not the {TYPE_NAMES:?}");
+        }
+        // SAFETY: the offsets start at 0 and only grow (each row's end is the text's length
+        // then), and every part of the text was copied from a `&str` whole, so it is UTF-8
+        // with each row starting on a character boundary.
+        let text = unsafe {
+            StringArray::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(self.offsets)),
+                Buffer::from_vec(self.bytes),
+                Some(nulls.clone()),
+            )
+        };
         let kinds = Int8Array::new(ScalarBuffer::from(self.types), Some(nulls));
-        let kinds = DictionaryArray::try_new(kinds, names.clone())?;
+        // SAFETY: every key is a `type_of` code or 0, all below `TYPE_NAMES.len()`, the
+        // number of names (checked above).
+        let kinds = unsafe { DictionaryArray::new_unchecked(kinds, names.clone()) };
         Ok((Arc::new(text), Arc::new(kinds)))
     }
 }
@@ -357,7 +369,7 @@ mod tests {
             let ok = extract(doc, &wanted, &mut columns).is_ok();
             valid.push(ok);
             for column in &mut columns {
-                column.end_row(ok).unwrap();
+                column.end_row(ok);
             }
         }
         let names: ArrayRef = Arc::new(StringArray::from(TYPE_NAMES.to_vec()));
