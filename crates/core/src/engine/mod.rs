@@ -1,5 +1,6 @@
 //! The SQL engine: one DataFusion session per pipeline, with the JSON functions registered.
 
+pub mod blank_text;
 pub mod case_guard;
 pub mod case_inputs;
 pub mod flat_json;
