@@ -160,9 +160,6 @@ impl ScalarUDFImpl for JsonFields {
         let input = arrow::compute::cast(&input, &DataType::Utf8)?;
         let input = input.as_string::<i32>();
         let rows = input.len();
-        // Every column's text is made of parts of the documents at most as long as they are
-        // (decoding escapes only shortens): with i32 offsets in the input, each column's fit.
-        debug_assert!(i32::try_from(input.values().len()).is_ok());
         // Every extracted value is a part of its document at most as long (decoding escapes only
         // shortens), so the input's bytes bound what all columns together hold.
         let per_column = input.values().len() / keys.len().max(1);
@@ -251,7 +248,8 @@ impl FieldColumn {
         if !ok {
             self.set_null();
         }
-        // No wider than i32: a column holds at most its batch's input text (see the caller).
+        // Exact unless the text outgrew i32, which `finish` refuses (the rows' ends only grow,
+        // so the last is the largest).
         self.offsets.push(self.bytes.len() as i32);
         self.types.push(self.current.unwrap_or(0));
         self.valid.append(self.current.is_some());
@@ -261,12 +259,15 @@ impl FieldColumn {
     /// The text column and the type column (dictionary-encoded over `names`).
     fn finish(mut self, names: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
         let nulls = NullBuffer::new(self.valid.finish());
+        if i32::try_from(self.bytes.len()).is_err() {
+            return exec_err!("json_fields: more than 2 GiB of text in one batch");
+        }
         if names.len() != TYPE_NAMES.len() {
             return exec_err!("json_fields: the type names are not the {TYPE_NAMES:?}");
         }
-        // SAFETY: the offsets start at 0 and only grow (each row's end is the text's length
-        // then), and every part of the text was copied from a `&str` whole, so it is UTF-8
-        // with each row starting on a character boundary.
+        // SAFETY: the offsets start at 0, only grow (each row's end is the text's length then)
+        // and fit i32 (checked above); every part of the text was copied from a `&str` whole,
+        // so it is UTF-8 with each row starting on a character boundary.
         let text = unsafe {
             StringArray::new_unchecked(
                 OffsetBuffer::new_unchecked(ScalarBuffer::from(self.offsets)),
