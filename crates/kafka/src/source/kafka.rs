@@ -655,13 +655,12 @@ impl Reader {
                 poll_timeout
             };
             queue.take(wait, &mut taken);
-            let mut fetched = taken.iter().peekable();
-            if fetched.peek().is_none() {
+            if taken.is_empty() {
                 continue;
             }
             let poll = reading.resumes.polled();
             let now = Instant::now();
-            for fetched in fetched {
+            for fetched in taken.iter() {
                 if self
                     .fetched(&mut reading, fetched, &replay_of, poll, now)
                     .is_break()

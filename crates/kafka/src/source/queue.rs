@@ -125,6 +125,11 @@ pub(super) struct Taken {
 }
 
 impl Taken {
+    /// Whether the last take returned nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
     /// The messages in queue order: a fetched message, a partition's end, or an error.
     pub(super) fn iter(&self) -> impl Iterator<Item = Result<RawMessage<'_>, KafkaError>> {
         self.messages.iter().filter_map(|&message| {
