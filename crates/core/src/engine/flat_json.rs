@@ -35,6 +35,36 @@ static STRING_STOP: [bool; 256] = {
     stop
 };
 
+/// Each byte of a word, as a multiplier.
+const EVERY_BYTE: u64 = u64::from_le_bytes([1; 8]);
+/// The top bit of each byte of a word.
+const TOP_BITS: u64 = EVERY_BYTE << 7;
+
+/// The position of the first [`STRING_STOP`] byte of `bytes`, read a word (eight bytes) at a
+/// time: byte by byte, the scan of the strings was the largest part of the read.
+fn first_stop(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_le_bytes(*word);
+        // A byte of `x` below `n` (n <= 0x80) sets its top bit in `(x - n) & !x`; the borrow
+        // can also flag bytes above a flagged one, never below it, so the lowest flag is exact
+        // (and so is the lowest of several such masks ORed together).
+        let below = |x: u64, n: u8| x.wrapping_sub(EVERY_BYTE * u64::from(n)) & !x & TOP_BITS;
+        let stops = below(word, 0x20)
+            | below(word ^ (EVERY_BYTE * u64::from(b'"')), 1)
+            | below(word ^ (EVERY_BYTE * u64::from(b'\\')), 1);
+        if stops != 0 {
+            // Little-endian: the lowest byte of the word is the first in the text.
+            return Some(at + (stops.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = bytes.get(at..)?;
+    rest.iter()
+        .position(|&b| STRING_STOP[usize::from(b)])
+        .map(|i| at + i)
+}
+
 /// The keys a caller wants from each document, prepared once for every document of a batch.
 pub struct WantedKeys<'k> {
     names: &'k [&'k str],
@@ -156,10 +186,7 @@ impl<'a> Reader<'a> {
     /// The text up to the closing quote (the opening one already read).
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at;
-        let length = self.bytes[start..]
-            .iter()
-            .position(|&b| STRING_STOP[usize::from(b)])?;
-        let end = start + length;
+        let end = start + first_stop(self.bytes.get(start..)?)?;
         if self.bytes[end] != b'"' {
             return None;
         }
@@ -271,6 +298,34 @@ mod tests {
                 ("a", FlatValue::String("hé")),
                 ("a", FlatValue::Boolean("false")),
             ])
+        );
+    }
+
+    #[test]
+    fn the_word_scan_stops_where_the_byte_scan_does() {
+        let bytewise = |bytes: &[u8]| bytes.iter().position(|&b| STRING_STOP[usize::from(b)]);
+        // Every byte value at every place of texts around a word's length, after plain text
+        // and after bytes next to the stops (space, DEL, UTF-8's high bytes), so a borrow from
+        // one byte into the next would show.
+        for len in 0..=20 {
+            for fill in [b'a', b' ', b'!', 0x7f, 0x80, 0xc3, 0xff, b'#', b'['] {
+                for at in 0..len {
+                    for byte in 0..=255u8 {
+                        let mut text = vec![fill; len];
+                        text[at] = byte;
+                        assert_eq!(first_stop(&text), bytewise(&text), "{text:?}");
+                    }
+                }
+                let text = vec![fill; len];
+                assert_eq!(first_stop(&text), bytewise(&text), "{text:?}");
+            }
+        }
+        // Two stops: the first counts.
+        assert_eq!(first_stop(b"abcdefgh\\i\"j"), Some(8));
+        assert_eq!(first_stop(b"ab\"cdefgh\\"), Some(2));
+        assert_eq!(
+            first_stop("h\u{e9}llo w\u{f6}rld, caf\u{e9}\"".as_bytes()),
+            Some(20)
         );
     }
 
