@@ -65,23 +65,37 @@ fn first_stop(bytes: &[u8]) -> Option<usize> {
         .map(|i| at + i)
 }
 
+/// Whether `a` and `b`, of one length, hold the same bytes. Keys are short: from 8 to 16 bytes
+/// two overlapping words compare them without the call `==` makes to `memcmp`.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let word = |s: &[u8]| s.first_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
+    let last = |s: &[u8]| s.last_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
+    if a.len() == b.len() && (8..=16).contains(&a.len()) {
+        return word(a) == word(b) && last(a) == last(b);
+    }
+    a == b
+}
+
 /// The keys a caller wants from each document, prepared once for every document of a batch.
 pub struct WantedKeys<'k> {
     names: &'k [&'k str],
-    /// Whether each name can be matched against a document's bytes as they stand: one without a
-    /// quote, backslash or control character is written the same in every document that has it
-    /// without escapes.
-    literal: Vec<bool>,
+    /// Each name with its closing quote, when it can be matched against a document's bytes as
+    /// they stand: one without a quote, backslash or control character is written the same in
+    /// every document that has it without escapes.
+    quoted: Vec<Option<Vec<u8>>>,
 }
 
 impl<'k> WantedKeys<'k> {
     /// The keys `names`, in the order the caller numbers them.
     pub fn new(names: &'k [&'k str]) -> Self {
-        let literal = names
+        let quoted = names
             .iter()
-            .map(|name| !name.bytes().any(|b| STRING_STOP[usize::from(b)]))
+            .map(|name| {
+                (!name.bytes().any(|b| STRING_STOP[usize::from(b)]))
+                    .then(|| [name.as_bytes(), b"\""].concat())
+            })
             .collect();
-        Self { names, literal }
+        Self { names, quoted }
     }
 
     /// The index of `key`, trying `guess` first: documents tend to list their fields in one
@@ -170,12 +184,14 @@ impl<'a> Reader<'a> {
     fn key(&mut self, keys: &WantedKeys<'_>, guess: usize) -> Option<Option<usize>> {
         // The expected key and its closing quote, byte for byte: no need to look for the end
         // of the string and compare it apart.
-        if let (Some(name), Some(true)) = (keys.names.get(guess), keys.literal.get(guess)) {
-            let end = self.at + name.len();
-            if self.bytes.get(self.at..end) == Some(name.as_bytes())
-                && self.bytes.get(end) == Some(&b'"')
+        if let Some(Some(quoted)) = keys.quoted.get(guess) {
+            let end = self.at + quoted.len();
+            if self
+                .bytes
+                .get(self.at..end)
+                .is_some_and(|text| same_bytes(text, quoted))
             {
-                self.at = end + 1;
+                self.at = end;
                 return Some(Some(guess));
             }
         }
@@ -327,6 +343,20 @@ mod tests {
             first_stop("h\u{e9}llo w\u{f6}rld, caf\u{e9}\"".as_bytes()),
             Some(20)
         );
+    }
+
+    #[test]
+    fn short_texts_compare_equal_only_when_every_byte_is() {
+        for len in 0..=20 {
+            let text: Vec<u8> = (0..len).map(|i| b'a' + i as u8).collect();
+            assert!(same_bytes(&text, &text.clone()));
+            for at in 0..len {
+                let mut other = text.clone();
+                other[at] ^= 0x20;
+                assert!(!same_bytes(&text, &other), "{len} bytes, byte {at}");
+            }
+        }
+        assert!(!same_bytes(b"abcdefgh", b"abcdefghi"));
     }
 
     #[test]
