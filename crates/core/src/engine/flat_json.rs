@@ -65,8 +65,8 @@ fn first_stop(bytes: &[u8]) -> Option<usize> {
         .map(|i| at + i)
 }
 
-/// Whether `a` and `b`, of one length, hold the same bytes. Keys are short: from 8 to 16 bytes
-/// two overlapping words compare them without the call `==` makes to `memcmp`.
+/// Whether `a` and `b` hold the same bytes. Keys are short: two of one length from 8 to 16
+/// bytes are compared as two overlapping words, without the call `==` makes to `memcmp`.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let word = |s: &[u8]| s.first_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
     let last = |s: &[u8]| s.last_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
