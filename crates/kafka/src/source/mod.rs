@@ -2,6 +2,7 @@
 //! of `kafka_records` rows, with the broker workarounds it needs.
 
 mod cursor;
+mod headers;
 pub mod kafka;
 mod queue;
 pub(crate) mod quirks;

@@ -249,6 +249,9 @@ impl Fetched for RawMessage<'_> {
     }
 
     fn header_text(&self, name: &HeaderName) -> Option<String> {
+        if !super::headers::may_have_headers(self.message) {
+            return None;
+        }
         let mut headers = ptr::null_mut();
         let mut value: *const c_void = ptr::null();
         let mut size = 0usize;
@@ -292,5 +295,137 @@ impl Fetched for rdkafka::message::BorrowedMessage<'_> {
 
     fn header_text(&self, name: &HeaderName) -> Option<String> {
         crate::header_text(self, name.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::super::headers::{layout_trusted, may_have_headers};
+    use super::{Fetched, HeaderName, MessageQueue, Taken};
+
+    const TOPIC: &str = "headers";
+    const MARK: &str = "campaign-pipeline.replay-of";
+
+    /// A message to produce: its payload and headers (name, value).
+    struct Case {
+        payload: Option<&'static [u8]>,
+        headers: Vec<(&'static str, Option<&'static [u8]>)>,
+    }
+
+    impl Case {
+        /// The mark's value the source must read from this message.
+        fn mark(&self) -> Option<String> {
+            self.headers
+                .iter()
+                .find(|(name, _)| *name == MARK)
+                .and_then(|(_, value)| *value)
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+        }
+    }
+
+    #[test]
+    fn messages_without_headers_are_told_apart_unparsed_and_the_mark_is_read_from_the_others() {
+        let cases = [
+            Case {
+                payload: Some(b"{}"),
+                headers: vec![],
+            },
+            Case {
+                payload: Some(b"{}"),
+                headers: vec![(MARK, Some(b"campaign_events/0/5"))],
+            },
+            Case {
+                payload: Some(b"{}"),
+                headers: vec![("other", Some(b"x")), (MARK, Some(b"t/2/9"))],
+            },
+            Case {
+                payload: Some(b"{}"),
+                headers: vec![(MARK, None)],
+            },
+            Case {
+                payload: Some(b"{}"),
+                headers: vec![("other", Some(b""))],
+            },
+            Case {
+                payload: Some(b""),
+                headers: vec![],
+            },
+            Case {
+                payload: None,
+                headers: vec![],
+            },
+            Case {
+                payload: Some(b"{\"a\":1}"),
+                headers: vec![],
+            },
+        ];
+        let cluster = MockCluster::new(1).expect("librdkafka's mock cluster");
+        cluster.create_topic(TOPIC, 1, 1).expect("topic");
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", cluster.bootstrap_servers());
+        let producer: BaseProducer = client.create().expect("producer");
+        for case in &cases {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &case.headers {
+                headers = headers.insert(Header { key, value: *value });
+            }
+            let mut record = BaseRecord::<[u8], [u8]>::to(TOPIC)
+                .key(b"k")
+                .headers(headers);
+            if let Some(payload) = case.payload {
+                record = record.payload(payload);
+            }
+            producer.send(record).map_err(|(e, _)| e).expect("queued");
+        }
+        producer.flush(Duration::from_secs(30)).expect("delivered");
+
+        let consumer: BaseConsumer = client
+            .clone()
+            .set("group.id", "headers-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let queue = MessageQueue::new(&consumer).expect("queue");
+        assert!(queue.forward(&consumer, TOPIC, 0));
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(TOPIC, 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&assignment).expect("assigned");
+
+        let name = HeaderName::new(MARK);
+        let mut read = Vec::new();
+        let mut taken = Taken::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read.len() < cases.len() && Instant::now() < deadline {
+            let _ = consumer.poll(Duration::ZERO);
+            queue.take(Duration::from_millis(100), &mut taken);
+            for message in taken.iter().filter_map(Result::ok) {
+                read.push((
+                    message.offset(),
+                    may_have_headers(message.message),
+                    message.header_text(&name),
+                ));
+            }
+        }
+        assert_eq!(read.len(), cases.len(), "every message read back: {read:?}");
+        assert_eq!(
+            layout_trusted(),
+            Some(true),
+            "the mirror matches this librdkafka"
+        );
+        for (case, (offset, may_have, mark)) in cases.iter().zip(&read) {
+            assert_eq!(*may_have, !case.headers.is_empty(), "offset {offset}");
+            assert_eq!(*mark, case.mark(), "offset {offset}");
+        }
     }
 }
