@@ -159,11 +159,7 @@ impl PhysicalExpr for AllSpaces {
 mod tests {
     use arrow::array::{ArrayRef, StringArray};
     use arrow::datatypes::Field;
-    use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::datasource::MemTable;
-    use datafusion::physical_plan::projection::ProjectionExec;
-    use datafusion::physical_plan::{collect, displayable};
-    use datafusion::prelude::SessionContext;
 
     use super::*;
 
@@ -183,30 +179,14 @@ mod tests {
         ]));
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, true)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![texts]).expect("batch");
-        let ctx = SessionContext::new();
         let table = MemTable::try_new(schema, vec![vec![batch]]).expect("table");
-        ctx.register_table("t", Arc::new(table)).expect("register");
-        let frame = ctx.sql(select).await.expect("plans");
-        let plan = frame.create_physical_plan().await.expect("physical plan");
-        let ours = test_blanks_directly(plan.clone()).expect("rewrites");
-        let mut found = 0;
-        ours.apply(|node| {
-            if let Some(projection) = node.as_any().downcast_ref::<ProjectionExec>() {
-                for projected in projection.expr() {
-                    projected.expr.apply(|e| {
-                        found += usize::from(e.as_any().is::<AllSpaces>());
-                        Ok(TreeNodeRecursion::Continue)
-                    })?;
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })
-        .expect("walks the plan");
-        let shown = displayable(ours.as_ref()).indent(true).to_string();
-        assert_eq!(found, rewritten, "{shown}");
-        let theirs = collect(plan, ctx.task_ctx()).await.expect("runs");
-        let ours = collect(ours, ctx.task_ctx()).await.expect("runs");
-        assert_eq!(theirs, ours);
+        crate::engine::projections::assert_rewrite_same_as_datafusion::<AllSpaces>(
+            table,
+            select,
+            test_blanks_directly,
+            rewritten,
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 pub mod blank_text;
 pub mod case_guard;
 pub mod case_inputs;
+pub mod dictionary_text;
 pub mod flat_json;
 pub mod json_fields;
 pub mod now;

@@ -41,3 +41,41 @@ pub fn rewrite_projections(
     })
     .map(|t| t.data)
 }
+
+/// For the rewrites' tests: `select` over the table `t`, run as DataFusion plans it and as
+/// `rewrite` rewrites that plan; asserts both give the same batches and the rewritten
+/// projections hold `rewritten` expressions of type `E`.
+#[cfg(test)]
+pub(crate) async fn assert_rewrite_same_as_datafusion<E: 'static>(
+    t: datafusion::datasource::MemTable,
+    select: &str,
+    rewrite: impl Fn(Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>>,
+    rewritten: usize,
+) {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::physical_plan::{collect, displayable};
+
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", Arc::new(t)).expect("register");
+    let frame = ctx.sql(select).await.expect("plans");
+    let plan = frame.create_physical_plan().await.expect("physical plan");
+    let ours = rewrite(plan.clone()).expect("rewrites");
+    let mut found = 0;
+    ours.apply(|node| {
+        if let Some(projection) = node.as_any().downcast_ref::<ProjectionExec>() {
+            for projected in projection.expr() {
+                projected.expr.apply(|e| {
+                    found += usize::from(e.as_any().is::<E>());
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("walks the plan");
+    let shown = displayable(ours.as_ref()).indent(true).to_string();
+    assert_eq!(found, rewritten, "{shown}");
+    let theirs = collect(plan, ctx.task_ctx()).await.expect("runs");
+    let ours = collect(ours, ctx.task_ctx()).await.expect("runs");
+    assert_eq!(theirs, ours, "{shown}");
+}

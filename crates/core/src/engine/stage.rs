@@ -91,6 +91,7 @@ impl SqlStage {
         let plan = super::case_guard::guard_long_cases(plan)?;
         let plan = super::utc_timestamps::read_utc_text_directly(plan)?;
         let plan = super::blank_text::test_blanks_directly(plan)?;
+        let plan = super::dictionary_text::compare_dictionary_text_once(plan)?;
         // Last: the CASEs it rewrites hide their branches from rewrites that come after.
         let plan = super::case_inputs::narrow_case_inputs(plan)?;
         Self::from_physical(ctx, plan)
