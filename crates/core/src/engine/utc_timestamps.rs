@@ -21,6 +21,7 @@ use arrow::datatypes::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use arrow::record_batch::RecordBatch;
+use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::common::format::DEFAULT_FORMAT_OPTIONS;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
@@ -153,56 +154,19 @@ fn cast<T: ArrowTimestampType>(text: &StringArray, tz: &Tz, zone: &Option<Arc<st
         .iter()
         .map(|value| {
             let value = value?;
-            match utc(value) {
-                Some(instant) => instant.in_unit(T::UNIT),
-                None => {
-                    T::from_naive_datetime(string_to_datetime(tz, value).ok()?.naive_utc(), None)
-                }
-            }
+            let naive = match utc(value) {
+                Some(naive) => naive,
+                None => string_to_datetime(tz, value).ok()?.naive_utc(),
+            };
+            T::from_naive_datetime(naive, None)
         })
         .collect();
     Arc::new(cast.with_timezone_opt(zone.clone()))
 }
 
-/// An instant read from text: whole seconds since the epoch and the nanoseconds past them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct UtcInstant {
-    seconds: i64,
-    nanos: u32,
-}
-
-impl UtcInstant {
-    /// The instant counted in `unit`, as Arrow's timestamp types count a UTC date and time
-    /// (`None` where that overflows).
-    fn in_unit(self, unit: TimeUnit) -> Option<i64> {
-        let nanos = i64::from(self.nanos);
-        match unit {
-            TimeUnit::Second => Some(self.seconds),
-            TimeUnit::Millisecond => self
-                .seconds
-                .checked_mul(1_000)?
-                .checked_add(nanos / 1_000_000),
-            TimeUnit::Microsecond => self
-                .seconds
-                .checked_mul(1_000_000)?
-                .checked_add(nanos / 1_000),
-            TimeUnit::Nanosecond => {
-                // As chrono counts it: a second before the epoch lends its nanoseconds, so that
-                // the earliest instant that fits still does.
-                let (seconds, nanos) = if self.seconds < 0 && nanos > 0 {
-                    (self.seconds + 1, nanos - 1_000_000_000)
-                } else {
-                    (self.seconds, nanos)
-                };
-                seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
-            }
-        }
-    }
-}
-
 /// The instant `text` names when it is exactly `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, with 1 to
-/// 9 fraction digits and a valid date and time (no leap second); `None` for anything else.
-fn utc(text: &str) -> Option<UtcInstant> {
+/// 9 fraction digits and a valid date and time; `None` for anything else.
+fn utc(text: &str) -> Option<NaiveDateTime> {
     let (head, rest) = text.as_bytes().split_at_checked(19)?;
     let number = |digits: &[u8]| -> Option<u32> {
         digits.iter().try_fold(0_u32, |n, &c| {
@@ -221,41 +185,12 @@ fn utc(text: &str) -> Option<UtcInstant> {
         _ => return None,
     };
     let field = |from: usize, to: usize| head.get(from..to).and_then(number);
-    let (year, month, day) = (field(0, 4)?, field(5, 7)?, field(8, 10)?);
-    let (hour, minute, second) = (field(11, 13)?, field(14, 16)?, field(17, 19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let days = days_from_civil(i64::from(year), month, day);
-    let seconds = days * 86_400 + i64::from(hour * 3_600 + minute * 60 + second);
-    Some(UtcInstant { seconds, nanos })
-}
-
-/// Days in `month` (1 to 12) of `year` in the proleptic Gregorian calendar.
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a valid date (Howard Hinnant's `days_from_civil`: years counted
-/// from March, so that the leap day ends its year, in eras of 400 years).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = i64::from((month + 9) % 12);
-    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    NaiveDate::from_ymd_opt(
+        i32::try_from(field(0, 4)?).ok()?,
+        field(5, 7)?,
+        field(8, 10)?,
+    )?
+    .and_hms_nano_opt(field(11, 13)?, field(14, 16)?, field(17, 19)?, nanos)
 }
 
 #[cfg(test)]
@@ -352,34 +287,9 @@ mod tests {
 
     #[test]
     fn reads_the_usual_layout_itself() {
-        let instant = utc("2026-11-28T03:16:37.123Z").expect("read directly");
-        assert_eq!(instant.seconds, 1_795_835_797);
-        assert_eq!(instant.nanos, 123_000_000);
+        let naive = utc("2026-11-28T03:16:37.123Z").expect("read directly");
+        assert_eq!(naive.to_string(), "2026-11-28 03:16:37.123");
         assert_eq!(utc("2026-11-28T03:16:37+02:00"), None);
         assert_eq!(utc("2026-02-30T00:00:00Z"), None);
-    }
-
-    #[test]
-    fn counts_days_and_months_as_chrono_does_over_every_day_of_years_0_to_9999() {
-        use chrono::{Datelike, NaiveDate};
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
-        let mut date = NaiveDate::from_ymd_opt(0, 1, 1).expect("a date");
-        while date.year() <= 9999 {
-            let days = days_from_civil(i64::from(date.year()), date.month(), date.day());
-            assert_eq!(days, (date - epoch).num_days(), "{date}");
-            date = date.succ_opt().expect("a next day");
-        }
-        for year in 0..=2400 {
-            for month in 1..=12 {
-                for day in 28..=31 {
-                    let valid = NaiveDate::from_ymd_opt(year as i32, month, day).is_some();
-                    assert_eq!(
-                        day <= days_in_month(year, month),
-                        valid,
-                        "{year}-{month}-{day}"
-                    );
-                }
-            }
-        }
     }
 }
