@@ -9,9 +9,9 @@
 //! `rd_kafka_message_t`), where a lone zero byte means no headers.
 //!
 //! That struct is private to librdkafka, so [`MessageLayout`] mirrors it for the release this
-//! build links, and the mirror is trusted only when the library linked is that release and, on
-//! the first message looked at, four of its fields read through the mirror agree with librdkafka's
-//! public accessors. Otherwise every message is asked through the API, as before.
+//! build links, and the mirror is trusted only when the library linked is that release and the
+//! first message with a payload reads through it as librdkafka reads it (see [`layout_agrees`]).
+//! Otherwise every message is asked through the API, as before, for the rest of the process.
 
 use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
