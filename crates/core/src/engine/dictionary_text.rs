@@ -298,4 +298,34 @@ mod tests {
         )
         .await;
     }
+
+    #[test]
+    fn a_dictionary_of_many_values_gives_arrows_answers() {
+        let names: Vec<String> = (0..100).map(|i| format!("v{i}")).collect();
+        let values: ArrayRef = Arc::new(StringArray::from(names));
+        let keys = Int8Array::from(vec![Some(0), Some(5), Some(63), Some(64), Some(99), None]);
+        let dictionary: ArrayRef =
+            Arc::new(DictionaryArray::try_new(keys, values).expect("dictionary"));
+        let texts = arrow::compute::cast(&dictionary, &DataType::Utf8).expect("decoded");
+        let column = Arc::new(datafusion::physical_expr::expressions::Column::new("d", 0));
+        for (op, text) in [
+            (Operator::Eq, "v64"),
+            (Operator::NotEq, "v64"),
+            (Operator::Eq, "v5"),
+        ] {
+            let literal = Arc::new(Literal::new(ScalarValue::Utf8(Some(text.to_string()))));
+            let comparison = DictionaryTextComparison::new(column.clone(), literal, false, op);
+            let scalar = StringArray::new_scalar(text);
+            let expected = match op {
+                Operator::Eq => arrow::compute::kernels::cmp::eq(&texts, &scalar),
+                _ => arrow::compute::kernels::cmp::neq(&texts, &scalar),
+            }
+            .expect("compares");
+            assert_eq!(
+                comparison.compare(&dictionary),
+                Some(expected),
+                "{op} {text}"
+            );
+        }
+    }
 }
