@@ -10,7 +10,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
-scripts/broker.sh install
+# tansu compiles for about ten minutes on a fresh machine and leaves a core idle much of that
+# time: it builds beside the other installs and the workspace's own build, and the tests wait
+# for it only when they are about to start.
+tansu_log=$(mktemp)
+scripts/broker.sh install >"$tansu_log" 2>&1 &
+tansu_install=$!
+tansu_installed() {
+  if wait "$tansu_install"; then
+    tail -n 2 "$tansu_log"
+    rm -f "$tansu_log"
+    return
+  fi
+  cat "$tansu_log" >&2
+  echo "installing the tansu broker failed (its output above; scripts/broker.sh install)" >&2
+  exit 1
+}
 scripts/seaweedfs.sh install
 scripts/pyiceberg.sh install
 scripts/superset.sh install
@@ -37,9 +52,17 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 # Panics keep their backtraces (RUST_BACKTRACE); error values do not: iceberg captures one for
 # every error it builds, also for the ones it builds and drops while reading a table.
 export RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE:-0}
+tests=(cargo test --locked --all-targets --features test-hooks)
 if [ $# -eq 0 ]; then
+  "${tests[@]}" --no-run
+  tansu_installed
   # Every test binary: the ones that mostly wait on servers side by side, then the simulation
-  # alone (scripts/test-binaries.py says why).
+  # alone (scripts/test-binaries.py says why). The build above left nothing for it to build.
   exec scripts/test-binaries.py
 fi
-cargo test --locked --all-targets --features test-hooks "$@"
+case " $* " in
+  *" --no-run "*) "${tests[@]}" "$@" ;;
+  *) "${tests[@]}" --no-run "$@" ;;
+esac
+tansu_installed
+exec "${tests[@]}" "$@"
