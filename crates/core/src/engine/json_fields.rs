@@ -16,7 +16,7 @@ use arrow::array::BooleanBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Int8Array, StringArray, StructArray,
 };
-use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::{exec_err, plan_err, ScalarValue};
 use datafusion::error::Result;
@@ -205,12 +205,19 @@ impl ScalarUDFImpl for JsonFields {
 struct FieldColumn {
     offsets: Vec<i32>,
     bytes: Vec<u8>,
-    /// The JSON type of each row's value, as an index into [`TYPE_NAMES`] (0 where null).
-    types: Vec<i8>,
-    valid: BooleanBufferBuilder,
-    /// The JSON type of the value the row being read holds (`None`: absent or null so far).
-    current: Option<i8>,
+    /// Each row's [`TypeCode`]. The rows' validity is derived from these once the batch is
+    /// read: a bit appended per row and column cost more than the pass at the end.
+    codes: Vec<TypeCode>,
+    /// Where the row being read starts in `bytes`: the end of the last row closed.
+    start: usize,
+    /// The [`TypeCode`] of the value the row being read holds.
+    current: TypeCode,
 }
+
+/// A row's JSON type as one plus its index into [`TYPE_NAMES`]; [`NULL_CODE`] where the value
+/// is absent or null.
+type TypeCode = u8;
+const NULL_CODE: TypeCode = 0;
 
 impl FieldColumn {
     fn with_capacity(rows: usize, bytes: usize) -> Self {
@@ -219,28 +226,23 @@ impl FieldColumn {
         Self {
             offsets,
             bytes: Vec::with_capacity(bytes),
-            types: Vec::with_capacity(rows),
-            valid: BooleanBufferBuilder::new(rows),
-            current: None,
+            codes: Vec::with_capacity(rows),
+            start: 0,
+            current: NULL_CODE,
         }
-    }
-
-    /// Where the row being read starts in `bytes`: the end of the last row closed.
-    fn row_start(&self) -> usize {
-        self.offsets.last().map_or(0, |&end| end as usize)
     }
 
     /// The row's value is `text`, of JSON type `kind` (replacing an earlier one of the row).
     fn set(&mut self, text: &str, kind: i8) {
-        self.bytes.truncate(self.row_start());
+        self.bytes.truncate(self.start);
         self.bytes.extend_from_slice(text.as_bytes());
-        self.current = Some(kind);
+        self.current = kind as TypeCode + 1;
     }
 
     /// The row's value is null (replacing an earlier one of the row).
     fn set_null(&mut self) {
-        self.bytes.truncate(self.row_start());
-        self.current = None;
+        self.bytes.truncate(self.start);
+        self.current = NULL_CODE;
     }
 
     /// Closes the row: with the value read when the document was `ok`, else null.
@@ -248,17 +250,20 @@ impl FieldColumn {
         if !ok {
             self.set_null();
         }
+        self.start = self.bytes.len();
         // Exact unless the text outgrew i32, which `finish` refuses (the rows' ends only grow,
         // so the last is the largest).
-        self.offsets.push(self.bytes.len() as i32);
-        self.types.push(self.current.unwrap_or(0));
-        self.valid.append(self.current.is_some());
-        self.current = None;
+        self.offsets.push(self.start as i32);
+        self.codes.push(self.current);
+        self.current = NULL_CODE;
     }
 
     /// The text column and the type column (dictionary-encoded over `names`).
-    fn finish(mut self, names: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
-        let nulls = NullBuffer::new(self.valid.finish());
+    fn finish(self, names: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
+        let codes = self.codes;
+        let nulls = NullBuffer::new(BooleanBuffer::collect_bool(codes.len(), |row| {
+            codes[row] != NULL_CODE
+        }));
         if i32::try_from(self.bytes.len()).is_err() {
             return exec_err!("json_fields: more than 2 GiB of text in one batch");
         }
@@ -275,9 +280,13 @@ impl FieldColumn {
                 Some(nulls.clone()),
             )
         };
-        let kinds = Int8Array::new(ScalarBuffer::from(self.types), Some(nulls));
-        // SAFETY: every key is a `type_of` code or 0, all below `TYPE_NAMES.len()`, the
-        // number of names (checked above).
+        let keys: Vec<i8> = codes
+            .iter()
+            .map(|&code| code.saturating_sub(1) as i8)
+            .collect();
+        let kinds = Int8Array::new(ScalarBuffer::from(keys), Some(nulls));
+        // SAFETY: every key is a `type_of` code or 0 (under a null), all below
+        // `TYPE_NAMES.len()`, the number of names (checked above).
         let kinds = unsafe { DictionaryArray::new_unchecked(kinds, names.clone()) };
         Ok((Arc::new(text), Arc::new(kinds)))
     }
