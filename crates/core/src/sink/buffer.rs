@@ -9,11 +9,12 @@
 
 use std::collections::HashMap;
 
-use arrow::array::UInt32Array;
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use iceberg::spec::Struct;
+
+use super::partition::{PartitionGroups, PartitionPart};
 
 /// Rows handed to the encoder at a time: bounds the copy a partition's rows make on their way
 /// into its file.
@@ -33,33 +34,17 @@ impl BufferedRows {
     /// The rows are put in partition order now, while the batch the SQL just produced is still
     /// in the CPU's cache: gathering them at the commit instead read each row back from
     /// wherever it lay among everything buffered (`interleave` led the commit's profile).
-    pub fn push(
-        &mut self,
-        batch: RecordBatch,
-        groups: Vec<(Struct, Vec<u32>)>,
-    ) -> Result<(), ArrowError> {
+    pub fn push(&mut self, batch: RecordBatch, groups: PartitionGroups) -> Result<(), ArrowError> {
         self.rows += batch.num_rows() as u64;
-        let in_order = match groups.as_slice() {
-            // One group that lists every row in order: the batch as it is.
-            [(_, rows)] => {
-                rows.len() == batch.num_rows()
-                    && rows.iter().enumerate().all(|(i, &row)| row as usize == i)
-            }
-            _ => false,
-        };
-        let grouped = if in_order {
-            batch
-        } else {
-            let indices: UInt32Array = groups
-                .iter()
-                .flat_map(|(_, rows)| rows.iter().copied())
-                .collect();
-            take_record_batch(&batch, &indices)?
+        let grouped = match groups.parts.as_slice() {
+            // One partition: its rows are the batch's, in order.
+            [_] => batch,
+            _ => take_record_batch(&batch, &groups.rows)?,
         };
         let mut start = 0;
-        for (value, rows) in groups {
-            let slice = grouped.slice(start, rows.len());
-            start += rows.len();
+        for PartitionPart { value, rows } in groups.parts {
+            let slice = grouped.slice(start, rows);
+            start += rows;
             self.partitions.entry(value).or_default().push(slice);
         }
         Ok(())
@@ -155,20 +140,40 @@ mod tests {
             .collect()
     }
 
+    /// Each partition value with its rows, as the splitter lists them.
+    fn groups(parts: Vec<(Struct, Vec<u32>)>) -> PartitionGroups {
+        PartitionGroups {
+            rows: parts
+                .iter()
+                .flat_map(|(_, rows)| rows.iter().copied())
+                .collect(),
+            parts: parts
+                .into_iter()
+                .map(|(value, rows)| PartitionPart {
+                    value,
+                    rows: rows.len(),
+                })
+                .collect(),
+        }
+    }
+
     #[test]
     fn each_partition_gets_its_rows_across_batches_in_arrival_order() {
         let mut buffered = BufferedRows::default();
         buffered
             .push(
                 batch(&[1, 2, 3, 4]),
-                vec![(partition("a"), vec![0, 2]), (partition("b"), vec![1, 3])],
+                groups(vec![
+                    (partition("a"), vec![0, 2]),
+                    (partition("b"), vec![1, 3]),
+                ]),
             )
             .expect("push");
         buffered
-            .push(batch(&[5, 6]), vec![(partition("a"), vec![1, 0])])
+            .push(batch(&[5, 6]), groups(vec![(partition("a"), vec![0, 1])]))
             .expect("push");
         buffered
-            .push(batch(&[7, 8]), vec![(partition("b"), vec![0, 1])])
+            .push(batch(&[7, 8]), groups(vec![(partition("b"), vec![0, 1])]))
             .expect("push");
         assert_eq!(buffered.rows(), 8);
         let mut seen: Vec<(String, Vec<i64>)> = buffered
@@ -177,7 +182,7 @@ mod tests {
             .collect();
         seen.sort();
         assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0].1, vec![1, 3, 6, 5]);
+        assert_eq!(seen[0].1, vec![1, 3, 5, 6]);
         assert_eq!(seen[1].1, vec![2, 4, 7, 8]);
     }
 
@@ -190,16 +195,16 @@ mod tests {
         buffered
             .push(
                 batch(&all),
-                vec![
+                groups(vec![
                     (partition("even"), (0..rows as u32).step_by(2).collect()),
                     (partition("odd"), (1..rows as u32).step_by(2).collect()),
-                ],
+                ]),
             )
             .expect("push");
         buffered
             .push(
                 batch(&all),
-                vec![(partition("even"), (0..rows as u32).collect())],
+                groups(vec![(partition("even"), (0..rows as u32).collect())]),
             )
             .expect("push");
         for (value, chunks) in buffered.partitions() {
