@@ -11,7 +11,7 @@ const DEFAULT_QUEUE_KBYTES: u64 = 65_536;
 
 /// A runner at work without rows in hand: code (about 100 MB of it resident), runtimes, the SQL
 /// engine, catalog, allocator slack and the metrics and window state of a few dozen campaigns.
-/// jemalloc keeps freed pages up to a second before returning them, so the term is larger
+/// jemalloc keeps freed pages a few seconds before returning them, so the term is larger
 /// than glibc's allocator needed.
 pub const FIXED_BYTES: u64 = 185 << 20;
 /// Per row of the micro-batch in hand: the Kafka records, the parsed columns and their copies.
