@@ -79,10 +79,7 @@ impl PartitionSplitter {
         let value_array = calculator.calculate(batch)?;
         let values = value_array.as_struct();
         let grouping_err = |e: datafusion::error::DataFusionError| {
-            Error::new(
-                ErrorKind::Unexpected,
-                format!("splitting by partition: {e}"),
-            )
+            Error::new(ErrorKind::Unexpected, "splitting by partition").with_source(e)
         };
         let mut numbering = new_group_values(
             Arc::new(Schema::new(values.fields().clone())),
