@@ -36,10 +36,9 @@ impl BufferedRows {
     /// wherever it lay among everything buffered (`interleave` led the commit's profile).
     pub fn push(&mut self, batch: RecordBatch, groups: PartitionGroups) -> Result<(), ArrowError> {
         self.rows += batch.num_rows() as u64;
-        let grouped = match groups.parts.as_slice() {
-            // One partition: its rows are the batch's, in order.
-            [_] => batch,
-            _ => take_record_batch(&batch, &groups.rows)?,
+        let grouped = match &groups.rows {
+            Some(rows) => take_record_batch(&batch, rows)?,
+            None => batch,
         };
         let mut start = 0;
         for PartitionPart { value, rows } in groups.parts {
@@ -143,10 +142,12 @@ mod tests {
     /// Each partition value with its rows, as the splitter lists them.
     fn groups(parts: Vec<(Struct, Vec<u32>)>) -> PartitionGroups {
         PartitionGroups {
-            rows: parts
-                .iter()
-                .flat_map(|(_, rows)| rows.iter().copied())
-                .collect(),
+            rows: (parts.len() > 1).then(|| {
+                parts
+                    .iter()
+                    .flat_map(|(_, rows)| rows.iter().copied())
+                    .collect()
+            }),
             parts: parts
                 .into_iter()
                 .map(|(value, rows)| PartitionPart {

@@ -26,8 +26,9 @@ pub struct PartitionSplitter {
 /// A batch's rows in partition order.
 #[derive(Debug, PartialEq)]
 pub struct PartitionGroups {
-    /// Row numbers of the batch, each partition's together, in arrival order within it.
-    pub rows: UInt32Array,
+    /// Row numbers of the batch, each partition's together, in arrival order within it;
+    /// `None` when the batch's own order is that already (it holds one partition at most).
+    pub rows: Option<UInt32Array>,
     /// The partitions in the order `rows` lists them.
     pub parts: Vec<PartitionPart>,
 }
@@ -66,10 +67,9 @@ impl PartitionSplitter {
 
     /// The batch's rows grouped by partition value, partitions in order of first appearance.
     pub fn groups(&self, batch: &RecordBatch) -> Result<PartitionGroups> {
-        let all_rows = || UInt32Array::from_iter_values(0..batch.num_rows() as u32);
         let Some((calculator, partition_type)) = &self.calculator else {
             return Ok(PartitionGroups {
-                rows: all_rows(),
+                rows: None,
                 parts: vec![PartitionPart {
                     value: Struct::empty(),
                     rows: batch.num_rows(),
@@ -108,11 +108,8 @@ impl PartitionSplitter {
             };
             parts.push(PartitionPart { value, rows });
         }
-        if groups == 1 {
-            return Ok(PartitionGroups {
-                rows: all_rows(),
-                parts,
-            });
+        if groups <= 1 {
+            return Ok(PartitionGroups { rows: None, parts });
         }
         // A counting sort: each group's rows start where the groups before it end.
         let mut next: Vec<usize> = sizes
@@ -129,7 +126,7 @@ impl PartitionSplitter {
             next[group] += 1;
         }
         Ok(PartitionGroups {
-            rows: UInt32Array::from(rows),
+            rows: Some(UInt32Array::from(rows)),
             parts,
         })
     }
@@ -214,7 +211,10 @@ mod tests {
             .expect("splitter")
             .groups(batch)
             .expect("groups");
-        let taken = take_record_batch(batch, &groups.rows).expect("take");
+        let taken = match &groups.rows {
+            Some(rows) => take_record_batch(batch, rows).expect("take"),
+            None => batch.clone(),
+        };
         let mut start = 0;
         let mut ours = HashMap::new();
         for PartitionPart { value, rows } in groups.parts {
@@ -268,9 +268,13 @@ mod tests {
                 .iter()
                 .collect::<Vec<_>>()
         );
+        let order = groups
+            .rows
+            .as_ref()
+            .expect("three partitions: rows reordered");
         let mut start = 0;
         for part in &groups.parts {
-            let rows = &groups.rows.values()[start..start + part.rows];
+            let rows = &order.values()[start..start + part.rows];
             assert!(rows.windows(2).all(|w| w[0] < w[1]), "{rows:?}");
             start += part.rows;
         }
@@ -289,12 +293,12 @@ mod tests {
             let groups = splitter.groups(&batch).expect("groups");
             assert_eq!(groups.parts.len(), 1);
             assert_eq!(groups.parts[0].rows, 50);
-            assert_eq!(groups.rows, UInt32Array::from_iter_values(0..50));
+            assert_eq!(groups.rows, None, "the batch's own order is kept");
         }
         let empty = splitter_of(&schema)
             .groups(&batch.slice(0, 0))
             .expect("groups");
-        assert!(empty.parts.is_empty() && empty.rows.is_empty());
+        assert!(empty.parts.is_empty() && empty.rows.is_none());
     }
 
     fn splitter_of(schema: &SchemaRef) -> PartitionSplitter {
