@@ -111,7 +111,14 @@ impl DeadLetter {
 
     /// The JSON value written to the topic.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        // Sized for the payload, escaped quotes included, and the other fields at once: the
+        // doubling growth of an empty buffer copied each letter several times.
+        let texts = self.payload.len() + self.error.len() + self.pipeline.len();
+        let mut json = Vec::with_capacity(texts + texts / 4 + 256);
+        match serde_json::to_writer(&mut json, self) {
+            Ok(()) => json,
+            Err(_) => Vec::new(),
+        }
     }
 }
 

@@ -72,8 +72,19 @@ pub struct BatchBuilder {
     value: StringBuilder,
     not_utf8: Vec<RawRecord>,
     next_offsets: Offsets,
+    /// The partition the latest messages came from, not yet in `next_offsets`: messages come
+    /// in long runs of one partition, and a map update per message was a visible share of the
+    /// reading thread.
+    run: Option<PartitionRun>,
     rows: usize,
     replayed: HashMap<(i32, i64), String>,
+}
+
+/// Consecutive messages of one partition: the offset after the last of them.
+struct PartitionRun {
+    topic: String,
+    partition: i32,
+    next: i64,
 }
 
 impl BatchBuilder {
@@ -95,6 +106,7 @@ impl BatchBuilder {
             value: StringBuilder::with_capacity(capacity, capacity * value_bytes),
             not_utf8: Vec::new(),
             next_offsets: Offsets::new(),
+            run: None,
             rows: 0,
             replayed: HashMap::new(),
         }
@@ -120,7 +132,7 @@ impl BatchBuilder {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) {
-        self.next_offsets.advance(topic, partition, offset + 1);
+        self.advance(topic, partition, offset + 1);
         let payload = payload.unwrap_or_default();
         // SIMD validation: the payload is checked here once and never again (the column is
         // UTF-8 from then on), and std's byte loop was a visible share of the reading thread.
@@ -145,6 +157,31 @@ impl BatchBuilder {
         }
     }
 
+    /// Raises the partition's next offset to `next`.
+    fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        match &mut self.run {
+            Some(run) if run.partition == partition && run.topic == topic => {
+                run.next = run.next.max(next);
+            }
+            _ => {
+                self.end_run();
+                self.run = Some(PartitionRun {
+                    topic: topic.to_string(),
+                    partition,
+                    next,
+                });
+            }
+        }
+    }
+
+    /// Moves the current run's offset into `next_offsets`.
+    fn end_run(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.next_offsets
+                .advance(&run.topic, run.partition, run.next);
+        }
+    }
+
     /// Notes that the message at (partition, offset) replays `original` (a dead letter's source).
     pub fn mark_replay(&mut self, partition: i32, offset: i64, original: String) {
         self.replayed.insert((partition, offset), original);
@@ -166,6 +203,7 @@ impl BatchBuilder {
                 ((self.value.values_slice().len() / rows) * 9 / 8 + 1).min(MAX_RESERVED_PER_MESSAGE)
             }
         };
+        self.end_run();
         let mut done = std::mem::replace(self, Self::sized(self.capacity, value_bytes));
         let columns: Vec<ArrayRef> = vec![
             Arc::new(done.topic.finish()),
@@ -222,5 +260,35 @@ mod tests {
         assert_eq!(second.next_offsets.get("t", 0), None);
         // 7-byte payloads: about 8 bytes a message reserved next.
         assert_eq!(builder.value_bytes, 8);
+    }
+
+    #[test]
+    fn each_partition_ends_after_its_highest_offset_however_the_runs_interleave() {
+        let mut builder = BatchBuilder::new(16);
+        for (topic, partition, offset) in [
+            ("t", 0, 5),
+            ("t", 0, 6),
+            ("t", 1, 9),
+            ("t", 0, 7),
+            ("u", 0, 2),
+            ("t", 1, 3),
+            ("t", 1, 10),
+            ("t", 2, 0),
+        ] {
+            builder.push(topic, partition, offset, None, None, Some(b"{}"));
+        }
+        let batch = builder.finish(false, Default::default(), 0).unwrap();
+        let ends: Vec<(&str, i32, i64)> = batch.next_offsets.iter().collect();
+        let mut ends = ends;
+        ends.sort();
+        assert_eq!(
+            ends,
+            vec![("t", 0, 8), ("t", 1, 11), ("t", 2, 1), ("u", 0, 3)]
+        );
+        // Nothing carries over into the next batch.
+        builder.push("t", 2, 1, None, None, Some(b"{}"));
+        let next = builder.finish(false, Default::default(), 0).unwrap();
+        assert_eq!(next.next_offsets.iter().count(), 1);
+        assert_eq!(next.next_offsets.get("t", 2), Some(2));
     }
 }
