@@ -518,7 +518,12 @@ async fn end_to_end(
     );
     // This machine's CPU figures wander by a third from one run to the next, the baseline's
     // too: more pairs, alternating, give the ratio's median and how far it strays.
+    let per_million = |cpu: Duration, events: usize| cpu.as_secs_f64() * 1e6 / events.max(1) as f64;
     let mut ratios = vec![first_ratio];
+    let mut pairs = vec![(
+        per_million(run.cpu, summary.messages as usize),
+        per_million(plain.cpu, count),
+    )];
     for pair in 1..options.kafka_pairs {
         let (count, plain) = timed(async { plain_consume(&client, &topic, 3, events) }).await?;
         let dir = tempfile::tempdir()?;
@@ -527,6 +532,22 @@ async fn end_to_end(
         let (summaries, run) = run_runners(&fresh, 1).await?;
         let messages = summaries.first().map_or(0, |s| s.messages as usize);
         ratios.push(cpu_ratio(run.cpu, messages, plain.cpu, count));
+        pairs.push((
+            per_million(run.cpu, messages),
+            per_million(plain.cpu, count),
+        ));
+    }
+    if pairs.len() > 1 {
+        // Which side of a pair strayed: the ratio alone cannot tell the runner's noise from
+        // the baseline's.
+        row(
+            "  each pair, in order: run / plain consumer, CPU-s per 1M events",
+            pairs
+                .iter()
+                .map(|(run, plain)| format!("{run:.2}/{plain:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
     }
     ratios.sort_by(f64::total_cmp);
     if let (Some(low), Some(high)) = (ratios.first(), ratios.last()) {
