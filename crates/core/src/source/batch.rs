@@ -278,8 +278,7 @@ mod tests {
             builder.push(topic, partition, offset, None, None, Some(b"{}"));
         }
         let batch = builder.finish(false, Default::default(), 0).unwrap();
-        let ends: Vec<(&str, i32, i64)> = batch.next_offsets.iter().collect();
-        let mut ends = ends;
+        let mut ends: Vec<(&str, i32, i64)> = batch.next_offsets.iter().collect();
         ends.sort();
         assert_eq!(
             ends,
