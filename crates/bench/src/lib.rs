@@ -121,17 +121,33 @@ fn per_second(events: usize, d: Duration) -> String {
     format!("{:.0} events/s", events as f64 / d.as_secs_f64().max(1e-9))
 }
 
-fn cpu_per_million(events: usize, d: Duration) -> String {
-    format!(
-        "{:.2} CPU-s per 1M events",
-        d.as_secs_f64() * 1e6 / events.max(1) as f64
-    )
+/// CPU-seconds per million events.
+fn per_million(events: usize, d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6 / events.max(1) as f64
 }
 
-/// CPU per event of a run set against the plain consumer's.
-fn cpu_ratio(run: Duration, run_events: usize, plain: Duration, plain_events: usize) -> f64 {
-    let per_event = |cpu: Duration, events: usize| cpu.as_secs_f64() / events.max(1) as f64;
-    per_event(run, run_events) / per_event(plain, plain_events).max(1e-12)
+fn cpu_per_million(events: usize, d: Duration) -> String {
+    format!("{:.2} CPU-s per 1M events", per_million(events, d))
+}
+
+/// One alternating pair of the end-to-end row: each side's CPU-s per 1M events.
+struct PairCpu {
+    run: f64,
+    plain: f64,
+}
+
+impl PairCpu {
+    fn new(run: Duration, run_events: usize, plain: Duration, plain_events: usize) -> Self {
+        Self {
+            run: per_million(run_events, run),
+            plain: per_million(plain_events, plain),
+        }
+    }
+
+    /// The run's CPU per event set against the plain consumer's.
+    fn ratio(&self) -> f64 {
+        self.run / self.plain.max(1e-12)
+    }
 }
 
 fn records(count: usize) -> Vec<GeneratedRecord> {
@@ -500,7 +516,8 @@ async fn end_to_end(
         "run --until-caught-up (end to end)",
         per_second(summary.messages as usize, run.wall),
     );
-    let first_ratio = cpu_ratio(run.cpu, summary.messages as usize, plain.cpu, count);
+    let first = PairCpu::new(run.cpu, summary.messages as usize, plain.cpu, count);
+    let first_ratio = first.ratio();
     row(
         "run --until-caught-up, CPU",
         format!(
@@ -518,12 +535,7 @@ async fn end_to_end(
     );
     // This machine's CPU figures wander by a third from one run to the next, the baseline's
     // too: more pairs, alternating, give the ratio's median and how far it strays.
-    let per_million = |cpu: Duration, events: usize| cpu.as_secs_f64() * 1e6 / events.max(1) as f64;
-    let mut ratios = vec![first_ratio];
-    let mut pairs = vec![(
-        per_million(run.cpu, summary.messages as usize),
-        per_million(plain.cpu, count),
-    )];
+    let mut pairs = vec![first];
     for pair in 1..options.kafka_pairs {
         let (count, plain) = timed(async { plain_consume(&client, &topic, 3, events) }).await?;
         let dir = tempfile::tempdir()?;
@@ -531,11 +543,7 @@ async fn end_to_end(
         let fresh = scratch_config_in_group(config, pipeline, dir.path(), &topic, &group)?;
         let (summaries, run) = run_runners(&fresh, 1).await?;
         let messages = summaries.first().map_or(0, |s| s.messages as usize);
-        ratios.push(cpu_ratio(run.cpu, messages, plain.cpu, count));
-        pairs.push((
-            per_million(run.cpu, messages),
-            per_million(plain.cpu, count),
-        ));
+        pairs.push(PairCpu::new(run.cpu, messages, plain.cpu, count));
     }
     if pairs.len() > 1 {
         // Which side of a pair strayed: the ratio alone cannot tell the runner's noise from
@@ -544,11 +552,12 @@ async fn end_to_end(
             "  each pair, in order: run / plain consumer, CPU-s per 1M events",
             pairs
                 .iter()
-                .map(|(run, plain)| format!("{run:.2}/{plain:.2}"))
+                .map(|p| format!("{:.2}/{:.2}", p.run, p.plain))
                 .collect::<Vec<_>>()
                 .join(", "),
         );
     }
+    let mut ratios: Vec<f64> = pairs.iter().map(PairCpu::ratio).collect();
     ratios.sort_by(f64::total_cmp);
     if let (Some(low), Some(high)) = (ratios.first(), ratios.last()) {
         row(
