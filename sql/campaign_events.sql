@@ -7,9 +7,10 @@
 --         reason go to the dead letter queue; columns starting with _ are never written.
 --
 -- Edit the CASE below to change the validation rules; the first rule that matches gives
--- the reason. The runner checks all the rules at once first and hands the CASE only the rows
--- some rule matches, as long as no rule can fail (no division, no CAST that can fail: use
--- try_cast); otherwise the CASE copies what it reads after every rule that matches. The limits are plain numbers in it:
+-- the reason. The runner checks every rule on every row in one pass and computes each reason
+-- only for the rows it is theirs, as long as no rule can fail (no division, no CAST that can
+-- fail: use try_cast); otherwise the CASE copies what it reads after every rule that matches.
+-- The limits are plain numbers in it:
 --   65536 bytes  largest message accepted (`too large`; the payload is kept in the DLQ)
 --   256 chars    longest identifier (event_id, user_id, campaign_id)
 --   64 chars     longest platform, country or device_type

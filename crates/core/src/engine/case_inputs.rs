@@ -22,11 +22,13 @@ use datafusion::physical_expr::expressions::{CaseExpr, Column, Literal};
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::first_match::FirstMatch;
+
 /// `plan` with every `CASE` of its projections evaluated on a batch of its inputs alone.
 pub fn narrow_case_inputs(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     super::projections::rewrite_projections(plan, |expr, schema| {
         expr.transform_down(|e| {
-            if !e.as_any().is::<CaseExpr>() {
+            if !(e.as_any().is::<CaseExpr>() || e.as_any().is::<FirstMatch>()) {
                 return Ok(Transformed::no(e));
             }
             let narrowed = NarrowCase::of(e, schema)?;

@@ -1,9 +1,10 @@
 //! The SQL engine: one DataFusion session per pipeline, with the JSON functions registered.
 
 pub mod blank_text;
-pub mod case_guard;
+pub mod case_chain;
 pub mod case_inputs;
 pub mod dictionary_text;
+pub mod first_match;
 pub mod flat_json;
 pub mod json_fields;
 pub mod now;

@@ -88,7 +88,7 @@ impl SqlStage {
         logical: &datafusion::logical_expr::LogicalPlan,
     ) -> Result<Self> {
         let plan = ctx.state().create_physical_plan(logical).await?;
-        let plan = super::case_guard::guard_long_cases(plan)?;
+        let plan = super::case_chain::first_match_long_cases(plan)?;
         let plan = super::utc_timestamps::read_utc_text_directly(plan)?;
         let plan = super::blank_text::test_blanks_directly(plan)?;
         let plan = super::dictionary_text::compare_dictionary_text_once(plan)?;

@@ -1,15 +1,12 @@
-//! One guard in front of a long `CASE WHEN ... THEN ... END` chain, such as the parsing SQL's
-//! validation rules.
+//! Which long `CASE WHEN ... THEN ... END` chains, such as the parsing SQL's validation rules,
+//! run as one [`FirstMatch`] pass instead of branch by branch.
 //!
 //! DataFusion evaluates such a `CASE` branch by branch, and after every branch that matches some
 //! rows of a batch it copies every column the `CASE` reads for the rows still unmatched: a few
 //! invalid events spread over 20 rules made 20 copies of the batch's string columns, a third of
-//! the parsing SQL's work when profiled (docs/performance.md). `CASE WHEN w1 OR ... OR wn THEN <the same CASE> END` gives the
-//! same result (no ELSE: a row no rule matches is NULL either way, and the inner `CASE` still
-//! picks the first rule that matches) while the inner `CASE` only ever sees the rows some rule
-//! matches. The guard evaluates every rule on every row, so it is only put in front of rules
-//! that cannot fail on a row an earlier rule would have kept them from (no division, no cast
-//! that can fail, no function outside a known list).
+//! the parsing SQL's work when profiled (docs/performance.md). [`FirstMatch`] runs every rule on
+//! every row instead, so it only takes rules that cannot fail on a row an earlier rule would
+//! have kept them from (no division, no cast that can fail, no function outside a known list).
 
 use std::sync::Arc;
 
@@ -24,7 +21,9 @@ use datafusion::physical_expr::expressions::{
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
 
-/// A `CASE` with fewer branches is left as planned: the copies it can save are few.
+use super::first_match::FirstMatch;
+
+/// A `CASE` with fewer branches is left as planned: the copies it saves are few.
 const MIN_BRANCHES: usize = 4;
 
 /// Functions that return a value (or NULL) for every input of the types they were planned for.
@@ -45,13 +44,14 @@ const INFALLIBLE_FUNCTIONS: &[&str] = &[
     "ends_with",
 ];
 
-/// `plan` with a guard in front of every long, guardable `CASE` of its projections.
-pub fn guard_long_cases(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    super::projections::rewrite_projections(plan, guard_expr)
+/// `plan` with every long `CASE` of its projections whose rules cannot fail run as a
+/// [`FirstMatch`].
+pub fn first_match_long_cases(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    super::projections::rewrite_projections(plan, first_match_expr)
 }
 
-/// `expr` with its long, guardable `CASE`s guarded.
-fn guard_expr(
+/// `expr` with its long `CASE`s whose rules cannot fail run as [`FirstMatch`]es.
+fn first_match_expr(
     expr: Arc<dyn PhysicalExpr>,
     schema: &Schema,
 ) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
@@ -59,26 +59,22 @@ fn guard_expr(
         let Some(case) = e.as_any().downcast_ref::<CaseExpr>() else {
             return Ok(Transformed::no(e));
         };
-        let whens: Vec<Arc<dyn PhysicalExpr>> = case
-            .when_then_expr()
-            .iter()
-            .map(|(when, _)| when.clone())
-            .collect();
-        let guardable = case.expr().is_none()
+        let chained = case.expr().is_none()
             && case.else_expr().is_none()
-            && whens.len() >= MIN_BRANCHES
-            && whens.iter().all(|when| infallible(when, schema));
-        let Some(guard) = whens
-            .into_iter()
-            .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::Or, b)))
-            .filter(|_| guardable)
-        else {
+            && case.when_then_expr().len() >= MIN_BRANCHES
+            && case
+                .when_then_expr()
+                .iter()
+                .all(|(when, _)| infallible(when, schema));
+        if !chained {
             return Ok(Transformed::no(e));
-        };
-        let guarded: Arc<dyn PhysicalExpr> =
-            Arc::new(CaseExpr::try_new(None, vec![(guard, e.clone())], None)?);
-        // The inner CASE is the original: it is not guarded again.
-        Ok(Transformed::new(guarded, true, TreeNodeRecursion::Jump))
+        }
+        let chain: Arc<dyn PhysicalExpr> = Arc::new(FirstMatch::new(
+            case.when_then_expr().to_vec(),
+            case.data_type(schema)?,
+        ));
+        // Its branches are the CASE's own: nothing in them to rewrite again.
+        Ok(Transformed::new(chain, true, TreeNodeRecursion::Jump))
     })
 }
 
@@ -212,7 +208,8 @@ mod tests {
         batches
             .iter()
             .flat_map(|b| {
-                let column = b.column(0).as_string::<i32>().clone();
+                let column = arrow::compute::cast(b.column(0), &DataType::Utf8).expect("text");
+                let column = column.as_string::<i32>().clone();
                 (0..column.len())
                     .map(|i| column.is_valid(i).then(|| column.value(i).to_string()))
                     .collect::<Vec<_>>()
@@ -229,23 +226,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_guarded_chain_gives_every_row_the_same_reason() {
+    async fn a_chain_run_as_one_pass_gives_every_row_the_same_reason() {
         let ctx = session().await;
         let sql = format!("SELECT {RULES} AS reason FROM t");
         let planned = plan(&ctx, &sql).await;
-        let guarded = guard_long_cases(planned.clone()).expect("guard");
-        let outer = projected_case(&guarded);
-        let outer = outer
+        let chained = first_match_long_cases(planned.clone()).expect("rewrite");
+        let chain = projected_case(&chained);
+        let chain = chain
             .as_any()
-            .downcast_ref::<CaseExpr>()
-            .expect("a CASE at the top");
-        assert_eq!(outer.when_then_expr().len(), 1, "one guard");
-        let inner = &outer.when_then_expr()[0].1;
-        let inner = inner
-            .as_any()
-            .downcast_ref::<CaseExpr>()
-            .expect("the rules");
-        assert_eq!(inner.when_then_expr().len(), 5);
+            .downcast_ref::<FirstMatch>()
+            .expect("the rules in one pass");
+        assert_eq!(chain.branches().count(), 5);
 
         let expected = [
             None,
@@ -260,13 +251,13 @@ mod tests {
         .map(|r| r.map(String::from))
         .to_vec();
         assert_eq!(reasons(&ctx, planned).await, expected);
-        assert_eq!(reasons(&ctx, guarded).await, expected);
+        assert_eq!(reasons(&ctx, chained).await, expected);
     }
 
     #[tokio::test]
     async fn a_chain_with_a_rule_that_can_fail_is_left_alone() {
         let ctx = session().await;
-        // `10 / n` fails where n = 0: guarded, it would run on the row the first rule keeps.
+        // `10 / n` fails where n = 0: in one pass, it would run on the row the first rule keeps.
         let sql = "SELECT CASE
             WHEN n = 0 THEN 'zero'
             WHEN n IS NULL THEN 'missing'
@@ -274,11 +265,44 @@ mod tests {
             WHEN id IS NULL THEN 'no id'
           END AS reason FROM t";
         let planned = plan(&ctx, sql).await;
-        let guarded = guard_long_cases(planned.clone()).expect("guard");
-        let case = projected_case(&guarded);
+        let rewritten = first_match_long_cases(planned.clone()).expect("rewrite");
+        let case = projected_case(&rewritten);
         let case = case.as_any().downcast_ref::<CaseExpr>().expect("a CASE");
-        assert_eq!(case.when_then_expr().len(), 4, "not guarded");
-        assert!(reasons(&ctx, guarded).await.contains(&Some("zero".into())));
+        assert_eq!(case.when_then_expr().len(), 4, "left as planned");
+        assert!(reasons(&ctx, rewritten)
+            .await
+            .contains(&Some("zero".into())));
+    }
+
+    #[tokio::test]
+    async fn a_result_runs_only_on_the_rows_that_take_its_branch() {
+        let ctx = session().await;
+        // `10 / n` fails where n = 0, and no row that takes its branch has 0: run on any other
+        // row, it would fail the batch. A NULL condition (n and kind NULL) matches no row.
+        let sql = "SELECT CASE
+            WHEN id IS NULL THEN 'missing id'
+            WHEN n < 0 THEN 'tenth: ' || CAST(10 / n AS VARCHAR)
+            WHEN kind NOT IN ('a', 'b') THEN 'unknown: ' || kind
+            WHEN id = 'none' THEN 'never'
+          END AS reason FROM t";
+        let planned = plan(&ctx, sql).await;
+        let chained = first_match_long_cases(planned.clone()).expect("rewrite");
+        let chain = projected_case(&chained);
+        assert!(chain.as_any().is::<FirstMatch>(), "one pass: {chain}");
+        let expected = [
+            None,
+            Some("missing id"),
+            Some("unknown: c"),
+            Some("tenth: -10"),
+            Some("tenth: -2"),
+            Some("unknown: c"),
+            None,
+            None,
+        ]
+        .map(|r| r.map(String::from))
+        .to_vec();
+        assert_eq!(reasons(&ctx, planned).await, expected);
+        assert_eq!(reasons(&ctx, chained).await, expected);
     }
 
     #[test]
