@@ -214,3 +214,32 @@ fn json_logs_are_one_object_per_line_and_text_logs_have_no_colour_codes_off_a_te
     assert!(text_log.contains(" INFO "), "{text_log}");
     assert!(!text_log.contains('\u{1b}'), "{text_log}");
 }
+
+#[tokio::test]
+async fn a_deleted_topic_is_gone_and_deleting_it_again_is_no_error() {
+    use campaign_pipeline::kafka::admin::TopicSpec;
+    let topic = common::unique("deleted");
+    let admin = TopicAdmin::new(&client_config(
+        &common::broker().address,
+        &Default::default(),
+    ))
+    .unwrap();
+    admin
+        .ensure_topic(&TopicSpec {
+            name: topic.clone(),
+            partitions: 2,
+            replication: 1,
+            configs: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(admin.partition_count(&topic).unwrap(), Some(2));
+    admin.delete_topic(&topic).await.unwrap();
+    // The broker answers the deletion before every metadata answer shows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while admin.partition_count(&topic).unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "{topic} still listed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    admin.delete_topic(&topic).await.unwrap();
+}

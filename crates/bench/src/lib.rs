@@ -305,6 +305,17 @@ pub async fn run(
     pipeline: &PipelineConfig,
     options: &BenchOptions,
 ) -> anyhow::Result<Vec<Measure>> {
+    let measured = measure(config, pipeline, options).await;
+    delete_scratch_topics(pipeline).await;
+    measured
+}
+
+/// Every measurement `options` asks for, in order.
+async fn measure(
+    config: &Config,
+    pipeline: &PipelineConfig,
+    options: &BenchOptions,
+) -> anyhow::Result<Vec<Measure>> {
     let mut table = Vec::new();
     let mut row = |name: &str, value: String| {
         table.push(Measure {
@@ -669,11 +680,47 @@ fn stage_rows(
 
 /// A topic name no earlier bench run used: `prefix`, this process and the second.
 fn scratch_topic(prefix: &str) -> String {
-    format!(
+    let name = format!(
         "{prefix}_{}_{}",
         std::process::id(),
         chrono::Utc::now().timestamp()
-    )
+    );
+    SCRATCH_TOPICS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend([name.clone(), format!("{name}-dlq")]);
+    name
+}
+
+/// The topics this process's measurements created: each scratch topic and its dead letter
+/// topic. Left behind, each keeps its events on the broker (tansu's memory storage grew by
+/// gigabytes over a day of runs, and every later measurement slowed).
+static SCRATCH_TOPICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Deletes the scratch topics, whatever the measurements came to; one that cannot be deleted
+/// is named in a warning.
+async fn delete_scratch_topics(pipeline: &PipelineConfig) {
+    let names = std::mem::take(
+        &mut *SCRATCH_TOPICS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if names.is_empty() {
+        return;
+    }
+    let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
+    let admin = match TopicAdmin::new(&client) {
+        Ok(admin) => admin,
+        Err(err) => {
+            tracing::warn!("bench: its scratch topics {names:?} are left on the broker: {err}");
+            return;
+        }
+    };
+    for name in names {
+        if let Err(err) = admin.delete_topic(&name).await {
+            tracing::warn!("bench: its scratch topic {name} is left on the broker: {err}");
+        }
+    }
 }
 
 /// Events produced for a benchmark.

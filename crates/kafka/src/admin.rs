@@ -1,4 +1,5 @@
-//! Topic administration through the Kafka admin API: create, describe, read configs back.
+//! Topic administration through the Kafka admin API: create, describe, read configs back,
+//! delete.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -93,6 +94,29 @@ impl TopicAdmin {
             }
         }
         Ok(TopicStatus::Created)
+    }
+
+    /// Deletes `topic` with its messages; a topic that does not exist is already gone.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), KafkaError> {
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = self
+            .admin
+            .delete_topics(&[topic], &options)
+            .await
+            .map_err(|e| self.request_error(topic, "deleting the topic", e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => {
+                    return Err(self.request_error(
+                        topic,
+                        "deleting the topic",
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Number of partitions of `topic`, or `None` when it does not exist.
