@@ -231,9 +231,10 @@ fn scratch_config_shaped(
       namespace: bench
       events_table: {{ name: campaign_events, partition_by: [{events_parts}] }}
       metrics_table: {{ name: campaign_metrics, partition_by: [{metrics_parts}] }}
-    dead_letter: {{ topic: {topic}-dlq }}
+    dead_letter: {{ topic: {dead_letters} }}
 "#,
         brokers = pipeline.source.brokers,
+        dead_letters = dead_letter_topic(topic),
         parse = config
             .resolve(&pipeline.sql.parse)
             .canonicalize()?
@@ -688,8 +689,13 @@ fn scratch_topic(prefix: &str) -> String {
     SCRATCH_TOPICS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .extend([name.clone(), format!("{name}-dlq")]);
+        .extend([name.clone(), dead_letter_topic(&name)]);
     name
+}
+
+/// The dead letter topic of a scratch pipeline reading `topic`.
+fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}-dlq")
 }
 
 /// The topics this process's measurements created: each scratch topic and its dead letter
