@@ -39,6 +39,13 @@ fn shipped_configuration_loads_with_every_documented_key() {
         ["campaign_id", "event_type"]
     );
     assert_eq!(p.sink.metrics_table.partition_by, ["campaign_id"]);
+    assert_eq!(
+        p.sink
+            .events_table
+            .properties
+            .get("write.metadata.metrics.column.event_id"),
+        Some(&"none".to_string())
+    );
     assert!(
         matches!(&p.sink.catalog, CatalogConfig::Sqlite { path, warehouse, .. }
         if path == "data/catalog.db" && warehouse == "data/warehouse")
@@ -227,4 +234,37 @@ fn a_catalog_pool_property_that_does_not_read_is_refused_naming_it() {
         "        warehouse: data/warehouse\n        properties: { pool.max-connections: 4, pool.test-before-acquire: true }\n",
     );
     parse(&fine).expect("pool properties that read are fine");
+}
+
+#[test]
+fn a_table_property_the_writer_cannot_follow_is_refused_naming_it() {
+    let shipped = shipped();
+    let line = "          write.metadata.metrics.column.user_id: none\n";
+    assert!(
+        shipped.contains(line),
+        "the shipped events table sets user_id's metrics"
+    );
+    for (property, value, says) in [
+        (
+            "write.metadata.metrics.column.user_id",
+            "truncate(0)",
+            "not a metrics mode",
+        ),
+        (
+            "write.metadata.metrics.default",
+            "bounds",
+            "not a metrics mode",
+        ),
+        ("write.parquet.compression-codec", "lzo", "not a codec"),
+    ] {
+        let text = shipped.replace(line, &format!("          {property}: {value}\n"));
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "pipelines[0].sink.events_table.properties.{property}"
+            )),
+            "{err}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
 }

@@ -124,6 +124,43 @@ fn partitions_of(live: &LiveFiles) -> usize {
     distinct.len()
 }
 
+/// Columns of each table whose metrics mode is `none` (the shipped configuration's random ids
+/// and every partition column), and one whose bounds every data file records.
+fn metrics_columns(table: &str) -> (&'static [&'static str], &'static str) {
+    match table {
+        "campaign_events" => (
+            &["event_id", "user_id", "campaign_id", "event_type"],
+            "timestamp",
+        ),
+        _ => (&["campaign_id"], "window_start"),
+    }
+}
+
+/// Every live data file of `table` records bounds for the column that has them and none for
+/// the columns whose metrics mode is `none`.
+fn assert_bounds(table: &iceberg::table::Table, live: &LiveFiles, label: &str) {
+    let (none, bounded) = metrics_columns(label);
+    let schema = table.metadata().current_schema();
+    let id = |name: &str| schema.field_by_name(name).expect("column").id;
+    for e in &live.entries {
+        let file = e.entry.data_file();
+        for name in none {
+            assert!(
+                !file.lower_bounds().contains_key(&id(name))
+                    && !file.upper_bounds().contains_key(&id(name)),
+                "{label}: {} records bounds of {name}",
+                file.file_path()
+            );
+        }
+        assert!(
+            file.lower_bounds().contains_key(&id(bounded))
+                && file.upper_bounds().contains_key(&id(bounded)),
+            "{label}: {} records no bounds of {bounded}",
+            file.file_path()
+        );
+    }
+}
+
 /// Files a table has after one compaction with `min_input_files: 2`: per partition, a file
 /// larger than all smaller ones together stays (size tiers), the others become one.
 fn expected_files(live: &LiveFiles) -> usize {
@@ -184,6 +221,7 @@ async fn compaction_keeps_every_row_for_both_readers_and_expiry_deletes_only_the
             live.entries.len()
         );
         partitions.push(expected_files(&live));
+        assert_bounds(&loaded, &live, table);
         let summary = common::snapshot_properties(&pipeline.config, table).await;
         state_before.push(summary);
     }
@@ -202,6 +240,7 @@ async fn compaction_keeps_every_row_for_both_readers_and_expiry_deletes_only_the
         let loaded = load_table(&pipeline.config, table).await;
         let live = LiveFiles::read(&loaded).await.unwrap().expect("a snapshot");
         assert_eq!(live.entries.len(), partitions[i], "{table}: data files");
+        assert_bounds(&loaded, &live, table);
         let distinct = partitions_of(&live);
         assert!(
             live.entries.len() <= 2 * distinct,

@@ -11,6 +11,7 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use campaign_pipeline::catalog::open_catalog;
 use campaign_pipeline::common::Offsets;
+use campaign_pipeline::config::TableConfig;
 use campaign_pipeline::pipeline::progress::{Progress, TableRole};
 use campaign_pipeline::sink::iceberg::{SnapshotContent, TableWriter};
 use campaign_pipeline::sink::table::{ensure_namespace, ensure_table};
@@ -38,7 +39,12 @@ async fn shared_table(pipeline: &common::TestPipeline) -> Arc<Schema> {
     ensure_namespace(catalog.as_ref(), &p.sink.namespace)
         .await
         .unwrap();
-    ensure_table(catalog.as_ref(), &p.sink.namespace, "shared", &schema, &[])
+    let shared = TableConfig {
+        name: "shared".to_string(),
+        partition_by: Vec::new(),
+        properties: Default::default(),
+    };
+    ensure_table(catalog.as_ref(), &p.sink.namespace, &shared, &schema)
         .await
         .unwrap();
     schema

@@ -60,14 +60,7 @@ pub async fn ensure_tables(
         (&sink.events_table, &planned.events_schema),
         (&sink.metrics_table, &planned.metrics_schema),
     ] {
-        let status = ensure_table(
-            catalog.as_ref(),
-            &sink.namespace,
-            &table.name,
-            schema,
-            &table.partition_by,
-        )
-        .await?;
+        let status = ensure_table(catalog.as_ref(), &sink.namespace, table, schema).await?;
         let loaded = load_table(catalog.as_ref(), &sink.namespace, &table.name).await?;
         check_storage(&loaded, &format!("{}.{}", sink.namespace, table.name)).await?;
         tables.push((table.name.clone(), status));

@@ -318,6 +318,9 @@ impl TestPipeline {
       events_table:
         name: campaign_events
         partition_by: [campaign_id, event_type]
+        properties:
+          write.metadata.metrics.column.event_id: none
+          write.metadata.metrics.column.user_id: none
       metrics_table:
         name: campaign_metrics
         partition_by: [campaign_id]

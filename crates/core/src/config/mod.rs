@@ -366,6 +366,10 @@ pub struct TableConfig {
     /// Columns of the identity partition spec, in order.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// Iceberg table properties `setup` sets when it creates the table, over its own defaults
+    /// (a table that exists keeps its own: change those with any engine's `ALTER TABLE`).
+    #[serde(default, deserialize_with = "env::string_map")]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Dead letter topic settings.
@@ -635,6 +639,19 @@ impl Config {
                     key("dead_letter.topic"),
                     "must differ from source.topic, or rejected rows would be read again",
                 ));
+            }
+            for (field, table) in [
+                ("sink.events_table", &p.sink.events_table),
+                ("sink.metrics_table", &p.sink.metrics_table),
+            ] {
+                if let Err(problem) =
+                    crate::sink::iceberg::check_table_properties(&table.properties)
+                {
+                    return Err(self.invalid(
+                        key(&format!("{field}.properties.{}", problem.key)),
+                        format!("{:?}: {}", problem.value, problem.reason),
+                    ));
+                }
             }
             if p.sink.events_table.name == p.sink.metrics_table.name {
                 return Err(self.invalid(

@@ -25,7 +25,8 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, ErrorKind};
 use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use tokio::task::{JoinError, JoinSet};
 
@@ -791,15 +792,15 @@ impl TableWriter {
     }
 }
 
-/// The Parquet settings of the files compaction writes: the table's codec.
+/// The Parquet settings of the files compaction writes: the table's codec and metrics modes.
 pub fn parquet_properties(
     table_properties: &HashMap<String, String>,
 ) -> Result<WriterProperties, TablePropertyError> {
-    Ok(writer_properties(compression(table_properties)?))
+    writer_properties(compression(table_properties)?, table_properties)
 }
 
 /// The Parquet settings of the files a commit writes: `codec`, or the table's for
-/// [`FileCodec::Table`].
+/// [`FileCodec::Table`], and the table's metrics modes.
 pub fn commit_file_properties(
     table_properties: &HashMap<String, String>,
     codec: FileCodec,
@@ -811,31 +812,139 @@ pub fn commit_file_properties(
         FileCodec::Lz4 => Compression::LZ4_RAW,
         FileCodec::Uncompressed => Compression::UNCOMPRESSED,
     };
-    Ok(writer_properties(compression))
+    writer_properties(compression, table_properties)
 }
 
-fn writer_properties(compression: Compression) -> WriterProperties {
-    WriterProperties::builder()
+fn writer_properties(
+    compression: Compression,
+    table_properties: &HashMap<String, String>,
+) -> Result<WriterProperties, TablePropertyError> {
+    let mut builder = WriterProperties::builder()
         .set_compression(compression)
         // A column's dictionary grows until its page passes this size, then the column falls
         // back to plain encoding. Identifiers (a new value per event) paid for hashing every
         // value into a dictionary that could never help until it reached the default 1 MiB;
         // columns of few values (campaign, event type, country) keep theirs far below 64 KiB.
-        .set_dictionary_page_size_limit(DICTIONARY_PAGE_LIMIT)
-        .build()
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_LIMIT);
+    let metrics = MetricsModes::of(table_properties)?;
+    if let Some(mode) = metrics.default {
+        builder = builder.set_statistics_enabled(mode.statistics());
+    }
+    for (column, mode) in metrics.columns {
+        builder = builder.set_column_statistics_enabled(column_path(column), mode.statistics());
+    }
+    Ok(builder.build())
+}
+
+/// Whether the writer can follow `properties` (the codec, its level and the metrics modes), for
+/// the properties a configuration gives a table before it exists.
+pub fn check_table_properties(
+    properties: &std::collections::BTreeMap<String, String>,
+) -> Result<(), TablePropertyError> {
+    let properties: HashMap<String, String> = properties.clone().into_iter().collect();
+    parquet_properties(&properties).map(|_| ())
+}
+
+/// The Parquet path of a column as Iceberg's properties name it (`a.b` for a nested field).
+fn column_path(name: &str) -> ColumnPath {
+    ColumnPath::new(name.split('.').map(str::to_string).collect())
 }
 
 /// The table property naming the data files' codec (Iceberg's name for it).
 pub const CODEC_PROPERTY: &str = "write.parquet.compression-codec";
 /// The table property setting the codec's level.
 pub const LEVEL_PROPERTY: &str = "write.parquet.compression-level";
+/// The table property setting what data files record about each column (Iceberg's name).
+pub const METRICS_DEFAULT_PROPERTY: &str = "write.metadata.metrics.default";
+/// The prefix of the table properties setting what data files record about one column.
+pub const METRICS_COLUMN_PREFIX: &str = "write.metadata.metrics.column.";
+
+/// The table property that sets `column`'s metrics mode.
+pub fn column_metrics_property(column: &str) -> String {
+    format!("{METRICS_COLUMN_PREFIX}{column}")
+}
+
+/// What a data file's entry in the manifest records about a column, as Iceberg's metrics modes
+/// name it. Engines skip files by these bounds; a column whose values are random (an event's
+/// id) or the file's partition value gains nothing from them, and the writer spends two
+/// comparisons per value on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsMode {
+    /// Neither bounds nor null counts.
+    None,
+    /// Value and null counts. The writer keeps the column's Parquet statistics whole for it:
+    /// they carry the null counts, and the bounds come with them.
+    Counts,
+    /// Counts and bounds, the bounds of strings cut to this many characters by Java writers;
+    /// this writer records them in full.
+    Truncate(u32),
+    /// Counts and bounds in full.
+    Full,
+}
+
+impl MetricsMode {
+    /// Parses Iceberg's spelling: `none`, `counts`, `truncate(16)`, `full`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim().to_ascii_lowercase();
+        match text.as_str() {
+            "none" => Some(Self::None),
+            "counts" => Some(Self::Counts),
+            "full" => Some(Self::Full),
+            _ => text
+                .strip_prefix("truncate(")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|length| length.trim().parse::<u32>().ok())
+                .filter(|length| *length > 0)
+                .map(Self::Truncate),
+        }
+    }
+
+    /// The Parquet statistics that give the data file's entry what this mode asks for.
+    fn statistics(self) -> EnabledStatistics {
+        match self {
+            Self::None => EnabledStatistics::None,
+            Self::Counts | Self::Truncate(_) | Self::Full => EnabledStatistics::Page,
+        }
+    }
+}
+
+/// A table's metrics properties.
+struct MetricsModes<'a> {
+    /// `write.metadata.metrics.default`, when set.
+    default: Option<MetricsMode>,
+    /// Each column named by a `write.metadata.metrics.column.*` property.
+    columns: Vec<(&'a str, MetricsMode)>,
+}
+
+impl<'a> MetricsModes<'a> {
+    fn of(properties: &'a HashMap<String, String>) -> Result<Self, TablePropertyError> {
+        let mode = |key: &str, text: &String| {
+            MetricsMode::parse(text).ok_or_else(|| TablePropertyError {
+                key: key.to_string(),
+                value: text.clone(),
+                reason: "not a metrics mode (none, counts, truncate(N), full)".into(),
+            })
+        };
+        let default = properties
+            .get(METRICS_DEFAULT_PROPERTY)
+            .map(|text| mode(METRICS_DEFAULT_PROPERTY, text))
+            .transpose()?;
+        let mut columns = Vec::new();
+        for (key, text) in properties {
+            if let Some(column) = key.strip_prefix(METRICS_COLUMN_PREFIX) {
+                columns.push((column, mode(key, text)?));
+            }
+        }
+        Ok(Self { default, columns })
+    }
+}
 
 /// A table property the writer cannot follow.
 #[derive(Debug, thiserror::Error)]
 #[error("table property {key} = {value:?}: {reason}")]
 pub struct TablePropertyError {
     /// The property's name.
-    pub key: &'static str,
+    pub key: String,
     /// Its value in the table's metadata.
     pub value: String,
     /// What is wrong with it.
@@ -851,13 +960,13 @@ fn compression(properties: &HashMap<String, String>) -> Result<Compression, Tabl
     let level = match properties.get(LEVEL_PROPERTY) {
         None => None,
         Some(text) => Some(text.trim().parse::<i32>().map_err(|e| TablePropertyError {
-            key: LEVEL_PROPERTY,
+            key: LEVEL_PROPERTY.to_string(),
             value: text.clone(),
             reason: e.to_string(),
         })?),
     };
     let level_error = |e: parquet::errors::ParquetError| TablePropertyError {
-        key: LEVEL_PROPERTY,
+        key: LEVEL_PROPERTY.to_string(),
         value: level.map(|l| l.to_string()).unwrap_or_default(),
         reason: format!("not a level of {codec}: {e}"),
     };
@@ -883,7 +992,7 @@ fn compression(properties: &HashMap<String, String>) -> Result<Compression, Tabl
         "uncompressed" | "none" => Compression::UNCOMPRESSED,
         _ => {
             return Err(TablePropertyError {
-                key: CODEC_PROPERTY,
+                key: CODEC_PROPERTY.to_string(),
                 value: codec.to_string(),
                 reason:
                     "not a codec this writer has (zstd, gzip, brotli, snappy, lz4, uncompressed)"
@@ -969,7 +1078,6 @@ pub async fn load_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parquet::schema::types::ColumnPath;
 
     fn codec_of(properties: &WriterProperties) -> Compression {
         properties.compression(&ColumnPath::from("event_id"))
@@ -995,5 +1103,72 @@ mod tests {
         assert!(parquet_properties(&unknown).is_err());
         assert!(commit_file_properties(&unknown, FileCodec::Table).is_err());
         assert!(commit_file_properties(&unknown, FileCodec::Snappy).is_ok());
+    }
+
+    #[test]
+    fn a_column_whose_metrics_mode_is_none_gets_no_statistics() {
+        let statistics = |properties: &[(&str, &str)], column: &str| {
+            let table: HashMap<String, String> = properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let written = commit_file_properties(&table, FileCodec::Uncompressed).unwrap();
+            let compacted = parquet_properties(&table).unwrap();
+            let path = ColumnPath::from(column);
+            assert_eq!(
+                written.statistics_enabled(&path),
+                compacted.statistics_enabled(&path)
+            );
+            written.statistics_enabled(&path)
+        };
+        let id_none = column_metrics_property("event_id");
+        let with_id_none = [(id_none.as_str(), "none")];
+        assert_eq!(
+            statistics(&with_id_none, "event_id"),
+            EnabledStatistics::None
+        );
+        assert_eq!(
+            statistics(&with_id_none, "timestamp"),
+            EnabledStatistics::Page
+        );
+        assert_eq!(statistics(&[], "event_id"), EnabledStatistics::Page);
+        // The default applies to every column a column property does not name.
+        let default_none = [
+            (METRICS_DEFAULT_PROPERTY, " None "),
+            (id_none.as_str(), "truncate(16)"),
+        ];
+        assert_eq!(
+            statistics(&default_none, "user_id"),
+            EnabledStatistics::None
+        );
+        assert_eq!(
+            statistics(&default_none, "event_id"),
+            EnabledStatistics::Page
+        );
+        for mode in ["counts", "full", "truncate( 8 )"] {
+            assert_eq!(
+                statistics(&[(id_none.as_str(), mode)], "event_id"),
+                EnabledStatistics::Page,
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_metrics_mode_the_writer_does_not_know_names_its_property() {
+        for bad in ["truncate(0)", "truncate(x)", "truncate", "bounds", ""] {
+            let table: HashMap<String, String> =
+                [(column_metrics_property("user_id"), bad.to_string())].into();
+            let error = commit_file_properties(&table, FileCodec::Table).unwrap_err();
+            assert_eq!(error.key, "write.metadata.metrics.column.user_id", "{bad}");
+            assert_eq!(error.value, bad);
+            assert!(parquet_properties(&table).is_err(), "{bad}");
+        }
+        let table: HashMap<String, String> =
+            [(METRICS_DEFAULT_PROPERTY.to_string(), "most".to_string())].into();
+        assert_eq!(
+            parquet_properties(&table).unwrap_err().key,
+            METRICS_DEFAULT_PROPERTY
+        );
     }
 }

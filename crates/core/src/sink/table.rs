@@ -1,11 +1,15 @@
 //! Creating the pipeline's tables from the SQL output schemas, with identity partition specs.
 
+use std::collections::{BTreeMap, HashMap};
+
 use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
 use iceberg::spec::{Schema, Transform, UnboundPartitionSpec};
 use iceberg::table::Table;
 use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 
+use super::iceberg::{column_metrics_property, CODEC_PROPERTY};
 use super::SinkError;
+use crate::config::TableConfig;
 
 /// What `ensure_*` found or did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +57,19 @@ pub async fn ensure_namespace(
     Ok(Ensured::Created)
 }
 
-/// Creates `namespace.name` with the given SQL output schema and identity partitions, unless it exists.
+/// Creates `namespace.name` with the given SQL output schema, identity partitions and properties,
+/// unless it exists.
 pub async fn ensure_table(
     catalog: &dyn Catalog,
     namespace: &str,
-    name: &str,
+    table: &TableConfig,
     sql_schema: &ArrowSchema,
-    partition_by: &[String],
 ) -> Result<Ensured, SinkError> {
+    let TableConfig {
+        name,
+        partition_by,
+        properties,
+    } = table;
     let ident = TableIdent::new(namespace_ident(namespace)?, name.to_string());
     let err = |source| SinkError::iceberg(format!("table {namespace}.{name}"), source);
     if catalog.table_exists(&ident).await.map_err(err)? {
@@ -72,19 +81,33 @@ pub async fn ensure_table(
         .name(name.to_string())
         .schema(schema)
         .partition_spec(spec)
-        .properties([
-            ("write.format.default".to_string(), "parquet".to_string()),
-            (
-                super::iceberg::CODEC_PROPERTY.to_string(),
-                "zstd".to_string(),
-            ),
-        ])
+        .properties(creation_properties(partition_by, properties))
         .build();
     catalog
         .create_table(ident.namespace(), creation)
         .await
         .map_err(err)?;
     Ok(Ensured::Created)
+}
+
+/// A new table's properties: Parquet with zstd, no metrics for the partition columns, then
+/// `configured` over them. An identity partition column holds one value in each data file,
+/// which the manifest already records as the file's partition; bounds would repeat it, at two
+/// comparisons per value when the file is written.
+fn creation_properties(
+    partition_by: &[String],
+    configured: &BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    let mut properties: HashMap<String, String> = [
+        ("write.format.default".to_string(), "parquet".to_string()),
+        (CODEC_PROPERTY.to_string(), "zstd".to_string()),
+    ]
+    .into();
+    for column in partition_by {
+        properties.insert(column_metrics_property(column), "none".to_string());
+    }
+    properties.extend(configured.clone());
+    properties
 }
 
 /// Parses a dotted namespace such as `campaigns` or `analytics.campaigns`.
