@@ -1,18 +1,16 @@
 //! Grouping a batch's rows by the table's partition spec, with work per partition, not per row.
 //!
 //! iceberg's `RecordBatchPartitionSplitter` builds a `Struct` of `Literal`s for every row (two
-//! string allocations per event here). Here each row's partition value is hashed a column at a
-//! time and numbered by a small table of the values seen, and one row per number is converted
-//! to a `Struct`.
+//! string allocations per event here). Here DataFusion's group-by hash table (the one its
+//! aggregations use, hashing a column at a time) numbers each row's partition value, and one
+//! row per group is converted to a `Struct`.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::array::{make_comparator, DynComparator};
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::SortOptions;
-use arrow::error::ArrowError;
-use datafusion::common::hash_utils::create_hashes;
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::Schema;
+use datafusion::physical_plan::aggregates::group_values::new_group_values;
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use iceberg::arrow::{arrow_struct_to_literal, PartitionValueCalculator};
 use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef, Struct, StructType};
 use iceberg::{Error, ErrorKind, Result};
@@ -80,19 +78,27 @@ impl PartitionSplitter {
         };
         let value_array = calculator.calculate(batch)?;
         let values = value_array.as_struct();
-        let Numbering {
-            group_of,
-            first_rows,
-        } = Numbering::of(values.columns()).map_err(|e| {
+        let grouping_err = |e: datafusion::error::DataFusionError| {
             Error::new(ErrorKind::Unexpected, "splitting by partition").with_source(e)
-        })?;
-        let groups = first_rows.len();
+        };
+        let mut numbering = new_group_values(
+            Arc::new(Schema::new(values.fields().clone())),
+            &GroupOrdering::None,
+        )
+        .map_err(grouping_err)?;
+        let mut group_of = Vec::with_capacity(values.len());
+        numbering
+            .intern(values.columns(), &mut group_of)
+            .map_err(grouping_err)?;
+        let groups = numbering.len();
         let mut sizes = vec![0usize; groups];
-        for &group in &group_of {
-            sizes[group as usize] += 1;
+        let mut first_row = vec![0usize; groups];
+        for (row, &group) in group_of.iter().enumerate().rev() {
+            sizes[group] += 1;
+            first_row[group] = row;
         }
         let mut parts = Vec::with_capacity(groups);
-        for (&first, &rows) in first_rows.iter().zip(&sizes) {
+        for (&first, &rows) in first_row.iter().zip(&sizes) {
             let literal = arrow_struct_to_literal(&value_array.slice(first, 1), partition_type)?;
             let Some(Some(Literal::Struct(value))) = literal.into_iter().next() else {
                 return Err(Error::new(
@@ -116,9 +122,8 @@ impl PartitionSplitter {
             .collect();
         let mut rows = vec![0u32; group_of.len()];
         for (row, &group) in group_of.iter().enumerate() {
-            let at = &mut next[group as usize];
-            rows[*at] = row as u32;
-            *at += 1;
+            rows[next[group]] = row as u32;
+            next[group] += 1;
         }
         Ok(PartitionGroups {
             rows: Some(UInt32Array::from(rows)),
@@ -127,108 +132,8 @@ impl PartitionSplitter {
     }
 }
 
-/// Each row's partition value as a number: equal values get one, numbered as they first appear.
-struct Numbering {
-    /// Each row's number.
-    group_of: Vec<u32>,
-    /// The first row of each number.
-    first_rows: Vec<usize>,
-}
-
-/// No number: the end of a chain of values that share a hash.
-const NO_GROUP: u32 = u32::MAX;
-
-impl Numbering {
-    /// Numbers the rows of `columns` (the partition values, one column per field). Rows are
-    /// hashed a column at a time; a hash leads to the first value seen with it, and values that
-    /// share a hash are chained, each compared field by field with the row.
-    fn of(columns: &[ArrayRef]) -> std::result::Result<Self, NumberingError> {
-        let rows = columns.first().map_or(0, |c| c.len());
-        let mut hashes = vec![0u64; rows];
-        if !columns.is_empty() {
-            create_hashes(columns, &HASH_STATE, &mut hashes)?;
-        }
-        Self::with_hashes(columns, &hashes)
-    }
-
-    /// [`Numbering::of`] with each row's hash given.
-    fn with_hashes(
-        columns: &[ArrayRef],
-        hashes: &[u64],
-    ) -> std::result::Result<Self, NumberingError> {
-        let rows = hashes.len();
-        let comparators = columns
-            .iter()
-            .map(|c| make_comparator(c.as_ref(), c.as_ref(), SortOptions::default()))
-            .collect::<std::result::Result<Vec<DynComparator>, ArrowError>>()?;
-        let same = |a: usize, b: usize| comparators.iter().all(|compare| compare(a, b).is_eq());
-        let mut first_of_hash: HashMap<u64, u32, foldhash::fast::FixedState> = HashMap::default();
-        let mut next_of_hash: Vec<u32> = Vec::new();
-        let mut first_rows: Vec<usize> = Vec::new();
-        let mut group_of: Vec<u32> = Vec::with_capacity(rows);
-        for (row, &hash) in hashes.iter().enumerate() {
-            // Rows of one partition often come together: the previous row's number, when equal.
-            if let Some(&previous) = group_of.last() {
-                if hashes[row - 1] == hash && same(row, row - 1) {
-                    group_of.push(previous);
-                    continue;
-                }
-            }
-            let new_group = first_rows.len() as u32;
-            let group = match first_of_hash.entry(hash) {
-                Entry::Vacant(entry) => {
-                    entry.insert(new_group);
-                    new_group
-                }
-                Entry::Occupied(entry) => {
-                    let mut group = *entry.get();
-                    loop {
-                        if same(row, first_rows[group as usize]) {
-                            break group;
-                        }
-                        let next = next_of_hash[group as usize];
-                        if next == NO_GROUP {
-                            next_of_hash[group as usize] = new_group;
-                            break new_group;
-                        }
-                        group = next;
-                    }
-                }
-            };
-            if group == new_group {
-                first_rows.push(row);
-                next_of_hash.push(NO_GROUP);
-            }
-            group_of.push(group);
-        }
-        Ok(Self {
-            group_of,
-            first_rows,
-        })
-    }
-}
-
-/// The seeds of the partition values' hashes: any fixed ones do, the numbers live one batch.
-static HASH_STATE: ahash::RandomState = ahash::RandomState::with_seeds(
-    0x243f_6a88_85a3_08d3,
-    0x1319_8a2e_0370_7344,
-    0xa409_3822_299f_31d0,
-    0x082e_fa98_ec4e_6c89,
-);
-
-/// Why partition values could not be numbered.
-#[derive(Debug, thiserror::Error)]
-enum NumberingError {
-    #[error("hashing the partition values")]
-    Hash(#[from] datafusion::error::DataFusionError),
-    #[error("comparing the partition values")]
-    Compare(#[from] ArrowError),
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use std::collections::HashMap;
 
     use arrow::array::{ArrayRef, Int32Array, StringArray, TimestampMicrosecondArray};
@@ -394,19 +299,6 @@ mod tests {
             .groups(&batch.slice(0, 0))
             .expect("groups");
         assert!(empty.parts.is_empty() && empty.rows.is_none());
-    }
-
-    #[test]
-    fn values_whose_hashes_collide_still_get_numbers_of_their_own() {
-        let schema = schema();
-        let batch = batch(&schema, 300);
-        let columns = [batch.column(1).clone(), batch.column(2).clone()];
-        let hashed = Numbering::of(&columns).expect("numbering");
-        assert!(hashed.first_rows.len() > 4, "several partition values");
-        // Every row on one hash: each value is told apart by comparing it alone.
-        let collided = Numbering::with_hashes(&columns, &[7; 300]).expect("numbering");
-        assert_eq!(collided.group_of, hashed.group_of);
-        assert_eq!(collided.first_rows, hashed.first_rows);
     }
 
     fn splitter_of(schema: &SchemaRef) -> PartitionSplitter {
