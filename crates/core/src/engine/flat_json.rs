@@ -112,6 +112,9 @@ impl<'k> WantedKeys<'k> {
 /// of each wanted key, in document order (a repeated key is given each time). `None` when the
 /// document is not of that shape or not well formed: then `field` may have been called for some
 /// of its fields, and the caller must throw those away and ask the full parser.
+// Inlined into its one caller, the per-row loop: the compiler's own choice flips with
+// unrelated changes elsewhere in the crate, and costs a call and its spills per field.
+#[inline(always)]
 pub fn read_flat<'a>(
     json: &'a str,
     keys: &WantedKeys<'_>,

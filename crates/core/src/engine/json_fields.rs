@@ -233,6 +233,7 @@ impl FieldColumn {
     }
 
     /// The row's value is `text`, of JSON type `kind` (replacing an earlier one of the row).
+    #[inline]
     fn set(&mut self, text: &str, kind: i8) {
         self.bytes.truncate(self.start);
         self.bytes.extend_from_slice(text.as_bytes());
@@ -240,12 +241,14 @@ impl FieldColumn {
     }
 
     /// The row's value is null (replacing an earlier one of the row).
+    #[inline]
     fn set_null(&mut self) {
         self.bytes.truncate(self.start);
         self.current = NULL_CODE;
     }
 
     /// Closes the row: with the value read when the document was `ok`, else null.
+    #[inline]
     fn end_row(&mut self, ok: bool) {
         if !ok {
             self.set_null();
@@ -294,6 +297,7 @@ impl FieldColumn {
 
 /// Sets the value of each wanted key found at the top level of `json` in its column (a null
 /// value leaves the column's row null). An error when `json` is not a well-formed object.
+#[inline]
 fn extract(json: &str, keys: &WantedKeys<'_>, columns: &mut [FieldColumn]) -> JiterResult<()> {
     // Nearly every event is a flat object, which the flat reader takes at a fraction of the full
     // parser's cost; it gives up on anything else, and the full parser starts the row over.
