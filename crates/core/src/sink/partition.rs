@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use arrow::datatypes::Schema;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray, UInt32Array};
+use arrow::datatypes::{DataType, Fields, Schema};
 use datafusion::physical_plan::aggregates::group_values::new_group_values;
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use iceberg::arrow::{arrow_struct_to_literal, PartitionValueCalculator};
 use iceberg::spec::{Literal, PartitionKey, PartitionSpecRef, SchemaRef, Struct, StructType};
+use iceberg::transform::{create_transform_function, BoxedTransformFunction};
 use iceberg::{Error, ErrorKind, Result};
 
 /// Groups the rows of a table's batches by partition value.
@@ -21,6 +22,20 @@ pub struct PartitionSplitter {
     schema: SchemaRef,
     /// `None` for an unpartitioned table.
     calculator: Option<(PartitionValueCalculator, StructType)>,
+    /// When every partition field's source is a top-level column: where each is in the table's
+    /// batches, its transform and the Arrow fields of the values.
+    top_level: Option<TopLevelSources>,
+}
+
+/// Partition values computed from top-level columns alone. iceberg's calculator rebuilds each
+/// source column through `ArrayData::build`, which checks every string's UTF-8 again.
+struct TopLevelSources {
+    /// Each partition field's source column, by position in the table's schema.
+    columns: Vec<usize>,
+    transforms: Vec<BoxedTransformFunction>,
+    fields: Fields,
+    /// Top-level columns of the table's schema (what its batches hold).
+    width: usize,
 }
 
 /// A batch's rows in partition order.
@@ -53,10 +68,15 @@ impl PartitionSplitter {
                 spec.partition_type(&schema)?,
             ))
         };
+        let top_level = match &calculator {
+            Some((calculator, _)) => TopLevelSources::of(&spec, &schema, calculator)?,
+            None => None,
+        };
         Ok(Self {
             spec,
             schema,
             calculator,
+            top_level,
         })
     }
 
@@ -76,7 +96,10 @@ impl PartitionSplitter {
                 }],
             });
         };
-        let value_array = calculator.calculate(batch)?;
+        let value_array = match &self.top_level {
+            Some(sources) if batch.num_columns() == sources.width => sources.values(batch)?,
+            _ => calculator.calculate(batch)?,
+        };
         let values = value_array.as_struct();
         let grouping_err = |e: datafusion::error::DataFusionError| {
             Error::new(ErrorKind::Unexpected, "splitting by partition").with_source(e)
@@ -129,6 +152,52 @@ impl PartitionSplitter {
             rows: Some(UInt32Array::from(rows)),
             parts,
         })
+    }
+}
+
+impl TopLevelSources {
+    /// The sources of `spec`'s fields, when all are top-level columns of `schema`.
+    fn of(
+        spec: &PartitionSpecRef,
+        schema: &SchemaRef,
+        calculator: &PartitionValueCalculator,
+    ) -> Result<Option<Self>> {
+        let top = schema.as_struct().fields();
+        let Some(columns) = spec
+            .fields()
+            .iter()
+            .map(|field| top.iter().position(|f| f.id == field.source_id))
+            .collect::<Option<Vec<usize>>>()
+        else {
+            return Ok(None);
+        };
+        let transforms = spec
+            .fields()
+            .iter()
+            .map(|field| create_transform_function(&field.transform))
+            .collect::<Result<Vec<_>>>()?;
+        let DataType::Struct(fields) = calculator.partition_arrow_type() else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            columns,
+            transforms,
+            fields: fields.clone(),
+            width: top.len(),
+        }))
+    }
+
+    /// The partition values of `batch`'s rows, as iceberg's calculator gives them.
+    fn values(&self, batch: &RecordBatch) -> Result<ArrayRef> {
+        let values = self
+            .columns
+            .iter()
+            .zip(&self.transforms)
+            .map(|(&column, transform)| transform.transform(batch.column(column).clone()))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let values = StructArray::try_new(self.fields.clone(), values, None)
+            .map_err(|e| Error::new(ErrorKind::DataInvalid, "partition values").with_source(e))?;
+        Ok(Arc::new(values))
     }
 }
 
@@ -240,7 +309,13 @@ mod tests {
             vec![("kind", Transform::Truncate(3)), ("at", Transform::Hour)],
             vec![("campaign", Transform::Identity)],
         ] {
-            let [reference, ours] = both_ways(spec(&schema, &fields), &batch);
+            let spec = spec(&schema, &fields);
+            let splitter = PartitionSplitter::new(schema.clone(), spec.clone()).expect("splitter");
+            assert!(
+                splitter.top_level.is_some(),
+                "{fields:?}: values from the columns themselves"
+            );
+            let [reference, ours] = both_ways(spec, &batch);
             assert!(reference.len() > 1, "{fields:?} splits into one partition");
             assert_eq!(ours, reference, "{fields:?}");
         }
