@@ -13,8 +13,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use arrow::array::timezone::Tz;
-use arrow::array::{Array, ArrayRef, AsArray, BooleanBufferBuilder, PrimitiveArray, StringArray};
-use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::array::{ArrayRef, AsArray, PrimitiveArray, StringArray};
 use arrow::compute::kernels::cast_utils::string_to_datetime;
 use arrow::compute::CastOptions;
 use arrow::datatypes::{
@@ -22,6 +21,7 @@ use arrow::datatypes::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use arrow::record_batch::RecordBatch;
+use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::common::format::DEFAULT_FORMAT_OPTIONS;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
@@ -150,126 +150,52 @@ const SAFE: CastOptions = CastOptions {
 /// Each text as a timestamp of `T` in `zone`: read directly when it is RFC 3339 UTC, else by
 /// Arrow's parser in `tz` as Arrow's cast does it (NULL where that fails).
 fn cast<T: ArrowTimestampType>(text: &StringArray, tz: &Tz, zone: &Option<Arc<str>>) -> ArrayRef {
-    let rows = text.len();
-    let mut values: Vec<i64> = Vec::with_capacity(rows);
-    let mut valid = BooleanBufferBuilder::new(rows);
-    for row in 0..rows {
-        let value = text
-            .is_valid(row)
-            .then(|| text.value(row))
-            .and_then(|value| match utc(value) {
-                Some(instant) => instant.in_unit(T::UNIT),
-                None => {
-                    let naive = string_to_datetime(tz, value).ok()?.naive_utc();
-                    T::from_naive_datetime(naive, None)
-                }
-            });
-        valid.append(value.is_some());
-        values.push(value.unwrap_or_default());
-    }
-    let nulls = NullBuffer::new(valid.finish());
-    let cast = PrimitiveArray::<T>::new(ScalarBuffer::from(values), Some(nulls));
+    let cast: PrimitiveArray<T> = text
+        .iter()
+        .map(|value| {
+            let value = value?;
+            let naive = match utc(value) {
+                Some(naive) => naive,
+                None => string_to_datetime(tz, value).ok()?.naive_utc(),
+            };
+            T::from_naive_datetime(naive, None)
+        })
+        .collect();
     Arc::new(cast.with_timezone_opt(zone.clone()))
-}
-
-/// An instant as seconds since 1970-01-01T00:00:00Z and the nanoseconds after them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Instant {
-    seconds: i64,
-    nanos: u32,
-}
-
-impl Instant {
-    /// The instant counted in `unit` since the epoch, rounded down as chrono's `timestamp_*`
-    /// are (what Arrow's cast uses); `None` when nanoseconds overflow `i64` (outside the
-    /// years 1677-2262).
-    fn in_unit(self, unit: TimeUnit) -> Option<i64> {
-        let Self { seconds, nanos } = self;
-        let nanos = i64::from(nanos);
-        match unit {
-            TimeUnit::Second => Some(seconds),
-            TimeUnit::Millisecond => Some(seconds * 1_000 + nanos / 1_000_000),
-            TimeUnit::Microsecond => Some(seconds * 1_000_000 + nanos / 1_000),
-            TimeUnit::Nanosecond => {
-                // As chrono does: a negative product one second short, so that it does not
-                // overflow where the sum would not.
-                let (seconds, nanos) = if seconds < 0 {
-                    (seconds + 1, nanos - 1_000_000_000)
-                } else {
-                    (seconds, nanos)
-                };
-                seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
-            }
-        }
-    }
 }
 
 /// The instant `text` names when it is exactly `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, with 1 to
 /// 9 fraction digits and a valid date and time; `None` for anything else.
-fn utc(text: &str) -> Option<Instant> {
+fn utc(text: &str) -> Option<NaiveDateTime> {
     let (head, rest) = text.as_bytes().split_at_checked(19)?;
-    let digit = |at: usize| {
-        let value = head[at].wrapping_sub(b'0');
-        (value < 10).then_some(u32::from(value))
+    let number = |digits: &[u8]| -> Option<u32> {
+        digits.iter().try_fold(0_u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
     };
-    let two = |at: usize| Some(digit(at)? * 10 + digit(at + 1)?);
     let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
-    if separators.iter().any(|&(at, c)| head[at] != c) {
+    if separators.iter().any(|&(at, c)| head.get(at) != Some(&c)) {
         return None;
     }
     let nanos = match rest {
         [b'Z'] => 0,
         [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
-            let number = fraction.iter().try_fold(0_u32, |n, &c| {
-                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-            })?;
-            number * 10_u32.pow(9 - fraction.len() as u32)
+            number(fraction)? * 10_u32.pow(9 - fraction.len() as u32)
         }
         _ => return None,
     };
-    let year = two(0)? * 100 + two(2)?;
-    let (month, day) = (two(5)?, two(8)?);
-    let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let days = days_from_civil(i64::from(year), month, day);
-    let seconds = days * 86_400 + i64::from(hour * 3_600 + minute * 60 + second);
-    Some(Instant { seconds, nanos })
-}
-
-/// Days in `month` (1-12) of `year`, in the proleptic Gregorian calendar.
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a valid date of the proleptic Gregorian calendar (Howard
-/// Hinnant's `days_from_civil`: years counted from March, so that February's length comes last).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = i64::from((month + 9) % 12);
-    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    let field = |from: usize, to: usize| head.get(from..to).and_then(number);
+    NaiveDate::from_ymd_opt(
+        i32::try_from(field(0, 4)?).ok()?,
+        field(5, 7)?,
+        field(8, 10)?,
+    )?
+    .and_hms_nano_opt(field(11, 13)?, field(14, 16)?, field(17, 19)?, nanos)
 }
 
 #[cfg(test)]
 mod tests {
     use arrow::compute::cast_with_options;
-    use chrono::NaiveDate;
 
     use super::*;
 
@@ -361,30 +287,9 @@ mod tests {
 
     #[test]
     fn reads_the_usual_layout_itself() {
-        let instant = utc("2026-11-28T03:16:37.123Z").expect("read directly");
-        let expected = NaiveDate::from_ymd_opt(2026, 11, 28)
-            .and_then(|d| d.and_hms_milli_opt(3, 16, 37, 123))
-            .expect("date")
-            .and_utc();
-        assert_eq!(instant.seconds, expected.timestamp());
-        assert_eq!(instant.nanos, 123_000_000);
+        let naive = utc("2026-11-28T03:16:37.123Z").expect("read directly");
+        assert_eq!(naive.to_string(), "2026-11-28 03:16:37.123");
         assert_eq!(utc("2026-11-28T03:16:37+02:00"), None);
         assert_eq!(utc("2026-02-30T00:00:00Z"), None);
-    }
-
-    #[test]
-    fn every_date_of_four_digit_years_is_told_and_counted_as_chrono_does() {
-        for year in 0..=9999_u32 {
-            for month in 0..=13 {
-                for day in 0..=32 {
-                    let text = format!("{year:04}-{month:02}-{day:02}T00:00:00Z");
-                    let ours = utc(&text).map(|instant| instant.seconds);
-                    let chrono = NaiveDate::from_ymd_opt(year as i32, month, day)
-                        .map(|date| date.and_hms_opt(0, 0, 0).expect("midnight"))
-                        .map(|naive| naive.and_utc().timestamp());
-                    assert_eq!(ours, chrono, "{text}");
-                }
-            }
-        }
     }
 }
