@@ -30,12 +30,11 @@ pub struct PartitionSplitter {
 /// Partition values computed from top-level columns alone. iceberg's calculator rebuilds each
 /// source column through `ArrayData::build`, which checks every string's UTF-8 again.
 struct TopLevelSources {
-    /// Each partition field's source column, by position in the table's schema.
-    columns: Vec<usize>,
+    /// Each partition field's source column, by position in the table's schema (and so in
+    /// its batches), with its name.
+    columns: Vec<(usize, String)>,
     transforms: Vec<BoxedTransformFunction>,
     fields: Fields,
-    /// Top-level columns of the table's schema (what its batches hold).
-    width: usize,
 }
 
 /// A batch's rows in partition order.
@@ -97,7 +96,7 @@ impl PartitionSplitter {
             });
         };
         let value_array = match &self.top_level {
-            Some(sources) if batch.num_columns() == sources.width => sources.values(batch)?,
+            Some(sources) if sources.fit(batch) => sources.values(batch)?,
             _ => calculator.calculate(batch)?,
         };
         let values = value_array.as_struct();
@@ -166,8 +165,11 @@ impl TopLevelSources {
         let Some(columns) = spec
             .fields()
             .iter()
-            .map(|field| top.iter().position(|f| f.id == field.source_id))
-            .collect::<Option<Vec<usize>>>()
+            .map(|field| {
+                let at = top.iter().position(|f| f.id == field.source_id)?;
+                Some((at, top[at].name.clone()))
+            })
+            .collect::<Option<Vec<(usize, String)>>>()
         else {
             return Ok(None);
         };
@@ -183,8 +185,18 @@ impl TopLevelSources {
             columns,
             transforms,
             fields: fields.clone(),
-            width: top.len(),
         }))
+    }
+
+    /// Whether `batch` holds each source column where the table's schema does.
+    fn fit(&self, batch: &RecordBatch) -> bool {
+        let schema = batch.schema_ref();
+        self.columns.iter().all(|(at, name)| {
+            schema
+                .fields()
+                .get(*at)
+                .is_some_and(|field| field.name() == name)
+        })
     }
 
     /// The partition values of `batch`'s rows, as iceberg's calculator gives them.
@@ -193,7 +205,7 @@ impl TopLevelSources {
             .columns
             .iter()
             .zip(&self.transforms)
-            .map(|(&column, transform)| transform.transform(batch.column(column).clone()))
+            .map(|((column, _), transform)| transform.transform(batch.column(*column).clone()))
             .collect::<Result<Vec<ArrayRef>>>()?;
         let values = StructArray::try_new(self.fields.clone(), values, None)
             .map_err(|e| Error::new(ErrorKind::DataInvalid, "partition values").with_source(e))?;
@@ -207,6 +219,7 @@ mod tests {
 
     use arrow::array::{ArrayRef, Int32Array, StringArray, TimestampMicrosecondArray};
     use arrow::compute::take_record_batch;
+    use arrow::datatypes::Schema as ArrowSchema;
     use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
     use iceberg::spec::{
         NestedField, PartitionSpec, PrimitiveType, Schema as IcebergSchema, Transform, Type,
@@ -319,6 +332,36 @@ mod tests {
             assert!(reference.len() > 1, "{fields:?} splits into one partition");
             assert_eq!(ours, reference, "{fields:?}");
         }
+    }
+
+    #[test]
+    fn a_batch_whose_columns_are_not_where_the_schema_has_them_is_refused_not_misplaced() {
+        let schema = schema();
+        let batch = batch(&schema, 300);
+        // The same columns, with their field ids, in another order.
+        let order = [2, 0, 3, 1];
+        let fields: Vec<_> = order
+            .iter()
+            .map(|&i| batch.schema().field(i).clone())
+            .collect();
+        let columns = order.iter().map(|&i| batch.column(i).clone()).collect();
+        let moved = RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), columns)
+            .expect("reordered batch");
+        let spec = spec(
+            &schema,
+            &[
+                ("campaign", Transform::Identity),
+                ("kind", Transform::Identity),
+            ],
+        );
+        let splitter = PartitionSplitter::new(schema.clone(), spec).expect("splitter");
+        let sources = splitter.top_level.as_ref().expect("top-level sources");
+        assert!(sources.fit(&batch));
+        assert!(!sources.fit(&moved));
+        // iceberg's calculator reads its sources by place too, and refuses the wrong types
+        // there: an error, never rows under another column's partition value.
+        assert!(splitter.groups(&moved).is_err());
+        assert!(splitter.groups(&batch).is_ok());
     }
 
     #[test]
