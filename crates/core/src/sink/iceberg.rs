@@ -1123,28 +1123,26 @@ mod tests {
         };
         let id_none = column_metrics_property("event_id");
         let with_id_none = [(id_none.as_str(), "none")];
-        assert_eq!(
-            statistics(&with_id_none, "event_id"),
-            EnabledStatistics::None
-        );
-        assert_eq!(
-            statistics(&with_id_none, "timestamp"),
-            EnabledStatistics::Page
-        );
-        assert_eq!(statistics(&[], "event_id"), EnabledStatistics::Page);
         // The default applies to every column a column property does not name.
         let default_none = [
             (METRICS_DEFAULT_PROPERTY, " None "),
             (id_none.as_str(), "truncate(16)"),
         ];
-        assert_eq!(
-            statistics(&default_none, "user_id"),
-            EnabledStatistics::None
-        );
-        assert_eq!(
-            statistics(&default_none, "event_id"),
-            EnabledStatistics::Page
-        );
+        let none = EnabledStatistics::None;
+        let page = EnabledStatistics::Page;
+        for (properties, column, expected) in [
+            (&with_id_none[..], "event_id", none),
+            (&with_id_none[..], "timestamp", page),
+            (&[][..], "event_id", page),
+            (&default_none[..], "user_id", none),
+            (&default_none[..], "event_id", page),
+        ] {
+            assert_eq!(
+                statistics(properties, column),
+                expected,
+                "{properties:?} {column}"
+            );
+        }
         for mode in ["counts", "full", "truncate( 8 )"] {
             assert_eq!(
                 statistics(&[(id_none.as_str(), mode)], "event_id"),
