@@ -264,7 +264,7 @@ impl Source for SimSource {
         }
         member.stale_batches = member.stale_batches.saturating_sub(1);
         let world = lock(&self.world);
-        let mut builder = BatchBuilder::new(16);
+        let mut builder = BatchBuilder::new(TOPIC, 16);
         let mut at_end = BTreeSet::new();
         let member = &mut *member;
         for (partition, position) in member.positions.iter_mut() {
@@ -274,7 +274,6 @@ impl Source for SimSource {
                     break;
                 };
                 builder.push(
-                    TOPIC,
                     *partition,
                     *position,
                     Some(CLOCK_START_MICROS / 1000),

@@ -277,7 +277,7 @@ fn micro_batches(
     let mut batches = Vec::new();
     let mut next = [0_i64; 3];
     for chunk in generated.chunks(batch_rows) {
-        let mut builder = BatchBuilder::new(chunk.len());
+        let mut builder = BatchBuilder::new(RECORDS_TOPIC, chunk.len());
         for r in chunk {
             // Any stable hash of the key keeps each campaign in one partition.
             let hash = r
@@ -286,7 +286,6 @@ fn micro_batches(
                 .fold(0_u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
             let partition = (hash % 3) as usize;
             builder.push(
-                RECORDS_TOPIC,
                 partition as i32,
                 next[partition],
                 Some(0),

@@ -83,7 +83,7 @@ pub async fn run_sample(
     pipeline: &PipelineConfig,
     sample: &[u8],
 ) -> Result<SampleReport, SampleError> {
-    let mut builder = BatchBuilder::new(1024);
+    let mut builder = BatchBuilder::new(SAMPLE_TOPIC, 1024);
     let mut payloads: BTreeMap<i64, &[u8]> = BTreeMap::new();
     let now_ms = chrono::Utc::now().timestamp_millis();
     for (index, line) in sample.split(|b| *b == b'\n').enumerate() {
@@ -93,7 +93,7 @@ pub async fn run_sample(
         }
         let number = index as i64 + 1;
         payloads.insert(number, line_text);
-        builder.push(SAMPLE_TOPIC, 0, number, Some(now_ms), None, Some(line_text));
+        builder.push(0, number, Some(now_ms), None, Some(line_text));
     }
     let batch = builder
         .finish(true, Default::default(), 0)

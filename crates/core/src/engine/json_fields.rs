@@ -264,9 +264,7 @@ impl FieldColumn {
     /// The text column and the type column (dictionary-encoded over `names`).
     fn finish(self, names: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
         let codes = self.codes;
-        let nulls = NullBuffer::new(BooleanBuffer::collect_bool(codes.len(), |row| {
-            codes[row] != NULL_CODE
-        }));
+        let nulls = NullBuffer::new(present(&codes));
         if i32::try_from(self.bytes.len()).is_err() {
             return exec_err!("json_fields: more than 2 GiB of text in one batch");
         }
@@ -292,6 +290,56 @@ impl FieldColumn {
         // `TYPE_NAMES.len()`, the number of names (checked above).
         let kinds = unsafe { DictionaryArray::new_unchecked(kinds, names.clone()) };
         Ok((Arc::new(text), Arc::new(kinds)))
+    }
+}
+
+/// A bit per code, set where the row holds a value (the code is not [`NULL_CODE`]): sixteen
+/// codes at a time with SSE2 (every x86-64 processor has it); a closure per row was a visible
+/// share of `json_fields`.
+fn present(codes: &[TypeCode]) -> BooleanBuffer {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut words: Vec<u64> = Vec::with_capacity(codes.len().div_ceil(64));
+        let mut chunks = codes.chunks_exact(64);
+        for chunk in &mut chunks {
+            let word = chunk
+                .chunks_exact(16)
+                .enumerate()
+                .fold(0_u64, |word, (i, block)| {
+                    let block = block.first_chunk::<16>().expect("chunks of 16");
+                    word | u64::from(!sse2::zeros(block)) << (16 * i)
+                });
+            words.push(word);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            words.push(rest.iter().enumerate().fold(0_u64, |word, (i, &code)| {
+                word | u64::from(code != NULL_CODE) << i
+            }));
+        }
+        // Little-endian: bit i of the words is bit i % 8 of byte i / 8, as Arrow numbers them.
+        BooleanBuffer::new(Buffer::from_vec(words), 0, codes.len())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    BooleanBuffer::collect_bool(codes.len(), |row| codes[row] != NULL_CODE)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_setzero_si128,
+    };
+
+    const _: () = assert!(super::NULL_CODE == 0, "the comparison is with zero");
+
+    /// A bit per code of `block`, set where it is [`super::NULL_CODE`].
+    pub(super) fn zeros(block: &[u8; 16]) -> u16 {
+        // SAFETY: SSE2 is part of x86-64, so these are available on every processor this
+        // code is built for; the load reads the sixteen bytes of `block`, without alignment.
+        unsafe {
+            let codes = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(codes, _mm_setzero_si128())) as u16
+        }
     }
 }
 
@@ -355,6 +403,16 @@ fn extract_full(json: &str, keys: &WantedKeys<'_>, columns: &mut [FieldColumn]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rows_holding_a_value_are_those_whose_code_is_not_null() {
+        // Every length up to three words and a half, with codes of every kind at every place.
+        for len in 0..230 {
+            let codes: Vec<TypeCode> = (0..len).map(|i| ((i * 7 + len) % 4) as TypeCode).collect();
+            let expected = BooleanBuffer::collect_bool(len, |row| codes[row] != NULL_CODE);
+            assert_eq!(present(&codes), expected, "{len} codes");
+        }
+    }
 
     fn run(json: &str) -> Option<Vec<Option<String>>> {
         typed(json).map(|fields| fields.into_iter().map(|f| f.map(|(v, _)| v)).collect())

@@ -4,7 +4,6 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 
-use crate::common::hashing::FastMap;
 use crate::common::records::{Coordinates, KafkaRecords};
 use crate::common::ERROR_COLUMN;
 use crate::dlq::{DeadLetter, SourceCoordinates};
@@ -80,20 +79,10 @@ pub fn from_rejected_rows(
     let (partitions, offsets) = (&at.partitions, &at.offsets);
 
     let records = KafkaRecords::new(input)?;
-    // A few rows of a batch are rejected: the input is looked up in a map of those rows rather
-    // than a map of every input row built for a few lookups.
-    let mut rows: FastMap<(i32, i64), Option<usize>> = (0..rejected.num_rows())
-        .map(|i| ((partitions.value(i), offsets.value(i)), None))
-        .collect();
-    for row in 0..records.len() {
-        if let Some(found) = rows.get_mut(&(records.partition(row), records.offset(row))) {
-            *found = Some(row);
-        }
-    }
-
+    let runs = OffsetRuns::of(&records);
     let mut letters = Vec::with_capacity(rejected.num_rows());
     for i in 0..rejected.num_rows() {
-        let Some(&Some(row)) = rows.get(&(partitions.value(i), offsets.value(i))) else {
+        let Some(row) = runs.row(partitions.value(i), offsets.value(i)) else {
             // The SQL invented a row that matches no message: report it rather than lose it.
             tracing::warn!(
                 partition = partitions.value(i),
@@ -112,6 +101,57 @@ pub fn from_rejected_rows(
         ));
     }
     Ok(letters)
+}
+
+/// The rows of a micro-batch as runs of consecutive offsets of one partition, sorted: a batch
+/// holds a few long ones, so finding the message of a rejected row costs a binary search, where
+/// probing a map for every input row was most of the dead letters' cost.
+struct OffsetRuns {
+    runs: Vec<OffsetRun>,
+}
+
+/// Rows `first_row..first_row + len` hold offsets `first_offset..` of `partition`, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct OffsetRun {
+    partition: i32,
+    first_offset: i64,
+    first_row: usize,
+    len: usize,
+}
+
+impl OffsetRuns {
+    fn of(records: &KafkaRecords<'_>) -> Self {
+        let mut runs: Vec<OffsetRun> = Vec::new();
+        for row in 0..records.len() {
+            let (partition, offset) = (records.partition(row), records.offset(row));
+            match runs.last_mut() {
+                Some(run)
+                    if run.partition == partition
+                        && run.first_offset.checked_add(run.len as i64) == Some(offset) =>
+                {
+                    run.len += 1;
+                }
+                _ => runs.push(OffsetRun {
+                    partition,
+                    first_offset: offset,
+                    first_row: row,
+                    len: 1,
+                }),
+            }
+        }
+        runs.sort_unstable();
+        Self { runs }
+    }
+
+    /// The row holding `offset` of `partition`, if any.
+    fn row(&self, partition: i32, offset: i64) -> Option<usize> {
+        let after = self
+            .runs
+            .partition_point(|run| (run.partition, run.first_offset) <= (partition, offset));
+        let run = self.runs.get(after.checked_sub(1)?)?;
+        let within = usize::try_from(offset - run.first_offset).ok()?;
+        (run.partition == partition && within < run.len).then_some(run.first_row + within)
+    }
 }
 
 /// The dead letter of message `row` of the micro-batch.
@@ -182,5 +222,65 @@ pub fn dead_letter(
         letter: DeadLetter::new(reason, payload, source, pipeline, failed_at),
         key: raw.key.clone(),
         rejection,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::TimestampMillisecondArray;
+    use arrow::array::{ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray};
+
+    use super::*;
+    use crate::common::kafka_records_schema;
+
+    #[test]
+    fn every_message_is_found_by_its_partition_and_offset_and_nothing_else() {
+        // Runs of partitions interleaved, a gap in partition 1's offsets, a partition read
+        // again from an earlier offset, and a single-message run.
+        let at: Vec<(i32, i64)> = [
+            (1, 10..14),
+            (0, 0..3),
+            (1, 20..22),
+            (2, 7..8),
+            (0, 3..5),
+            (3, 50..52),
+            (3, 40..42),
+        ]
+        .into_iter()
+        .flat_map(|(p, offsets)| offsets.map(move |o| (p, o)))
+        .collect();
+        let rows = at.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["t"; rows])),
+            Arc::new(Int32Array::from_iter_values(at.iter().map(|(p, _)| *p))),
+            Arc::new(Int64Array::from_iter_values(at.iter().map(|(_, o)| *o))),
+            Arc::new(TimestampMillisecondArray::from(vec![None; rows]).with_timezone("UTC")),
+            Arc::new(BinaryArray::from(vec![None; rows])),
+            Arc::new(StringArray::from(vec!["{}"; rows])),
+        ];
+        let batch = RecordBatch::try_new(kafka_records_schema(), columns).expect("batch");
+        let records = KafkaRecords::new(&batch).expect("records");
+        let runs = OffsetRuns::of(&records);
+        for (row, (partition, offset)) in at.iter().enumerate() {
+            assert_eq!(
+                runs.row(*partition, *offset),
+                Some(row),
+                "{partition}/{offset}"
+            );
+        }
+        for (partition, offset) in [
+            (1, 14),
+            (1, 19),
+            (1, 9),
+            (0, 5),
+            (2, 6),
+            (4, 0),
+            (3, 42),
+            (-1, 0),
+        ] {
+            assert_eq!(runs.row(partition, offset), None, "{partition}/{offset}");
+        }
     }
 }

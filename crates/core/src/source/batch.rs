@@ -4,8 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringArray, StringBuilder,
+    TimestampMillisecondBuilder,
 };
+use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
@@ -58,13 +60,16 @@ impl MicroBatch {
 /// make the next one reserve gigabytes for `capacity` of them (bigger ones grow the buffer).
 const MAX_RESERVED_PER_MESSAGE: usize = 4096;
 
-/// Appends messages column by column; one allocation per column per batch, not per row.
+/// Appends the messages of one topic column by column; one allocation per column per batch,
+/// not per row.
 pub struct BatchBuilder {
+    /// The topic every message comes from: its column is written whole when the batch is
+    /// finished (appending it to every row was a visible share of the reading thread).
+    topic: String,
     /// Messages each batch's builders are sized for.
     capacity: usize,
     /// Payload bytes per message reserved, learnt from the last batch.
     value_bytes: usize,
-    topic: StringBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
     timestamp: TimestampMillisecondBuilder,
@@ -82,23 +87,22 @@ pub struct BatchBuilder {
 
 /// Consecutive messages of one partition: the offset after the last of them.
 struct PartitionRun {
-    topic: String,
     partition: i32,
     next: i64,
 }
 
 impl BatchBuilder {
-    /// A builder sized for `capacity` messages of about 256 bytes (later batches: the size
-    /// the last one's payloads had).
-    pub fn new(capacity: usize) -> Self {
-        Self::sized(capacity, 256)
+    /// A builder for messages of `topic`, sized for `capacity` messages of about 256 bytes
+    /// (later batches: the size the last one's payloads had).
+    pub fn new(topic: impl Into<String>, capacity: usize) -> Self {
+        Self::sized(topic.into(), capacity, 256)
     }
 
-    fn sized(capacity: usize, value_bytes: usize) -> Self {
+    fn sized(topic: String, capacity: usize, value_bytes: usize) -> Self {
         Self {
+            topic,
             capacity,
             value_bytes,
-            topic: StringBuilder::with_capacity(capacity, capacity * 16),
             partition: Int32Builder::with_capacity(capacity),
             offset: Int64Builder::with_capacity(capacity),
             timestamp: TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"),
@@ -125,20 +129,18 @@ impl BatchBuilder {
     /// Appends one message; a payload that is not UTF-8 is set aside for the dead letter queue.
     pub fn push(
         &mut self,
-        topic: &str,
         partition: i32,
         offset: i64,
         timestamp_ms: Option<i64>,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) {
-        self.advance(topic, partition, offset + 1);
+        self.advance(partition, offset + 1);
         let payload = payload.unwrap_or_default();
         // SIMD validation: the payload is checked here once and never again (the column is
         // UTF-8 from then on), and std's byte loop was a visible share of the reading thread.
         match simdutf8::basic::from_utf8(payload) {
             Ok(text) => {
-                self.topic.append_value(topic);
                 self.partition.append_value(partition);
                 self.offset.append_value(offset);
                 self.timestamp.append_option(timestamp_ms);
@@ -147,7 +149,7 @@ impl BatchBuilder {
                 self.rows += 1;
             }
             Err(_) => self.not_utf8.push(RawRecord {
-                topic: topic.to_string(),
+                topic: self.topic.clone(),
                 partition,
                 offset,
                 timestamp_ms,
@@ -158,18 +160,14 @@ impl BatchBuilder {
     }
 
     /// Raises the partition's next offset to `next`.
-    fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+    fn advance(&mut self, partition: i32, next: i64) {
         match &mut self.run {
-            Some(run) if run.partition == partition && run.topic == topic => {
+            Some(run) if run.partition == partition => {
                 run.next = run.next.max(next);
             }
             _ => {
                 self.end_run();
-                self.run = Some(PartitionRun {
-                    topic: topic.to_string(),
-                    partition,
-                    next,
-                });
+                self.run = Some(PartitionRun { partition, next });
             }
         }
     }
@@ -178,7 +176,7 @@ impl BatchBuilder {
     fn end_run(&mut self) {
         if let Some(run) = self.run.take() {
             self.next_offsets
-                .advance(&run.topic, run.partition, run.next);
+                .advance(&self.topic, run.partition, run.next);
         }
     }
 
@@ -204,9 +202,10 @@ impl BatchBuilder {
             }
         };
         self.end_run();
-        let mut done = std::mem::replace(self, Self::sized(self.capacity, value_bytes));
+        let fresh = Self::sized(self.topic.clone(), self.capacity, value_bytes);
+        let mut done = std::mem::replace(self, fresh);
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(done.topic.finish()),
+            Arc::new(repeated(&done.topic, done.rows)?),
             Arc::new(done.partition.finish()),
             Arc::new(done.offset.finish()),
             Arc::new(done.timestamp.finish()),
@@ -232,6 +231,23 @@ impl BatchBuilder {
     }
 }
 
+/// `text` in each of `rows` rows.
+fn repeated(text: &str, rows: usize) -> Result<StringArray, ArrowError> {
+    let too_long = || ArrowError::ComputeError(format!("{rows} copies of {text:?} exceed 2 GiB"));
+    let total = text.len().checked_mul(rows).ok_or_else(too_long)?;
+    i32::try_from(total).map_err(|_| too_long())?;
+    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(text.len(), rows));
+    // SAFETY: the offsets end at the values' length (checked to fit i32 above) and each row
+    // is `text` whole, so the values are UTF-8 with every row on a character boundary.
+    Ok(unsafe {
+        StringArray::new_unchecked(
+            offsets,
+            Buffer::from_vec(text.as_bytes().repeat(rows)),
+            None,
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::array::{Array, AsArray};
@@ -240,21 +256,25 @@ mod tests {
 
     #[test]
     fn each_batch_starts_sized_like_the_last_and_bounded() {
-        let mut builder = BatchBuilder::new(100);
+        let mut builder = BatchBuilder::new("t", 100);
         let huge = vec![b'x'; 1 << 20];
-        builder.push("t", 0, 0, Some(1), Some(b"k"), Some(&huge));
+        builder.push(0, 0, Some(1), Some(b"k"), Some(&huge));
         let first = builder.finish(false, Default::default(), 0).unwrap();
         assert_eq!(first.records.num_rows(), 1);
         // A megabyte message must not make the next batch reserve 100 of them.
         assert_eq!(builder.value_bytes, MAX_RESERVED_PER_MESSAGE);
         for offset in 1..=10 {
-            builder.push("t", 1, offset, None, None, Some(b"{\"a\":1}"));
+            builder.push(1, offset, None, None, Some(b"{\"a\":1}"));
         }
-        builder.push("t", 1, 11, None, None, Some(b"\xff"));
+        builder.push(1, 11, None, None, Some(b"\xff"));
         let second = builder.finish(false, Default::default(), 0).unwrap();
         let values = second.records.column(5).as_string::<i32>();
         assert_eq!(values.len(), 10);
         assert!(values.iter().all(|v| v == Some("{\"a\":1}")));
+        let topics = second.records.column(0).as_string::<i32>();
+        assert_eq!(topics.len(), 10);
+        assert!(topics.iter().all(|t| t == Some("t")));
+        assert_eq!(second.not_utf8[0].topic, "t");
         assert_eq!(second.not_utf8.len(), 1);
         assert_eq!(second.next_offsets.get("t", 1), Some(12));
         assert_eq!(second.next_offsets.get("t", 0), None);
@@ -264,28 +284,16 @@ mod tests {
 
     #[test]
     fn each_partition_ends_after_its_highest_offset_however_the_runs_interleave() {
-        let mut builder = BatchBuilder::new(16);
-        for (topic, partition, offset) in [
-            ("t", 0, 5),
-            ("t", 0, 6),
-            ("t", 1, 9),
-            ("t", 0, 7),
-            ("u", 0, 2),
-            ("t", 1, 3),
-            ("t", 1, 10),
-            ("t", 2, 0),
-        ] {
-            builder.push(topic, partition, offset, None, None, Some(b"{}"));
+        let mut builder = BatchBuilder::new("t", 16);
+        for (partition, offset) in [(0, 5), (0, 6), (1, 9), (0, 7), (1, 3), (1, 10), (2, 0)] {
+            builder.push(partition, offset, None, None, Some(b"{}"));
         }
         let batch = builder.finish(false, Default::default(), 0).unwrap();
         let mut ends: Vec<(&str, i32, i64)> = batch.next_offsets.iter().collect();
         ends.sort();
-        assert_eq!(
-            ends,
-            vec![("t", 0, 8), ("t", 1, 11), ("t", 2, 1), ("u", 0, 3)]
-        );
+        assert_eq!(ends, vec![("t", 0, 8), ("t", 1, 11), ("t", 2, 1)]);
         // Nothing carries over into the next batch.
-        builder.push("t", 2, 1, None, None, Some(b"{}"));
+        builder.push(2, 1, None, None, Some(b"{}"));
         let next = builder.finish(false, Default::default(), 0).unwrap();
         assert_eq!(next.next_offsets.iter().count(), 1);
         assert_eq!(next.next_offsets.get("t", 2), Some(2));

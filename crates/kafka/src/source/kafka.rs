@@ -579,7 +579,7 @@ impl Reader {
         let replay_of = HeaderName::new(crate::common::REPLAY_OF_HEADER);
         let mut taken = Taken::default();
         let mut reading = Reading {
-            builder: BatchBuilder::new(self.options.max_rows),
+            builder: BatchBuilder::new(self.options.topic.clone(), self.options.max_rows),
             cursors: self.assignment(),
             resumes: ResumeCheck::default(),
             opened: Instant::now(),
@@ -628,6 +628,7 @@ impl Reader {
             }
             let handed = polled.is_some();
             if matches!(polled, Some(Ok(_))) {
+                repeated_errors().recovered();
                 if own_queue_read.is_none() {
                     tracing::debug!(topic = %self.options.topic, "a message on the consumer's own queue: a partition is not forwarded");
                 }
@@ -660,7 +661,9 @@ impl Reader {
             }
             let poll = reading.resumes.polled();
             let now = Instant::now();
+            let mut delivered = false;
             for fetched in taken.iter() {
+                delivered |= fetched.is_ok();
                 if self
                     .fetched(&mut reading, fetched, &replay_of, poll, now)
                     .is_break()
@@ -668,6 +671,10 @@ impl Reader {
                 {
                     return;
                 }
+            }
+            // Once a take, not once a message: it was a visible share of the reading thread.
+            if delivered {
+                repeated_errors().recovered();
             }
         }
     }
@@ -682,10 +689,7 @@ impl Reader {
         now: Instant,
     ) -> ControlFlow<()> {
         match fetched {
-            Ok(message) => {
-                repeated_errors().recovered();
-                self.arrived(reading, &message, replay_of, poll, now)
-            }
+            Ok(message) => self.arrived(reading, &message, replay_of, poll, now),
             Err(KafkaError::PartitionEOF(partition)) => {
                 self.reached_end(reading, partition, poll, now)
             }
@@ -821,10 +825,9 @@ impl Reader {
             if reading.builder.is_empty() {
                 reading.opened = now;
             }
-            // The topic subscribed to: `message.topic()` measures and checks the name's C
-            // string on every message, a visible share of this thread.
+            // The builder holds the topic subscribed to: `message.topic()` measures and checks
+            // the name's C string on every message, a visible share of this thread.
             reading.builder.push(
-                &self.options.topic,
                 partition,
                 offset,
                 message.timestamp_ms(),
