@@ -52,14 +52,21 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 # Panics keep their backtraces (RUST_BACKTRACE); error values do not: iceberg captures one for
 # every error it builds, also for the ones it builds and drops while reading a table.
 export RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE:-0}
-tests=(cargo test --locked --all-targets --features test-hooks)
+tests=(cargo test --locked --features test-hooks)
 if [ $# -eq 0 ]; then
-  "${tests[@]}" --no-run
+  "${tests[@]}" --all-targets --no-run
   tansu_installed
   # Every test binary: the ones that mostly wait on servers side by side, then the simulation
   # alone (scripts/test-binaries.py says why). The build above left nothing for it to build.
   exec scripts/test-binaries.py
 fi
+# A target named (`--test suite`, `--lib`, ...) is the only one built and run, as with `cargo
+# test`; `--all-targets` would add every other target to it.
+case " $* " in
+  *" --test "* | *" --lib "* | *" --bin "* | *" --bins "* | *" --tests "* | *" --doc "* | \
+    *" --bench "* | *" --benches "* | *" --example "* | *" --examples "* | *" --all-targets "*) ;;
+  *) tests+=(--all-targets) ;;
+esac
 case " $* " in
   *" --no-run "*) "${tests[@]}" "$@" ;;
   *) "${tests[@]}" --no-run "$@" ;;
