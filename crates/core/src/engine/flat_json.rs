@@ -48,7 +48,7 @@ fn first_stop(bytes: &[u8]) -> Option<usize> {
     let at = {
         let mut at = 0;
         while let Some(block) = bytes.get(at..).and_then(<[u8]>::first_chunk::<16>) {
-            let stops = sse2::stops(block);
+            let stops = super::sse2::string_stops(block);
             if stops != 0 {
                 return Some(at + stops.trailing_zeros() as usize);
             }
@@ -59,29 +59,6 @@ fn first_stop(bytes: &[u8]) -> Option<usize> {
     #[cfg(not(target_arch = "x86_64"))]
     let at = 0;
     first_stop_by_words(bytes, at)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod sse2 {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
-
-    /// A bit per byte of `block`, set where the byte is a [`super::STRING_STOP`] one.
-    pub(super) fn stops(block: &[u8; 16]) -> u32 {
-        // SAFETY: SSE2 is part of x86-64, so these are available on every processor this
-        // code is built for; the load reads the sixteen bytes of `block`, without alignment.
-        unsafe {
-            let bytes = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
-            let quote = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'"' as i8));
-            let backslash = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\\' as i8));
-            // Below 0x20 exactly where the unsigned minimum with 0x1f is the byte itself.
-            let control = _mm_cmpeq_epi8(_mm_min_epu8(bytes, _mm_set1_epi8(0x1f)), bytes);
-            let any = _mm_or_si128(_mm_or_si128(quote, backslash), control);
-            _mm_movemask_epi8(any) as u32
-        }
-    }
 }
 
 /// [`first_stop`] from `start` on, a word at a time.

@@ -307,7 +307,7 @@ fn present(codes: &[TypeCode]) -> BooleanBuffer {
                 .enumerate()
                 .fold(0_u64, |word, (i, block)| {
                     let block = block.first_chunk::<16>().expect("chunks of 16");
-                    word | u64::from(!sse2::zeros(block)) << (16 * i)
+                    word | u64::from(!super::sse2::zeros(block)) << (16 * i)
                 });
             words.push(word);
         }
@@ -324,24 +324,8 @@ fn present(codes: &[TypeCode]) -> BooleanBuffer {
     BooleanBuffer::collect_bool(codes.len(), |row| codes[row] != NULL_CODE)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod sse2 {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_setzero_si128,
-    };
-
-    const _: () = assert!(super::NULL_CODE == 0, "the comparison is with zero");
-
-    /// A bit per code of `block`, set where it is [`super::NULL_CODE`].
-    pub(super) fn zeros(block: &[u8; 16]) -> u16 {
-        // SAFETY: SSE2 is part of x86-64, so these are available on every processor this
-        // code is built for; the load reads the sixteen bytes of `block`, without alignment.
-        unsafe {
-            let codes = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
-            _mm_movemask_epi8(_mm_cmpeq_epi8(codes, _mm_setzero_si128())) as u16
-        }
-    }
-}
+// The SSE2 comparison is with zero.
+const _: () = assert!(NULL_CODE == 0);
 
 /// Sets the value of each wanted key found at the top level of `json` in its column (a null
 /// value leaves the column's row null). An error when `json` is not a well-formed object.

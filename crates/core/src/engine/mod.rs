@@ -11,6 +11,8 @@ pub mod now;
 pub mod plain_projection;
 pub mod problem;
 pub mod projections;
+#[cfg(target_arch = "x86_64")]
+mod sse2;
 pub mod stage;
 pub mod utc_timestamps;
 

@@ -30,11 +30,17 @@ pub struct PartitionSplitter {
 /// Partition values computed from top-level columns alone. iceberg's calculator rebuilds each
 /// source column through `ArrayData::build`, which checks every string's UTF-8 again.
 struct TopLevelSources {
-    /// Each partition field's source column, by position in the table's schema (and so in
-    /// its batches), with its name.
-    columns: Vec<(usize, String)>,
+    /// Each partition field's source column.
+    columns: Vec<SourceColumn>,
     transforms: Vec<BoxedTransformFunction>,
     fields: Fields,
+}
+
+/// A partition source column: its position in the table's schema (and so in its batches) and
+/// its name there.
+struct SourceColumn {
+    at: usize,
+    name: String,
 }
 
 /// A batch's rows in partition order.
@@ -167,9 +173,12 @@ impl TopLevelSources {
             .iter()
             .map(|field| {
                 let at = top.iter().position(|f| f.id == field.source_id)?;
-                Some((at, top[at].name.clone()))
+                Some(SourceColumn {
+                    at,
+                    name: top[at].name.clone(),
+                })
             })
-            .collect::<Option<Vec<(usize, String)>>>()
+            .collect::<Option<Vec<SourceColumn>>>()
         else {
             return Ok(None);
         };
@@ -191,11 +200,11 @@ impl TopLevelSources {
     /// Whether `batch` holds each source column where the table's schema does.
     fn fit(&self, batch: &RecordBatch) -> bool {
         let schema = batch.schema_ref();
-        self.columns.iter().all(|(at, name)| {
+        self.columns.iter().all(|column| {
             schema
                 .fields()
-                .get(*at)
-                .is_some_and(|field| field.name() == name)
+                .get(column.at)
+                .is_some_and(|field| *field.name() == column.name)
         })
     }
 
@@ -205,7 +214,7 @@ impl TopLevelSources {
             .columns
             .iter()
             .zip(&self.transforms)
-            .map(|((column, _), transform)| transform.transform(batch.column(*column).clone()))
+            .map(|(column, transform)| transform.transform(batch.column(column.at).clone()))
             .collect::<Result<Vec<ArrayRef>>>()?;
         let values = StructArray::try_new(self.fields.clone(), values, None)
             .map_err(|e| Error::new(ErrorKind::DataInvalid, "partition values").with_source(e))?;
