@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// commit small appends to one table at the pipeline's commit interval); 0 skips them.
     #[arg(long, default_value_t = 0)]
     pub contention_seconds: u64,
+    /// Seconds an idle producer's delivery thread is watched, against rdkafka's
+    /// `FutureProducer` beside it; 0 skips the rows.
+    #[arg(long, default_value_t = 5)]
+    pub idle_seconds: u64,
     /// Writer counts of the commit-contention rows, one run each.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     pub contention_writers: Vec<usize>,
@@ -105,6 +109,7 @@ pub async fn run(config_path: &Path, args: &BenchArgs) -> anyhow::Result<bool> {
             writers: args.contention_writers.clone(),
             seconds: args.contention_seconds,
         },
+        idle_seconds: args.idle_seconds,
     };
     let rows = bench::run(&config, pipeline, &options).await?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);

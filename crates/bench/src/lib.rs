@@ -10,6 +10,7 @@ mod dashboard;
 mod day;
 mod dlq;
 mod freshness;
+mod idle;
 mod memory;
 mod replay;
 mod sql_endpoint;
@@ -78,6 +79,8 @@ pub struct BenchOptions {
     pub collector: CollectorOptions,
     /// Writers committing to one table at the commit interval (no seconds skips it).
     pub contention: ContentionOptions,
+    /// Seconds an idle producer's delivery thread is watched (0 skips it).
+    pub idle_seconds: u64,
 }
 
 /// One line of the result table.
@@ -487,6 +490,10 @@ async fn measure(
     if options.dlq_events > 0 {
         let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
         dlq::measure(&client, options.dlq_events, &mut row).await?;
+    }
+    if options.idle_seconds > 0 {
+        let client = client_config(&pipeline.source.brokers, &pipeline.source.properties);
+        idle::measure(&client, options.idle_seconds, &mut row).await?;
     }
     Ok(table)
 }

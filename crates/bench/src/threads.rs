@@ -99,9 +99,26 @@ impl Sampler {
     }
 }
 
-/// Each thread of this process: its id, kind and CPU time so far (the scheduler's own count,
-/// in nanoseconds, from `schedstat`).
+/// Each thread of this process: its id, kind and CPU time so far.
 fn read_threads() -> Vec<(u32, Kind, Duration)> {
+    named_threads()
+        .into_iter()
+        .map(|thread| (thread.tid, Kind::of(&thread.name), thread.cpu))
+        .collect()
+}
+
+/// A thread of this process as `/proc` shows it.
+pub struct NamedThread {
+    /// Its id.
+    pub tid: u32,
+    /// Its name (the kernel keeps the first 15 bytes).
+    pub name: String,
+    /// Its CPU time so far: the scheduler's own count, in nanoseconds, from `schedstat`.
+    pub cpu: Duration,
+}
+
+/// Every thread of this process.
+pub fn named_threads() -> Vec<NamedThread> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
@@ -124,7 +141,11 @@ fn read_threads() -> Vec<(u32, Kind, Duration)> {
         else {
             continue;
         };
-        threads.push((tid, Kind::of(name.trim()), Duration::from_nanos(nanos)));
+        threads.push(NamedThread {
+            tid,
+            name: name.trim().to_string(),
+            cpu: Duration::from_nanos(nanos),
+        });
     }
     threads
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message, Offset};
 use tokio::sync::mpsc;
 
@@ -27,7 +27,7 @@ const END_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control topic of one pipeline.
 pub struct KafkaControl {
-    producer: FutureProducer<ClientLog>,
+    producer: crate::polled_producer::PolledProducer<ClientLog>,
     topic: String,
     messages: mpsc::Receiver<ControlMessage>,
     stop: Arc<AtomicBool>,

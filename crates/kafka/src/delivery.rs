@@ -4,15 +4,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 
 use crate::dlq::{DeadLetterWriter, Delivery, DeliveryError, MAX_RECORD_BYTES};
+use crate::polled_producer::{DeliveryFuture, PolledProducer};
 use crate::KafkaError;
 
 /// The dead letter topic, through an idempotent producer.
 pub struct KafkaDelivery {
-    producer: FutureProducer<crate::client_log::ClientLog>,
+    producer: PolledProducer<crate::client_log::ClientLog>,
     topic: String,
     pending: Vec<DeliveryFuture>,
 }

@@ -7,6 +7,7 @@ pub mod client_log;
 pub mod control_topic;
 pub mod delivery;
 pub mod ends;
+pub mod polled_producer;
 pub mod producer;
 pub mod reader;
 pub mod run;
@@ -17,9 +18,8 @@ use campaign_core::{common, config, dlq, telemetry};
 
 use std::collections::BTreeMap;
 
-use rdkafka::producer::FutureProducer;
-
 use client_log::ClientLog;
+use polled_producer::PolledProducer;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::ClientConfig;
 
@@ -147,7 +147,7 @@ pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> Cl
 pub fn idempotent_producer(
     client: &ClientConfig,
     role: &'static str,
-) -> Result<FutureProducer<ClientLog>, KafkaError> {
+) -> Result<PolledProducer<ClientLog>, KafkaError> {
     let mut config = client.clone();
     config
         .set("enable.idempotence", "true")

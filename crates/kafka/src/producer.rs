@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 
@@ -34,7 +34,7 @@ pub struct Delivered {
 
 /// Producer of campaign events and raw records to one topic.
 pub struct EventProducer {
-    producer: FutureProducer<crate::client_log::ClientLog>,
+    producer: crate::polled_producer::PolledProducer<crate::client_log::ClientLog>,
     topic: String,
 }
 

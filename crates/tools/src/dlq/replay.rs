@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
@@ -196,7 +196,7 @@ impl Plan {
 
 /// Sends replays and keeps the ledger.
 pub struct Replayer {
-    producer: FutureProducer<crate::kafka::client_log::ClientLog>,
+    producer: crate::kafka::polled_producer::PolledProducer<crate::kafka::client_log::ClientLog>,
     client: ClientConfig,
     group: String,
     ledger_topic: String,
