@@ -2,10 +2,9 @@
 //!
 //! rdkafka's `FutureProducer` serves them from a thread that calls `poll` in rounds of 100 ms,
 //! and `poll` waits in whole milliseconds, the time left truncated: the last millisecond of
-//! every round is spent polling without waiting, over and over. An idle runner's dead letter
-//! producer kept its core busy that way for about a hundredth of the time. Here the rounds are
-//! a second long, so that spin is a tenth as long; reports are served as they arrive whatever
-//! the round's length.
+//! every round is spent polling without waiting, over and over: about a millisecond of every
+//! hundred, busy or idle, for every producer. Here the rounds are a second long, so that spin is
+//! a tenth as long; reports are served as they arrive whatever the round's length.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -122,7 +121,9 @@ impl<C: ClientContext + 'static> FromClientConfigAndContext<C> for PolledProduce
                     polled.poll(ROUND);
                 }
             })
-            .map_err(|_| KafkaError::ClientCreation("cannot start the delivery thread".into()))?;
+            .map_err(|e| {
+                KafkaError::ClientCreation(format!("cannot start the delivery thread: {e}"))
+            })?;
         Ok(Self { producer, stop })
     }
 }
@@ -209,6 +210,7 @@ fn may_wait(queue_timeout: Timeout, started: Instant) -> bool {
     }
 }
 
+/// `record` as the base producer takes it, carrying `answer` to its delivery report.
 fn with_answer<'a, K, P, D>(record: FutureRecord<'a, K, P>, answer: D) -> BaseRecord<'a, K, P, D>
 where
     K: ToBytes + ?Sized,
@@ -226,6 +228,7 @@ where
     }
 }
 
+/// The record a refused send hands back, as the caller built it.
 fn without_answer<'a, K, P, D>(record: BaseRecord<'a, K, P, D>) -> FutureRecord<'a, K, P>
 where
     K: ToBytes + ?Sized,
