@@ -9,8 +9,8 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 use crate::kafka::client_log::ClientLog;
-use crate::kafka::idempotent_producer;
 use crate::kafka::polled_producer::DELIVERY_THREAD;
+use crate::kafka::{idempotent_producer, idempotent_settings};
 use crate::threads::{named_threads, NamedThread};
 
 /// The first 15 bytes (what the kernel keeps) of the name of `FutureProducer`'s thread.
@@ -27,12 +27,8 @@ pub async fn measure(
 ) -> anyhow::Result<()> {
     let existing: HashSet<u32> = named_threads().iter().map(|t| t.tid).collect();
     let ours = idempotent_producer(client, "idle producer")?;
-    let mut config = client.clone();
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5");
-    let theirs: FutureProducer<ClientLog> = config.create_with_context(ClientLog)?;
+    let theirs: FutureProducer<ClientLog> =
+        idempotent_settings(client).create_with_context(ClientLog)?;
     tokio::time::sleep(SETTLE).await;
     let new_threads = || -> Vec<NamedThread> {
         named_threads()

@@ -143,16 +143,22 @@ pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> Cl
     config
 }
 
-/// An idempotent producer (`acks=all`, retries without duplicates) with the given settings.
-pub fn idempotent_producer(
-    client: &ClientConfig,
-    role: &'static str,
-) -> Result<PolledProducer<ClientLog>, KafkaError> {
+/// The given settings with a producer's idempotence (`acks=all`, retries without duplicates).
+pub fn idempotent_settings(client: &ClientConfig) -> ClientConfig {
     let mut config = client.clone();
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5");
+    config
+}
+
+/// An idempotent producer ([`idempotent_settings`]) with the given settings.
+pub fn idempotent_producer(
+    client: &ClientConfig,
+    role: &'static str,
+) -> Result<PolledProducer<ClientLog>, KafkaError> {
+    let config = idempotent_settings(client);
     config
         .create_with_context(ClientLog)
         .map_err(|source| KafkaError::Client {

@@ -2,8 +2,8 @@
 //!
 //! rdkafka's `FutureProducer` serves them from a thread that calls `poll` in rounds of 100 ms,
 //! and `poll` waits in whole milliseconds, the time left truncated: the last millisecond of
-//! every round is spent polling without waiting, over and over: about a millisecond of every
-//! hundred, busy or idle, for every producer. Here the rounds are a second long, so that spin is
+//! every round is spent polling without waiting, over and over, so each producer keeps a core
+//! busy about one part in a hundred, however idle. Here the rounds are a second long, so that spin is
 //! a tenth as long; reports are served as they arrive whatever the round's length.
 
 use std::future::Future;
