@@ -7,7 +7,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 
 use super::{cpu_per_million, kafka_batches, per_second, records_spaced, timed};
-use crate::common::ERROR_COLUMN;
+use crate::common::{Selection, ERROR_COLUMN};
 use crate::config::PipelineConfig;
 use crate::engine::{split_rejected, SqlStage};
 use crate::pipeline::plan::PlannedSql;
@@ -35,7 +35,9 @@ pub async fn measure(
         for batch in batches {
             for valid in parsed(parse, batch).await? {
                 let now = Instant::now();
-                operator.take(&valid, UNBOUNDED, now).await?;
+                operator
+                    .take(&Selection::all(valid), UNBOUNDED, now)
+                    .await?;
             }
             for closed in operator.advance(assigned, Instant::now()).await? {
                 emitted += closed.num_rows();
@@ -47,7 +49,7 @@ pub async fn measure(
     // The window stage alone on already parsed rows.
     let mut parsed_batches = Vec::new();
     for batch in batches {
-        parsed_batches.extend(parsed(parse, batch).await?);
+        parsed_batches.extend(parsed(parse, batch).await?.into_iter().map(Selection::all));
     }
     let mut alone = new_operator(ctx, planned, pipeline).await?;
     let (_, window_only) = timed(async {
@@ -87,7 +89,9 @@ pub async fn measure(
     let now = Instant::now();
     for pass in 1..=10 {
         for batch in &valid {
-            operator.take(batch, UNBOUNDED, now).await?;
+            operator
+                .take(&Selection::all(batch.clone()), UNBOUNDED, now)
+                .await?;
         }
         if pass == 1 || pass == 10 {
             // Between compactions a window holds up to 9 partial batches; checkpoints (and

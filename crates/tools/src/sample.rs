@@ -163,6 +163,7 @@ pub async fn run_sample(
                 reject(line, reason);
             }
         }
+        let valid = valid.to_batch().map_err(SampleError::Arrow)?;
         parsed.push(with_line_first(&valid).map_err(SampleError::Arrow)?);
     }
     report.windows = operator.flush().await.map_err(SampleError::Window)?;

@@ -6,10 +6,12 @@ pub mod error;
 pub mod hashing;
 pub mod offsets;
 pub mod records;
+pub mod selection;
 pub mod summary;
 
 pub use clock::{Clock, SystemClock};
 pub use offsets::{Fenced, Offsets, Watermarks};
+pub use selection::Selection;
 
 use std::sync::Arc;
 

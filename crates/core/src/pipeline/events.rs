@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
 use iceberg::Catalog;
 
 use super::progress::{Progress, TableRole};
 use super::{Landing, PipelineError};
-use crate::common::Offsets;
+use crate::common::{Offsets, Selection};
 use crate::config::PipelineConfig;
 use crate::sink::iceberg::{Share, SnapshotContent, TableWriter};
 use crate::sink::SinkError;
@@ -67,17 +66,21 @@ impl EventsBranch {
     /// where it holds rows the source hands on again).
     pub async fn take(
         &mut self,
-        valid: &RecordBatch,
+        valid: &Selection,
         absorbed: &Offsets,
     ) -> Result<(), PipelineError> {
-        let rows = super::unabsorbed(valid, absorbed).map_err(|e| PipelineError::Sink {
-            pipeline: self.pipeline.clone(),
-            source: SinkError::Arrow {
-                table: self.writer.label().to_string(),
-                source: e,
-            },
-        })?;
-        self.writer.write(&rows).await.map_err(|e| self.sink_err(e))
+        let rows =
+            super::unabsorbed_selection(valid, absorbed).map_err(|e| PipelineError::Sink {
+                pipeline: self.pipeline.clone(),
+                source: SinkError::Arrow {
+                    table: self.writer.label().to_string(),
+                    source: e,
+                },
+            })?;
+        self.writer
+            .write_selected(&rows)
+            .await
+            .map_err(|e| self.sink_err(e))
     }
 
     /// Rows written since the last commit.

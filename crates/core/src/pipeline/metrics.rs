@@ -14,7 +14,7 @@ use super::progress::{Progress, TableRole};
 use super::{Landing, PipelineError};
 use crate::common::error::Causes;
 use crate::common::summary::PartitionCheckpoint;
-use crate::common::{cpu, format_micros, Clock, Offsets};
+use crate::common::{cpu, format_micros, Clock, Offsets, Selection};
 use crate::config::{Config, PipelineConfig};
 use crate::sink::checkpoint;
 use crate::sink::claim::Claim;
@@ -194,12 +194,13 @@ impl MetricsBranch {
     /// queue.
     pub async fn take(
         &mut self,
-        valid: &RecordBatch,
+        valid: &Selection,
         absorbed: &Offsets,
         limits: TimeLimits,
         now: Instant,
     ) -> Result<Sorted, PipelineError> {
-        let rows = super::unabsorbed(valid, absorbed).map_err(|e| self.window_err(e.into()))?;
+        let rows =
+            super::unabsorbed_selection(valid, absorbed).map_err(|e| self.window_err(e.into()))?;
         let sorted = self.operator.take(&rows, limits.earliest, now).await;
         sorted.map_err(|e| self.window_err(e))
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::compute::{filter_record_batch, is_null, not};
 
 use tokio::sync::watch;
 
@@ -23,11 +23,11 @@ use crate::common::clock::wall_text;
 use crate::common::error::Causes;
 use crate::common::records::{Coordinates, KafkaRecords};
 use crate::common::summary::OffsetJump;
-use crate::common::{cpu, Clock, Fenced, Offsets, ERROR_COLUMN};
+use crate::common::{cpu, Clock, Fenced, Offsets, Selection, ERROR_COLUMN};
 use crate::config::{Config, PipelineConfig};
 use crate::control::Control;
 use crate::dlq::{DeadLetterWriter, Delivery, DeliveryError};
-use crate::engine::{new_session, split_rejected, FailedRow, Isolated, SqlProblem, SqlStage};
+use crate::engine::{new_session, FailedRow, Isolated, SqlProblem, SqlStage};
 use crate::sink::iceberg::{load_state, CommitStats, TableState};
 use crate::sink::SinkError;
 use crate::source::{MicroBatch, Source, SourceError, SourceEvent};
@@ -1363,8 +1363,9 @@ impl Stages {
 /// Where the rows of one output of the parsing SQL go: the one place that says it, for `run`,
 /// `check --sample` and the benches.
 pub struct Routed {
-    /// Valid rows within the clock's bounds: the events table and the window.
-    pub valid: RecordBatch,
+    /// Valid rows within the clock's bounds, chosen from the output without a copy: the events
+    /// table and the window each copy what they keep of them.
+    pub valid: Selection,
     /// Rows the parsing SQL rejected (`_error` says why): dead letters.
     pub rejected: RecordBatch,
     /// Valid rows stamped too far ahead of the clock (`_error` says so): dead letters, in
@@ -1379,12 +1380,21 @@ pub fn route(
     limits: TimeLimits,
     time_column: &str,
 ) -> Result<Routed, datafusion::error::DataFusionError> {
-    let (valid, rejected) = split_rejected(output, ERROR_COLUMN)?;
-    let (valid, future) = limits.split_future(&valid, time_column)?;
+    let errors = output.column(output.schema().index_of(ERROR_COLUMN)?);
+    let valid = Selection::of(output.clone(), is_null(errors)?)?;
+    let rejected = match valid.keep() {
+        Some(keep) => filter_record_batch(output, &not(keep)?)?,
+        None => output.slice(0, 0),
+    };
+    let (future, future_rows) = limits.future(&valid, time_column)?;
+    let valid = match future {
+        Some(future) => valid.and(&not(&future)?)?,
+        None => valid,
+    };
     Ok(Routed {
         valid,
         rejected,
-        future,
+        future: future_rows,
     })
 }
 
@@ -1395,11 +1405,20 @@ pub fn unabsorbed(
     rows: &RecordBatch,
     absorbed: &Offsets,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
+    unabsorbed_selection(&Selection::all(rows.clone()), absorbed)?.to_batch()
+}
+
+/// [`unabsorbed`] of the chosen rows, as a choice among the same batch's rows.
+pub fn unabsorbed_selection(
+    rows: &Selection,
+    absorbed: &Offsets,
+) -> Result<Selection, arrow::error::ArrowError> {
     if rows.num_rows() == 0 || absorbed.is_empty() {
         return Ok(rows.clone());
     }
-    let at = Coordinates::of(rows)?;
-    let keep: BooleanArray = (0..rows.num_rows())
+    let batch = rows.batch();
+    let at = Coordinates::of(batch)?;
+    let keep: BooleanArray = (0..batch.num_rows())
         .map(|i| {
             Some(!absorbed.passed(
                 at.topics.value(i),
@@ -1408,10 +1427,7 @@ pub fn unabsorbed(
             ))
         })
         .collect();
-    if keep.true_count() == rows.num_rows() {
-        return Ok(rows.clone());
-    }
-    filter_record_batch(rows, &keep)
+    rows.and(&keep)
 }
 
 /// The rows the parsing SQL failed on at or past `absorbed` in their partition (see
@@ -1462,5 +1478,89 @@ fn tag_replays(letters: &mut [Rejected], batch: &MicroBatch) {
     for Rejected { letter, .. } in letters {
         let at = (letter.source.partition, letter.source.offset);
         letter.replay_of = batch.replayed.get(&at).cloned();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::Int64Type;
+
+    use super::*;
+    use crate::common::records::{OFFSET, PARTITION, TOPIC};
+
+    const S: i64 = 1_000_000;
+
+    /// Parsing output: offsets 0..5; offset 1 rejected by the SQL, offset 3 stamped far ahead,
+    /// offset 4 both (the SQL's reason wins).
+    fn output() -> RecordBatch {
+        let times = [0, 10, 20, 9_000, 9_000].map(|t| Some(1_700_000_000 * S + t * S));
+        RecordBatch::try_from_iter([
+            (
+                "timestamp",
+                Arc::new(TimestampMicrosecondArray::from(times.to_vec()).with_timezone("UTC")) as _,
+            ),
+            (TOPIC, Arc::new(StringArray::from(vec!["t"; 5])) as _),
+            (PARTITION, Arc::new(Int32Array::from(vec![0; 5])) as _),
+            (OFFSET, Arc::new(Int64Array::from_iter_values(0..5)) as _),
+            (
+                ERROR_COLUMN,
+                Arc::new(StringArray::from(vec![
+                    None,
+                    Some("missing user_id"),
+                    None,
+                    None,
+                    Some("blank event_id"),
+                ])) as _,
+            ),
+        ])
+        .unwrap()
+    }
+
+    fn offsets(rows: &RecordBatch) -> Vec<i64> {
+        rows.column_by_name(OFFSET)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec()
+    }
+
+    #[test]
+    fn valid_rows_are_chosen_and_the_others_go_with_their_reasons() {
+        let limits = TimeLimits {
+            earliest: 0,
+            latest: 1_700_000_300 * S,
+        };
+        let Routed {
+            valid,
+            rejected,
+            future,
+        } = route(&output(), limits, "timestamp").unwrap();
+        assert_eq!(valid.batch().num_rows(), 5, "chosen, not copied out");
+        assert_eq!(offsets(&valid.to_batch().unwrap()), [0, 2]);
+        assert_eq!(offsets(&rejected), [1, 4]);
+        assert_eq!(offsets(&future), [3]);
+        let reason = future.column_by_name(ERROR_COLUMN).unwrap();
+        assert!(reason
+            .as_string::<i32>()
+            .value(0)
+            .starts_with("future timestamp: "));
+
+        let unbounded = route(&output(), TimeLimits::UNBOUNDED, "timestamp").unwrap();
+        assert_eq!(offsets(&unbounded.valid.to_batch().unwrap()), [0, 2, 3]);
+        assert_eq!(unbounded.future.num_rows(), 0);
+    }
+
+    #[test]
+    fn rows_a_table_holds_already_leave_the_choice() {
+        let routed = route(&output(), TimeLimits::UNBOUNDED, "timestamp").unwrap();
+        let mut absorbed = Offsets::default();
+        absorbed.set("t", 0, 3);
+        let rows = unabsorbed_selection(&routed.valid, &absorbed).unwrap();
+        assert_eq!(offsets(&rows.to_batch().unwrap()), [3]);
+        let none = unabsorbed_selection(&routed.valid, &Offsets::default()).unwrap();
+        assert_eq!(none.num_rows(), 3);
     }
 }

@@ -4,7 +4,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 
-use crate::common::records::{Coordinates, KafkaRecords};
+use crate::common::records::{self, KafkaRecords};
 use crate::common::ERROR_COLUMN;
 use crate::dlq::{DeadLetter, SourceCoordinates};
 use crate::engine::FailedRow;
@@ -75,8 +75,11 @@ pub fn from_rejected_rows(
         _ => None,
     };
     let errors = errors.as_ref().map(|e| e.as_string::<i32>());
-    let at = Coordinates::of(rejected)?;
-    let (partitions, offsets) = (&at.partitions, &at.offsets);
+    // By partition and offset alone: the window hands its late rows on without `_topic`.
+    let (partitions, offsets) = (
+        &records::partitions(rejected)?,
+        &records::offsets(rejected)?,
+    );
 
     let records = KafkaRecords::new(input)?;
     let runs = OffsetRuns::of(&records);

@@ -29,13 +29,18 @@ pub struct BufferedRows {
 }
 
 impl BufferedRows {
-    /// Keeps `batch`, whose rows `groups` lists by partition value.
+    /// Keeps the rows of `batch` that `groups` lists by partition value (all of them when it
+    /// lists them in the batch's own order).
     ///
     /// The rows are put in partition order now, while the batch the SQL just produced is still
     /// in the CPU's cache: gathering them at the commit instead read each row back from
     /// wherever it lay among everything buffered (`interleave` led the commit's profile).
     pub fn push(&mut self, batch: RecordBatch, groups: PartitionGroups) -> Result<(), ArrowError> {
-        self.rows += batch.num_rows() as u64;
+        self.rows += groups
+            .parts
+            .iter()
+            .map(|part| part.rows as u64)
+            .sum::<u64>();
         let grouped = match &groups.rows {
             Some(rows) => take_record_batch(&batch, rows)?,
             None => batch,

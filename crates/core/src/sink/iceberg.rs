@@ -39,7 +39,7 @@ use super::table::{check_storage, load_table};
 use super::waiting;
 use super::SinkError;
 use crate::common::summary::{self, Checkpoints, OffsetJumps};
-use crate::common::{cpu, Fenced, Offsets};
+use crate::common::{cpu, Fenced, Offsets, Selection};
 use crate::config::FileCodec;
 
 /// How many times a commit is decided again after other writers committed first.
@@ -301,13 +301,24 @@ impl TableWriter {
 
     /// Takes SQL output rows (columns matched by name, `_` columns ignored) for the next commit.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
-        if batch.num_rows() == 0 {
+        self.write_selected(&Selection::all(batch.clone())).await
+    }
+
+    /// [`Self::write`] of the chosen rows, copied from their batch once, into partition order.
+    pub async fn write_selected(&mut self, rows: &Selection) -> Result<(), SinkError> {
+        if rows.num_rows() == 0 {
             return Ok(());
         }
-        let batch = self.conform(batch)?;
+        let rows = rows
+            .without_unchosen_nulls()
+            .map_err(|source| SinkError::Arrow {
+                table: self.label.clone(),
+                source,
+            })?;
+        let batch = self.conform(rows.batch())?;
         let groups = self
             .splitter
-            .groups(&batch)
+            .groups(&batch, rows.keep())
             .map_err(|e| SinkError::iceberg(&self.label, e))?;
         self.buffered
             .push(batch, groups)

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray, UInt32Array};
 use arrow::datatypes::{DataType, Fields, Schema};
 use datafusion::physical_plan::aggregates::group_values::new_group_values;
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
@@ -90,15 +90,39 @@ impl PartitionSplitter {
         PartitionKey::new((*self.spec).clone(), self.schema.clone(), value)
     }
 
-    /// The batch's rows grouped by partition value, partitions in order of first appearance.
-    pub fn groups(&self, batch: &RecordBatch) -> Result<PartitionGroups> {
+    /// The batch's rows that `keep` marks (no nulls; every row when `None`) grouped by
+    /// partition value, partitions in order of first appearance; a partition none of whose
+    /// rows is kept is left out.
+    pub fn groups(
+        &self,
+        batch: &RecordBatch,
+        keep: Option<&BooleanArray>,
+    ) -> Result<PartitionGroups> {
+        if keep.is_some_and(|keep| keep.len() != batch.num_rows()) {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                "the rows to keep do not match the batch's",
+            ));
+        }
         let Some((calculator, partition_type)) = &self.calculator else {
-            return Ok(PartitionGroups {
-                rows: None,
-                parts: vec![PartitionPart {
-                    value: Struct::empty(),
-                    rows: batch.num_rows(),
-                }],
+            return Ok(match keep {
+                None => PartitionGroups {
+                    rows: None,
+                    parts: vec![PartitionPart {
+                        value: Struct::empty(),
+                        rows: batch.num_rows(),
+                    }],
+                },
+                Some(keep) => {
+                    let rows: UInt32Array = kept_rows(keep).collect();
+                    PartitionGroups {
+                        parts: vec![PartitionPart {
+                            value: Struct::empty(),
+                            rows: rows.len(),
+                        }],
+                        rows: Some(rows),
+                    }
+                }
             });
         };
         let value_array = match &self.top_level {
@@ -118,15 +142,31 @@ impl PartitionSplitter {
         numbering
             .intern(values.columns(), &mut group_of)
             .map_err(grouping_err)?;
+        // Rows not kept leave the numbering: a group of only those has no rows and no part.
+        if let Some(keep) = keep {
+            for (group, kept) in group_of.iter_mut().zip(keep.values()) {
+                if !kept {
+                    *group = usize::MAX;
+                }
+            }
+        }
         let groups = numbering.len();
         let mut sizes = vec![0usize; groups];
         let mut first_row = vec![0usize; groups];
         for (row, &group) in group_of.iter().enumerate().rev() {
-            sizes[group] += 1;
-            first_row[group] = row;
+            if let Some(size) = sizes.get_mut(group) {
+                *size += 1;
+                first_row[group] = row;
+            }
         }
+        // Empty groups go from the numbering too, so that parts and row order agree.
+        let mut renumbered = vec![usize::MAX; groups];
         let mut parts = Vec::with_capacity(groups);
-        for (&first, &rows) in first_row.iter().zip(&sizes) {
+        for (group, (&first, &rows)) in first_row.iter().zip(&sizes).enumerate() {
+            if rows == 0 {
+                continue;
+            }
+            renumbered[group] = parts.len();
             let literal = arrow_struct_to_literal(&value_array.slice(first, 1), partition_type)?;
             let Some(Some(Literal::Struct(value))) = literal.into_iter().next() else {
                 return Err(Error::new(
@@ -136,28 +176,42 @@ impl PartitionSplitter {
             };
             parts.push(PartitionPart { value, rows });
         }
-        if groups <= 1 {
-            return Ok(PartitionGroups { rows: None, parts });
+        match (parts.len(), keep) {
+            (0 | 1, None) => return Ok(PartitionGroups { rows: None, parts }),
+            (0 | 1, Some(keep)) => {
+                return Ok(PartitionGroups {
+                    rows: Some(kept_rows(keep).collect()),
+                    parts,
+                })
+            }
+            _ => {}
         }
         // A counting sort: each group's rows start where the groups before it end.
-        let mut next: Vec<usize> = sizes
+        let mut next: Vec<usize> = parts
             .iter()
-            .scan(0, |start, &size| {
+            .scan(0, |start, part| {
                 let at = *start;
-                *start += size;
+                *start += part.rows;
                 Some(at)
             })
             .collect();
-        let mut rows = vec![0u32; group_of.len()];
+        let mut rows = vec![0u32; parts.iter().map(|part| part.rows).sum()];
         for (row, &group) in group_of.iter().enumerate() {
-            rows[next[group]] = row as u32;
-            next[group] += 1;
+            if let Some(&part) = renumbered.get(group) {
+                rows[next[part]] = row as u32;
+                next[part] += 1;
+            }
         }
         Ok(PartitionGroups {
             rows: Some(UInt32Array::from(rows)),
             parts,
         })
     }
+}
+
+/// The numbers of the rows `keep` marks, in order.
+fn kept_rows(keep: &BooleanArray) -> impl Iterator<Item = u32> + '_ {
+    keep.values().set_indices().map(|row| row as u32)
 }
 
 impl TopLevelSources {
@@ -300,7 +354,7 @@ mod tests {
         .collect();
         let groups = PartitionSplitter::new(schema, spec)
             .expect("splitter")
-            .groups(batch)
+            .groups(batch, None)
             .expect("groups");
         let taken = match &groups.rows {
             Some(rows) => take_record_batch(batch, rows).expect("take"),
@@ -369,8 +423,8 @@ mod tests {
         assert!(!sources.fit(&moved));
         // iceberg's calculator reads its sources by place too, and refuses the wrong types
         // there: an error, never rows under another column's partition value.
-        assert!(splitter.groups(&moved).is_err());
-        assert!(splitter.groups(&batch).is_ok());
+        assert!(splitter.groups(&moved, None).is_err());
+        assert!(splitter.groups(&batch, None).is_ok());
     }
 
     #[test]
@@ -382,7 +436,7 @@ mod tests {
             spec(&schema, &[("kind", Transform::Identity)]),
         )
         .expect("splitter");
-        let groups = splitter.groups(&batch).expect("groups");
+        let groups = splitter.groups(&batch, None).expect("groups");
         let kinds: Vec<&Literal> = groups
             .parts
             .iter()
@@ -417,15 +471,60 @@ mod tests {
             PartitionSplitter::new(schema.clone(), spec(&schema, &[("id", Transform::Void)]))
                 .expect("splitter"),
         ] {
-            let groups = splitter.groups(&batch).expect("groups");
+            let groups = splitter.groups(&batch, None).expect("groups");
             assert_eq!(groups.parts.len(), 1);
             assert_eq!(groups.parts[0].rows, 50);
             assert_eq!(groups.rows, None, "the batch's own order is kept");
         }
         let empty = splitter_of(&schema)
-            .groups(&batch.slice(0, 0))
+            .groups(&batch.slice(0, 0), None)
             .expect("groups");
         assert!(empty.parts.is_empty() && empty.rows.is_none());
+    }
+
+    #[test]
+    fn kept_rows_are_grouped_as_the_batch_of_only_those_rows_would_be() {
+        let schema = schema();
+        let batch = batch(&schema, 600);
+        // Every row of some partitions is dropped (campaign-1), others lose some of theirs.
+        let campaigns = batch.column(1).as_string::<i32>();
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|row| Some(campaigns.value(row) != "campaign-1" && row % 11 != 4))
+            .collect();
+        let kept = arrow::compute::filter_record_batch(&batch, &keep).expect("filter");
+        for fields in [
+            vec![
+                ("campaign", Transform::Identity),
+                ("kind", Transform::Identity),
+            ],
+            vec![("kind", Transform::Identity)],
+            vec![],
+        ] {
+            let spec = spec(&schema, &fields);
+            let splitter = PartitionSplitter::new(schema.clone(), spec).expect("splitter");
+            let of_kept = splitter.groups(&kept, None).expect("groups");
+            let chosen = splitter.groups(&batch, Some(&keep)).expect("groups");
+            assert_eq!(
+                chosen.parts, of_kept.parts,
+                "{fields:?}: the same partitions, in the same order, of the same sizes"
+            );
+            let taken = take_record_batch(&batch, chosen.rows.as_ref().expect("rows chosen"))
+                .expect("take");
+            let expected = match &of_kept.rows {
+                Some(rows) => take_record_batch(&kept, rows).expect("take"),
+                None => kept.clone(),
+            };
+            assert_eq!(taken, expected, "{fields:?}");
+        }
+        let none = BooleanArray::from(vec![false; batch.num_rows()]);
+        let groups = splitter_of(&schema)
+            .groups(&batch, Some(&none))
+            .expect("groups");
+        assert!(groups.parts.is_empty());
+        assert_eq!(groups.rows.map(|rows| rows.len()), Some(0));
+        assert!(splitter_of(&schema)
+            .groups(&batch, Some(&BooleanArray::from(vec![true])))
+            .is_err());
     }
 
     fn splitter_of(schema: &SchemaRef) -> PartitionSplitter {

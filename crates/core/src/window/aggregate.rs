@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
+use arrow::error::ArrowError;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -18,6 +19,8 @@ use crate::engine::{BatchSlot, SqlStage};
 
 /// The three phases of the metrics SQL's aggregate.
 pub struct SplitAggregate {
+    /// The columns of the events the SQL reads, the partial phase's input.
+    reads: SchemaRef,
     partial: SqlStage,
     reduce: SqlStage,
     finish: SqlStage,
@@ -60,6 +63,7 @@ impl SplitAggregate {
             ),
             other => return Err(unsupported(&format!("an aggregate in mode {other:?}"))),
         };
+        let (input, reads) = read_only_what_is_used(input)?;
         if group_by.has_grouping_set() {
             return Err(unsupported("GROUPING SETS, CUBE or ROLLUP"));
         }
@@ -113,6 +117,7 @@ impl SplitAggregate {
             })?
             .data;
         Ok(Self {
+            reads,
             partial: SqlStage::from_physical(ctx, partial)?,
             reduce: SqlStage::from_physical(ctx, reduce)?,
             finish: SqlStage::from_physical(ctx, finish)?,
@@ -125,6 +130,7 @@ impl SplitAggregate {
     /// The same phases with inputs of their own (another runner in this process).
     pub fn fork(&self) -> Self {
         Self {
+            reads: self.reads.clone(),
             partial: self.partial.fork(),
             reduce: self.reduce.fork(),
             finish: self.finish.fork(),
@@ -149,7 +155,34 @@ impl SplitAggregate {
         self.group_columns
     }
 
-    /// Partial states of one micro-batch of parsed events.
+    /// The names of the columns of the events the SQL reads.
+    pub fn read_columns(&self) -> impl Iterator<Item = &str> {
+        self.reads
+            .fields()
+            .iter()
+            .map(|field| field.name().as_str())
+    }
+
+    /// The columns of `events` the SQL reads (no copy): the window copies only these.
+    pub fn reads(&self, events: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let columns = self
+            .reads
+            .fields()
+            .iter()
+            .map(|field| {
+                events.column_by_name(field.name()).cloned().ok_or_else(|| {
+                    ArrowError::SchemaError(format!(
+                        "the metrics SQL reads `{}`, which the parsed events lack",
+                        field.name()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = RecordBatchOptions::new().with_row_count(Some(events.num_rows()));
+        RecordBatch::try_new_with_options(self.reads.clone(), columns, &rows)
+    }
+
+    /// Partial states of one micro-batch of parsed events, as [`Self::reads`] gives them.
     pub async fn partial(&self, events: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
         self.partial.run(events).await
     }
@@ -182,6 +215,38 @@ fn find_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Result<&AggregateExec> {
     }
 }
 
+/// `input` reading its one events table through a slot of only the columns it uses, and
+/// those columns' schema. DataFusion's scan of the whole table picks them from each batch as it
+/// comes; the window, which copies every batch it hands the partial phase (one per source
+/// partition), then copies only these.
+fn read_only_what_is_used(
+    input: Arc<dyn ExecutionPlan>,
+) -> Result<(Arc<dyn ExecutionPlan>, SchemaRef)> {
+    let mut scans = 0;
+    input.apply(|node| {
+        scans += usize::from(node.as_any().is::<StreamingTableExec>());
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })?;
+    if scans != 1 {
+        return Err(unsupported(&format!(
+            "an aggregate over {scans} reads of the events table (one is needed)"
+        )));
+    }
+    let mut reads = None;
+    let input = input
+        .transform_up(|node| {
+            let Some(scan) = node.as_any().downcast_ref::<StreamingTableExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let schema = Arc::new(scan.projected_schema().clone());
+            reads = Some(schema.clone());
+            Ok(Transformed::yes(slot_exec(&schema)?))
+        })?
+        .data;
+    let reads = reads.ok_or_else(|| unsupported("no read of the events table"))?;
+    Ok((input, reads))
+}
+
 fn slot_exec(schema: &SchemaRef) -> Result<Arc<dyn ExecutionPlan>> {
     let slot = BatchSlot::new(schema.clone());
     let exec = StreamingTableExec::try_new(schema.clone(), vec![slot], None, vec![], false, None)?;
@@ -211,6 +276,7 @@ mod tests {
                 true,
             ),
             Field::new("revenue", DataType::Float64, true),
+            Field::new("user_id", DataType::Utf8, true),
         ]));
         RecordBatch::try_new(
             schema,
@@ -224,6 +290,7 @@ mod tests {
                     .with_timezone("UTC"),
                 ),
                 Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "u"))),
             ],
         )
         .unwrap()
@@ -276,7 +343,8 @@ mod tests {
         let split = SplitAggregate::new(&ctx, &plan).await.unwrap();
         let mut states = Vec::new();
         for chunk in [&rows[..3], &rows[3..4], &rows[4..]] {
-            states.extend(split.partial(vec![events(chunk)]).await.unwrap());
+            let read = split.reads(&events(chunk)).unwrap();
+            states.extend(split.partial(vec![read]).await.unwrap());
         }
         let merged = split.reduce(states).await.unwrap();
         let merged_rows: usize = merged.iter().map(|b| b.num_rows()).sum();
@@ -306,8 +374,9 @@ mod tests {
         let split = SplitAggregate::new(&ctx, &plan).await.unwrap();
         let mut state = WindowState::new(split.state_schema().clone(), split.window_column());
         for chunk in rows.chunks(1) {
+            let read = split.reads(&events(chunk)).unwrap();
             state
-                .add(&split.partial(vec![events(chunk)]).await.unwrap())
+                .add(&split.partial(vec![read]).await.unwrap())
                 .unwrap();
         }
         let minute = 60_000_000;
@@ -337,5 +406,72 @@ mod tests {
             "{text}"
         );
         assert_eq!(restored.open_windows(), vec![0, 2 * minute]);
+    }
+
+    #[tokio::test]
+    async fn the_partial_phase_reads_only_the_columns_the_sql_uses() {
+        let sql =
+            "SELECT campaign_id, date_bin(INTERVAL '1 minute', \"timestamp\") AS window_start,
+                          sum(revenue) AS revenue
+                   FROM ev GROUP BY campaign_id, date_bin(INTERVAL '1 minute', \"timestamp\")";
+        let rows = [
+            ("a", "click", 1, 1.5),
+            ("b", "click", 61, 2.0),
+            ("a", "view", 2, 3.0),
+        ];
+        let ctx = new_session();
+        BatchSlot::new(events(&rows).schema())
+            .register(&ctx, "ev")
+            .unwrap();
+        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+        let split = SplitAggregate::new(&ctx, &plan).await.unwrap();
+
+        let read = split.reads(&events(&rows)).unwrap();
+        let names: Vec<String> = read
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["campaign_id", "timestamp", "revenue"]);
+        assert_eq!(read.num_rows(), 3);
+        let states = split.partial(vec![read]).await.unwrap();
+        let closed = split
+            .finish(split.reduce(states).await.unwrap())
+            .await
+            .unwrap();
+        let text = text(&closed);
+        assert!(
+            text.contains("| a           | 1970-01-01T00:00:00Z | 4.5     |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| b           | 1970-01-01T00:01:00Z | 2.0     |"),
+            "{text}"
+        );
+
+        let missing = events(&rows).project(&[0, 1, 3]).unwrap();
+        let err = split.reads(&missing).unwrap_err().to_string();
+        assert!(err.contains("reads `timestamp`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_over_two_reads_of_the_events_is_refused() {
+        let sql =
+            "SELECT a.campaign_id, date_bin(INTERVAL '1 minute', a.\"timestamp\") AS window_start,
+                          count(*) AS events
+                   FROM ev a JOIN ev b ON a.user_id = b.user_id
+                   GROUP BY a.campaign_id, date_bin(INTERVAL '1 minute', a.\"timestamp\")";
+        let ctx = new_session();
+        BatchSlot::new(events(&[]).schema())
+            .register(&ctx, "ev")
+            .unwrap();
+        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+        let err = SplitAggregate::new(&ctx, &plan)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("2 reads of the events table"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, SecondsFormat};
 
 use super::watermark::Micros;
-use crate::common::ERROR_COLUMN;
+use crate::common::{Selection, ERROR_COLUMN};
 
 /// Start of the dead letter reason of an event stamped too far ahead of the clock.
 const FUTURE_REASON: &str = "future timestamp";
@@ -74,23 +74,27 @@ impl TimeLimits {
         latest: Micros::MAX,
     };
 
-    /// Splits parsed rows into those whose `time_column` is not after `latest` (rows without a
-    /// time stay there too) and those that are, the latter with `_error` set to their reason.
-    pub fn split_future(
+    /// Which of the chosen rows have their `time_column` after `latest` (a bit per row of the
+    /// whole batch, `None` when none has), and those rows with `_error` set to their reason.
+    pub fn future(
         &self,
-        rows: &RecordBatch,
+        rows: &Selection,
         time_column: &str,
-    ) -> Result<(RecordBatch, RecordBatch), ArrowError> {
-        let times = event_times(rows, time_column)?;
-        let future: BooleanArray = times
+    ) -> Result<(Option<BooleanArray>, RecordBatch), ArrowError> {
+        let batch = rows.batch();
+        let times = event_times(batch, time_column)?;
+        let after: BooleanArray = times
             .iter()
             .map(|t| Some(t.is_some_and(|t| t > self.latest)))
             .collect();
+        let future = match rows.keep() {
+            Some(keep) => arrow::compute::and(keep, &after)?,
+            None => after,
+        };
         if future.true_count() == 0 {
-            return Ok((rows.clone(), rows.slice(0, 0)));
+            return Ok((None, batch.slice(0, 0)));
         }
-        let kept = filter_record_batch(rows, &arrow::compute::not(&future)?)?;
-        let rejected = filter_record_batch(rows, &future)?;
+        let rejected = filter_record_batch(batch, &future)?;
         let rejected_times = filter_record_batch(
             &RecordBatch::try_from_iter([("t", Arc::new(times) as _)])?,
             &future,
@@ -101,7 +105,7 @@ impl TimeLimits {
             .iter()
             .map(|t| t.map(future_reason))
             .collect();
-        Ok((kept, with_error(&rejected, reasons)?))
+        Ok((Some(future), with_error(&rejected, reasons)?))
     }
 }
 
@@ -179,14 +183,21 @@ mod tests {
             None,
             Some(4_070_908_800 * S),
         ]);
-        let (kept, future) = limits.split_future(&batch, "timestamp").unwrap();
         let offsets = |b: &RecordBatch| -> Vec<i64> {
             b.column(1)
                 .as_primitive::<arrow::datatypes::Int64Type>()
                 .values()
                 .to_vec()
         };
-        assert_eq!(offsets(&kept), [0, 1, 3], "at the bound and untimed stay");
+        let (marked, future) = limits
+            .future(&Selection::all(batch.clone()), "timestamp")
+            .unwrap();
+        let marked = marked.expect("future rows");
+        assert_eq!(
+            marked.iter().flatten().collect::<Vec<_>>(),
+            [false, false, true, false, true],
+            "at the bound and untimed stay"
+        );
         assert_eq!(offsets(&future), [2, 4]);
         let reasons: Vec<&str> = future
             .column(2)
@@ -201,7 +212,26 @@ mod tests {
                 "future timestamp: 2099-01-01T00:00:00.000000Z"
             ]
         );
-        let (kept, future) = limits.split_future(&rows(&[Some(0)]), "timestamp").unwrap();
-        assert_eq!((kept.num_rows(), future.num_rows()), (1, 0));
+        let (marked, future) = limits
+            .future(&Selection::all(rows(&[Some(0)])), "timestamp")
+            .unwrap();
+        assert_eq!((marked, future.num_rows()), (None, 0));
+
+        // Only chosen rows are judged: a row not chosen is never a future one.
+        let chosen = Selection::of(
+            batch.clone(),
+            BooleanArray::from(vec![true, true, true, true, false]),
+        )
+        .unwrap();
+        let (marked, future) = limits.future(&chosen, "timestamp").unwrap();
+        assert_eq!(
+            marked
+                .expect("one future row")
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            [false, false, true, false, false]
+        );
+        assert_eq!(offsets(&future), [2]);
     }
 }

@@ -12,7 +12,8 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 
-use crate::common::records;
+use crate::common::records::{self, OFFSET, PARTITION};
+use crate::common::Selection;
 
 use super::aggregate::SplitAggregate;
 use super::bounds::event_times;
@@ -63,7 +64,6 @@ pub struct WindowOperator {
     size: Micros,
     lateness: Micros,
     time_column: String,
-    events_schema: SchemaRef,
 }
 
 impl WindowOperator {
@@ -95,22 +95,35 @@ impl WindowOperator {
             size: spec.size.as_micros() as Micros,
             lateness: allowed_lateness.as_micros() as Micros,
             time_column: spec.time_column.clone(),
-            events_schema,
         })
     }
 
     /// Sorts parsed rows by their partition's watermark (see [`Self::sort_and_observe`]) and
     /// folds the on-time ones into the state; returns the sorted rows (late and untimed ones
-    /// become dead letters).
+    /// become dead letters) with only the columns the window reads and their coordinates.
     pub async fn take(
         &mut self,
-        rows: &RecordBatch,
+        rows: &Selection,
         earliest: Micros,
         now: Instant,
     ) -> Result<Sorted, WindowError> {
-        let sorted = self.sort_and_observe(rows, earliest, now)?;
+        let rows = rows.columns(&self.columns())?.to_batch()?;
+        let sorted = self.sort_and_observe(&rows, earliest, now)?;
         self.absorb(&sorted.on_time).await?;
         Ok(sorted)
+    }
+
+    /// The columns of parsed rows the window reads: the metrics SQL's, the time column and the
+    /// partition and offset (late rows become dead letters by them; the batch's messages are
+    /// all of one topic).
+    fn columns(&self) -> Vec<&str> {
+        let mut columns: Vec<&str> = self.split.read_columns().collect();
+        for column in [self.time_column.as_str(), PARTITION, OFFSET] {
+            if !columns.contains(&column) {
+                columns.push(column);
+            }
+        }
+        columns
     }
 
     /// Sorts parsed rows (with `_partition`, in offset order per partition) by their
@@ -173,15 +186,7 @@ impl WindowOperator {
         if on_time.num_rows() == 0 {
             return Ok(());
         }
-        let events = on_time.project(
-            &self
-                .events_schema
-                .fields()
-                .iter()
-                .map(|f| on_time.schema().index_of(f.name()))
-                .collect::<Result<Vec<_>, _>>()?,
-        )?;
-        let events = RecordBatch::try_new(self.events_schema.clone(), events.columns().to_vec())?;
+        let events = self.split.reads(on_time)?;
         let partitions = records::partitions(on_time)?;
         for (partition, rows) in by_partition(&events, &partitions)? {
             let partials = self.split.partial(vec![rows]).await?;
