@@ -175,6 +175,8 @@ pub fn read_flat<'a>(
     (reader.at == reader.bytes.len()).then_some(())
 }
 
+// Its steps are inlined into `read_flat` too: called, each saved and restored the loop's
+// registers once per field, which cost more than the step's own work.
 struct Reader<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -204,6 +206,7 @@ impl<'a> Reader<'a> {
 
     /// The key whose opening quote was just read, as its index in `keys` (`None`: not wanted),
     /// trying the one after the last found first.
+    #[inline(always)]
     fn key(&mut self, keys: &WantedKeys<'_>, guess: usize) -> Option<Option<usize>> {
         // The expected key and its closing quote, byte for byte: no need to look for the end
         // of the string and compare it apart.
@@ -223,6 +226,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The text up to the closing quote (the opening one already read).
+    #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at;
         let end = start + first_stop(self.bytes.get(start..)?)?;
@@ -234,6 +238,7 @@ impl<'a> Reader<'a> {
         self.text.get(start..end)
     }
 
+    #[inline(always)]
     fn value(&mut self) -> Option<FlatValue<'a>> {
         match self.peek()? {
             b'"' => {
