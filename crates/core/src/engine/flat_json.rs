@@ -141,7 +141,6 @@ pub fn read_flat<'a>(
     mut field: impl FnMut(usize, FlatValue<'a>),
 ) -> Option<()> {
     let mut reader = Reader {
-        text: json,
         bytes: json.as_bytes(),
         at: 0,
     };
@@ -178,7 +177,7 @@ pub fn read_flat<'a>(
 // Its steps are inlined into `read_flat` too: called, each saved and restored the loop's
 // registers once per field, which cost more than the step's own work.
 struct Reader<'a> {
-    text: &'a str,
+    /// The document's bytes: those of a `&str`, so UTF-8.
     bytes: &'a [u8],
     at: usize,
 }
@@ -234,8 +233,7 @@ impl<'a> Reader<'a> {
             return None;
         }
         self.at = end + 1;
-        // Both ends sit next to an ASCII quote, so the slice of the UTF-8 text is UTF-8 too.
-        self.text.get(start..end)
+        self.text_between(start, end)
     }
 
     #[inline(always)]
@@ -255,7 +253,7 @@ impl<'a> Reader<'a> {
 
     fn literal(&mut self, word: &'static str) -> Option<&'a str> {
         let end = self.at + word.len();
-        let text = self.text.get(self.at..end)?;
+        let text = self.text_between(self.at, end)?;
         if text != word {
             return None;
         }
@@ -285,7 +283,24 @@ impl<'a> Reader<'a> {
             }
             self.some_digits()?;
         }
-        self.text.get(start..self.at)
+        self.text_between(start, self.at)
+    }
+
+    /// The text from `start` to `end`; `None` unless both are character boundaries (the reader
+    /// only slices where it stands next to an ASCII byte, which always is one). `str::get`
+    /// checks the same, but the compiler called it out of line for every value.
+    #[inline(always)]
+    fn text_between(&self, start: usize, end: usize) -> Option<&'a str> {
+        let bytes = self.bytes.get(start..end)?;
+        // A UTF-8 continuation byte is 0b10xx_xxxx: every other byte, or the end, starts a
+        // character.
+        let boundary = |at: usize| self.bytes.get(at).is_none_or(|&byte| (byte as i8) >= -0x40);
+        if !(boundary(start) && boundary(end)) {
+            return None;
+        }
+        // SAFETY: `bytes` is the part of the UTF-8 document between two character boundaries
+        // (checked above), so it is UTF-8 itself.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
     }
 
     fn digits(&mut self) {
@@ -417,6 +432,12 @@ mod tests {
             r#"[1]"#,
             "",
             r#"{"a":"x"#,
+            // Multi-byte characters where a value ends or a literal is read.
+            r#"{"a":1é}"#,
+            r#"{"a":tr€}"#,
+            r#"{"a":nu€"#,
+            r#"{"a":-€}"#,
+            "{\"a\":\"€",
         ] {
             assert_eq!(read(json), None, "{json}");
         }
