@@ -240,7 +240,11 @@ fn read_only_what_is_used(
             };
             let schema = Arc::new(scan.projected_schema().clone());
             reads = Some(schema.clone());
-            Ok(Transformed::yes(slot_exec(&schema)?))
+            let slot = BatchSlot::new(schema.clone());
+            // A limit pushed into the scan stays with it.
+            let narrow =
+                StreamingTableExec::try_new(schema, vec![slot], None, vec![], false, scan.limit())?;
+            Ok(Transformed::yes(Arc::new(narrow) as Arc<dyn ExecutionPlan>))
         })?
         .data;
     let reads = reads.ok_or_else(|| unsupported("no read of the events table"))?;
