@@ -15,9 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{kafka_batches, quantile, records, scratch_config, storage};
 use crate::catalog::open_catalog;
-use crate::common::ERROR_COLUMN;
 use crate::config::{Config, PipelineConfig};
-use crate::engine::{new_session, split_rejected, SqlStage};
+use crate::engine::{new_session, SqlStage};
 use crate::pipeline::plan::{plan_pipeline, PlannedSql};
 use crate::sink::claim::{Claim, PartitionClaim};
 use crate::sink::commit::is_conflict;
@@ -143,7 +142,7 @@ async fn run(
         .await
         .map_err(|problems| anyhow::anyhow!("SQL problems: {problems:?}"))?;
     crate::setup::ensure_tables(scratch, p, &planned).await?;
-    let rows = valid_rows(&ctx, &planned).await?;
+    let rows = commit_rows(&ctx, &planned).await?;
     let catalog = open_catalog(scratch, &p.sink).await?;
     let mut opened = Vec::with_capacity(writers);
     for _ in 0..writers {
@@ -218,7 +217,7 @@ async fn run(
 }
 
 /// The valid rows of one commit, through the pipeline's parsing SQL.
-async fn valid_rows(
+async fn commit_rows(
     ctx: &datafusion::prelude::SessionContext,
     planned: &PlannedSql,
 ) -> anyhow::Result<RecordBatch> {
@@ -226,7 +225,7 @@ async fn valid_rows(
     let mut valid = Vec::new();
     for batch in kafka_batches(&records(ROWS_PER_COMMIT), ROWS_PER_COMMIT)? {
         for out in stage.run(vec![batch]).await? {
-            valid.push(split_rejected(&out, ERROR_COLUMN)?.0);
+            valid.push(super::valid_rows(&out, planned)?.to_batch()?);
         }
     }
     let schema = valid

@@ -6,10 +6,10 @@ use std::time::Instant;
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 
-use super::{cpu_per_million, kafka_batches, per_second, records_spaced, timed};
-use crate::common::{Selection, ERROR_COLUMN};
+use super::{cpu_per_million, kafka_batches, per_second, records_spaced, timed, valid_rows};
+use crate::common::Selection;
 use crate::config::PipelineConfig;
-use crate::engine::{split_rejected, SqlStage};
+use crate::engine::SqlStage;
 use crate::pipeline::plan::PlannedSql;
 use campaign_core::window::{TimeLimits, WindowOperator};
 
@@ -33,11 +33,9 @@ pub async fn measure(
     let (emitted, both) = timed(async {
         let mut emitted = 0;
         for batch in batches {
-            for valid in parsed(parse, batch).await? {
+            for valid in parsed(parse, planned, batch).await? {
                 let now = Instant::now();
-                operator
-                    .take(&Selection::all(valid), UNBOUNDED, now)
-                    .await?;
+                operator.take(&valid, UNBOUNDED, now).await?;
             }
             for closed in operator.advance(assigned, Instant::now()).await? {
                 emitted += closed.num_rows();
@@ -49,7 +47,7 @@ pub async fn measure(
     // The window stage alone on already parsed rows.
     let mut parsed_batches = Vec::new();
     for batch in batches {
-        parsed_batches.extend(parsed(parse, batch).await?.into_iter().map(Selection::all));
+        parsed_batches.extend(parsed(parse, planned, batch).await?);
     }
     let mut alone = new_operator(ctx, planned, pipeline).await?;
     let (_, window_only) = timed(async {
@@ -82,16 +80,14 @@ pub async fn measure(
     let generated = records_spaced(memory_events, spacing);
     let mut valid = Vec::new();
     for batch in kafka_batches(&generated, pipeline.batch.max_rows)? {
-        valid.extend(parsed(parse, &batch).await?);
+        valid.extend(parsed(parse, planned, &batch).await?);
     }
     drop(generated);
     let mut operator = new_operator(ctx, planned, pipeline).await?;
     let now = Instant::now();
     for pass in 1..=10 {
         for batch in &valid {
-            operator
-                .take(&Selection::all(batch.clone()), UNBOUNDED, now)
-                .await?;
+            operator.take(batch, UNBOUNDED, now).await?;
         }
         if pass == 1 || pass == 10 {
             // Between compactions a window holds up to 9 partial batches; checkpoints (and
@@ -128,10 +124,14 @@ async fn new_operator(
 }
 
 /// The valid parsed rows of one `kafka_records` batch.
-async fn parsed(parse: &SqlStage, batch: &RecordBatch) -> anyhow::Result<Vec<RecordBatch>> {
+async fn parsed(
+    parse: &SqlStage,
+    planned: &PlannedSql,
+    batch: &RecordBatch,
+) -> anyhow::Result<Vec<Selection>> {
     let mut valid = Vec::new();
     for out in parse.run(vec![batch.clone()]).await? {
-        valid.push(split_rejected(&out, ERROR_COLUMN)?.0);
+        valid.push(valid_rows(&out, planned)?);
     }
     Ok(valid)
 }

@@ -20,7 +20,7 @@ use datafusion::execution::context::SessionContext;
 use datafusion::prelude::SessionConfig;
 
 pub use problem::SqlProblem;
-pub use stage::{split_rejected, BatchSlot, FailedRow, Isolated, SqlStage};
+pub use stage::{BatchSlot, FailedRow, Isolated, SqlStage};
 
 /// A session configured the way every pipeline SQL runs: JSON functions and source spans for errors.
 pub fn new_session() -> SessionContext {

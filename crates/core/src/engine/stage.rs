@@ -5,8 +5,6 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow::array::BooleanArray;
-use arrow::compute::{filter_record_batch, is_null};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::streaming::StreamingTable;
@@ -236,22 +234,6 @@ impl SqlStage {
         }
         Ok(isolated)
     }
-}
-
-/// Splits parsing output by its `_error` column: (valid rows, rejected rows).
-pub fn split_rejected(
-    batch: &RecordBatch,
-    error_column: &str,
-) -> Result<(RecordBatch, RecordBatch)> {
-    let index = batch.schema().index_of(error_column)?;
-    let valid_mask: BooleanArray = is_null(batch.column(index).as_ref())?;
-    if valid_mask.true_count() == batch.num_rows() {
-        return Ok((batch.clone(), batch.slice(0, 0)));
-    }
-    let rejected_mask = arrow::compute::not(&valid_mask)?;
-    let valid = filter_record_batch(batch, &valid_mask)?;
-    let rejected = filter_record_batch(batch, &rejected_mask)?;
-    Ok((valid, rejected))
 }
 
 #[cfg(test)]
