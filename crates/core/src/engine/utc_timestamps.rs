@@ -21,6 +21,7 @@ use arrow::datatypes::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use arrow::record_batch::RecordBatch;
+use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::common::format::DEFAULT_FORMAT_OPTIONS;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
@@ -153,63 +154,19 @@ fn cast<T: ArrowTimestampType>(text: &StringArray, tz: &Tz, zone: &Option<Arc<st
         .iter()
         .map(|value| {
             let value = value?;
-            match utc(value) {
-                Some(instant) => instant.in_unit(T::UNIT),
-                None => {
-                    T::from_naive_datetime(string_to_datetime(tz, value).ok()?.naive_utc(), None)
-                }
-            }
+            let naive = match utc(value) {
+                Some(naive) => naive,
+                None => string_to_datetime(tz, value).ok()?.naive_utc(),
+            };
+            T::from_naive_datetime(naive, None)
         })
         .collect();
     Arc::new(cast.with_timezone_opt(zone.clone()))
 }
 
-/// An instant read from RFC 3339 UTC text: seconds since the Unix epoch and the nanoseconds
-/// after them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct UtcInstant {
-    seconds: i64,
-    /// Below one second.
-    nanos: u32,
-}
-
-const NANOS_PER_SECOND: i64 = 1_000_000_000;
-
-impl UtcInstant {
-    /// The instant as Arrow's timestamp of `unit` holds it, as chrono's `timestamp*` methods
-    /// give it (whole units, rounded down); `None` when it does not fit (nanoseconds outside
-    /// the years 1677-2262).
-    fn in_unit(self, unit: TimeUnit) -> Option<i64> {
-        let nanos = i64::from(self.nanos);
-        match unit {
-            TimeUnit::Second => Some(self.seconds),
-            TimeUnit::Millisecond => self
-                .seconds
-                .checked_mul(1_000)?
-                .checked_add(nanos / 1_000_000),
-            TimeUnit::Microsecond => self
-                .seconds
-                .checked_mul(1_000_000)?
-                .checked_add(nanos / 1_000),
-            // As chrono's `timestamp_nanos_opt`: before the epoch, the product one second
-            // nearer to it, so that the earliest instant that fits does not overflow on the way.
-            TimeUnit::Nanosecond if self.seconds < 0 => (self.seconds + 1)
-                .checked_mul(NANOS_PER_SECOND)?
-                .checked_add(nanos - NANOS_PER_SECOND),
-            TimeUnit::Nanosecond => self
-                .seconds
-                .checked_mul(NANOS_PER_SECOND)?
-                .checked_add(nanos),
-        }
-    }
-}
-
 /// The instant `text` names when it is exactly `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, with 1 to
 /// 9 fraction digits and a valid date and time; `None` for anything else.
-///
-/// The seconds are counted from the fields here: through chrono's date and time, which Arrow
-/// then converted to its unit, each date was checked and converted twice.
-fn utc(text: &str) -> Option<UtcInstant> {
+fn utc(text: &str) -> Option<NaiveDateTime> {
     let (head, rest) = text.as_bytes().split_at_checked(19)?;
     let number = |digits: &[u8]| -> Option<u32> {
         digits.iter().try_fold(0_u32, |n, &c| {
@@ -228,42 +185,12 @@ fn utc(text: &str) -> Option<UtcInstant> {
         _ => return None,
     };
     let field = |from: usize, to: usize| head.get(from..to).and_then(number);
-    let (year, month, day) = (field(0, 4)?, field(5, 7)?, field(8, 10)?);
-    let (hour, minute, second) = (field(11, 13)?, field(14, 16)?, field(17, 19)?);
-    // A leap second (60) is left to Arrow's parser, as chrono's `and_hms_nano_opt` refuses it.
-    if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let seconds = days_from_civil(i64::from(year), month, day) * 86_400
-        + i64::from(hour * 3_600 + minute * 60 + second);
-    Some(UtcInstant { seconds, nanos })
-}
-
-/// Days in `month` (1-12) of `year`, proleptic Gregorian.
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a valid date of the proleptic Gregorian calendar (Howard Hinnant's
-/// `days_from_civil`: years counted from March, so the leap day ends each one).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = i64::from((month + 9) % 12);
-    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    NaiveDate::from_ymd_opt(
+        i32::try_from(field(0, 4)?).ok()?,
+        field(5, 7)?,
+        field(8, 10)?,
+    )?
+    .and_hms_nano_opt(field(11, 13)?, field(14, 16)?, field(17, 19)?, nanos)
 }
 
 #[cfg(test)]
@@ -360,50 +287,9 @@ mod tests {
 
     #[test]
     fn reads_the_usual_layout_itself() {
-        let expected = chrono::NaiveDate::from_ymd_opt(2026, 11, 28)
-            .and_then(|date| date.and_hms_milli_opt(3, 16, 37, 123))
-            .expect("a valid date")
-            .and_utc();
-        assert_eq!(
-            utc("2026-11-28T03:16:37.123Z"),
-            Some(UtcInstant {
-                seconds: expected.timestamp(),
-                nanos: 123_000_000
-            })
-        );
+        let naive = utc("2026-11-28T03:16:37.123Z").expect("read directly");
+        assert_eq!(naive.to_string(), "2026-11-28 03:16:37.123");
         assert_eq!(utc("2026-11-28T03:16:37+02:00"), None);
         assert_eq!(utc("2026-02-30T00:00:00Z"), None);
-    }
-
-    #[test]
-    fn counts_every_day_as_chrono_does() {
-        let years = (0..=8).chain(1580..=2420).chain(9990..=9999);
-        for year in years {
-            for month in 1..=12 {
-                for day in 1..=31 {
-                    let text = format!("{year:04}-{month:02}-{day:02}T23:59:59.999999999Z");
-                    let expected = chrono::NaiveDate::from_ymd_opt(year, month, day)
-                        .and_then(|date| date.and_hms_nano_opt(23, 59, 59, 999_999_999))
-                        .map(|naive| naive.and_utc());
-                    let ours = utc(&text);
-                    assert_eq!(
-                        ours.map(|instant| instant.seconds),
-                        expected.map(|at| at.timestamp()),
-                        "{text}"
-                    );
-                    for unit in [TimeUnit::Millisecond, TimeUnit::Nanosecond] {
-                        let chrono_value = expected.and_then(|at| match unit {
-                            TimeUnit::Millisecond => Some(at.timestamp_millis()),
-                            _ => at.timestamp_nanos_opt(),
-                        });
-                        assert_eq!(
-                            ours.and_then(|instant| instant.in_unit(unit)),
-                            chrono_value,
-                            "{text} in {unit:?}"
-                        );
-                    }
-                }
-            }
-        }
     }
 }
